@@ -1,0 +1,168 @@
+"""Registry: which tensors of each Keras layer class get quantized.
+
+Every layer the simulation wraps needs a ``LayerSpec``: its parameters (by attribute path on the
+layer, with the role "weight" or "bias" that the hardware config speaks of, and the channel axes for
+per-channel quantization) and whether its output passes values through unchanged (pooling-free data
+movement such as Reshape, whose output reuses its input's grid).
+
+Register a custom layer with::
+
+    @aimet_tf.register_layer(params={"kernel": ParamSpec("weight", channel_axes=(-1,))})
+    class MyLayer(keras.layers.Layer): ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import keras
+
+__all__ = ["ParamSpec", "LayerSpec", "register_layer", "get_layer_spec", "registered_classes"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """How one parameter of a layer is quantized.
+
+    Attributes:
+        role: "weight" or "bias" (the hardware config's ``params`` keys).
+        channel_axes: axes that carry one encoding each in per-channel mode (flattened together when
+            more than one, e.g. a depthwise kernel [kh, kw, in, mult] uses (2, 3)).
+    """
+
+    role: str
+    channel_axes: tuple[int, ...] = (-1,)
+
+    def __post_init__(self):
+        if self.role not in ("weight", "bias"):
+            raise ValueError(f"Expected role 'weight' or 'bias'. Received: role={self.role!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """What the simulation quantizes for one layer class.
+
+    Attributes:
+        params: attribute path on the layer (e.g. "kernel", "_query_dense.kernel") -> ParamSpec.
+        passthrough: the output only moves/selects input values (Reshape, MaxPool, Dropout...), so
+            it keeps its input's grid and gets no output quantizer by default.
+        quantize_output: False for layers whose output is never quantized by default.
+    """
+
+    params: Mapping[str, ParamSpec] = dataclasses.field(default_factory=dict)
+    passthrough: bool = False
+    quantize_output: bool = True
+
+
+_REGISTRY: dict[type, LayerSpec] = {}
+
+
+def register_layer(
+    layer_cls: type | None = None,
+    *,
+    params: Mapping[str, ParamSpec] | None = None,
+    passthrough: bool = False,
+    quantize_output: bool = True,
+) -> Callable[[type], type] | type:
+    """Registers how a Keras layer class is quantized. Usable as a decorator or a call.
+
+    Args:
+        layer_cls: the class (omit when used as ``@register_layer(...)``).
+        params: attribute path -> ParamSpec for the parameters to quantize.
+        passthrough: output reuses the input grid (no output quantizer by default).
+        quantize_output: whether the output is quantized by default.
+
+    Returns:
+        The class (decorator form) unchanged.
+    """
+    spec = LayerSpec(dict(params or {}), passthrough, quantize_output)
+
+    def _register(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
+            raise TypeError(f"Expected a keras.layers.Layer subclass. Received: {cls!r}")
+        _REGISTRY[cls] = spec
+        return cls
+
+    if layer_cls is None:
+        return _register
+    return _register(layer_cls)
+
+
+def get_layer_spec(layer: keras.layers.Layer) -> LayerSpec:
+    """The spec for ``layer`` (exact class first, then the nearest registered base class).
+
+    Raises:
+        NotImplementedError: naming the registration call, for a class nobody registered.
+    """
+    for cls in type(layer).__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+        if cls is keras.layers.Layer:
+            break
+    name = type(layer).__name__
+    raise NotImplementedError(
+        f"Layer {layer.name!r} of class {type(layer).__module__}.{name} is not known to the "
+        "quantization simulation. Register it before building the sim, e.g.\n"
+        f"    aimet_tf.register_layer({name}, params={{'kernel': aimet_tf.ParamSpec('weight')}})\n"
+        "(params lists the attributes holding variables to quantize; use params={} for a "
+        "parameter-free layer, passthrough=True if it only moves values)."
+    )
+
+
+def registered_classes() -> tuple[type, ...]:
+    return tuple(_REGISTRY)
+
+
+def _kernel_bias(kernel_axes: tuple[int, ...] = (-1,)) -> dict[str, ParamSpec]:
+    return {"kernel": ParamSpec("weight", kernel_axes), "bias": ParamSpec("bias", (-1,))}
+
+
+L = keras.layers
+for _cls in (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense):
+    register_layer(_cls, params=_kernel_bias((-1,)))
+# Transposed conv kernels are [kh, kw, out, in].
+for _cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
+    register_layer(_cls, params=_kernel_bias((-2,)))
+# Depthwise kernels are [kh, kw, in, multiplier]: one channel per (in, multiplier) pair.
+register_layer(L.DepthwiseConv1D, params=_kernel_bias((-2, -1)))
+register_layer(L.DepthwiseConv2D, params=_kernel_bias((-2, -1)))
+for _cls in (L.SeparableConv1D, L.SeparableConv2D):
+    register_layer(
+        _cls,
+        params={
+            "depthwise_kernel": ParamSpec("weight", (-2, -1)),
+            "pointwise_kernel": ParamSpec("weight", (-1,)),
+            "bias": ParamSpec("bias", (-1,)),
+        },
+    )
+register_layer(L.EinsumDense, params=_kernel_bias((-1,)))
+register_layer(L.BatchNormalization, params={})
+register_layer(L.LayerNormalization, params={"gamma": ParamSpec("weight"), "beta": ParamSpec("bias")})
+register_layer(L.Embedding, params={"embeddings": ParamSpec("weight", (0,))})
+register_layer(L.PReLU, params={"alpha": ParamSpec("weight", (-1,))})
+register_layer(
+    L.MultiHeadAttention,
+    params={
+        f"{sub}.{var}": ParamSpec("weight" if var == "kernel" else "bias", (-1,))
+        for sub in ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
+        for var in ("kernel", "bias")
+    },
+)
+for _cls in (
+    L.ReLU, L.Activation, L.LeakyReLU, L.ELU, L.Softmax,
+    L.Add, L.Subtract, L.Multiply, L.Concatenate, L.Average, L.Maximum, L.Minimum,
+    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
+):
+    register_layer(_cls, params={})
+for _cls in (
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.Flatten, L.Reshape, L.Permute, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+    L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
+    L.GaussianNoise, L.GaussianDropout, L.Identity, L.RepeatVector,
+):
+    register_layer(_cls, params={}, passthrough=True)
+del L, _cls

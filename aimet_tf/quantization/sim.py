@@ -1,0 +1,532 @@
+"""QuantizationSimModel: a simulated-quantization copy of a Keras model (AIMET's API).
+
+Example:
+    >>> sim = QuantizationSimModel(model, quant_scheme="tf_enhanced", default_param_bw=8,
+    ...                            default_output_bw=8, config_file="htp")
+    >>> sim.compute_encodings(calibration_images)           # or (callback, args) as in AIMET
+    >>> sim.model.evaluate(x_test, y_test)                  # a plain keras.Model
+    >>> sim.export("out", "model")                          # AIMET encodings + the float .keras
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Any, Callable, Iterable, Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from aimet_tf.quantization import config as hw_config
+from aimet_tf.quantization import encodings_io, graph
+from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
+from aimet_tf.quantization.quantizers import Quantizer
+from aimet_tf.quantization.registry import get_layer_spec
+from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
+
+__all__ = ["QuantizationSimModel"]
+
+
+def _check_model(model: keras.Model) -> keras.Model:
+    """Returns a Functional view of ``model``; raises for what cannot be simulated."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError(
+                f"Sequential model {model.name!r} is not built: give it an Input (or call "
+                "model.build(input_shape)) before building a QuantizationSimModel."
+            )
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    from keras.src.models.functional import Functional
+
+    if not isinstance(model, Functional):
+        raise TypeError(
+            f"Model {model.name!r} is a subclassed keras.Model ({type(model).__name__}); its call() "
+            "is Python code the simulation cannot see into. Rebuild it with the Functional API "
+            "(keras.Model(inputs, outputs)) or keras.Sequential, reusing its layers, and pass that."
+        )
+    counts: dict[int, int] = {}
+    for layer in model.layers:
+        counts[id(layer)] = 0
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            op = node.operation
+            if id(op) in counts:
+                counts[id(op)] += 1
+    for layer in model.layers:
+        if counts.get(id(layer), 0) > 1:
+            raise ValueError(
+                f"Layer {layer.name!r} is called at {counts[id(layer)]} places in model "
+                f"{model.name!r}. A shared layer would need one set of quantizers per call site. "
+                "Give each call site its own layer (same config, copied weights) and retry."
+            )
+    return model
+
+
+def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A new layer with the same config, build and weights (the original stays untouched)."""
+    new = layer.__class__.from_config(layer.get_config())
+    build_config = layer.get_build_config()
+    if build_config:
+        new.build_from_config(build_config)
+    new.set_weights(layer.get_weights())
+    return new
+
+
+class QuantizationSimModel:
+    """Simulates integer inference of a Keras model by wrapping each layer with quantizers.
+
+    Args:
+        model: a Functional or Sequential Keras model (nested models allowed). It is not modified.
+        quant_scheme: "tf" (min/max), "tf_enhanced" (SQNR search), "percentile", or a
+            range-learning scheme (``QuantScheme``).
+        rounding_mode: "nearest" (the only mode TF's kernels implement).
+        default_output_bw: bitwidth of activation quantizers.
+        default_param_bw: bitwidth of parameter quantizers.
+        in_place: AIMET's flag; only False is supported (the original model is never modified).
+        config_file: hardware config: None/"default", "htp", a JSON path, or a parsed dict.
+        default_data_type: "int" (float simulation is not supported).
+        percentile: percentile for the "percentile" scheme.
+
+    Attributes:
+        model: the simulated ``keras.Model``; use it for predict/evaluate/fit.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        quant_scheme: str | QuantScheme = QuantScheme.post_training_tf_enhanced,
+        rounding_mode: str = "nearest",
+        default_output_bw: int = 8,
+        default_param_bw: int = 8,
+        in_place: bool = False,
+        config_file: Any = None,
+        default_data_type: str = "int",
+        percentile: float = 99.99,
+    ):
+        if in_place:
+            raise ValueError(
+                "Expected in_place=False: aimet_tf never modifies the original model; use sim.model."
+            )
+        if rounding_mode != "nearest":
+            raise ValueError(f"Expected rounding_mode='nearest'. Received: rounding_mode={rounding_mode!r}")
+        if default_data_type != "int":
+            raise ValueError(
+                f"Expected default_data_type='int'. Received: default_data_type={default_data_type!r}"
+            )
+        from aimet_tf.quantization.primitives import validate_bitwidth
+
+        self.quant_scheme = parse_quant_scheme(quant_scheme)
+        self.default_output_bw = validate_bitwidth(default_output_bw)
+        self.default_param_bw = validate_bitwidth(default_param_bw)
+        self.percentile = float(percentile)
+        self.config = hw_config.load_config(config_file)
+        self._original = model
+        self.model = self._build(model, is_top=True)
+        self.model.build(self.model.input_shape) if not self.model.built else None
+
+    # -- construction --------------------------------------------------------------------------
+
+    def _activation_quantizer(self, name: str, rule: hw_config.OpRule) -> Quantizer:
+        return Quantizer(
+            bitwidth=self.default_output_bw,
+            symmetric=rule.symmetric,
+            strict=False,
+            unsigned_symmetric=self.config.unsigned_symmetric,
+            quant_scheme=self.quant_scheme,
+            percentile=self.percentile,
+            name=name,
+        )
+
+    def _build(self, model: keras.Model, is_top: bool) -> keras.Model:
+        functional = _check_model(model)
+        producers, consumers = graph.layer_edges(functional)
+        fused_heads: set[str] = set()
+        for group in graph.find_supergroups(functional, self.config):
+            fused_heads.update(group[:-1])
+        output_layers = {t._keras_history[0].name for t in functional.outputs}
+        input_layer_names = {l.name for l in functional.layers if isinstance(l, keras.layers.InputLayer)}
+
+        def clone(layer: keras.layers.Layer):
+            if isinstance(layer, keras.Model):
+                return self._build(layer, is_top=False)
+            return self._wrap(
+                layer,
+                producers=producers.get(layer.name, []),
+                fused=layer.name in fused_heads,
+                is_model_output=is_top and layer.name in output_layers,
+                model_inputs=input_layer_names if is_top else set(),
+            )
+
+        return keras.models.clone_model(functional, clone_function=clone)
+
+    def _wrap(self, layer, producers, fused, is_model_output, model_inputs) -> QuantizationWrapper:
+        spec = get_layer_spec(layer)
+        op_type = hw_config.onnx_op_type(layer)
+        rule = self.config.op_rule(op_type)
+        new_layer = _copy_layer(layer)
+        name = layer.name
+
+        input_quantizers: list[Quantizer | None] = []
+        node = layer._inbound_nodes[0]
+        for i, tensor in enumerate(node.input_tensors):
+            producer = producers[i] if i < len(producers) else None
+            from_model_input = producer in model_inputs
+            wanted = (from_model_input and self.config.model_input_quantized) or rule.input_quantized
+            is_float = tensor.dtype in ("float32", "float16", "bfloat16", "float64")
+            input_quantizers.append(
+                self._activation_quantizer(f"{name}_input_{i}", rule) if wanted and is_float else None
+            )
+
+        output_quantizers: list[Quantizer | None] = []
+        quantize_output = rule.output_quantized and spec.quantize_output and not spec.passthrough
+        if fused:
+            quantize_output = False
+        if is_model_output and self.config.model_output_quantized:
+            # A model output is consumed by no fused successor: it always gets its own grid.
+            quantize_output = True
+        for i, tensor in enumerate(node.output_tensors):
+            is_float = tensor.dtype in ("float32", "float16", "bfloat16", "float64")
+            output_quantizers.append(
+                self._activation_quantizer(f"{name}_output_{i}", rule)
+                if quantize_output and is_float
+                else None
+            )
+
+        param_quantizers: dict[str, Quantizer | None] = {}
+        for path, pspec in spec.params.items():
+            var = get_param_variable(new_layer, path)
+            if var is None:
+                continue
+            prule = rule.params.get(pspec.role)
+            if prule is None or not prule.quantized:
+                param_quantizers[path] = None
+                continue
+            param_quantizers[path] = Quantizer(
+                bitwidth=self.default_param_bw,
+                symmetric=prule.symmetric,
+                strict=self.config.strict_symmetric and prule.symmetric,
+                unsigned_symmetric=False,
+                channel_axis=pspec.channel_axes if prule.per_channel else None,
+                quant_scheme=self.quant_scheme,
+                percentile=self.percentile,
+                name=f"{name}_{path.replace('.', '_').lstrip('_')}_quantizer",
+            )
+        return QuantizationWrapper(new_layer, input_quantizers, output_quantizers, param_quantizers, name=name)
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def wrappers(self) -> list[QuantizationWrapper]:
+        """Every wrapper of the sim, nested models included, in graph order."""
+        out: list[QuantizationWrapper] = []
+
+        def visit(model: keras.Model):
+            for layer in model.layers:
+                if isinstance(layer, QuantizationWrapper):
+                    out.append(layer)
+                elif isinstance(layer, keras.Model):
+                    visit(layer)
+
+        visit(self.model)
+        return out
+
+    def activation_quantizers(self) -> list[tuple[str, Quantizer]]:
+        """(tensor name, quantizer) for every input/output quantizer slot that holds one."""
+        pairs = []
+        for w in self.wrappers():
+            for i, q in enumerate(w.input_quantizers):
+                if q is not None:
+                    pairs.append((encodings_io.activation_name(w.name, "input", i), q))
+            for i, q in enumerate(w.output_quantizers):
+                if q is not None:
+                    pairs.append((encodings_io.activation_name(w.name, "output", i), q))
+        return pairs
+
+    def param_quantizers(self) -> list[tuple[str, Quantizer, keras.Variable]]:
+        """(param name, quantizer, variable) for every parameter quantizer slot that holds one."""
+        out = []
+        for w in self.wrappers():
+            for path, q in w.param_quantizers.items():
+                if q is not None:
+                    var = get_param_variable(w.layer, path)
+                    out.append((encodings_io.param_name(w.name, path), q, var))
+        return out
+
+    def quantizer_table(self) -> str:
+        """A human-readable table of every quantizer and its state."""
+        rows = [f"{'tensor':48s} {'quantizer'}"]
+        for name, q in self.activation_quantizers():
+            rows.append(f"{name:48s} {q!r}")
+        for name, q, _ in self.param_quantizers():
+            rows.append(f"{name:48s} {q!r}")
+        return "\n".join(rows)
+
+    def _reset_compiled_functions(self) -> None:
+        # Quantizer flags are Python state baked into traced functions: retrace after changes.
+        for attr in ("predict_function", "test_function", "train_function"):
+            if hasattr(self.model, attr):
+                setattr(self.model, attr, None)
+
+    # -- calibration ---------------------------------------------------------------------------
+
+    def compute_encodings(
+        self,
+        forward_pass_callback: Callable[[keras.Model, Any], Any] | Any = None,
+        forward_pass_callback_args: Any = None,
+        *,
+        batch_size: int = 128,
+    ) -> None:
+        """Computes every enabled, unfrozen quantizer's encoding.
+
+        Activation quantizers observe the tensors of a float forward pass (quantization off while
+        calibrating); parameter quantizers are computed from the current weights.
+
+        Args:
+            forward_pass_callback: AIMET style: ``callback(sim.model, forward_pass_callback_args)``
+                that runs the model on calibration data. Alternatively the data itself: a numpy
+                array, an (x, y) tuple, or a tf.data.Dataset yielding x or (x, y) batches.
+            forward_pass_callback_args: passed to the callback.
+            batch_size: batch size when data is given as arrays.
+
+        Raises:
+            ValueError: empty data, NaN/Inf in the data, or quantizers that saw no data. On error no
+                encoding changes.
+        """
+        act = [(n, q) for n, q in self.activation_quantizers() if q.enabled and not q.frozen]
+        analyzers = {id(q): q.make_analyzer() for _, q in act}
+        # The observed forward pass is the float one: activation quantizers observe and pass
+        # through, every other quantizer is off for its duration.
+        others = [q for _, q in self.activation_quantizers() if q.enabled and id(q) not in analyzers]
+        others += [q for _, q, _ in self.param_quantizers() if q.enabled]
+        self._reset_compiled_functions()
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(_disabled(others))
+                for _, q in act:
+                    stack.enter_context(q.calibration(analyzers[id(q)]))
+                if callable(forward_pass_callback):
+                    forward_pass_callback(self.model, forward_pass_callback_args)
+                else:
+                    if forward_pass_callback is None:
+                        raise ValueError(
+                            "Expected a forward_pass_callback or calibration data. Received: None"
+                        )
+                    self._run_calibration_data(forward_pass_callback, batch_size)
+        except tf.errors.OpError as exc:
+            raise ValueError(f"compute_encodings failed while observing tensors: {exc.message}") from exc
+        finally:
+            self._reset_compiled_functions()
+        unseen = [n for n, q in act if analyzers[id(q)].num_batches == 0]
+        if unseen:
+            raise ValueError(
+                "These quantizers saw no data during compute_encodings: "
+                f"{', '.join(unseen[:10])}{' ...' if len(unseen) > 10 else ''}. The forward pass "
+                "must run sim.model on calibration data (every branch of the model)."
+            )
+        new = []
+        for _, q in act:
+            new.append((q, q.encoding_from_range(*q.compute_range(analyzers[id(q)]))))
+        for _, q, var in self.param_quantizers():
+            if q.enabled and not q.frozen:
+                analyzer = q.make_analyzer()
+                analyzer.observe(np.asarray(var.numpy()))
+                new.append((q, q.encoding_from_range(*q.compute_range(analyzer))))
+        for q, enc in new:
+            q.set_encoding(enc)
+        logging.info("compute_encodings: %d encodings computed", len(new))
+
+    def _run_calibration_data(self, data, batch_size: int) -> None:
+        step = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        count = 0
+        for batch in _iterate_batches(data, batch_size):
+            for arr in tf.nest.flatten(batch):
+                arr = np.asarray(arr)
+                if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                    raise ValueError(
+                        f"Expected finite calibration data. Received: batch {count} contains "
+                        f"{int(np.sum(np.isnan(arr)))} NaN and {int(np.sum(np.isinf(arr)))} Inf values."
+                    )
+            step(batch)
+            count += 1
+        if count == 0:
+            raise ValueError("Expected at least one calibration batch. Received: an empty data set.")
+
+    # -- encodings I/O -------------------------------------------------------------------------
+
+    def get_encodings_dict(self, version: str = "0.6.1") -> dict:
+        """The AIMET encodings of this sim as a JSON-ready dict (version "0.6.1" or "1.0.0")."""
+        acts = {n: q for n, q in self.activation_quantizers() if q.enabled and q.is_initialized}
+        params = {
+            n: (q, v) for n, q, v in self.param_quantizers() if q.enabled and q.is_initialized
+        }
+        return encodings_io.to_dict(
+            {n: q.get_encoding() for n, q in acts.items()},
+            {n: q.get_encoding() for n, (q, _) in params.items()},
+            version=version,
+            quantizer_args={
+                "activation_bitwidth": self.default_output_bw,
+                "param_bitwidth": self.default_param_bw,
+                "quant_scheme": self.quant_scheme.value,
+                "dtype": "int",
+                "per_channel_quantization": any(q.per_channel for q, _ in params.values()),
+            },
+        )
+
+    def export(self, path: str | os.PathLike, filename_prefix: str, encoding_version: str = "0.6.1") -> dict:
+        """Writes ``{prefix}.encodings`` (AIMET JSON) and ``{prefix}.keras`` (the float model).
+
+        Files are written to a temporary name and renamed, so no half-written file remains.
+
+        Returns:
+            {"encodings": path, "model": path}.
+
+        Raises:
+            RuntimeError: if an enabled quantizer has no encoding (compute_encodings first).
+        """
+        missing = [n for n, q in self.activation_quantizers() if q.enabled and not q.is_initialized]
+        missing += [n for n, q, _ in self.param_quantizers() if q.enabled and not q.is_initialized]
+        if missing:
+            raise RuntimeError(
+                f"Cannot export: {len(missing)} enabled quantizers have no encoding (e.g. "
+                f"{missing[0]!r}). Call sim.compute_encodings(...) first."
+            )
+        os.makedirs(path, exist_ok=True)
+        enc_path = os.path.join(path, f"{filename_prefix}.encodings")
+        model_path = os.path.join(path, f"{filename_prefix}.keras")
+        encodings_io.write_json_atomic(self.get_encodings_dict(encoding_version), enc_path)
+        float_model = self.float_model()
+        fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path)
+        os.close(fd)
+        try:
+            float_model.save(tmp)
+            os.replace(tmp, model_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return {"encodings": enc_path, "model": model_path}
+
+    def float_model(self) -> keras.Model:
+        """The model without quantizers, with the sim's current (possibly trained) float weights."""
+
+        def unwrap(layer):
+            if isinstance(layer, QuantizationWrapper):
+                return _copy_layer(layer.layer)
+            if isinstance(layer, keras.Model):
+                return keras.models.clone_model(layer, clone_function=unwrap)
+            return _copy_layer(layer)
+
+        return keras.models.clone_model(self.model, clone_function=unwrap)
+
+    def load_encodings_to_sim(self, encodings: str | os.PathLike | dict, strict: bool = True) -> None:
+        """Loads AIMET encodings (0.6.1 or 1.0.0) into the sim's quantizers.
+
+        Args:
+            encodings: a JSON file path or the parsed dict.
+            strict: if True, every enabled quantizer must have an encoding in the file; if False,
+                quantizers without one are disabled.
+
+        Raises:
+            ValueError: unknown tensor names, shapes/bitwidths that do not fit, or (strict) missing
+                encodings. Nothing changes in the sim on error.
+        """
+        acts, params = encodings_io.from_dict(encodings_io.read_json(encodings))
+        targets = {n: q for n, q in self.activation_quantizers()}
+        targets.update({n: q for n, q, _ in self.param_quantizers()})
+        self._apply_encodings({**acts, **params}, targets, strict=strict, freeze=False)
+
+    def set_and_freeze_param_encodings(self, encodings: str | os.PathLike | dict) -> None:
+        """Loads parameter encodings (e.g. AdaRound's output) and freezes those quantizers.
+
+        Raises:
+            ValueError: unknown parameter names or encodings that do not fit.
+        """
+        data = encodings_io.read_json(encodings)
+        if "param_encodings" not in data:
+            data = {"version": "0.6.1", "param_encodings": data, "activation_encodings": {}}
+        _, params = encodings_io.from_dict(data)
+        targets = {n: q for n, q, _ in self.param_quantizers()}
+        self._apply_encodings(params, targets, strict=False, freeze=True, disable_missing=False)
+
+    def _apply_encodings(self, encs, targets, strict, freeze, disable_missing=True) -> None:
+        unknown = sorted(set(encs) - set(targets))
+        if unknown:
+            raise ValueError(
+                f"Encodings name {len(unknown)} tensors this sim does not have, e.g. {unknown[:5]}. "
+                "Expected names such as "
+                f"{sorted(targets)[:5]}: were the encodings exported from the same model?"
+            )
+        missing = sorted(n for n, q in targets.items() if q.enabled and n not in encs)
+        if strict and missing:
+            raise ValueError(
+                f"Encodings are missing for {len(missing)} enabled quantizers, e.g. {missing[:5]}. "
+                "Pass strict=False to disable those quantizers instead."
+            )
+        for name, enc in encs.items():
+            q = targets[name]
+            expected = tuple(q.encoding_min.shape)
+            if tuple(enc.min.shape) != expected:
+                raise ValueError(
+                    f"Encoding for {name!r} has shape {tuple(enc.min.shape)}; the quantizer expects "
+                    f"{expected} ({'per-channel' if expected else 'per-tensor'})."
+                )
+        for name, enc in encs.items():
+            q = targets[name]
+            q.set_encoding(enc)
+            q.enabled = True
+            if freeze:
+                q.frozen = True
+        if disable_missing:
+            for name in missing:
+                targets[name].enabled = False
+        self._reset_compiled_functions()
+
+    # -- convenience ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def quantizers_disabled(self) -> Iterator[None]:
+        """Temporarily disables every quantizer (the sim then computes exact float)."""
+        self._reset_compiled_functions()
+        try:
+            with _disabled([q for w in self.wrappers() for q in w.quantizers()]):
+                yield
+        finally:
+            self._reset_compiled_functions()
+
+
+@contextlib.contextmanager
+def _disabled(quantizers: list[Quantizer]) -> Iterator[None]:
+    states = [q.enabled for q in quantizers]
+    for q in quantizers:
+        q.enabled = False
+    try:
+        yield
+    finally:
+        for q, state in zip(quantizers, states):
+            q.enabled = state
+
+
+def _iterate_batches(data, batch_size: int) -> Iterable:
+    if isinstance(data, tf.data.Dataset):
+        for batch in data:
+            yield batch[0] if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) else batch
+        return
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not np.isscalar(data[1]):
+        data = data[0]
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        n = int(data.shape[0])
+        for start in range(0, n, batch_size):
+            yield data[start : start + batch_size]
+        return
+    if isinstance(data, Iterable):
+        for batch in data:
+            yield batch[0] if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) else batch
+        return
+    raise TypeError(
+        "Expected calibration data as a numpy array, an (x, y) tuple, a tf.data.Dataset or an "
+        f"iterable of batches. Received: {type(data).__name__}"
+    )
+

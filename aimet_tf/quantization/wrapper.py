@@ -1,0 +1,205 @@
+"""QuantizationWrapper: one Keras layer plus its input, output and parameter quantizer slots.
+
+A slot holding None means exact float. The wrapper never writes quantized values into the wrapped
+layer's variables: it calls the layer inside a ``keras.StatelessScope`` that maps each quantized
+variable to its quantize-dequantized value, so training still updates the float weights (the
+straight-through estimator carries the gradient to them).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+from aimet_tf.quantization.quantizers import Quantizer
+
+__all__ = ["QuantizationWrapper", "get_param_variable"]
+
+
+def get_param_variable(layer: keras.layers.Layer, path: str) -> keras.Variable:
+    """Resolves a dotted attribute path such as "kernel" or "_query_dense.kernel" on ``layer``.
+
+    Raises:
+        AttributeError: naming the layer and the path when the attribute is missing or not a
+            variable (e.g. a registry entry that does not fit the layer).
+    """
+    try:
+        value = functools.reduce(getattr, path.split("."), layer)
+    except AttributeError as exc:
+        raise AttributeError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) has no parameter attribute {path!r}: "
+            "check its registry entry (aimet_tf.register_layer params=...)."
+        ) from exc
+    if value is not None and not isinstance(value, keras.Variable):
+        raise AttributeError(
+            f"Expected {type(layer).__name__}.{path} to be a keras.Variable. Received: "
+            f"{type(value).__name__}"
+        )
+    return value
+
+
+@keras.saving.register_keras_serializable(package="aimet_tf")
+class QuantizationWrapper(keras.layers.Layer):
+    """Wraps ``layer`` with quantizers.
+
+    Args:
+        layer: the Keras layer (built, or buildable from its build config when reloaded).
+        input_quantizers: one slot per input tensor (None = float).
+        output_quantizers: one slot per output tensor (None = float).
+        param_quantizers: parameter attribute path -> Quantizer or None.
+    """
+
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        input_quantizers: Sequence[Quantizer | None] = (),
+        output_quantizers: Sequence[Quantizer | None] = (),
+        param_quantizers: Mapping[str, Quantizer | None] | None = None,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", layer.name)
+        super().__init__(**kwargs)
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(f"Expected a keras.layers.Layer to wrap. Received: {type(layer).__name__}")
+        self.layer = layer
+        self.input_quantizers = list(input_quantizers)
+        self.output_quantizers = list(output_quantizers)
+        params = dict(param_quantizers or {})
+        self.param_names = sorted(params)
+        # Lists (not dicts) keep the saved variable order independent of dict handling.
+        self.param_quantizer_list = [params[name] for name in self.param_names]
+        if layer.built:
+            self._build_quantizers(None)
+
+    @property
+    def param_quantizers(self) -> dict[str, Quantizer | None]:
+        return dict(zip(self.param_names, self.param_quantizer_list))
+
+    def quantizers(self) -> list[Quantizer]:
+        """All quantizers of this wrapper (inputs, outputs, params), skipping empty slots."""
+        slots = [*self.input_quantizers, *self.output_quantizers, *self.param_quantizer_list]
+        return [q for q in slots if q is not None]
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _build_quantizers(self, input_shape) -> None:
+        for q in [*self.input_quantizers, *self.output_quantizers]:
+            if q is not None and not q.built:
+                q.build(())
+        for name, q in zip(self.param_names, self.param_quantizer_list):
+            if q is not None and not q.built:
+                var = get_param_variable(self.layer, name)
+                if var is None:
+                    raise ValueError(
+                        f"Layer {self.layer.name!r} has no variable at {name!r} (e.g. use_bias=False) "
+                        "but a quantizer was given for it."
+                    )
+                q.build(tuple(var.shape))
+        self.built = True
+
+    def build(self, input_shape=None) -> None:
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self._build_quantizers(input_shape)
+
+    def get_build_config(self):
+        return self.layer.get_build_config()
+
+    def build_from_config(self, config) -> None:
+        if config and not self.layer.built:
+            self.layer.build_from_config(config)
+        self._build_quantizers(None)
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def _quantize_inputs(self, args):
+        if not any(q is not None for q in self.input_quantizers):
+            return args
+        first = args[0]
+        if isinstance(first, (list, tuple)):
+            # Merge layers (Add, Concatenate...) take one list argument.
+            quantized = [
+                q(t) if q is not None else t for q, t in zip(self.input_quantizers, first)
+            ]
+            return (type(first)(quantized), *args[1:])
+        out = list(args)
+        for i, q in enumerate(self.input_quantizers):
+            if q is not None and i < len(out):
+                out[i] = q(out[i])
+        return tuple(out)
+
+    def call(self, *args, **kwargs):
+        args = self._quantize_inputs(args)
+        mapping = []
+        for name, q in zip(self.param_names, self.param_quantizer_list):
+            if q is not None and q.enabled and q._analyzer is None:
+                var = get_param_variable(self.layer, name)
+                mapping.append((var, q(var.value)))
+        if mapping:
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                outputs = self.layer(*args, **kwargs)
+            mapped = {id(v) for v, _ in mapping}
+            # State updates inside a stateless scope are only recorded (e.g. BatchNormalization's
+            # moving statistics in training): apply them for real.
+            for var in self.layer.variables:
+                if id(var) in mapped:
+                    continue
+                new_value = scope.get_current_value(var)
+                if new_value is not None:
+                    var.assign(new_value)
+        else:
+            outputs = self.layer(*args, **kwargs)
+        return self._quantize_outputs(outputs)
+
+    def _quantize_outputs(self, outputs):
+        if not any(q is not None for q in self.output_quantizers):
+            return outputs
+        if isinstance(outputs, (list, tuple)):
+            return type(outputs)(
+                q(t) if q is not None else t for q, t in zip(self.output_quantizers, outputs)
+            )
+        q = self.output_quantizers[0]
+        return q(outputs) if q is not None else outputs
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.layer.compute_output_shape(*args, **kwargs)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self.layer.compute_output_spec(*args, **kwargs)
+
+    # -- serialization -------------------------------------------------------------------------
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            layer=keras.saving.serialize_keras_object(self.layer),
+            input_quantizers=[_serialize(q) for q in self.input_quantizers],
+            output_quantizers=[_serialize(q) for q in self.output_quantizers],
+            param_quantizers={n: _serialize(q) for n, q in self.param_quantizers.items()},
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"))
+        inputs = [_deserialize(c) for c in config.pop("input_quantizers")]
+        outputs = [_deserialize(c) for c in config.pop("output_quantizers")]
+        params = {n: _deserialize(c) for n, c in config.pop("param_quantizers").items()}
+        return cls(layer, inputs, outputs, params, **config)
+
+    def __repr__(self) -> str:
+        count = len(self.quantizers())
+        return f"<QuantizationWrapper {self.name}: {type(self.layer).__name__}, {count} quantizers>"
+
+
+def _serialize(q: Quantizer | None):
+    return None if q is None else keras.saving.serialize_keras_object(q)
+
+
+def _deserialize(config) -> Quantizer | None:
+    return None if config is None else keras.saving.deserialize_keras_object(config)
+

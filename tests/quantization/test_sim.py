@@ -1,0 +1,275 @@
+"""QuantizationSimModel end to end on tiny models: wrapping, calibration, save/load, encodings."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aimet_tf import QuantizationSimModel, Quantizer
+from aimet_tf.quantization.wrapper import QuantizationWrapper
+from aimet_tf.testing import models
+
+
+def _sqnr_db(ref, test):
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    return 10 * np.log10(np.sum(ref**2) / max(np.sum((ref - test) ** 2), 1e-30))
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    model = models.conv_bn_relu_model()
+    data = models.random_images(96)
+    sim = QuantizationSimModel(model, quant_scheme="tf_enhanced", config_file="htp")
+    sim.compute_encodings(data)
+    return model, sim, data
+
+
+def test_original_model_untouched_and_wrapped(calibrated):
+    model, sim, _ = calibrated
+    assert not any(isinstance(l, QuantizationWrapper) for l in model.layers)
+    wrapped = [l for l in sim.model.layers if isinstance(l, QuantizationWrapper)]
+    assert {w.name for w in wrapped} == {l.name for l in model.layers if not isinstance(l, keras.layers.InputLayer)}
+    for w in wrapped:
+        assert w.layer is not model.get_layer(w.name)
+
+
+def test_supergroups_leave_no_quantizer_inside(calibrated):
+    _, sim, _ = calibrated
+    names = {n for n, _ in sim.activation_quantizers()}
+    # Conv -> BN -> ReLU6 fused: only the ReLU6 output is quantized; DW -> ReLU likewise.
+    assert "c1/output:0" not in names and "bn1/output:0" not in names and "r1/output:0" in names
+    assert "dw/output:0" not in names and "r2/output:0" in names
+    assert "c1/input:0" in names  # model input
+    assert "fc/output:0" in names  # model output
+
+
+def test_htp_params_per_channel_symmetric(calibrated):
+    _, sim, _ = calibrated
+    params = {n: q for n, q, _ in sim.param_quantizers()}
+    assert params["c1/kernel:0"].per_channel and params["c1/kernel:0"].symmetric
+    assert params["c1/kernel:0"].get_encoding().min.shape == (8,)
+    assert params["dw/kernel:0"].get_encoding().min.shape == (8,)  # 8 in x multiplier 1
+
+
+def test_w8a8_close_to_float(calibrated):
+    model, sim, data = calibrated
+    ref = model.predict(data, verbose=0)
+    out = sim.model.predict(data, verbose=0)
+    assert _sqnr_db(ref, out) > 25.0
+    assert not np.array_equal(ref, out)  # quantization really happens
+
+
+def test_all_disabled_is_bit_exact_float(calibrated):
+    model, sim, data = calibrated
+    with sim.quantizers_disabled():
+        out = sim.model.predict(data, verbose=0)
+    np.testing.assert_array_equal(out, model.predict(data, verbose=0))
+
+
+def test_wrapper_never_writes_quantized_weights(calibrated):
+    model, sim, data = calibrated
+    before = [v.numpy().copy() for v in sim.model.get_layer("c1").layer.weights]
+    sim.model(data[:4])
+    after = [v.numpy() for v in sim.model.get_layer("c1").layer.weights]
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(before[0], model.get_layer("c1").kernel.numpy())
+
+
+def test_save_and_reload_identical(calibrated, tmp_path):
+    _, sim, data = calibrated
+    path = tmp_path / "sim.keras"
+    sim.model.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(reloaded.predict(data, verbose=0), sim.model.predict(data, verbose=0))
+
+
+@pytest.mark.parametrize("version", ["0.6.1", "1.0.0"])
+def test_encodings_round_trip(calibrated, tmp_path, version):
+    model, sim, data = calibrated
+    paths = sim.export(tmp_path, "m", encoding_version=version)
+    doc = json.loads(open(paths["encodings"]).read())
+    assert doc["version"] == version
+    fresh = QuantizationSimModel(model, quant_scheme="tf_enhanced", config_file="htp")
+    fresh.load_encodings_to_sim(paths["encodings"])
+    a = sim.model.predict(data, verbose=0)
+    b = fresh.model.predict(data, verbose=0)
+    if version == "0.6.1":
+        np.testing.assert_array_equal(b, a)  # min/max stored exactly
+    else:
+        np.testing.assert_allclose(b, a, atol=1e-5)  # scale*offset may differ in the last bit
+    exported = keras.models.load_model(paths["model"])
+    np.testing.assert_array_equal(exported.predict(data, verbose=0), model.predict(data, verbose=0))
+
+
+def test_061_layout(calibrated):
+    _, sim, _ = calibrated
+    doc = sim.get_encodings_dict("0.6.1")
+    entry = doc["param_encodings"]["c1/kernel:0"]
+    assert len(entry) == 8
+    assert set(entry[0]) == {"bitwidth", "dtype", "is_symmetric", "max", "min", "offset", "scale"}
+    assert entry[0]["is_symmetric"] == "True" and entry[0]["offset"] == -128
+    act = doc["activation_encodings"]["r1/output:0"][0]
+    assert act["offset"] <= 0 and act["bitwidth"] == 8
+
+
+def test_uncalibrated_sim_refuses_to_run():
+    sim = QuantizationSimModel(models.conv_bn_relu_model())
+    with pytest.raises(RuntimeError, match="compute_encodings"):
+        sim.model(models.random_images(2))
+
+
+def test_nan_calibration_data_rejected_and_nothing_changes():
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf")
+    data = models.random_images(8)
+    data[3, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sim.compute_encodings(data)
+    assert all(not q.is_initialized for _, q in sim.activation_quantizers())
+
+
+def test_empty_calibration_data_rejected():
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf")
+    with pytest.raises(ValueError, match="empty"):
+        sim.compute_encodings(np.zeros((0, 16, 16, 3), np.float32))
+
+
+def test_callback_style_compute_encodings_and_dataset():
+    model = models.conv_bn_relu_model()
+    data = models.random_images(32)
+    a = QuantizationSimModel(model, quant_scheme="tf")
+    a.compute_encodings(lambda m, args: m.predict(args, batch_size=8, verbose=0), data)
+    b = QuantizationSimModel(model, quant_scheme="tf")
+    b.compute_encodings(tf.data.Dataset.from_tensor_slices((data, np.zeros(32))).batch(8))
+    np.testing.assert_array_equal(a.model.predict(data, verbose=0), b.model.predict(data, verbose=0))
+
+
+def test_subclassed_model_rejected_with_advice():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    m = Sub()
+    m(np.zeros((1, 3), np.float32))
+    with pytest.raises(TypeError, match="Functional API"):
+        QuantizationSimModel(m)
+
+
+def test_shared_layer_rejected():
+    shared = keras.layers.Dense(4, name="shared")
+    a, b = keras.Input((4,)), keras.Input((4,))
+    out = keras.layers.Add()([shared(a), shared(b)])
+    with pytest.raises(ValueError, match="shared"):
+        QuantizationSimModel(keras.Model([a, b], out))
+
+
+def test_unknown_layer_names_registration_call():
+    class Weird(keras.layers.Layer):
+        def call(self, x):
+            return x * 2
+
+    inp = keras.Input((3,))
+    model = keras.Model(inp, Weird(name="weird")(keras.layers.Dense(3)(inp)))
+    with pytest.raises(NotImplementedError, match="register_layer"):
+        QuantizationSimModel(model)
+
+
+def test_mismatched_encodings_rejected_and_sim_unchanged(calibrated, tmp_path):
+    model, sim, _ = calibrated
+    doc = sim.get_encodings_dict("0.6.1")
+    doc["activation_encodings"]["nonexistent/output:0"] = doc["activation_encodings"]["r1/output:0"]
+    fresh = QuantizationSimModel(model, config_file="htp")
+    with pytest.raises(ValueError, match="does not have"):
+        fresh.load_encodings_to_sim(doc)
+    assert all(not q.is_initialized for _, q in fresh.activation_quantizers())
+    doc = sim.get_encodings_dict("0.6.1")
+    doc["param_encodings"]["c1/kernel:0"] = doc["param_encodings"]["c1/kernel:0"][:3]
+    with pytest.raises(ValueError, match="shape"):
+        fresh.load_encodings_to_sim(doc)
+
+
+def test_set_and_freeze_param_encodings(calibrated):
+    model, sim, data = calibrated
+    doc = sim.get_encodings_dict("0.6.1")
+    fresh = QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+    fresh.set_and_freeze_param_encodings({"version": "0.6.1", "param_encodings": doc["param_encodings"]})
+    frozen = {n: q for n, q, _ in fresh.param_quantizers()}
+    assert all(q.frozen for q in frozen.values())
+    fresh.compute_encodings(data)
+    np.testing.assert_array_equal(
+        frozen["c1/kernel:0"].get_encoding().min,
+        {n: q for n, q, _ in sim.param_quantizers()}["c1/kernel:0"].get_encoding().min,
+    )
+
+
+def test_nested_and_sequential_models():
+    branchy = models.branchy_model()
+    data = np.random.default_rng(1).normal(size=(16, 12, 12, 4)).astype(np.float32)
+    sim = QuantizationSimModel(branchy, quant_scheme="tf")
+    sim.compute_encodings(data)
+    assert _sqnr_db(branchy.predict(data, verbose=0), sim.model.predict(data, verbose=0)) > 20
+    assert any(w.name == "inner_conv" for w in sim.wrappers())
+    mlp = models.dense_model()
+    x = np.random.default_rng(2).normal(size=(32, 10)).astype(np.float32)
+    sim2 = QuantizationSimModel(mlp, quant_scheme="tf", default_param_bw=4)
+    sim2.compute_encodings(x)
+    out = sim2.model.predict(x, verbose=0)
+    assert _sqnr_db(mlp.predict(x, verbose=0), out) > 10
+    with sim2.quantizers_disabled():
+        np.testing.assert_array_equal(sim2.model.predict(x, verbose=0), mlp.predict(x, verbose=0))
+
+
+def test_bitwidth_validation_in_sim():
+    with pytest.raises(ValueError, match="bitwidth"):
+        QuantizationSimModel(models.dense_model(), default_param_bw=1)
+    with pytest.raises(ValueError, match="bitwidth"):
+        QuantizationSimModel(models.dense_model(), default_output_bw=33)
+
+
+def test_fit_moves_weights_not_static_ranges():
+    model = models.dense_model()
+    x = np.random.default_rng(3).normal(size=(64, 10)).astype(np.float32)
+    y = np.random.default_rng(4).normal(size=(64, 2)).astype(np.float32)
+    sim = QuantizationSimModel(model, quant_scheme="tf")
+    sim.compute_encodings(x)
+    q = sim.model.get_layer("d1").output_quantizers[0]
+    rng_before = (q.encoding_min.numpy(), q.encoding_max.numpy())
+    kernel_before = sim.model.get_layer("d1").layer.kernel.numpy().copy()
+    sim.model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    sim.model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert not np.array_equal(sim.model.get_layer("d1").layer.kernel.numpy(), kernel_before)
+    assert q.encoding_min.numpy() == rng_before[0] and q.encoding_max.numpy() == rng_before[1]
+
+
+def test_range_learning_moves_ranges():
+    model = models.dense_model()
+    x = np.random.default_rng(3).normal(size=(64, 10)).astype(np.float32)
+    y = np.random.default_rng(4).normal(size=(64, 2)).astype(np.float32) * 3
+    sim = QuantizationSimModel(model, quant_scheme="tf_range_learning", default_output_bw=4)
+    sim.compute_encodings(x)
+    q = sim.model.get_layer("d3").output_quantizers[0]
+    before = float(q.encoding_max.numpy())
+    sim.model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    sim.model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert float(q.encoding_max.numpy()) != before
+
+
+def test_quantizer_state_and_errors():
+    q = Quantizer(bitwidth=8, channel_axis=-1, symmetric=True)
+    q.build((3, 4))
+    assert q.num_channels == 4
+    with pytest.raises(ValueError, match="shape"):
+        from aimet_tf.quantization.primitives import compute_encoding
+
+        q.set_encoding(compute_encoding(-1.0, 1.0, 8, True))
+    with pytest.raises(ValueError, match="bitwidth"):
+        Quantizer(bitwidth=1)
+    q.enabled = False
+    x = tf.constant(np.ones((3, 4), np.float32))
+    np.testing.assert_array_equal(q(x).numpy(), x.numpy())
