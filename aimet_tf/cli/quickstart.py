@@ -1,0 +1,151 @@
+r"""The main job: quantize the bundled Fashion-MNIST model on bundled real data and report.
+
+Loads the bundled FP32 CNN and the bundled Fashion-MNIST data, calibrates on the calibration split
+(2,000 train images, never scored), simulates W8A8 and W4A8 and prints accuracy on the full 10k test
+split with the weight size of each variant, then writes the AIMET encodings.
+
+Usage:
+    python examples/quickstart.py [--output_dir=quickstart_out] [--config=htp]
+    aimet-tf-quickstart            # the same, installed as a console command
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from aimet_tf import datasets, metrics  # noqa: E402
+from aimet_tf.quantization import QuantizationSimModel  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", "quickstart_out", "Where encodings are written.")
+flags.DEFINE_string("config", "htp", "Hardware config: 'default', 'htp' or a JSON path.")
+flags.DEFINE_string("quant_scheme", "tf_enhanced", "Range scheme: tf, tf_enhanced or percentile.")
+flags.DEFINE_integer("calibration_images", 2000, "How many calibration images to use (<= 2000).")
+flags.DEFINE_integer("batch_size", 256, "Batch size for evaluation and calibration.")
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the result table."""
+
+    name: str
+    accuracy: float
+    weight_bytes: int
+    seconds: float
+    note: str = ""
+
+
+def sim_weight_bytes(sim: QuantizationSimModel) -> int:
+    """Bytes of the weights as the target would store them: quantized params at their bitwidth,
+    every other trainable weight as float32 (BN statistics excluded: they fold away)."""
+    by_bits: dict[int, int] = {}
+    quantized = set()
+    for _, q, var in sim.param_quantizers():
+        if q.enabled:
+            by_bits[q.bitwidth] = by_bits.get(q.bitwidth, 0) + int(np.prod(var.shape))
+            quantized.add(id(var))
+    floats = sum(
+        int(np.prod(v.shape))
+        for w in sim.wrappers()
+        for v in w.layer.trainable_weights
+        if id(v) not in quantized
+    )
+    return metrics.model_weight_bytes(by_bits, floats)
+
+
+def float_weight_bytes(model: keras.Model) -> int:
+    return 4 * sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+
+
+def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+    return metrics.top1_accuracy(model.predict(images, batch_size=batch_size, verbose=0), labels)
+
+
+def run_quickstart(
+    output_dir: str,
+    config: str = "htp",
+    quant_scheme: str = "tf_enhanced",
+    calibration_images: int = 2000,
+    batch_size: int = 256,
+) -> list[Row]:
+    """Runs the quickstart and returns the table rows (also printed)."""
+    t0 = time.perf_counter()
+    model = datasets.load_bundled_model()
+    x_test, y_test = datasets.load_fashion_mnist("test")
+    x_cal, _ = datasets.load_fashion_mnist("calibration")
+    if not 0 < calibration_images <= len(x_cal):
+        raise ValueError(
+            f"Expected calibration_images in [1, {len(x_cal)}]. Received: {calibration_images}"
+        )
+    x_cal = x_cal[:calibration_images]
+    logging.info("Loaded the bundled model and data in %.1f s", time.perf_counter() - t0)
+
+    rows: list[Row] = []
+    progress = keras.utils.Progbar(3, unit_name="variant")
+    t = time.perf_counter()
+    rows.append(
+        Row("FP32", evaluate(model, x_test, y_test, batch_size), float_weight_bytes(model),
+            time.perf_counter() - t, "bundled Keras model")
+    )
+    progress.update(1)
+    os.makedirs(output_dir, exist_ok=True)
+    for step, (name, param_bw) in enumerate((("W8A8", 8), ("W4A8", 4)), start=2):
+        t = time.perf_counter()
+        sim = QuantizationSimModel(
+            model,
+            quant_scheme=quant_scheme,
+            default_param_bw=param_bw,
+            default_output_bw=8,
+            config_file=config,
+        )
+        sim.compute_encodings(x_cal, batch_size=batch_size)
+        accuracy = evaluate(sim.model, x_test, y_test, batch_size)
+        paths = sim.export(output_dir, f"fashion_mnist_{name.lower()}")
+        rows.append(
+            Row(name, accuracy, sim_weight_bytes(sim), time.perf_counter() - t,
+                f"sim, {quant_scheme}, config {config}; encodings: {paths['encodings']}")
+        )
+        progress.update(step)
+    return rows
+
+
+def format_table(rows: list[Row], test_count: int, calibration_count: int) -> str:
+    fp32 = rows[0].accuracy
+    lines = [
+        f"Fashion-MNIST test accuracy ({test_count} images; calibrated on {calibration_count} "
+        "train images)",
+        f"{'variant':8s} {'top-1 %':>8s} {'vs FP32':>8s} {'weights':>10s} {'seconds':>8s}  note",
+    ]
+    for r in rows:
+        delta = "" if r is rows[0] else f"{100 * (r.accuracy - fp32):+.2f}"
+        lines.append(
+            f"{r.name:8s} {100 * r.accuracy:8.2f} {delta:>8s} {r.weight_bytes / 1024:8.1f}KB "
+            f"{r.seconds:8.1f}  {r.note}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    rows = run_quickstart(
+        FLAGS.output_dir, FLAGS.config, FLAGS.quant_scheme, FLAGS.calibration_images, FLAGS.batch_size
+    )
+    print()
+    print(format_table(rows, 10000, FLAGS.calibration_images))
+
+
+def run() -> None:
+    """Console-script entry point (aimet-tf-quickstart)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,77 @@
+"""Helpers shared by the benchmarks: timing, machine description, TFLite PTQ peer."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def best_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    """Best wall time of ``repeats`` calls after ``warmup`` untimed calls (robust to a noisy machine)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def versions() -> str:
+    import ai_edge_litert
+    import keras
+    import tensorflow as tf
+
+    litert = getattr(ai_edge_litert, "__version__", None)
+    if litert is None:
+        from importlib.metadata import version
+
+        litert = version("ai-edge-litert")
+    return f"tensorflow {tf.__version__}, keras {keras.__version__}, ai-edge-litert {litert}, numpy {np.__version__}"
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def tflite_ptq_int8(model, calibration: np.ndarray, batch: int = 1) -> bytes:
+    """TFLite's own post-training full-integer int8 quantization (the peer), float I/O.
+
+    The representative dataset yields the calibration images one at a time, as TFLite's docs do.
+    """
+    import tensorflow as tf
+
+    def representative():
+        for i in range(len(calibration)):
+            yield [calibration[i : i + batch]]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def tflite_float(model) -> bytes:
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
