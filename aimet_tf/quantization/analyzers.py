@@ -557,6 +557,82 @@ class _HistogramAnalyzer(RangeAnalyzer):
     def _update_from_rows(self, rows: np.ndarray, batch_min: np.ndarray, batch_max: np.ndarray) -> None:
         self._histogram = _updated_histogram(self._histogram, rows, batch_min, batch_max, self._num_bins)
 
+    # The two-step protocol below lets a TF graph bin a per-tensor batch itself
+    # (tf.histogram_fixed_width is several times faster than numpy and needs no copy of the batch):
+    # begin_batch picks the bin range, the graph counts into it, end_batch records the counts.
+
+    @property
+    def supports_graph_histogram(self) -> bool:
+        """True for per-tensor analyzers, which accept counts binned elsewhere."""
+        return self._channel_axis is None
+
+    def begin_batch(self, batch_min: float, batch_max: float, num_nonfinite: int = 0) -> np.ndarray:
+        """Starts a batch binned outside: returns the float32 [lo, hi] to bin it over.
+
+        The range is the union of the current histogram range and [batch_min, batch_max], widened
+        to the next float32 values so that it covers both.
+
+        Raises:
+            ValueError: if the batch holds NaN/Inf (``num_nonfinite`` > 0 or non-finite bounds).
+        """
+        if not self.supports_graph_histogram:
+            raise RuntimeError("begin_batch() is only available for per-tensor analyzers.")
+        bmin, bmax = float(batch_min), float(batch_max)
+        if int(num_nonfinite) > 0 or not (np.isfinite(bmin) and np.isfinite(bmax)):
+            raise ValueError(
+                "Expected only finite values to calibrate on. "
+                f"Received: a batch with {int(num_nonfinite)} NaN/Inf values (min={bmin}, max={bmax}). "
+                "Fix: check the model/inputs that produce this tensor."
+            )
+        hist = self._histogram
+        lo = bmin if hist is None else min(bmin, float(hist.lo[0]))
+        hi = bmax if hist is None else max(bmax, float(hist.hi[0]))
+        hi = float(_positive_span(np.asarray([lo]), np.asarray([hi]))[0])
+        lo32 = np.float32(lo)
+        hi32 = np.float32(hi)
+        if float(lo32) > lo:
+            lo32 = np.nextafter(lo32, np.float32(-np.inf))
+        if float(hi32) < hi:
+            hi32 = np.nextafter(hi32, np.float32(np.inf))
+        self._pending = (float(lo32), float(hi32), bmin, bmax)
+        return np.asarray([lo32, hi32], dtype=np.float32)
+
+    def end_batch(self, counts: np.ndarray, num_zeros: int = 0) -> np.int32:
+        """Records the counts of the batch started by ``begin_batch`` (over the range it returned)
+        and how many of its values were exactly 0."""
+        pending = getattr(self, "_pending", None)
+        if pending is None:
+            raise RuntimeError("end_batch() called without begin_batch().")
+        lo, hi, bmin, bmax = pending
+        self._pending = None
+        counts = np.asarray(counts, dtype=np.float64).reshape(1, -1)
+        if counts.shape[1] != self._num_bins:
+            raise ValueError(
+                f"Expected {self._num_bins} histogram counts. Received: {counts.shape[1]}"
+            )
+        new_lo, new_hi = np.asarray([lo]), np.asarray([hi])
+        hist = self._histogram
+        if hist is None:
+            base = np.zeros((1, self._num_bins))
+        elif hist.lo[0] != lo or hist.hi[0] != hi:
+            base = _rebin(hist.counts, hist.lo, hist.hi, new_lo, new_hi)
+        else:
+            base = hist.counts
+        self._histogram = _Histogram(new_lo, new_hi, base + counts)
+        self._record_zeros(np.asarray([float(num_zeros)]))
+        batch_min, batch_max = np.asarray([bmin]), np.asarray([bmax])
+        if self._data_min is None:
+            self._data_min, self._data_max = batch_min, batch_max
+        else:
+            self._data_min = np.minimum(self._data_min, batch_min)
+            self._data_max = np.maximum(self._data_max, batch_max)
+        self._num_channels = 1
+        self._num_batches += 1
+        return np.int32(0)
+
+    def _record_zeros(self, zeros: np.ndarray) -> None:
+        """Hook for analyzers that count exact zeros."""
+
 
 # ----------------------------------------------------------------------------------------------
 # SQNR (tf_enhanced)
@@ -692,8 +768,10 @@ class SqnrAnalyzer(_HistogramAnalyzer):
 
     def _update_from_rows(self, rows: np.ndarray, batch_min: np.ndarray, batch_max: np.ndarray) -> None:
         hist = _updated_histogram(self._histogram, rows, batch_min, batch_max, self._num_bins)
-        zeros = np.count_nonzero(rows == 0, axis=1).astype(np.float64)
         self._histogram = hist
+        self._record_zeros(np.count_nonzero(rows == 0, axis=1).astype(np.float64))
+
+    def _record_zeros(self, zeros: np.ndarray) -> None:
         self._zeros = zeros if self._zeros is None else self._zeros + zeros
 
     def _candidates(self, bitwidth: int, symmetric: bool, strict: bool, unsigned: bool):

@@ -20,7 +20,13 @@ import numpy as np
 import tensorflow as tf
 
 from aimet_tf.quantization import primitives
-from aimet_tf.quantization.analyzers import QuantScheme, RangeAnalyzer, make_analyzer, parse_quant_scheme
+from aimet_tf.quantization.analyzers import (
+    MinMaxAnalyzer,
+    QuantScheme,
+    RangeAnalyzer,
+    make_analyzer,
+    parse_quant_scheme,
+)
 
 __all__ = ["Quantizer"]
 
@@ -250,15 +256,51 @@ class Quantizer(keras.layers.Layer):
 
     def _observe(self, x):
         analyzer = self._analyzer
+        if getattr(analyzer, "supports_graph_histogram", False):
+            token = self._observe_histogram_in_graph(x, analyzer)
+        elif isinstance(analyzer, MinMaxAnalyzer) and analyzer.channel_axis is None:
+            # Min/max of the batch carry all a per-tensor min-max analyzer needs: reduce in TF and
+            # hand numpy two numbers (and the NaN/Inf count) instead of the whole tensor.
+            def observe_min_max(bounds, num_nonfinite):
+                if int(num_nonfinite) > 0:
+                    raise ValueError(
+                        f"Expected only finite values to calibrate on. Received: a batch with "
+                        f"{int(num_nonfinite)} NaN/Inf values at quantizer {self.name!r}."
+                    )
+                analyzer.observe(bounds)
+                return np.int32(0)
 
-        def observe(value):
-            analyzer.observe(value)
-            return np.int32(0)
+            x32 = tf.cast(x, tf.float32)
+            bounds = tf.stack([tf.reduce_min(x32), tf.reduce_max(x32)])
+            token = tf.numpy_function(
+                observe_min_max, [bounds, _count_nonfinite(x32)], tf.int32, stateful=True
+            )
+        else:
 
-        token = tf.numpy_function(observe, [x], tf.int32, stateful=True, name="observe")
+            def observe(value):
+                analyzer.observe(value)
+                return np.int32(0)
+
+            token = tf.numpy_function(observe, [x], tf.int32, stateful=True, name="observe")
         # The identity depends on the observation so that graph pruning cannot drop it.
         with tf.control_dependencies([token]):
             return tf.identity(x)
+
+    @staticmethod
+    def _observe_histogram_in_graph(x, analyzer):
+        # The analyzer picks the bin range (numpy), TF bins the batch (fast, no copy out), the
+        # analyzer merges the counts (numpy). See _HistogramAnalyzer.begin_batch.
+        x32 = tf.cast(x, tf.float32)
+        bin_range = tf.numpy_function(
+            analyzer.begin_batch,
+            [tf.reduce_min(x32), tf.reduce_max(x32), _count_nonfinite(x32)],
+            tf.float32,
+            stateful=True,
+        )
+        bin_range = tf.reshape(bin_range, [2])
+        counts = tf.histogram_fixed_width(x32, bin_range, nbins=analyzer.num_bins, dtype=tf.int32)
+        num_zeros = tf.reduce_sum(tf.cast(tf.equal(x32, 0.0), tf.int32))
+        return tf.numpy_function(analyzer.end_batch, [counts, num_zeros], tf.int32, stateful=True)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -284,3 +326,7 @@ class Quantizer(keras.layers.Layer):
         state = "disabled" if not self.enabled else ("ready" if self._initialized else "uncalibrated")
         sym = "strict-symmetric" if self.strict else ("symmetric" if self.symmetric else "asymmetric")
         return f"<Quantizer {self.name}: int{self._bitwidth} {sym} {granularity} {state}>"
+
+
+def _count_nonfinite(x: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(x)), tf.int32))

@@ -340,9 +340,18 @@ class QuantizationSimModel:
         logging.info("compute_encodings: %d encodings computed", len(new))
 
     def _run_calibration_data(self, data, batch_size: int) -> None:
-        step = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        # One trace for every batch size (the last batch is usually smaller).
+        specs = [tf.TensorSpec(t.shape, t.dtype) for t in self.model.inputs]
+        specs = specs[0] if len(specs) == 1 else specs
+        step = tf.function(lambda x: self.model(x, training=False), input_signature=[specs])
         count = 0
         for batch in _iterate_batches(data, batch_size):
+            try:
+                batch = tf.nest.map_structure(lambda a, s: tf.convert_to_tensor(a, s.dtype), batch, specs)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(
+                    f"Calibration batch {count} does not match the model inputs {specs}: {exc}"
+                ) from exc
             for arr in tf.nest.flatten(batch):
                 arr = np.asarray(arr)
                 if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
