@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from aimet_tf.quantization.primitives import MIN_RANGE_WIDTH, validate_bitwidth
+
 __all__ = [
     "QuantScheme",
     "parse_quant_scheme",
@@ -55,10 +57,6 @@ __all__ = [
     "make_analyzer",
 ]
 
-_MIN_BITWIDTH = 2
-_MAX_BITWIDTH = 16
-# Same floor as primitives.MIN_RANGE_WIDTH (kept local so that this module never imports TF).
-_MIN_RANGE_WIDTH = 0.01
 # Upper bound on elements converted to float64 at once while binning, to bound peak memory on
 # large activations.
 _CHUNK_ELEMENTS = 1 << 20
@@ -136,19 +134,6 @@ def parse_quant_scheme(value: str | QuantScheme) -> QuantScheme:
         f"Unknown quantization scheme. Expected one of {_accepted_scheme_names()}, or a "
         f"QuantScheme member. Received: quant_scheme={value!r}"
     )
-
-
-def _check_bitwidth(bitwidth: Any) -> int:
-    if isinstance(bitwidth, (bool, np.bool_)) or not isinstance(bitwidth, (int, np.integer)):
-        raise ValueError(
-            f"Expected an integer bitwidth in [{_MIN_BITWIDTH}, {_MAX_BITWIDTH}]. "
-            f"Received: bitwidth={bitwidth!r} of type {type(bitwidth).__name__}"
-        )
-    if not _MIN_BITWIDTH <= int(bitwidth) <= _MAX_BITWIDTH:
-        raise ValueError(
-            f"Expected a bitwidth in [{_MIN_BITWIDTH}, {_MAX_BITWIDTH}]. Received: bitwidth={bitwidth}"
-        )
-    return int(bitwidth)
 
 
 def _check_channel_axis(channel_axis: Any) -> tuple[int, ...] | None:
@@ -351,7 +336,7 @@ class RangeAnalyzer(abc.ABC):
             ValueError: if ``bitwidth`` is not an integer in [2, 16].
             RuntimeError: if nothing was observed.
         """
-        bitwidth = _check_bitwidth(bitwidth)
+        bitwidth = validate_bitwidth(bitwidth)
         if self._num_batches == 0:
             raise RuntimeError(
                 f"{type(self).__name__} has no statistics. Expected at least one observed batch. "
@@ -778,7 +763,7 @@ class SqnrAnalyzer(_HistogramAnalyzer):
         """Candidate (delta, offset) per channel as [C, K] arrays, widest first."""
         mn = np.minimum(self._data_min, 0.0)
         mx = np.maximum(self._data_max, 0.0)
-        mx = np.maximum(mx, mn + _MIN_RANGE_WIDTH)
+        mx = np.maximum(mx, mn + MIN_RANGE_WIDTH)
         steps = 2**bitwidth - 1 - int(strict)
         if symmetric:
             f = np.arange(_SYMMETRIC_DELTA_CANDIDATES, 0, -1) / (_SYMMETRIC_DELTA_CANDIDATES - 1)

@@ -140,6 +140,20 @@ def nudge(
     return nudged_min, nudged_max, scale.astype(np.float32), offset
 
 
+def _checked_range(min_val, max_val) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) as float32 arrays after checking they are finite and of one shape."""
+    mn = np.asarray(min_val, dtype=np.float32)
+    mx = np.asarray(max_val, dtype=np.float32)
+    if mn.shape != mx.shape:
+        raise ValueError(
+            f"Expected min and max of the same shape. Received: min.shape={mn.shape}, "
+            f"max.shape={mx.shape}"
+        )
+    if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
+        raise ValueError(f"Expected finite min/max. Received: min={mn}, max={mx}")
+    return mn, mx
+
+
 @dataclasses.dataclass(frozen=True)
 class Encoding:
     """One quantizer's encoding: the nudged range plus how it was built.
@@ -159,15 +173,7 @@ class Encoding:
     strict: bool = False
 
     def __post_init__(self):
-        mn = np.asarray(self.min, dtype=np.float32)
-        mx = np.asarray(self.max, dtype=np.float32)
-        if mn.shape != mx.shape:
-            raise ValueError(
-                f"Expected min and max of the same shape. Received: min.shape={mn.shape}, "
-                f"max.shape={mx.shape}"
-            )
-        if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
-            raise ValueError(f"Expected finite encoding min/max. Received: min={mn}, max={mx}")
+        mn, mx = _checked_range(self.min, self.max)
         if np.any(mn > 0) or np.any(mx < 0) or np.any(mx <= mn):
             raise ValueError(
                 "Expected an encoding range with min <= 0 <= max and min < max. "
@@ -235,15 +241,7 @@ def compute_encoding(
         array(-85., dtype=float32)
     """
     bitwidth = validate_bitwidth(bitwidth)
-    mn = np.asarray(min_val, dtype=np.float32)
-    mx = np.asarray(max_val, dtype=np.float32)
-    if mn.shape != mx.shape:
-        raise ValueError(
-            f"Expected min and max of the same shape. Received: min.shape={mn.shape}, "
-            f"max.shape={mx.shape}"
-        )
-    if not (np.all(np.isfinite(mn)) and np.all(np.isfinite(mx))):
-        raise ValueError(f"Expected finite min/max to build an encoding. Received: min={mn}, max={mx}")
+    mn, mx = _checked_range(min_val, max_val)
     strict = bool(strict and symmetric)
     all_non_negative = np.all(mn >= 0)
     mn = np.minimum(mn, 0.0).astype(np.float32)
