@@ -11,8 +11,9 @@ Three analyzers follow AIMET's quantization schemes (REFERENCE section 2):
   gamma * clipping MSE + rounding MSE, estimated from a histogram.
 * ``PercentileAnalyzer`` (``percentile``): clips (100 - p)% of the mass in each tail.
 
-Everything is plain numpy (no TensorFlow import): the quantizers call ``observe`` through
-``tf.numpy_function`` during calibration.
+The statistics are plain numpy: the quantizers call ``observe`` (or, per tensor, the
+``begin_batch``/``end_batch`` pair around a histogram binned by TF) through ``tf.numpy_function``
+during calibration.
 
 The returned (min, max) is what ``primitives.compute_encoding`` consumes; that step makes the range
 contain 0, applies the 0.01 minimum width and nudges, so min/max-style analyzers return the observed
