@@ -14,7 +14,7 @@ Two implementations of quantize-dequantize exist on purpose:
 * ``fake_quantize`` emits TF's FakeQuantWithMinMaxVars(PerChannel) ops, which the TFLite converter
   recognises. Their gradient is the straight-through estimator inside [min, max] and the sum of the
   clipped gradients for min/max.
-* ``quantize_dequantize`` is the same forward arithmetic written with plain TF ops plus AIMET's
+* ``quantize_dequantize`` runs the same TF op forward but replaces its gradient with AIMET's
   range-learning gradients (LSQ-like), used when ranges are trained.
 Both give bit-identical outputs (tests pin this).
 """
@@ -43,6 +43,14 @@ __all__ = [
     "quantize_dequantize",
     "quantize",
     "dequantize",
+    "scale_tf",
+    "round_half_away_from_zero",
+    "quantize_bias",
+    "quantized_multiplier",
+    "requantize_fixed_point",
+    "requantize_float",
+    "round_average_pool",
+    "requantize_add",
 ]
 
 MIN_BITWIDTH = 2
@@ -334,6 +342,11 @@ def _nudge_tf(min_val, max_val, bitwidth: int, narrow_range: bool):
     return (qmin - zero_point) * scale, (qmax - zero_point) * scale, scale
 
 
+def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    flat = lambda t: tf.reshape(t, [1, -1])  # noqa: E731
+    return tf.reshape(tf.matmul(flat(a), flat(b), transpose_b=True), [])
+
+
 def quantize_dequantize(
     x: tf.Tensor,
     min_val: tf.Tensor,
@@ -344,35 +357,47 @@ def quantize_dequantize(
 ) -> tf.Tensor:
     """Quantize-dequantize with trainable-range gradients (AIMET range learning).
 
-    Forward: identical to ``fake_quantize``. Backward (round treated as identity):
+    Forward: TF's fake-quant op, exactly as ``fake_quantize``. Backward (round treated as identity):
       dx_hat/dx = 1 inside [nmin, nmax], 0 outside (straight-through estimator);
       dx_hat/dmax = (round(x/s) - x/s) / steps inside the grid and (q_clipped + offset) / steps
       outside it; dx_hat/dmin = -dx_hat/dmax; summed over everything but the channel axis.
+    Both cases are (x_hat - x * inside) / (s * steps) with s * steps = nmax - nmin, so with dx
+    from TF's own fake-quant gradient op the range gradient is two dot products:
+    dmax = (sum(dy * x_hat) - sum(dx * x)) / (nmax - nmin).
 
     Args: as ``fake_quantize``.
     """
     bitwidth = validate_bitwidth(bitwidth)
-    steps = float(2**bitwidth - 1 - int(bool(narrow_range)))
     restore = None
     if channel_axis is not None:
         x, restore = _channels_last(x, channel_axis)
+    per_channel = channel_axis is not None
 
     @tf.custom_gradient
     def _qdq(x, mn, mx):
-        nmin, nmax, scale = _nudge_tf(mn, mx, bitwidth, narrow_range)
-        clamped = tf.minimum(tf.maximum(x, nmin), nmax)
-        levels = tf.floor((clamped - nmin) / scale + 0.5)
-        y = levels * scale + nmin
+        if per_channel:
+            y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+                x, mn, mx, num_bits=bitwidth, narrow_range=narrow_range
+            )
+        else:
+            y = tf.quantization.fake_quant_with_min_max_vars(
+                x, mn, mx, num_bits=bitwidth, narrow_range=narrow_range
+            )
 
         def grad(dy):
-            inside = tf.logical_and(x >= nmin, x <= nmax)
-            dx = tf.where(inside, dy, tf.zeros_like(dy))
-            offset = nmin / scale
-            ratio = x / scale
-            ds = tf.where(inside, tf.round(ratio) - ratio, levels + offset)
-            dmax_elem = dy * ds / steps
-            reduce_axes = list(range(x.shape.rank)) if channel_axis is None else list(range(x.shape.rank - 1))
-            dmax = tf.reduce_sum(dmax_elem, axis=reduce_axes)
+            nmin, nmax, _ = _nudge_tf(mn, mx, bitwidth, narrow_range)
+            if per_channel:
+                dx = tf.quantization.fake_quant_with_min_max_vars_per_channel_gradient(
+                    dy, x, mn, mx, num_bits=bitwidth, narrow_range=narrow_range
+                )[0]
+                axes = list(range(x.shape.rank - 1))
+                dmax = tf.reduce_sum(dy * y - dx * x, axis=axes) / (nmax - nmin)
+            else:
+                dx = tf.quantization.fake_quant_with_min_max_vars_gradient(
+                    dy, x, mn, mx, num_bits=bitwidth, narrow_range=narrow_range
+                )[0]
+                # Dot products as [1, N] x [N, 1] matmuls: one pass each over large activations.
+                dmax = (_dot(dy, y) - _dot(dx, x)) / (nmax - nmin)
             return dx, -dmax, dmax
 
         return y, grad
@@ -416,3 +441,185 @@ def _broadcast(values: np.ndarray, rank: int, channel_axis: ChannelAxis) -> np.n
     shape = [1] * rank
     shape[channel_axis[0]] = values.shape[0]
     return values.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Integer-kernel arithmetic (what TFLite's int8 kernels do around the fake-quantized tensors)
+
+
+def scale_tf(min_val: tf.Tensor, max_val: tf.Tensor, bitwidth: int, narrow_range: bool = False) -> tf.Tensor:
+    """The grid step of a fake-quant range as a TF tensor: (max - min) / (2^b - 1 - narrow_range).
+
+    Nudging moves min/max but never the step, so this is the scale the TFLite converter derives.
+    """
+    bitwidth = validate_bitwidth(bitwidth)
+    steps = float(2**bitwidth - 1 - int(bool(narrow_range)))
+    width = tf.cast(tf.cast(max_val, tf.float32) - tf.cast(min_val, tf.float32), tf.float64)
+    # Divided in float64 and rounded once to float32, as the converter derives the scale it
+    # stores; a float32 graph may turn "/ steps" into "* (1 / steps)", one ulp off.
+    return tf.cast(width / steps, tf.float32)
+
+
+def round_half_away_from_zero(x: tf.Tensor) -> tf.Tensor:
+    """std::round on a float tensor: ties go away from zero (tf.round would go to even)."""
+    return _round_half_away_tf(x)
+
+
+_INT32_LIMIT = float(2**31 - 1)
+
+
+def quantize_bias(bias: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """Rounds a bias onto the int32 grid that TFLite's integer kernels add it on.
+
+    b_hat = scale * clamp(round_half_away(b / scale), -(2^31 - 1), 2^31 - 1), where the bias scale
+    of a conv/dense layer is s_in * s_w (per output channel for per-channel weights): the converter
+    stores the bias as int32 in exactly these units. Where scale is 0 (no grid) b passes unchanged.
+    The gradient is the straight-through estimator (d b_hat / d b = 1).
+
+    Args:
+        bias: float bias [C].
+        scale: bias scale, scalar or [C].
+
+    Returns:
+        The rounded bias, float32, same shape as ``bias``.
+    """
+    bias = tf.convert_to_tensor(bias, tf.float32)
+    scale = tf.broadcast_to(tf.cast(scale, tf.float32), tf.shape(bias))
+    safe = tf.where(scale > 0, scale, tf.ones_like(scale))
+    levels = tf.clip_by_value(_round_half_away_tf(bias / safe), -_INT32_LIMIT, _INT32_LIMIT)
+    rounded = tf.where(scale > 0, levels * safe, bias)
+    return bias + tf.stop_gradient(rounded - bias)
+
+
+def quantized_multiplier(multiplier: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """TFLite's fixed-point form of a real multiplier M > 0 (``QuantizeMultiplier``).
+
+    M = q / 2^31 * 2^e with q = round(frac * 2^31) an int31 and frac in [0.5, 1). Returns
+    (q, right_shift) as float64 tensors, right_shift = max(-e, 0) (a left shift, M >= 1, leaves
+    a single rounding).
+    """
+    multiplier = tf.cast(multiplier, tf.float64)
+    two = tf.constant(2.0, tf.float64)
+    exponent = tf.floor(tf.math.log(multiplier) / tf.math.log(two)) + 1.0
+    # log2 can land one off at exact powers of two; fix so that frac = M / 2^e lies in [0.5, 1).
+    exponent = tf.where(multiplier / tf.pow(two, exponent) >= 1.0, exponent + 1.0, exponent)
+    exponent = tf.where(multiplier / tf.pow(two, exponent) < 0.5, exponent - 1.0, exponent)
+    q = _round_half_away_tf(multiplier / tf.pow(two, exponent) * 2.0**31)
+    # frac rounding up to 1.0 carries into the exponent, as in TFLite.
+    exponent = tf.where(q >= 2.0**31, exponent + 1.0, exponent)
+    q = tf.where(q >= 2.0**31, q / 2.0, q)
+    shift = tf.maximum(-exponent, tf.constant(0.0, tf.float64))
+    q = q * tf.pow(two, tf.maximum(exponent, tf.constant(0.0, tf.float64)))
+    return q, shift
+
+
+def requantize_fixed_point(acc: tf.Tensor, multiplier: tf.Tensor, ties_away: bool = False) -> tf.Tensor:
+    """Output level (before the zero point) of an integer accumulator, in TFLite's fixed point.
+
+    With (q, shift) = ``quantized_multiplier(M)``, the kernel computes a rounding high multiply
+    h = round_half_away(acc * q / 2^31) and then a rounding right shift of h by ``shift``, so it
+    rounds twice: values within 2^-(shift+1) of a .5 boundary round as if they sat on it. The
+    shift's rounding differs between kernels (measured on LiteRT 2.3): ties go up in the optimized
+    CONV_2D with int4 filters, away from zero (gemmlowp ``RoundingDivideByPOT``) in
+    TRANSPOSE_CONV and the reference kernels. Gradient: identity w.r.t. acc * M.
+
+    Args:
+        acc: integer-valued accumulator (float tensor), channels last.
+        multiplier: M = s_in * s_w / s_out, scalar or per channel.
+        ties_away: the shift rounds ties away from zero instead of up.
+
+    Returns:
+        Integer-valued float32 tensor.
+    """
+    q, shift = quantized_multiplier(multiplier)
+    acc64 = tf.cast(acc, tf.float64)
+    high = _round_half_away_tf(acc64 * q / 2.0**31)
+    coarse = high / tf.pow(tf.constant(2.0, tf.float64), shift)
+    rounded = _round_half_away_tf(coarse) if ties_away else tf.floor(coarse + 0.5)
+    exact = tf.cast(acc64 * tf.cast(multiplier, tf.float64), tf.float32)
+    return exact + tf.stop_gradient(tf.cast(rounded, tf.float32) - exact)
+
+
+def requantize_float(acc: tf.Tensor, multiplier: tf.Tensor) -> tf.Tensor:
+    """Output level (before the zero point) as XNNPACK's "fp32" requantization computes it.
+
+    level = round_half_even(float32(acc) * float32(M)): one float32 product, rounded to nearest
+    with ties to even (XNNPACK's magic-bias rounding). Gradient: identity.
+
+    Args:
+        acc: integer-valued accumulator (float32 tensor), channels last.
+        multiplier: float32 M = (s_in * s_w) / s_out as the delegate computes it, scalar or per
+            channel.
+
+    Returns:
+        Integer-valued float32 tensor.
+    """
+    product = tf.cast(acc, tf.float32) * tf.cast(multiplier, tf.float32)
+    return product + tf.stop_gradient(tf.round(product) - product)
+
+
+def round_average_pool(levels: tf.Tensor, bitwidth: int, tie_tolerance: float = 1e-4) -> tf.Tensor:
+    """TFLite's rounding of an int8 average pool, in grid levels q in [0, 2^b - 1].
+
+    The kernels sum the raw signed integers r = q - 2^(b-1) of a window and divide with
+    rounding half away from zero ((sum +- count/2) / count). A window mean of grid levels is
+    computed in float here, so a mean within ``tie_tolerance`` of a .5 boundary is taken as an
+    exact tie (a count of at most 1/(2 * tie_tolerance) elements leaves no other fraction that
+    close). Gradient: identity.
+
+    Args:
+        levels: window means in grid levels (float).
+        bitwidth: the grid's bitwidth.
+        tie_tolerance: distance from .5 treated as a tie.
+
+    Returns:
+        Integer-valued float32 levels.
+    """
+    levels = tf.convert_to_tensor(levels, tf.float32)
+    center = float(2 ** (validate_bitwidth(bitwidth) - 1))
+    raw = levels - center
+    fraction = raw - tf.floor(raw)
+    tie = tf.abs(fraction - 0.5) < tie_tolerance
+    away = tf.sign(raw) * (tf.floor(tf.abs(raw)) + 1.0)
+    rounded = tf.where(tie, away, tf.floor(raw + 0.5)) + center
+    return levels + tf.stop_gradient(rounded - levels)
+
+
+def requantize_add(
+    operand_levels: Sequence[tf.Tensor], operand_scales: Sequence[tf.Tensor], output_scale: tf.Tensor
+) -> tf.Tensor:
+    """Output level (before the zero point) of an int8 ADD as XNNPACK computes it.
+
+    With r_i = float32(s_i / s_out), e = floor(log2(max_i r_i)) and shift = 20 - e, each input
+    gets an integer multiplier m_i = round_half_even(r_i * 2^shift) (about 21 bits), and
+    level = floor((sum_i m_i * q_i) / 2^shift + 1/2) for the zero-point-free input levels q_i.
+    The multipliers' limited precision moves results that lie within ~1e-6 of a .5 boundary.
+    Gradient: identity w.r.t. sum_i q_i * s_i / s_out.
+
+    Args:
+        operand_levels: integer-valued inputs q_i (real value / s_i), broadcast-compatible.
+        operand_scales: scalar scales s_i.
+        output_scale: scalar s_out.
+
+    Returns:
+        Integer-valued float32 tensor.
+    """
+    two = tf.constant(2.0, tf.float64)
+    ratios = [tf.cast(tf.cast(s, tf.float32) / tf.cast(output_scale, tf.float32), tf.float64)
+              for s in operand_scales]
+    largest = tf.reduce_max(tf.stack(ratios))
+    exponent = tf.floor(tf.math.log(largest) / tf.math.log(two))
+    exponent = tf.where(largest / tf.pow(two, exponent) >= 2.0, exponent + 1.0, exponent)
+    exponent = tf.where(largest / tf.pow(two, exponent) < 1.0, exponent - 1.0, exponent)
+    factor = tf.pow(two, 20.0 - exponent)
+    total = None
+    exact = None
+    for levels, ratio in zip(operand_levels, ratios):
+        levels = tf.cast(levels, tf.float64)
+        term = levels * tf.round(ratio * factor)
+        total = term if total is None else total + term
+        real = levels * ratio
+        exact = real if exact is None else exact + real
+    rounded = tf.cast(tf.floor(total / factor + 0.5), tf.float32)
+    exact = tf.cast(exact, tf.float32)
+    return exact + tf.stop_gradient(rounded - exact)

@@ -12,6 +12,7 @@ A quantizer is in one of three states:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Iterator, Sequence
 
@@ -28,7 +29,21 @@ from aimet_tf.quantization.analyzers import (
     parse_quant_scheme,
 )
 
-__all__ = ["Quantizer"]
+__all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES"]
+
+
+@dataclasses.dataclass
+class _Links:
+    """Quantizers another quantizer reads its grid or scales from.
+
+    Held in a plain object, outside Keras' attribute tracking: the linked quantizers belong to
+    other wrappers and must not be saved twice.
+    """
+
+    input: "Quantizer | None" = None
+    weight: "Quantizer | None" = None
+    output: "Quantizer | None" = None
+    operands: tuple = ()
 
 
 @keras.saving.register_keras_serializable(package="aimet_tf")
@@ -81,9 +96,10 @@ class Quantizer(keras.layers.Layer):
         self._quant_scheme = parse_quant_scheme(quant_scheme)
         self.enabled = bool(enabled)
         self.percentile = float(percentile)
-        self.frozen = bool(frozen)
+        self._frozen = bool(frozen)
         self._initialized = bool(initialized)
         self._analyzer: RangeAnalyzer | None = None
+        self._tie = _Links()
         self._axes: primitives.ChannelAxis = None
         self.encoding_min = None
         self.encoding_max = None
@@ -109,18 +125,77 @@ class Quantizer(keras.layers.Layer):
     @quant_scheme.setter
     def quant_scheme(self, value: str | QuantScheme) -> None:
         self._quant_scheme = parse_quant_scheme(value)
-        if self.built:
-            trainable = self._quant_scheme.is_range_learning
-            self.encoding_min.trainable = trainable
-            self.encoding_max.trainable = trainable
+        self._sync_trainable()
 
     @property
     def range_learning(self) -> bool:
         return self._quant_scheme.is_range_learning
 
     @property
+    def frozen(self) -> bool:
+        """A frozen encoding is neither recomputed by compute_encodings nor trained by range learning."""
+        return self._frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self._frozen = bool(value)
+        self._sync_trainable()
+
+    def _sync_trainable(self) -> None:
+        # Only range learning trains min/max, and never a frozen encoding.
+        if self.built and self.encoding_min is not None:
+            trainable = self.range_learning and not self._frozen
+            self.encoding_min.trainable = trainable
+            self.encoding_max.trainable = trainable
+
+    @property
     def is_initialized(self) -> bool:
-        return self._initialized
+        return self._grid()._initialized
+
+    # -- tied grids ------------------------------------------------------------------------------
+
+    def tie_to(self, leader: "Quantizer | None") -> None:
+        """Makes this quantizer use ``leader``'s encoding (None unties).
+
+        Integer runtimes give some tensors one shared grid (TFLite: a concatenation's inputs and
+        output, pooling's input and output). A tied quantizer quantizes with the leader's
+        range variables, reports the leader's encoding, and copies them into its own variables
+        whenever its config is taken (so a saved model reloads with the shared grid). Its own
+        calibration, if any, is ignored while tied.
+
+        Raises:
+            ValueError: if ``leader`` is per-channel or has other channel axes than this one.
+        """
+        if leader is self:
+            leader = None
+        if leader is not None and leader.channel_axis != self.channel_axis:
+            raise ValueError(
+                f"Quantizer {self.name!r} can only be tied to a quantizer of the same granularity. "
+                f"Received: channel_axis={leader.channel_axis!r}, expected {self.channel_axis!r}"
+            )
+        self._tie = _Links(input=leader)
+
+    # A method, not a property: Keras' saving walks attributes and would save the leader here.
+    def leader(self) -> "Quantizer | None":
+        """The quantizer this one is tied to, or None."""
+        return self._tie.input
+
+    def _grid(self) -> "Quantizer":
+        """The quantizer whose encoding this one uses (itself unless tied)."""
+        grid, hops = self, 0
+        while grid._tie.input is not None and hops < 64:
+            grid, hops = grid._tie.input, hops + 1
+        return grid
+
+    def _sync_from_leader(self) -> None:
+        grid = self._grid()
+        if grid is not self and grid.built and self.built and grid._initialized:
+            self.encoding_min.assign(grid.encoding_min)
+            self.encoding_max.assign(grid.encoding_max)
+            self._bitwidth = grid._bitwidth
+            self.symmetric = grid.symmetric
+            self.strict = grid.strict
+            self._initialized = True
 
     @property
     def per_channel(self) -> bool:
@@ -139,14 +214,29 @@ class Quantizer(keras.layers.Layer):
                     f"channel_axis={self.channel_axis}. Received: input_shape={shape}"
                 )
             var_shape = (int(math.prod(dims)),)
-        trainable = self.range_learning
+        trainable = self.range_learning and not self._frozen
+        # Range learning may push a range off zero (e.g. a ReLU output's min above 0), which no
+        # encoding can express, or collapse it to zero width (scale 0: NaN): the optimizer
+        # projects back to min <= 0 < _MIN_LEARNED_MAX <= max after every step.
         self.encoding_min = self.add_weight(
-            name="encoding_min", shape=var_shape, initializer="zeros", trainable=trainable
+            name="encoding_min", shape=var_shape, initializer="zeros", trainable=trainable,
+            constraint=_non_positive,
         )
         self.encoding_max = self.add_weight(
-            name="encoding_max", shape=var_shape, initializer="zeros", trainable=trainable
+            name="encoding_max", shape=var_shape, initializer="zeros", trainable=trainable,
+            constraint=_non_negative,
         )
         self.built = True
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the quantizer currently quantizes (enabled, has an encoding, not calibrating)."""
+        return self.enabled and self.is_initialized and self._analyzer is None
+
+    def scale_tensor(self) -> tf.Tensor:
+        """The grid step as a TF tensor read from the range variables (scalar or [C])."""
+        grid = self._grid()
+        return primitives.scale_tf(grid.encoding_min, grid.encoding_max, grid._bitwidth, grid.strict)
 
     @property
     def num_channels(self) -> int | None:
@@ -157,7 +247,9 @@ class Quantizer(keras.layers.Layer):
     # -- encodings -----------------------------------------------------------------------------
 
     def get_encoding(self) -> primitives.Encoding | None:
-        """The current encoding, or None if none was computed or set."""
+        """The current encoding (the leader's when tied), or None if none was computed or set."""
+        if self._tie.input is not None:
+            return self._grid().get_encoding()
         if not self._initialized:
             return None
         return primitives.Encoding(
@@ -233,7 +325,8 @@ class Quantizer(keras.layers.Layer):
             return x
         if self._analyzer is not None:
             return self._observe(x)
-        if not self._initialized:
+        grid = self._grid()
+        if not grid._initialized:
             raise RuntimeError(
                 f"Quantizer {self.name!r} is enabled but has no encoding. Call "
                 "QuantizationSimModel.compute_encodings(...) (or load_encodings_to_sim / "
@@ -244,13 +337,13 @@ class Quantizer(keras.layers.Layer):
             raise TypeError(
                 f"Quantizer {self.name!r}: expected a float32 tensor. Received: dtype={x.dtype.name}"
             )
-        fn = primitives.quantize_dequantize if self.range_learning else primitives.fake_quantize
+        fn = primitives.quantize_dequantize if grid.range_learning else primitives.fake_quantize
         return fn(
             x,
-            self.encoding_min,
-            self.encoding_max,
-            self._bitwidth,
-            self.strict,
+            grid.encoding_min,
+            grid.encoding_max,
+            grid._bitwidth,
+            grid.strict,
             self._axes,
         )
 
@@ -306,6 +399,8 @@ class Quantizer(keras.layers.Layer):
         return input_shape
 
     def get_config(self) -> dict:
+        # A tied quantizer stores its leader's encoding (a reloaded model has no links).
+        self._sync_from_leader()
         config = super().get_config()
         config.update(
             bitwidth=self._bitwidth,
@@ -323,10 +418,340 @@ class Quantizer(keras.layers.Layer):
 
     def __repr__(self) -> str:
         granularity = "per-tensor" if self.channel_axis is None else f"per-channel(axis={self.channel_axis})"
-        state = "disabled" if not self.enabled else ("ready" if self._initialized else "uncalibrated")
+        state = "disabled" if not self.enabled else ("ready" if self.is_initialized else "uncalibrated")
+        if self._tie.input is not None:
+            state += f", tied to {self._grid().name}"
         sym = "strict-symmetric" if self.strict else ("symmetric" if self.symmetric else "asymmetric")
         return f"<Quantizer {self.name}: int{self._bitwidth} {sym} {granularity} {state}>"
 
 
+_MIN_LEARNED_MAX = 1e-6
+
+
+def _non_positive(value):
+    return keras.ops.minimum(value, 0.0)
+
+
+def _non_negative(value):
+    return keras.ops.maximum(value, _MIN_LEARNED_MAX)
+
+
 def _count_nonfinite(x: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(x)), tf.int32))
+
+
+def _linked_scale(quantizer: Quantizer | None) -> tf.Tensor | None:
+    if quantizer is None or not quantizer.is_active:
+        return None
+    return tf.stop_gradient(quantizer.scale_tensor())
+
+
+@keras.saving.register_keras_serializable(package="aimet_tf")
+class BiasQuantizer(keras.layers.Layer):
+    """Rounds a conv/dense bias onto its layer's int32 accumulator grid, as TFLite stores it.
+
+    b_hat = s_b * round_half_away(b / s_b) with s_b = s_in * s_w (per output channel for
+    per-channel weights), where s_in is the step of the layer's input grid and s_w the step of its
+    weight quantizer (``primitives.quantize_bias``). The scale is derived, never calibrated: it is
+    read from the linked quantizers on every call, so it follows recalibration and range
+    learning. ``snapshot()`` stores it in the ``scale`` variable, which is what an unlinked
+    quantizer (e.g. one reloaded from a .keras file) uses.
+
+    It is an identity while disabled, and while a linked quantizer does not quantize (disabled,
+    uncalibrated or calibrating), because the accumulator grid then does not exist.
+
+    Args:
+        enabled: False makes it an identity.
+        initialized: whether ``scale`` holds a snapshot (set by ``snapshot``; kept in the config).
+    """
+
+    # The wrapper skips parameter quantizers that are calibrating; a bias quantizer never is.
+    _analyzer = None
+
+    def __init__(self, enabled: bool = True, initialized: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.enabled = bool(enabled)
+        self._initialized = bool(initialized)
+        self._links = _Links()
+        self.scale = None
+
+    def build(self, input_shape) -> None:
+        shape = tuple(input_shape) if input_shape is not None else ()
+        self.scale = self.add_weight(name="scale", shape=shape, initializer="zeros", trainable=False)
+        self.built = True
+
+    def link(self, input_quantizer: Quantizer, weight_quantizer: Quantizer) -> None:
+        """Derives the bias scale from these two quantizers from now on."""
+        self._links = _Links(input_quantizer, weight_quantizer)
+
+    def linked(self) -> tuple[Quantizer | None, Quantizer | None]:
+        """(input quantizer, weight quantizer) the scale is derived from."""
+        return self._links.input, self._links.weight
+
+    @property
+    def is_linked(self) -> bool:
+        return self._links.input is not None and self._links.weight is not None
+
+    def current_scale(self) -> tf.Tensor | None:
+        """s_in * s_w from the linked quantizers, the snapshot when unlinked, or None (no grid)."""
+        if self.is_linked:
+            s_in = _linked_scale(self._links.input)
+            s_w = _linked_scale(self._links.weight)
+            if s_in is None or s_w is None:
+                return None
+            return s_in * s_w
+        return tf.convert_to_tensor(self.scale) if self._initialized else None
+
+    def snapshot(self) -> None:
+        """Stores the current derived scale in the ``scale`` variable."""
+        scale = self.current_scale()
+        if scale is not None:
+            self.scale.assign(tf.broadcast_to(scale, self.scale.shape))
+            self._initialized = True
+
+    def call(self, bias):
+        if not self.enabled:
+            return bias
+        scale = self.current_scale()
+        if scale is None:
+            return bias
+        return primitives.quantize_bias(bias, scale)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        # Refresh the snapshot so that a saved model reloads with the current derived scale.
+        if self.built and self.is_linked:
+            self.snapshot()
+        config = super().get_config()
+        config.update(enabled=self.enabled, initialized=self._initialized)
+        return config
+
+    def __repr__(self) -> str:
+        state = "linked" if self.is_linked else ("snapshot" if self._initialized else "unset")
+        return f"<BiasQuantizer {self.name}: int32, scale = s_in * s_w ({state})>"
+
+
+REQUANTIZATION_MODES = ("float", "fixed_point", "fixed_point_ties_away", "average_pool", "mean", "add")
+
+# Which linked quantizers each mode reads.
+_MODE_LINKS = {
+    "float": ("input", "weight", "output"),
+    "fixed_point": ("input", "weight", "output"),
+    "fixed_point_ties_away": ("input", "weight", "output"),
+    "mean": ("input", "output"),
+    "average_pool": ("output",),
+    "add": ("operands", "output"),
+}
+
+
+def _round_ste(x: tf.Tensor) -> tf.Tensor:
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
+@keras.saving.register_keras_serializable(package="aimet_tf")
+class Requantizer(keras.layers.Layer):
+    """Models how an integer kernel computes its output level, applied before the output quantizer.
+
+    The layer's raw float output y is computed from quantized inputs (and weights and an
+    int32-grid bias), so the integers the kernel works with can be recovered exactly, e.g. the
+    accumulator acc = round(y / (s_in * s_w)). The output level is then computed the way the
+    kernel computes it and y' = level * s_out; the output quantizer after it only clamps (and a
+    fused ReLU clamps as the kernel's activation range does). Modes (``REQUANTIZATION_MODES``):
+
+    * "float": XNNPACK's requantization of int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED,
+      level = round_half_even(float32(acc) * float32(float32(s_in * s_w) / s_out));
+    * "fixed_point" / "fixed_point_ties_away": TFLite's int32 multiplier for
+      M = double(s_in) * double(s_w) / double(s_out) and its two roundings
+      (``primitives.requantize_fixed_point``): CONV_2D with int4 filters / TRANSPOSE_CONV;
+    * "mean": XNNPACK's MEAN over ``count`` elements: acc = round(y * count / s_in),
+      level = round_half_even(float32(acc) * float32(s_in / float32(s_out * count)));
+    * "average_pool": AVERAGE_POOL_2D on one shared grid, ties away from zero on the raw int8
+      value (``primitives.round_average_pool``);
+    * "add": XNNPACK's ADD recomputed from the wrapper's (quantized) operands with ~21-bit
+      integer multipliers (``primitives.requantize_add``).
+
+    Scales are read from the linked quantizers on every call (so they follow recalibration and
+    range learning); ``snapshot()`` stores them in variables, which an unlinked requantizer (a
+    reloaded model) uses. Identity while disabled or while a linked quantizer does not quantize.
+
+    Args:
+        channels: number of output channels (last axis) of the layer.
+        mode: one of ``REQUANTIZATION_MODES``.
+        count: number of elements averaged (mode "mean").
+        enabled: False makes it an identity.
+        initialized: whether the snapshot variables hold values.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        mode: str = "float",
+        count: int = 1,
+        enabled: bool = True,
+        initialized: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.count = int(count)
+        self.mode = mode
+        self.enabled = bool(enabled)
+        self._initialized = bool(initialized)
+        self._links = _Links()
+        self.input_scale = self.weight_scale = self.output_scale = None
+        self.operand_scales = self.grid_minimum = None
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in REQUANTIZATION_MODES:
+            raise ValueError(
+                f"Expected a requantization mode in {REQUANTIZATION_MODES}. Received: mode={value!r}"
+            )
+        self._mode = value
+
+    def build(self, input_shape=None) -> None:
+        def snapshot_variable(name, shape):
+            return self.add_weight(name=name, shape=shape, initializer="zeros", trainable=False)
+
+        self.input_scale = snapshot_variable("input_scale", ())
+        self.weight_scale = snapshot_variable("weight_scale", (self.channels,))
+        self.output_scale = snapshot_variable("output_scale", ())
+        self.operand_scales = snapshot_variable("operand_scales", (2,))
+        self.grid_minimum = snapshot_variable("grid_minimum", ())
+        self.built = True
+
+    # -- links -----------------------------------------------------------------------------------
+
+    def link(
+        self,
+        input_quantizer: Quantizer | None,
+        weight_quantizer: Quantizer | None,
+        output_quantizer: Quantizer,
+    ) -> None:
+        """Derives the scales from these quantizers from now on (None where the mode needs none)."""
+        self._links = _Links(input_quantizer, weight_quantizer, output_quantizer)
+
+    def link_operands(self, operand_quantizers: "list[Quantizer]", output_quantizer: Quantizer) -> None:
+        """Mode "add": the grids of the Add's two operands and of its output."""
+        self._links = _Links(output=output_quantizer, operands=tuple(operand_quantizers))
+
+    def linked(self) -> _Links:
+        """The linked quantizers (a method: Keras' saving walks attributes and properties)."""
+        return self._links
+
+    @property
+    def is_linked(self) -> bool:
+        for role in _MODE_LINKS[self._mode]:
+            value = getattr(self._links, role)
+            if value is None or (role == "operands" and len(value) != 2):
+                return False
+        return True
+
+    def _linked_scales(self) -> dict | None:
+        out = {}
+        for role in _MODE_LINKS[self._mode]:
+            if role == "operands":
+                scales = [_linked_scale(q) for q in self._links.operands]
+                if any(s is None for s in scales):
+                    return None
+                out[role] = scales
+                continue
+            scale = _linked_scale(getattr(self._links, role))
+            if scale is None:
+                return None
+            out[role] = scale
+        if self._mode == "average_pool":
+            grid = self._links.output._grid()
+            out["minimum"] = tf.stop_gradient(tf.convert_to_tensor(grid.encoding_min))
+        return out
+
+    def _scales(self) -> dict | None:
+        if self.is_linked:
+            return self._linked_scales()
+        if not self._initialized:
+            return None
+        return {
+            "input": tf.convert_to_tensor(self.input_scale),
+            "weight": tf.convert_to_tensor(self.weight_scale),
+            "output": tf.convert_to_tensor(self.output_scale),
+            "operands": [self.operand_scales[0], self.operand_scales[1]],
+            "minimum": tf.convert_to_tensor(self.grid_minimum),
+        }
+
+    def snapshot(self) -> None:
+        """Stores the scales read from the links in the snapshot variables."""
+        scales = self._linked_scales() if self.is_linked else None
+        if scales is None:
+            return
+        if "input" in scales:
+            self.input_scale.assign(scales["input"])
+        if "weight" in scales:
+            self.weight_scale.assign(tf.broadcast_to(scales["weight"], (self.channels,)))
+        if "operands" in scales:
+            self.operand_scales.assign(tf.stack(scales["operands"]))
+        if "minimum" in scales:
+            self.grid_minimum.assign(scales["minimum"])
+        self.output_scale.assign(scales["output"])
+        self._initialized = True
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def call(self, x, operands=None):
+        if not self.enabled:
+            return x
+        scales = self._scales()
+        if scales is None:
+            return x
+        s_out = scales["output"]
+        mode = self._mode
+        if mode == "add":
+            if operands is None or len(operands) != 2:
+                return x
+            levels = [_round_ste(t / s) for t, s in zip(operands, scales["operands"])]
+            return primitives.requantize_add(levels, scales["operands"], s_out) * s_out
+        if mode == "average_pool":
+            minimum = scales["minimum"]
+            levels = primitives.round_average_pool((x - minimum) / s_out, 8)
+            return levels * s_out + minimum
+        if mode == "mean":
+            s_in, count = scales["input"], float(self.count)
+            acc = _round_ste(x * count / s_in)
+            return primitives.requantize_float(acc, s_in / (s_out * count)) * s_out
+        s_in, s_w = scales["input"], scales["weight"]
+        acc = _round_ste(x / (s_in * s_w))
+        if mode == "float":
+            level = primitives.requantize_float(acc, (s_in * s_w) / s_out)
+        else:
+            multiplier = (tf.cast(s_in, tf.float64) * tf.cast(s_w, tf.float64)
+                          / tf.cast(s_out, tf.float64))
+            level = primitives.requantize_fixed_point(
+                acc, multiplier, ties_away=mode == "fixed_point_ties_away"
+            )
+        return level * s_out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        # Refresh the snapshot so that a saved model reloads with the current derived scales.
+        if self.built and self.is_linked:
+            self.snapshot()
+        config = super().get_config()
+        config.update(
+            channels=self.channels,
+            mode=self._mode,
+            count=self.count,
+            enabled=self.enabled,
+            initialized=self._initialized,
+        )
+        return config
+
+    def __repr__(self) -> str:
+        state = "linked" if self.is_linked else ("snapshot" if self._initialized else "unset")
+        return f"<Requantizer {self.name}: {self._mode} requantization ({state})>"

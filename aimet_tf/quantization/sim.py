@@ -247,11 +247,15 @@ class QuantizationSimModel:
         return pairs
 
     def param_quantizers(self) -> list[tuple[str, Quantizer, keras.Variable]]:
-        """(param name, quantizer, variable) for every parameter quantizer slot that holds one."""
+        """(param name, quantizer, variable) for every parameter quantizer slot that holds one.
+
+        Derived quantizers (``BiasQuantizer``: int32 bias grid s_in * s_w) have no calibrated
+        encoding of their own and are not listed.
+        """
         out = []
         for w in self.wrappers():
             for path, q in w.param_quantizers.items():
-                if q is not None:
+                if isinstance(q, Quantizer):
                     var = get_param_variable(w.layer, path)
                     out.append((encodings_io.param_name(w.name, path), q, var))
         return out

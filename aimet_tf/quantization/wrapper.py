@@ -8,13 +8,14 @@ straight-through estimator carries the gradient to them).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
-from aimet_tf.quantization.quantizers import Quantizer
+from aimet_tf.quantization.quantizers import Quantizer, Requantizer
 
 __all__ = ["QuantizationWrapper", "get_param_variable"]
 
@@ -50,6 +51,8 @@ class QuantizationWrapper(keras.layers.Layer):
         input_quantizers: one slot per input tensor (None = float).
         output_quantizers: one slot per output tensor (None = float).
         param_quantizers: parameter attribute path -> Quantizer or None.
+        requantizer: optional model of the integer kernel's requantization, applied to the
+            layer's raw output before the output quantizers (None = float output).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class QuantizationWrapper(keras.layers.Layer):
         input_quantizers: Sequence[Quantizer | None] = (),
         output_quantizers: Sequence[Quantizer | None] = (),
         param_quantizers: Mapping[str, Quantizer | None] | None = None,
+        requantizer: Requantizer | None = None,
         **kwargs,
     ):
         kwargs.setdefault("name", layer.name)
@@ -71,6 +75,7 @@ class QuantizationWrapper(keras.layers.Layer):
         self.param_names = sorted(params)
         # Lists (not dicts) keep the saved variable order independent of dict handling.
         self.param_quantizer_list = [params[name] for name in self.param_names]
+        self.requantizer = requantizer
         if layer.built:
             self._build_quantizers(None)
 
@@ -79,9 +84,66 @@ class QuantizationWrapper(keras.layers.Layer):
         return dict(zip(self.param_names, self.param_quantizer_list))
 
     def quantizers(self) -> list[Quantizer]:
-        """All quantizers of this wrapper (inputs, outputs, params), skipping empty slots."""
+        """All quantizers of this wrapper (inputs, outputs, params, requantizer), skipping empty slots."""
         slots = [*self.input_quantizers, *self.output_quantizers, *self.param_quantizer_list]
+        slots.append(self.requantizer)
         return [q for q in slots if q is not None]
+
+    def replace_quantizer(self, kind: str, key: int | str, quantizer) -> None:
+        """Puts ``quantizer`` into a slot of a built wrapper (Keras tracking kept consistent).
+
+        Args:
+            kind: "input", "output" or "param".
+            key: slot index for inputs/outputs, parameter path for params.
+            quantizer: the new occupant, e.g. a ``BiasQuantizer`` for a bias slot.
+
+        Raises:
+            KeyError: if the slot does not exist.
+        """
+        if kind == "param":
+            if key not in self.param_names:
+                raise KeyError(
+                    f"Wrapper {self.name!r} has no parameter slot {key!r}. Expected one of "
+                    f"{self.param_names}."
+                )
+            slots, index = self.param_quantizer_list, self.param_names.index(key)
+        elif kind in ("input", "output"):
+            slots = self.input_quantizers if kind == "input" else self.output_quantizers
+            index = int(key)
+            if not 0 <= index < len(slots):
+                raise KeyError(f"Wrapper {self.name!r} has no {kind} slot {key!r}.")
+        else:
+            raise KeyError(f"Expected kind 'input', 'output' or 'param'. Received: kind={kind!r}")
+        old = slots[index]
+        # Item assignment on a tracked list bypasses Keras' tracker: update it by hand so that
+        # saving and weight listing see the new occupant (and forget an orphaned old one).
+        with self._unlocked_tracker():
+            slots[index] = quantizer
+            if old is not None and all(q is not old for q in self._slot_occupants()):
+                self._tracker.untrack(old)
+            if quantizer is not None:
+                self._tracker.track(quantizer)
+
+    def set_requantizer(self, requantizer: Requantizer | None) -> None:
+        """Sets the requantizer slot of a built wrapper (Keras tracking kept consistent)."""
+        with self._unlocked_tracker():
+            self.requantizer = requantizer
+
+    def _slot_occupants(self) -> list:
+        return [*self.input_quantizers, *self.output_quantizers, *self.param_quantizer_list,
+                self.requantizer]
+
+    @contextlib.contextmanager
+    def _unlocked_tracker(self) -> Iterator[None]:
+        # Keras locks a built layer's tracker; adding a quantizer afterwards needs it open.
+        tracker = self._tracker
+        was_locked = tracker.locked
+        tracker.unlock()
+        try:
+            yield
+        finally:
+            if was_locked:
+                tracker.lock()
 
     # -- building ------------------------------------------------------------------------------
 
@@ -98,6 +160,8 @@ class QuantizationWrapper(keras.layers.Layer):
                         "but a quantizer was given for it."
                     )
                 q.build(tuple(var.shape))
+        if self.requantizer is not None and not self.requantizer.built:
+            self.requantizer.build(None)
         self.built = True
 
     def build(self, input_shape=None) -> None:
@@ -152,6 +216,10 @@ class QuantizationWrapper(keras.layers.Layer):
                     var.assign(new_value)
         else:
             outputs = self.layer(*args, **kwargs)
+        if self.requantizer is not None and not isinstance(outputs, (list, tuple)):
+            # Merge layers take one list argument: the requantizer may recompute from it.
+            operands = list(args[0]) if args and isinstance(args[0], (list, tuple)) else None
+            outputs = self.requantizer(outputs, operands=operands)
         return self._quantize_outputs(outputs)
 
     def _quantize_outputs(self, outputs):
@@ -179,6 +247,7 @@ class QuantizationWrapper(keras.layers.Layer):
             input_quantizers=[_serialize(q) for q in self.input_quantizers],
             output_quantizers=[_serialize(q) for q in self.output_quantizers],
             param_quantizers={n: _serialize(q) for n, q in self.param_quantizers.items()},
+            requantizer=_serialize(self.requantizer),
         )
         return config
 
@@ -189,7 +258,8 @@ class QuantizationWrapper(keras.layers.Layer):
         inputs = [_deserialize(c) for c in config.pop("input_quantizers")]
         outputs = [_deserialize(c) for c in config.pop("output_quantizers")]
         params = {n: _deserialize(c) for n, c in config.pop("param_quantizers").items()}
-        return cls(layer, inputs, outputs, params, **config)
+        requantizer = _deserialize(config.pop("requantizer", None))
+        return cls(layer, inputs, outputs, params, requantizer, **config)
 
     def __repr__(self) -> str:
         count = len(self.quantizers())

@@ -309,7 +309,7 @@ def test_invalid_config_names_the_problem(raw, match):
 
 def test_missing_file_names_presets():
     with pytest.raises(FileNotFoundError,
-                       match=r"Expected a preset name \('default', 'htp'\).*config='htp_v99'"):
+                       match=r"Expected a preset name \('default', 'htp', 'tflite'\).*config='htp_v99'"):
         load_config("htp_v99")
 
 

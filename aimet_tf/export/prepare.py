@@ -1,0 +1,675 @@
+"""Make a model, and its quantization simulation, match what TFLite's integer kernels compute.
+
+Two steps, one before and one after the simulation is built:
+
+* ``prepare_model_for_tflite(model)`` rewrites the float model: batch norms are folded into the
+  layer before them (TFLite only ever sees the folded weight, so the simulation must quantize that
+  one), separable convolutions become a depthwise plus a 1x1 convolution (TFLite has no
+  separable op; the tensor between the two must carry its own quantizer), and a Conv/Dense
+  activation TFLite cannot fuse (softmax, sigmoid, ...) becomes a layer of its own.
+* ``prepare_sim_for_tflite(sim)`` adds to the simulation what the integer kernels do beyond
+  fake quantization, as measured against LiteRT 2.3 here:
+
+  - biases are int32 on the accumulator grid s_in * s_w (``BiasQuantizer``);
+  - the int32 accumulator is requantized onto the output grid as the kernel does it: XNNPACK's
+    float multiply with ties-to-even for int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED,
+    TFLite's fixed-point multiply-and-shift (two roundings) for CONV_2D with int4 filters and
+    TRANSPOSE_CONV (``Requantizer``);
+  - AVERAGE_POOL_2D, MEAN and ADD round as their kernels do;
+  - CONCATENATION gives its inputs its own output grid, and pooling / reshaping ops keep their
+    input grid on their output: those tensors share one encoding ("tied");
+  - SOFTMAX / LOGISTIC / TANH outputs have fixed int8 grids.
+
+  Measured with these models, LiteRT's default kernels then reproduce the simulation bit for bit
+  (tests/export). It is idempotent, and ``export_tflite`` runs it itself, so calling it yourself
+  only matters if you want ``sim.model`` to predict the .tflite file before exporting.
+
+Example:
+    >>> model = prepare_model_for_tflite(model)
+    >>> sim = QuantizationSimModel(model, config_file=TFLITE_CONFIG)
+    >>> prepare_sim_for_tflite(sim)
+    >>> sim.compute_encodings(calibration_images)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import keras
+import numpy as np
+from absl import logging
+
+from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
+from aimet_tf.quantization.primitives import Encoding
+from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer
+from aimet_tf.quantization.registry import get_layer_spec
+from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
+
+__all__ = [
+    "TFLITE_CONFIG",
+    "TflitePreparation",
+    "prepare_model_for_tflite",
+    "prepare_sim_for_tflite",
+    "separate_activations",
+    "split_separable_convs",
+]
+
+TFLITE_CONFIG: str = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "quantization", "presets", "tflite.json"
+)
+"""Path of the hardware config that describes TFLite's int8 scheme (pass it as ``config_file``):
+per-channel strict-symmetric weights for convolutions, per-tensor for Dense and transposed
+convolutions, asymmetric 8-bit activations, fused Conv/Dense/Add + ReLU/ReLU6."""
+
+_L = keras.layers
+
+# Ops whose TFLite kernels require the same quantization on input and output.
+_SAME_SCALE_LAYERS: tuple[type, ...] = (
+    _L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D,
+    _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D,
+    _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D,
+)
+# Layers whose int32 accumulator gets a bias on the s_in * s_w grid.
+_ACCUMULATOR_LAYERS: tuple[type, ...] = (
+    _L.Conv1D, _L.Conv2D, _L.Conv3D, _L.DepthwiseConv1D, _L.DepthwiseConv2D, _L.Dense,
+    _L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose,
+)
+_AVERAGE_POOLS = (_L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D)
+_GLOBAL_AVERAGE_POOLS = (
+    _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.GlobalAveragePooling3D,
+)
+_TRANSPOSED = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
+_DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
+# Activations TFLite fuses into the op before them (the fused op clamps after requantizing).
+_FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6"})
+
+
+# ------------------------------------------------------------------------------------------------
+# Model rewrites
+
+
+def _functional(model: keras.Model) -> keras.Model:
+    if isinstance(model, keras.Sequential):
+        if not model.inputs:
+            raise ValueError(
+                f"Sequential model {model.name!r} has no input yet. Expected a built model. "
+                "Received: a model without an Input. Start it with keras.Input(shape)."
+            )
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        raise TypeError(
+            "Expected a Functional or Sequential keras.Model. Received: "
+            f"{type(model).__name__}. Rebuild a subclassed model with keras.Model(inputs, outputs)."
+        )
+    return model
+
+
+class _SeparablePair:
+    """Stands in for a SeparableConv layer during cloning: calling it applies both halves."""
+
+    def __init__(self, depthwise: keras.layers.Layer, pointwise: keras.layers.Layer):
+        self.depthwise = depthwise
+        self.pointwise = pointwise
+
+
+def _split_layer(layer) -> _SeparablePair:
+    config = layer.get_config()
+    one_d = isinstance(layer, _L.SeparableConv1D)
+    depthwise_cls = _L.DepthwiseConv1D if one_d else _L.DepthwiseConv2D
+    pointwise_cls = _L.Conv1D if one_d else _L.Conv2D
+    depthwise = depthwise_cls(
+        kernel_size=config["kernel_size"],
+        strides=config["strides"],
+        padding=config["padding"],
+        depth_multiplier=config["depth_multiplier"],
+        data_format=config["data_format"],
+        dilation_rate=config["dilation_rate"],
+        use_bias=False,
+        name=f"{layer.name}_depthwise",
+    )
+    pointwise = pointwise_cls(
+        filters=config["filters"],
+        kernel_size=1,
+        data_format=config["data_format"],
+        activation=config["activation"],
+        use_bias=config["use_bias"],
+        name=f"{layer.name}_pointwise",
+    )
+    return _SeparablePair(depthwise, pointwise)
+
+
+def split_separable_convs(model: keras.Model) -> keras.Model:
+    """Returns a copy of ``model`` with each SeparableConv1D/2D split into two layers.
+
+    ``name`` becomes ``name_depthwise`` (DepthwiseConv, no bias, the separable layer's depthwise
+    kernel) followed by ``name_pointwise`` (1x1 Conv with the pointwise kernel, bias and
+    activation); the output is the same up to float rounding. TFLite has no separable op, and the
+    intermediate tensor needs a quantizer of its own to run in int8.
+
+    Args:
+        model: a Functional or built Sequential model; not modified.
+
+    Returns:
+        A new Functional model.
+    """
+    functional = _functional(model)
+    originals: dict[int, keras.layers.Layer] = {}
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return split_separable_convs(layer)
+        if isinstance(layer, (_L.SeparableConv1D, _L.SeparableConv2D)):
+            pair = _split_layer(layer)
+            originals[id(pair)] = layer
+            return pair
+        new = layer.__class__.from_config(layer.get_config())
+        if layer.get_build_config():
+            new.build_from_config(layer.get_build_config())
+        new.set_weights(layer.get_weights())
+        return new
+
+    def call(layer, *args, **kwargs):
+        if not isinstance(layer, _SeparablePair):
+            return layer(*args, **kwargs)
+        source = originals[id(layer)]
+        hidden = layer.depthwise(args[0])
+        out = layer.pointwise(hidden)
+        layer.depthwise.kernel.assign(source.depthwise_kernel.numpy())
+        layer.pointwise.kernel.assign(source.pointwise_kernel.numpy())
+        if source.use_bias:
+            layer.pointwise.bias.assign(source.bias.numpy())
+        return out
+
+    return keras.models.clone_model(functional, clone_function=clone, call_function=call)
+
+
+def separate_activations(model: keras.Model) -> keras.Model:
+    """Returns a copy of ``model`` where a Conv/Dense activation TFLite cannot fuse is a layer.
+
+    TFLite fuses only ReLU / ReLU6 into CONV_2D / FULLY_CONNECTED; any other built-in
+    ``activation=`` (softmax, sigmoid, tanh, ...) runs as an op of its own whose input must be
+    quantized, which needs a quantizer the simulation can only place between two layers. A layer
+    ``name`` with such an activation becomes ``name`` (linear) followed by
+    ``Activation(..., name=f"{name}_activation")``.
+
+    Args:
+        model: a Functional or built Sequential model; not modified.
+
+    Returns:
+        A new Functional model computing the same function.
+    """
+    functional = _functional(model)
+    activations: dict[int, Any] = {}
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return separate_activations(layer)
+        config = layer.get_config()
+        activation = getattr(layer, "activation", None)
+        name = getattr(activation, "__name__", None)
+        split = (
+            isinstance(layer, _ACCUMULATOR_LAYERS + (_L.SeparableConv1D, _L.SeparableConv2D))
+            and activation is not None
+            and name not in ("linear",) + tuple(_FUSABLE_ACTIVATIONS)
+        )
+        if split:
+            config["activation"] = "linear"
+        new = layer.__class__.from_config(config)
+        if layer.get_build_config():
+            new.build_from_config(layer.get_build_config())
+        new.set_weights(layer.get_weights())
+        if split:
+            activations[id(new)] = _L.Activation(activation, name=f"{layer.name}_activation")
+        return new
+
+    def call(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        if id(layer) in activations:
+            out = activations[id(layer)](out)
+        return out
+
+    return keras.models.clone_model(functional, clone_function=clone, call_function=call)
+
+
+def prepare_model_for_tflite(model: keras.Model) -> keras.Model:
+    """Folds batch norms, splits separable convolutions and unfusable activations.
+
+    W' = W * gamma / sigma, b' = beta + (b - mu) * gamma / sigma for every foldable
+    (layer, BatchNormalization) pair (``aimet_tf.ptq.fold_batch_norms``), then
+    ``split_separable_convs`` and ``separate_activations``. The model computes the same function
+    up to float rounding; build the simulation on the result.
+
+    Args:
+        model: a Functional or built Sequential Keras model; not modified.
+
+    Returns:
+        A new Functional model ready for ``QuantizationSimModel(..., config_file=TFLITE_CONFIG)``.
+    """
+    return separate_activations(split_separable_convs(fold_batch_norms(model)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Simulation graph
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Where a wrapper input comes from: an output of a wrapper, or a model input (wrapper None)."""
+
+    wrapper: QuantizationWrapper | None
+    index: int = 0
+
+
+class _SimGraph:
+    """Sources and consumers of every wrapper of a sim, across nested models."""
+
+    def __init__(self, model: keras.Model):
+        self.order: list[QuantizationWrapper] = []
+        self.sources: dict[int, list[_Source | None]] = {}
+        self.consumers: dict[int, list[tuple[QuantizationWrapper, int]]] = {}
+        self.model_outputs: set[int] = set()
+        outputs = self._visit(model, [_Source(None, k) for k in range(len(model.inputs))])
+        for src in outputs:
+            if src is not None and src.wrapper is not None:
+                self.model_outputs.add(id(src.wrapper))
+
+    def _visit(self, model: keras.Model, outer: list[_Source | None]) -> list[_Source | None]:
+        functional = _functional(model)
+        inputs = {id(t): k for k, t in enumerate(functional.inputs)}
+        produced: dict[int, _Source | None] = {}
+        for t, src in zip(functional.inputs, outer):
+            produced[id(t)] = src
+        for depth in sorted(functional._nodes_by_depth, reverse=True):
+            for node in functional._nodes_by_depth[depth]:
+                op = node.operation
+                if op is None or isinstance(op, _L.InputLayer):
+                    continue
+                srcs = []
+                for t in node.input_tensors:
+                    if id(t) in produced:
+                        srcs.append(produced[id(t)])
+                    elif id(t) in inputs:
+                        srcs.append(outer[inputs[id(t)]])
+                    else:
+                        srcs.append(None)
+                if isinstance(op, keras.Model):
+                    outs = self._visit(op, srcs)
+                elif isinstance(op, QuantizationWrapper):
+                    self.order.append(op)
+                    self.sources[id(op)] = srcs
+                    for i, src in enumerate(srcs):
+                        if src is not None and src.wrapper is not None:
+                            self.consumers.setdefault(id(src.wrapper), []).append((op, i))
+                    outs = [_Source(op, k) for k in range(len(node.outputs))]
+                else:
+                    outs = [None] * len(node.outputs)
+                for t, src in zip(node.outputs, outs):
+                    produced[id(t)] = src
+        return [produced.get(id(t)) for t in functional.outputs]
+
+
+# A slot holding a quantizer: (wrapper, "input" | "output", index).
+_Slot = tuple[QuantizationWrapper, str, int]
+
+
+def _slot_get(slot: _Slot):
+    wrapper, kind, index = slot
+    slots = wrapper.input_quantizers if kind == "input" else wrapper.output_quantizers
+    return slots[index] if index < len(slots) else None
+
+
+def _active(q: Any) -> bool:
+    return isinstance(q, Quantizer) and q.enabled
+
+
+def _is_same_scale(wrapper: QuantizationWrapper) -> bool:
+    layer = wrapper.layer
+    if isinstance(layer, _SAME_SCALE_LAYERS):
+        return True
+    try:
+        return get_layer_spec(layer).passthrough
+    except NotImplementedError:
+        return False
+
+
+def _grid_slot_of_source(graph: _SimGraph, src: _Source | None) -> _Slot | None:
+    """The slot whose quantizer defines the grid of the tensor ``src`` (None: no grid)."""
+    seen = 0
+    while src is not None and src.wrapper is not None and seen < 10_000:
+        seen += 1
+        slot = (src.wrapper, "output", src.index)
+        if _active(_slot_get(slot)):
+            return slot
+        if not _is_same_scale(src.wrapper):
+            return None
+        wrapper = src.wrapper
+        if wrapper.input_quantizers and _active(wrapper.input_quantizers[0]):
+            return (wrapper, "input", 0)
+        sources = graph.sources.get(id(wrapper), [])
+        src = sources[0] if sources else None
+    return None
+
+
+def _grid_slot_of_input(graph: _SimGraph, wrapper: QuantizationWrapper, index: int) -> _Slot | None:
+    if index < len(wrapper.input_quantizers) and _active(wrapper.input_quantizers[index]):
+        return (wrapper, "input", index)
+    sources = graph.sources.get(id(wrapper), [])
+    return _grid_slot_of_source(graph, sources[index] if index < len(sources) else None)
+
+
+def _output_grid_quantizer(graph: _SimGraph, wrapper: QuantizationWrapper) -> Quantizer | None:
+    """The grid a layer's output lands on: its own output quantizer, or that of a fused ReLU."""
+    current = wrapper
+    for _ in range(3):
+        q = current.output_quantizers[0] if current.output_quantizers else None
+        if _active(q):
+            return q
+        consumers = graph.consumers.get(id(current), [])
+        if len(consumers) != 1 or id(current) in graph.model_outputs:
+            return None
+        nxt, index = consumers[0]
+        if index < len(nxt.input_quantizers) and nxt.input_quantizers[index] is not None:
+            return None
+        if not _is_fusable_activation(nxt.layer):
+            return None
+        current = nxt
+    return None
+
+
+def _is_fusable_activation(layer: keras.layers.Layer) -> bool:
+    if isinstance(layer, _L.ReLU):
+        return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0 and (
+            layer.max_value is None or float(layer.max_value) == 6.0
+        )
+    if isinstance(layer, _L.Activation):
+        return getattr(layer.activation, "__name__", None) in _FUSABLE_ACTIVATIONS
+    return False
+
+
+# ------------------------------------------------------------------------------------------------
+# Simulation preparation
+
+
+@dataclasses.dataclass
+class TflitePreparation:
+    """What ``prepare_sim_for_tflite`` changed in the simulation.
+
+    Attributes:
+        bias_quantizers: layers whose bias is now rounded to int32 on s_in * s_w.
+        requantizers: layers whose output is now requantized as their TFLite kernel does it.
+        tied: groups of tensor slots ("layer/input:i" or "layer/output:i") whose quantizers now
+            share one encoding (``Quantizer.tie_to``) because TFLite gives them one grid.
+        fixed_grids: layers whose output quantizer now holds (frozen) the fixed int8 grid of
+            TFLite's SOFTMAX / LOGISTIC (scale 1/256, zero point -128) or TANH (1/128, 0).
+    """
+
+    bias_quantizers: list[str] = dataclasses.field(default_factory=list)
+    requantizers: list[str] = dataclasses.field(default_factory=list)
+    tied: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
+    fixed_grids: list[str] = dataclasses.field(default_factory=list)
+
+
+def _slot_name(slot: _Slot) -> str:
+    wrapper, kind, index = slot
+    return f"{wrapper.name}/{kind}:{index}"
+
+
+def _tie_grids(graph: _SimGraph) -> list[tuple[str, ...]]:
+    """Ties the quantizers of the slots TFLite gives one grid (union-find on slots)."""
+    parent: dict[tuple[int, str, int], tuple[int, str, int]] = {}
+    slots: dict[tuple[int, str, int], _Slot] = {}
+
+    def key(slot: _Slot):
+        k = (id(slot[0]), slot[1], slot[2])
+        slots[k] = slot
+        parent.setdefault(k, k)
+        return k
+
+    def find(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    def union(a: _Slot, b: _Slot):
+        ra, rb = find(key(a)), find(key(b))
+        if ra != rb:
+            parent[rb] = ra
+
+    position = {id(w): i for i, w in enumerate(graph.order)}
+    concat_outputs: set[tuple[int, str, int]] = set()
+    for wrapper in graph.order:
+        out_slot = (wrapper, "output", 0)
+        if isinstance(wrapper.layer, _L.Concatenate):
+            if not _active(_slot_get(out_slot)):
+                continue
+            concat_outputs.add(key(out_slot))
+            for i in range(len(graph.sources.get(id(wrapper), []))):
+                if i < len(wrapper.input_quantizers) and _active(wrapper.input_quantizers[i]):
+                    union(out_slot, (wrapper, "input", i))
+                src_slot = _grid_slot_of_source(graph, graph.sources[id(wrapper)][i])
+                if src_slot is not None:
+                    union(out_slot, src_slot)
+        elif _is_same_scale(wrapper) and _active(_slot_get(out_slot)):
+            in_slot = _grid_slot_of_input(graph, wrapper, 0)
+            if in_slot is not None:
+                union(in_slot, out_slot)
+
+    groups: dict[tuple[int, str, int], list[tuple[int, str, int]]] = {}
+    for k in parent:
+        groups.setdefault(find(k), []).append(k)
+    tied = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        # The grid of the most downstream concatenation wins (TFLite propagates it upstream);
+        # without one, the most upstream tensor's grid (pooling keeps its input's grid).
+        concats = [k for k in members if k in concat_outputs]
+        if concats:
+            leader_key = max(concats, key=lambda k: position[k[0]])
+        else:
+            leader_key = min(members, key=lambda k: (position[k[0]], k[1] == "output"))
+        leader = _slot_get(slots[leader_key])
+        leader.tie_to(None)
+        for k in members:
+            follower = _slot_get(slots[k])
+            if follower is not leader:
+                follower.tie_to(leader)
+        tied.append(tuple(sorted(_slot_name(slots[k]) for k in members)))
+    return tied
+
+
+# TFLite's int8 kernels for these functions produce a fixed output grid (min, max).
+_FIXED_OUTPUT_RANGES = {
+    "softmax": (0.0, 255.0 / 256.0),
+    "sigmoid": (0.0, 255.0 / 256.0),
+    "tanh": (-1.0, 127.0 / 128.0),
+}
+
+
+def _fixed_output_range(layer: keras.layers.Layer) -> tuple[float, float] | None:
+    if isinstance(layer, _L.Softmax):
+        return _FIXED_OUTPUT_RANGES["softmax"]
+    if isinstance(layer, _L.Activation):
+        return _FIXED_OUTPUT_RANGES.get(getattr(layer.activation, "__name__", None))
+    return None
+
+
+def _fix_output_grids(graph: _SimGraph) -> list[str]:
+    """Sets and freezes the fixed int8 output grids of Softmax / sigmoid / tanh layers."""
+    fixed = []
+    for wrapper in graph.order:
+        bounds = _fixed_output_range(wrapper.layer)
+        q = wrapper.output_quantizers[0] if wrapper.output_quantizers else None
+        if bounds is None or not _active(q) or q.bitwidth != 8 or q.per_channel:
+            continue
+        q.tie_to(None)
+        q.set_encoding(Encoding(np.float32(bounds[0]), np.float32(bounds[1]), 8, False, False))
+        q.frozen = True
+        fixed.append(wrapper.name)
+    return fixed
+
+
+def _weight_quantizer(wrapper: QuantizationWrapper) -> tuple[str, Quantizer] | None:
+    spec = get_layer_spec(wrapper.layer)
+    weights = [p for p, s in spec.params.items() if s.role == "weight"]
+    if len(weights) != 1:
+        return None
+    q = wrapper.param_quantizers.get(weights[0])
+    return (weights[0], q) if _active(q) else None
+
+
+def _requantization_mode(wrapper: QuantizationWrapper, weight_q: Quantizer) -> str | None:
+    """How the layer's TFLite kernel requantizes under LiteRT's default op resolver.
+
+    Measured on LiteRT 2.3: XNNPACK runs int8 CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED
+    (int8 and int4 filters) with float requantization; CONV_2D with int4 filters runs in TFLite's
+    optimized kernel (fixed point, ties up); TRANSPOSE_CONV in its reference-style kernel (fixed
+    point, ties away from zero). None: no model (not an accumulator layer, or an activation
+    inside the layer that TFLite would not fuse).
+    """
+    layer = wrapper.layer
+    activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
+    if activation not in ("linear", "relu", "relu6"):
+        return None
+    if isinstance(layer, _TRANSPOSED):
+        return "fixed_point_ties_away"
+    if isinstance(layer, (_L.Conv1D, _L.Conv2D, _L.Conv3D)) and not isinstance(layer, _DEPTHWISE):
+        return "fixed_point" if weight_q.bitwidth == 4 else "float"
+    return "float"
+
+
+def _ensure_requantizer(wrapper: QuantizationWrapper, channels: int) -> Requantizer:
+    if wrapper.requantizer is None:
+        requantizer = Requantizer(channels, name=f"{wrapper.name}_requantizer")
+        requantizer.build()
+        wrapper.set_requantizer(requantizer)
+    return wrapper.requantizer
+
+
+def _output_channels(layer: keras.layers.Layer) -> int:
+    kernel = layer.kernel
+    if isinstance(layer, _TRANSPOSED):
+        return int(kernel.shape[-2])
+    if isinstance(layer, _DEPTHWISE):
+        return int(kernel.shape[-2] * kernel.shape[-1])
+    return int(kernel.shape[-1])
+
+
+def prepare_sim_for_tflite(sim) -> TflitePreparation:
+    """Makes ``sim.model`` compute what the exported TFLite integer model computes.
+
+    In place and idempotent:
+
+    0. Softmax / sigmoid / tanh outputs get TFLite's fixed int8 grids (frozen encodings).
+    1. Ties (``Quantizer.tie_to``): a Concatenate's input quantizers, and the output quantizers
+       that define its inputs' grids (through data-movement layers), use the Concatenate's
+       output encoding; an AveragePooling / MaxPooling / GlobalMaxPooling / Reshape-like layer's
+       output quantizer uses its input grid's encoding. TFLite's kernels require these tensors
+       to share one scale/zero point; the converter propagates the grid instead of
+       requantizing.
+    2. Every Conv / DepthwiseConv / Dense / ConvTranspose with a bias, a weight quantizer and a
+       quantized input gets a ``BiasQuantizer``: b_hat = s_b * round(b / s_b), s_b = s_in * s_w.
+    3. Those layers also get a ``Requantizer`` that rounds the accumulator onto the output grid
+       the way their kernel under LiteRT's default op resolver does (XNNPACK float multiply for
+       int8 conv / depthwise / dense, fixed point for int4 conv and transposed conv), and
+       AveragePooling layers one that rounds window means as AVERAGE_POOL_2D does (ties away
+       from zero on the raw int8 value), GlobalAveragePooling layers one that computes MEAN as
+       XNNPACK does (integer sum, float32 multiplier, ties to even), and two-input Add layers
+       one that recomputes ADD with XNNPACK's 21-bit integer multipliers.
+
+    Ties and derived scales are links, so they follow later calibration or range learning; each
+    tied group is calibrated by its leader (the Concatenate output, or the pooling input). The
+    linked quantizers copy the values they use into their own variables whenever the model's
+    config is taken, so ``sim.model.save(...)`` reloads to the same numbers (without links).
+
+    Args:
+        sim: a ``QuantizationSimModel``.
+
+    Returns:
+        A ``TflitePreparation`` listing the changes.
+    """
+    graph = _SimGraph(sim.model)
+    report = TflitePreparation()
+    report.fixed_grids = _fix_output_grids(graph)
+    report.tied = _tie_grids(graph)
+    graph = _SimGraph(sim.model)
+    for wrapper in graph.order:
+        layer = wrapper.layer
+        if isinstance(layer, _AVERAGE_POOLS):
+            output_q = wrapper.output_quantizers[0] if wrapper.output_quantizers else None
+            if _active(output_q):
+                requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
+                requantizer.mode = "average_pool"
+                requantizer.enabled = True
+                requantizer.link(None, None, output_q)
+                requantizer.snapshot()
+                report.requantizers.append(wrapper.name)
+            continue
+        if isinstance(layer, _L.Add):
+            output_q = _output_grid_quantizer(graph, wrapper)
+            operand_slots = [_grid_slot_of_input(graph, wrapper, i)
+                             for i in range(len(graph.sources.get(id(wrapper), [])))]
+            if _active(output_q) and len(operand_slots) == 2 and None not in operand_slots:
+                requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
+                requantizer.mode = "add"
+                requantizer.enabled = True
+                requantizer.link_operands([_slot_get(slot) for slot in operand_slots], output_q)
+                requantizer.snapshot()
+                report.requantizers.append(wrapper.name)
+            continue
+        if isinstance(layer, _GLOBAL_AVERAGE_POOLS):
+            output_q = wrapper.output_quantizers[0] if wrapper.output_quantizers else None
+            in_slot = _grid_slot_of_input(graph, wrapper, 0)
+            spatial = tuple(wrapper.input.shape[1:-1])
+            if _active(output_q) and in_slot is not None and None not in spatial:
+                requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
+                requantizer.mode = "mean"
+                requantizer.count = int(np.prod(spatial))
+                requantizer.enabled = True
+                requantizer.link(_slot_get(in_slot), None, output_q)
+                requantizer.snapshot()
+                report.requantizers.append(wrapper.name)
+            continue
+        if not isinstance(layer, _ACCUMULATOR_LAYERS):
+            continue
+        found = _weight_quantizer(wrapper)
+        in_slot = _grid_slot_of_input(graph, wrapper, 0)
+        if found is None or in_slot is None:
+            continue
+        _, weight_q = found
+        input_q = _slot_get(in_slot)
+        if "bias" in wrapper.param_names and get_param_variable(layer, "bias") is not None:
+            bias_q = wrapper.param_quantizers["bias"]
+            if not isinstance(bias_q, BiasQuantizer):
+                if isinstance(bias_q, Quantizer):
+                    logging.info(
+                        "prepare_sim_for_tflite: %s: bias fake-quant replaced by the int32 grid "
+                        "s_in * s_w that TFLite uses", wrapper.name,
+                    )
+                bias_q = BiasQuantizer(name=f"{wrapper.name}_bias_int32")
+                bias_q.build(tuple(get_param_variable(layer, "bias").shape))
+                wrapper.replace_quantizer("param", "bias", bias_q)
+            bias_q.link(input_q, weight_q)
+            bias_q.snapshot()
+            report.bias_quantizers.append(wrapper.name)
+        output_q = _output_grid_quantizer(graph, wrapper)
+        mode = _requantization_mode(wrapper, weight_q)
+        if mode is not None and output_q is not None:
+            requantizer = _ensure_requantizer(wrapper, _output_channels(layer))
+            requantizer.mode = mode
+            requantizer.enabled = True
+            requantizer.link(input_q, weight_q, output_q)
+            requantizer.snapshot()
+            report.requantizers.append(wrapper.name)
+        elif wrapper.requantizer is not None:
+            wrapper.requantizer.enabled = False
+    sim._reset_compiled_functions()
+    logging.info(
+        "prepare_sim_for_tflite: %d int32 biases, %d requantizers, %d tied grids, %d fixed grids",
+        len(report.bias_quantizers), len(report.requantizers), len(report.tied),
+        len(report.fixed_grids),
+    )
+    return report

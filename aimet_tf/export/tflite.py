@@ -1,0 +1,425 @@
+"""Full-integer TFLite export of a calibrated quantization simulation.
+
+The simulation's quantizers are TF fake-quant ops, which TF's own TFLite converter turns into
+integer tensors: the exported model uses the simulation's encodings exactly as they are (no
+representative data set, no re-calibration by the converter). What the converter sees is
+``sim.model`` itself, with two export-only adjustments that leave every number unchanged:
+
+* ``Requantizer`` layers (which model a kernel's fixed-point rounding in the simulation) are
+  switched off: in the .tflite file the kernel does that rounding itself.
+* Weights with fewer than 8 bits on ops whose TFLite kernels take no int4 filters here
+  (DEPTHWISE_CONV_2D fails to load in LiteRT 2.3, TRANSPOSE_CONV fails to convert) are stored
+  as int8 holding the same low-bit grid (the integers stay in [-2^(b-1), 2^(b-1) - 1]).
+  4-bit Conv2D / Dense weights are packed as int4 (``converter._experimental_low_bit_qat``).
+
+Example:
+    >>> model = prepare_model_for_tflite(float_model)
+    >>> sim = QuantizationSimModel(model, config_file=TFLITE_CONFIG, default_param_bw=4)
+    >>> sim.compute_encodings(calibration_images)
+    >>> export_tflite(sim, "model_w4a8.tflite", input_type="int8")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import tempfile
+from typing import Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from aimet_tf.export.prepare import prepare_sim_for_tflite
+from aimet_tf.quantization import primitives
+from aimet_tf.quantization.quantizers import Quantizer
+from aimet_tf.quantization.registry import get_layer_spec
+from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
+
+__all__ = ["TfliteExportError", "export_tflite", "check_tflite_exportable", "IO_TYPES"]
+
+IO_TYPES = ("float32", "int8")
+
+_L = keras.layers
+# Ops whose converted kernels accept int4-packed filters (measured: CONV_2D, FULLY_CONNECTED).
+_INT4_PACKABLE = (_L.Conv2D, _L.Dense)
+_NOT_INT4_PACKABLE = (_L.DepthwiseConv2D, _L.Conv2DTranspose)
+# Per-channel weights do not convert for these: TFLite keeps their filters as [out, ..., in] and
+# the converter's transpose of a per-channel tensor fails ("mismatched quantized axes").
+_PER_TENSOR_ONLY = (
+    _L.Dense, _L.EinsumDense, _L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose,
+)
+_UNFOLDED = (_L.BatchNormalization,)
+_UNSPLIT = (_L.SeparableConv1D, _L.SeparableConv2D)
+# Op names that may legitimately produce float tensors in a full-integer model.
+_BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+
+
+class TfliteExportError(ValueError):
+    """The simulation cannot be exported as a full-integer TFLite model (the message says why)."""
+
+
+def _weight_param(wrapper: QuantizationWrapper) -> list[tuple[str, Quantizer | None]]:
+    try:
+        spec = get_layer_spec(wrapper.layer)
+    except NotImplementedError:
+        return []
+    out = []
+    for path, pspec in spec.params.items():
+        if pspec.role == "weight" and path in wrapper.param_names:
+            out.append((path, wrapper.param_quantizers[path]))
+    return out
+
+
+def check_tflite_exportable(sim) -> list[str]:
+    """Lists why ``sim`` cannot be exported as an integer TFLite model (empty: it can).
+
+    Checked: every enabled quantizer has an encoding; no BatchNormalization is left unfolded and
+    no SeparableConv unsplit (``prepare_model_for_tflite`` before building the sim); every
+    Conv/Dense-like layer has an enabled weight quantizer that is symmetric (TFLite weights have
+    zero point 0), 2..8 bits, and per-tensor where TFLite needs it; activations are 8-bit.
+
+    Args:
+        sim: a ``QuantizationSimModel``.
+
+    Returns:
+        One message per problem, each naming the layer and the fix.
+    """
+    problems: list[str] = []
+    missing = [n for n, q in sim.activation_quantizers() if q.enabled and not q.is_initialized]
+    missing += [n for n, q, _ in sim.param_quantizers() if q.enabled and not q.is_initialized]
+    if missing:
+        problems.append(
+            f"{len(missing)} enabled quantizers have no encoding (e.g. {', '.join(missing[:3])}): "
+            "the simulation was never calibrated. Call sim.compute_encodings(calibration_data) "
+            "(or sim.load_encodings_to_sim(path)) before exporting."
+        )
+    for wrapper in sim.wrappers():
+        layer = wrapper.layer
+        kind = type(layer).__name__
+        if isinstance(layer, _UNFOLDED):
+            problems.append(
+                f"Layer {wrapper.name!r} ({kind}) is not folded: TFLite only runs the folded "
+                "weight, so the simulation must quantize it. Build the sim on "
+                "aimet_tf.export.prepare_model_for_tflite(model) (or aimet_tf.ptq."
+                "fold_batch_norms(model)); a batch norm that cannot fold (no Conv/Dense before "
+                "it) cannot be exported as integer."
+            )
+            continue
+        if isinstance(layer, _UNSPLIT):
+            problems.append(
+                f"Layer {wrapper.name!r} ({kind}) has an unquantized tensor between its depthwise "
+                "and pointwise halves. Build the sim on aimet_tf.export.prepare_model_for_tflite"
+                "(model), which splits it into DepthwiseConv + 1x1 Conv."
+            )
+            continue
+        for path, q in _weight_param(wrapper):
+            if get_param_variable(layer, path) is None:
+                continue
+            where = f"Layer {wrapper.name!r} ({kind}) weight {path!r}"
+            if not isinstance(q, Quantizer) or not q.enabled:
+                problems.append(
+                    f"{where} has no enabled quantizer, so the op would stay float. Expected a "
+                    "weight quantizer: use a config that quantizes weights (e.g. TFLITE_CONFIG)."
+                )
+                continue
+            if not q.symmetric:
+                problems.append(
+                    f"{where} is quantized asymmetrically; TFLite int8 weights have zero point "
+                    "0. Expected is_symmetric True for params in the config."
+                )
+            if q.bitwidth > 8:
+                problems.append(
+                    f"{where} has {q.bitwidth}-bit weights; TFLite integer kernels take at "
+                    "most 8. Expected default_param_bw <= 8."
+                )
+            if q.per_channel and isinstance(layer, _PER_TENSOR_ONLY):
+                problems.append(
+                    f"{where} is per-channel; the TFLite converter rejects per-channel weights "
+                    "for this op (its filter layout is transposed). Expected per-tensor: use "
+                    "TFLITE_CONFIG, or set per_channel_quantization False for this op type."
+                )
+    for name, q in sim.activation_quantizers():
+        if q.enabled and q.bitwidth != 8:
+            problems.append(
+                f"Activation quantizer {name!r} has {q.bitwidth} bits; the int8 TFLite export "
+                "needs 8-bit activations. Expected default_output_bw=8."
+            )
+    return problems
+
+
+def _low_bit_int8_storage(wrapper: QuantizationWrapper, q: Quantizer) -> bool:
+    if q.bitwidth >= 8:
+        return False
+    packable = isinstance(wrapper.layer, _INT4_PACKABLE) and not isinstance(
+        wrapper.layer, _NOT_INT4_PACKABLE
+    )
+    return not (packable and q.bitwidth == 4)
+
+
+@contextlib.contextmanager
+def _export_view(sim) -> Iterator[bool]:
+    """Temporarily puts the sim in its export form; yields whether int4 packing is needed."""
+    requantizers = [w.requantizer for w in sim.wrappers() if w.requantizer is not None]
+    states = [r.enabled for r in requantizers]
+    swapped = []
+    pack_int4 = False
+    try:
+        for r in requantizers:
+            r.enabled = False
+        for wrapper in sim.wrappers():
+            for path, q in _weight_param(wrapper):
+                if not isinstance(q, Quantizer) or not q.enabled:
+                    continue
+                var = get_param_variable(wrapper.layer, path)
+                if var is None:
+                    continue
+                if not _low_bit_int8_storage(wrapper, q):
+                    pack_int4 = pack_int4 or q.bitwidth == 4
+                    continue
+                # Same integers, stored as int8: snap the weight onto its low-bit grid, then
+                # describe it with an 8-bit narrow-range encoding of the same step.
+                encoding = q.get_encoding()
+                original = var.numpy()
+                snapped = q(var.value).numpy()
+                step = encoding.scale
+                var.assign(snapped)
+                q.set_encoding(primitives.Encoding(-127.0 * step, 127.0 * step, 8, True, True))
+                swapped.append((var, original, q, encoding))
+        sim._reset_compiled_functions()
+        yield pack_int4
+    finally:
+        for var, original, q, encoding in reversed(swapped):
+            var.assign(original)
+            q.set_encoding(encoding)
+        for r, state in zip(requantizers, states):
+            r.enabled = state
+        sim._reset_compiled_functions()
+
+
+def _layer_names_in(text: str, names: list[str]) -> list[str]:
+    """Layer names that appear as path components (``.../name/...`` or ``.../name_1/...``)."""
+    found = []
+    for name in sorted(names, key=len, reverse=True):
+        if re.search(rf"(^|[/;]){re.escape(name)}(_\d+)?(/|;|$)", text):
+            found.append(name)
+    return found
+
+
+def _first_layer(text: str, names: list[str]) -> str | None:
+    best = None
+    for name in names:
+        match = re.search(rf"(^|[/;]){re.escape(name)}(_\d+)?(/|;|$)", text)
+        if match and (best is None or match.start() < best[0]):
+            best = (match.start(), name)
+    return best[1] if best else None
+
+
+# Filter / bias input positions of the ops that carry them.
+_WEIGHT_INPUTS = {
+    "CONV_2D": (1, 2),
+    "DEPTHWISE_CONV_2D": (1, 2),
+    "FULLY_CONNECTED": (1, 2),
+    "CONV_3D": (1, 2),
+    "TRANSPOSE_CONV": (1, 3),
+}
+
+
+def _short_tensor_names(content: bytes, layer_names: list[str]) -> bytes:
+    """Renames the converter's tensor names (";"-joined TF op paths) to "layer/role".
+
+    The converter names each tensor after every TF op fused into it, with the wrapper's doubled
+    path, which costs ~1 KB on a small model; "block1_dw/weights", "block1_dw_relu/output" say
+    the same. Model inputs and outputs keep their signature names.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    for subgraph in model.subgraphs:
+        keep = set(subgraph.inputs) | set(subgraph.outputs)
+        new: dict[int, str] = {}
+
+        def layer_of(index: int) -> str | None:
+            name = subgraph.tensors[index].name
+            return _first_layer(name.decode() if isinstance(name, bytes) else str(name), layer_names)
+
+        for op in subgraph.operators:
+            op_name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+            weight, bias = _WEIGHT_INPUTS.get(op_name, (None, None))
+            owner = None
+            if weight is not None and weight < len(op.inputs) and op.inputs[weight] >= 0:
+                owner = layer_of(op.inputs[weight])
+                new.setdefault(op.inputs[weight], f"{owner or op_name.lower()}/weights")
+                if bias is not None and bias < len(op.inputs) and op.inputs[bias] >= 0:
+                    new.setdefault(op.inputs[bias], f"{owner or op_name.lower()}/bias")
+            for k, index in enumerate(op.outputs):
+                layer = layer_of(index) or owner
+                suffix = "output" if len(op.outputs) == 1 else f"output_{k}"
+                if op_name == "QUANTIZE":
+                    suffix = "quantized_input"
+                new.setdefault(index, f"{layer}/{suffix}" if layer else f"{op_name.lower()}/{suffix}")
+            for index in op.inputs:
+                if index >= 0 and index not in new:
+                    layer = layer_of(index)
+                    new[index] = f"{layer}/const" if layer else f"{op_name.lower()}/const"
+        for index, name in new.items():
+            if index not in keep:
+                subgraph.tensors[index].name = name.encode()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _float_ops(model_content: bytes, layer_names: list[str]) -> list[str]:
+    """Describes ops of a converted model that compute in float (should be none)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_content=model_content,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    out = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in _BOUNDARY_OPS:
+            continue
+        float_outputs = [
+            tensors[i] for i in op["outputs"] if i >= 0 and tensors[i]["dtype"] == np.float32
+        ]
+        if not float_outputs:
+            continue
+        names = _layer_names_in(float_outputs[0]["name"], layer_names)
+        where = f"layer {names[0]!r}" if names else f"tensor {float_outputs[0]['name']!r}"
+        out.append(f"{op['op_name']} ({where})")
+    return out
+
+
+def _atomic_write(data: bytes, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".tflite", dir=directory)
+    try:
+        # mkstemp makes the file private; give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silences the SavedModel / converter chatter (stdout prints and absl INFO lines)."""
+    verbosity = logging.get_verbosity()
+    # absl verbosity grows with detail: WARNING (-1) is quieter than INFO (0).
+    logging.set_verbosity(min(verbosity, logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _convert(sim, input_type: str, output_type: str, pack_int4: bool) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="aimet_tf_export_") as saved, _quiet():
+        # Keras' own export first, so that tracing errors surface as they are (the converter's
+        # from_keras_model hides them behind a fallback that does not work with Keras 3).
+        sim.model.export(saved, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if input_type == "int8":
+            converter.inference_input_type = tf.int8
+        if output_type == "int8":
+            converter.inference_output_type = tf.int8
+        if pack_int4:
+            converter._experimental_low_bit_qat = True
+        return converter.convert()
+
+
+def export_tflite(
+    sim,
+    path: str | os.PathLike,
+    *,
+    input_type: str = "float32",
+    output_type: str = "float32",
+    prepare: bool = True,
+) -> str:
+    """Writes a full-integer .tflite model that computes what ``sim`` simulates.
+
+    Activations are int8 with the simulation's scale and zero point (zero point = -offset - 128
+    for an 8-bit grid), weights int8 (per-channel where the sim is per-channel) or int4 where the
+    sim uses 4 bits, biases int32 with scale s_in * s_w. Fused ReLU/ReLU6 follow the sim's
+    supergroups (no quantizer inside a fused chain).
+
+    Args:
+        sim: a calibrated ``QuantizationSimModel``, built on a model prepared with
+            ``prepare_model_for_tflite`` (batch norms folded, separable convolutions split).
+        path: output file; written atomically (temporary file + rename).
+        input_type: "float32" (the model quantizes its input) or "int8" (the caller feeds
+            q = round(x / scale) + zero_point, read from the interpreter's input details).
+        output_type: "float32" (dequantized) or "int8".
+        prepare: run ``prepare_sim_for_tflite(sim)`` first (in place, idempotent), so that the
+            sim afterwards predicts the file. Pass False only for a sim prepared already.
+
+    Returns:
+        The path written, as a string.
+
+    Raises:
+        TfliteExportError: naming the layers, if the sim is uncalibrated, has unfolded batch
+            norms / unsplit separable convolutions / weights TFLite cannot take, if the
+            converter fails, or if any op of the converted model would compute in float.
+        ValueError: for an unknown ``input_type`` / ``output_type``.
+
+    Example:
+        >>> export_tflite(sim, "model.tflite")
+        'model.tflite'
+    """
+    for name, value in (("input_type", input_type), ("output_type", output_type)):
+        if value not in IO_TYPES:
+            raise ValueError(f"Expected {name} in {IO_TYPES}. Received: {name}={value!r}")
+    path = os.fspath(path)
+    if prepare:
+        prepare_sim_for_tflite(sim)
+    problems = check_tflite_exportable(sim)
+    if problems:
+        raise TfliteExportError(
+            "Cannot export this simulation as a full-integer TFLite model:\n  - "
+            + "\n  - ".join(problems)
+        )
+    layer_names = [w.name for w in sim.wrappers()]
+    with _export_view(sim) as pack_int4:
+        try:
+            content = _convert(sim, input_type, output_type, pack_int4)
+        except Exception as error:  # the converter raises several unrelated types
+            message = str(error)
+            named = _layer_names_in(message, layer_names)
+            raise TfliteExportError(
+                "The TFLite converter failed on this simulation"
+                + (f" at layer(s) {', '.join(repr(n) for n in named[:5])}" if named else "")
+                + f": {message.strip().splitlines()[0][:500]}. Expected only layers with TFLite "
+                "int8 builtins, each tensor quantized by the sim; check the layer, or exclude it "
+                "from the model."
+            ) from error
+    content = _short_tensor_names(content, layer_names)
+    float_ops = _float_ops(content, layer_names)
+    if float_ops:
+        raise TfliteExportError(
+            "The converted model is not full-integer; these ops would compute in float: "
+            + "; ".join(float_ops[:10])
+            + ". Expected every tensor on the path quantized: give these layers' inputs and "
+            "outputs quantizers (check the config's op_type / supergroups) or remove them."
+        )
+    _atomic_write(content, path)
+    logging.info(
+        "export_tflite: wrote %s (%d bytes, input %s, output %s%s)",
+        path, len(content), input_type, output_type, ", int4 weights" if pack_int4 else "",
+    )
+    return path

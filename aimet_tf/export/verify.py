@@ -1,0 +1,278 @@
+"""Fidelity check: does the exported .tflite compute what the simulation predicts?
+
+``verify_tflite`` runs ``sim.model`` and the .tflite file (ai-edge-litert) on the same inputs and
+measures how far apart they are in units of the output's quantization step: identical integer
+outputs are 0 steps apart, a single rounding decision that went the other way is 1 step.
+
+Example:
+    >>> report = verify_tflite(sim, "model.tflite", test_images, labels=test_labels)
+    >>> print(report.summary())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["KERNELS", "FidelityReport", "verify_tflite", "run_tflite", "measure_latency"]
+
+KERNELS = ("default", "builtin", "reference")
+"""Op resolvers: "default" (builtin kernels + the XNNPACK delegate, what an app gets),
+"builtin" (optimized builtin kernels, no delegate), "reference" (BUILTIN_REF: the plain
+reference kernels)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FidelityReport:
+    """How closely a .tflite model reproduces its simulation on one data set.
+
+    Attributes:
+        num_samples: inputs compared.
+        kernels: the LiteRT op resolver used (see ``KERNELS``).
+        output_step: quantization step (scale) of the model output in the .tflite file.
+        top1_agreement: fraction of inputs whose arg-max class agrees (None for outputs with a
+            single value per sample).
+        max_step_difference: max |tflite - sim| / output_step over all output elements.
+        exact_fraction: fraction of output elements on the same integer level (< 0.5 steps).
+        within_one_step: fraction of output elements at most one step apart.
+        sqnr_db: 10 log10(sum(sim^2) / sum((tflite - sim)^2)); inf when identical.
+        file_size_bytes: size of the .tflite file.
+        accuracy_sim: top-1 accuracy of the simulation (when labels were given).
+        accuracy_tflite: top-1 accuracy of the .tflite model (when labels were given).
+    """
+
+    num_samples: int
+    kernels: str
+    output_step: float
+    top1_agreement: float | None
+    max_step_difference: float
+    exact_fraction: float
+    within_one_step: float
+    sqnr_db: float
+    file_size_bytes: int
+    accuracy_sim: float | None = None
+    accuracy_tflite: float | None = None
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [
+            f"samples {self.num_samples}, LiteRT kernels: {self.kernels}, file "
+            f"{self.file_size_bytes / 1024:.1f} KiB",
+        ]
+        if self.top1_agreement is not None:
+            lines.append(f"top-1 agreement sim vs tflite: {100 * self.top1_agreement:.3f}%")
+        lines.append(
+            f"output elements: {100 * self.exact_fraction:.3f}% identical, "
+            f"{100 * self.within_one_step:.3f}% within one step, max "
+            f"{self.max_step_difference:.2f} steps (step {self.output_step:.4g}); SQNR "
+            f"{self.sqnr_db:.1f} dB"
+        )
+        if self.accuracy_sim is not None:
+            lines.append(
+                f"accuracy: sim {100 * self.accuracy_sim:.2f}%, tflite "
+                f"{100 * self.accuracy_tflite:.2f}%"
+            )
+        return "\n".join(lines)
+
+
+def _interpreter(tflite_path: str, kernels: str, preserve: bool = False):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = {
+        "default": OpResolverType.AUTO,
+        "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        "reference": OpResolverType.BUILTIN_REF,
+    }
+    if kernels not in resolver:
+        raise ValueError(f"Expected kernels in {KERNELS}. Received: kernels={kernels!r}")
+    return Interpreter(
+        model_path=os.fspath(tflite_path),
+        experimental_op_resolver_type=resolver[kernels],
+        experimental_preserve_all_tensors=preserve,
+    )
+
+
+def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return x.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    # Half up, as the simulation's input fake-quant rounds.
+    q = np.floor(x.astype(np.float64) / scale + 0.5) + zero_point
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return y
+    scale, zero_point = detail["quantization"]
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def run_tflite(
+    tflite_path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    batch_size: int = 256,
+    kernels: str = "default",
+) -> list[np.ndarray]:
+    """Runs a single-input .tflite model on ``data`` in batches; returns float outputs.
+
+    int8 inputs are quantized with the input tensor's scale/zero point (half up), int8 outputs
+    dequantized with the output tensor's.
+
+    Args:
+        tflite_path: the model file.
+        data: float32 array [N, ...].
+        batch_size: inputs per invoke (the batch dimension is resized).
+        kernels: op resolver, one of ``KERNELS``.
+
+    Returns:
+        One float32 array [N, ...] per model output.
+    """
+    interpreter = _interpreter(os.fspath(tflite_path), kernels)
+    input_detail = interpreter.get_input_details()[0]
+    outputs: list[list[np.ndarray]] = []
+    current = None
+    for start in range(0, len(data), batch_size):
+        batch = np.asarray(data[start : start + batch_size])
+        if current != len(batch):
+            interpreter.resize_tensor_input(input_detail["index"], [len(batch), *batch.shape[1:]])
+            interpreter.allocate_tensors()
+            input_detail = interpreter.get_input_details()[0]
+            current = len(batch)
+        interpreter.set_tensor(input_detail["index"], _quantize_input(batch, input_detail))
+        interpreter.invoke()
+        details = interpreter.get_output_details()
+        if not outputs:
+            outputs = [[] for _ in details]
+        for k, detail in enumerate(details):
+            outputs[k].append(_dequantize_output(interpreter.get_tensor(detail["index"]), detail))
+    return [np.concatenate(parts) for parts in outputs]
+
+
+def _output_steps(tflite_path: str) -> list[float]:
+    """Scale of each model output's integer tensor (before a final DEQUANTIZE, if any)."""
+    interpreter = _interpreter(tflite_path, "builtin")
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    producers = {}
+    for op in interpreter._get_ops_details():
+        for index in op["outputs"]:
+            producers[index] = op
+    steps = []
+    for detail in interpreter.get_output_details():
+        scale = detail["quantization"][0]
+        op = producers.get(detail["index"])
+        if not scale and op is not None and op["op_name"] == "DEQUANTIZE":
+            scale = tensors[op["inputs"][0]]["quantization"][0]
+        steps.append(float(scale) if scale else math.nan)
+    return steps
+
+
+def _sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    reference = reference.astype(np.float64)
+    noise = np.sum((test.astype(np.float64) - reference) ** 2)
+    signal = np.sum(reference**2)
+    if noise == 0.0:
+        return math.inf
+    return float(10.0 * np.log10(max(signal, 1e-300) / noise))
+
+
+def verify_tflite(
+    sim,
+    tflite_path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    labels: Sequence[int] | np.ndarray | None = None,
+    batch_size: int = 256,
+    kernels: str = "default",
+) -> FidelityReport:
+    """Compares ``sim.model`` and a .tflite file on the same inputs.
+
+    step difference = |tflite - sim| / s_out, with s_out the scale of the .tflite output tensor;
+    SQNR = 10 log10(sum(sim^2) / sum((tflite - sim)^2)) with the simulation as reference.
+
+    Args:
+        sim: the ``QuantizationSimModel`` the file was exported from (as prepared by the export).
+        tflite_path: the exported file.
+        data: float32 inputs [N, ...] (what the float model takes).
+        labels: optional integer class labels [N] for accuracies.
+        batch_size: batch size for both runs.
+        kernels: LiteRT op resolver, one of ``KERNELS``.
+
+    Returns:
+        A ``FidelityReport``.
+
+    Raises:
+        ValueError: for empty data, a bad ``kernels`` value, or labels of the wrong length.
+    """
+    tflite_path = os.fspath(tflite_path)
+    data = np.asarray(data, dtype=np.float32)
+    if len(data) == 0:
+        raise ValueError("Expected at least one input to verify. Received: an empty array.")
+    if labels is not None and len(labels) != len(data):
+        raise ValueError(
+            f"Expected one label per input. Received: {len(labels)} labels for {len(data)} inputs."
+        )
+    expected = sim.model.predict(data, batch_size=batch_size, verbose=0)
+    expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
+    actual = run_tflite(tflite_path, data, batch_size=batch_size, kernels=kernels)
+    steps = _output_steps(tflite_path)
+    diffs = []
+    for e, a, step in zip(expected, actual, steps):
+        step = step if math.isfinite(step) and step > 0 else float(np.finfo(np.float32).eps)
+        diffs.append((np.abs(a.astype(np.float64) - e.astype(np.float64)) / step).ravel())
+    steps_apart = np.concatenate(diffs)
+    first_e, first_a = expected[0], actual[0]
+    top1 = None
+    if first_e.ndim >= 2 and first_e.shape[-1] > 1:
+        top1 = float(np.mean(first_e.argmax(-1) == first_a.argmax(-1)))
+    accuracy_sim = accuracy_tflite = None
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        accuracy_sim = float(np.mean(first_e.argmax(-1) == labels))
+        accuracy_tflite = float(np.mean(first_a.argmax(-1) == labels))
+    # A small tolerance absorbs float rounding of the dequantized values themselves.
+    return FidelityReport(
+        num_samples=len(data),
+        kernels=kernels,
+        output_step=steps[0],
+        top1_agreement=top1,
+        max_step_difference=float(steps_apart.max()),
+        exact_fraction=float(np.mean(steps_apart < 0.5)),
+        within_one_step=float(np.mean(steps_apart < 1.5)),
+        sqnr_db=_sqnr_db(np.concatenate([e.ravel() for e in expected]),
+                         np.concatenate([a.ravel() for a in actual])),
+        file_size_bytes=os.path.getsize(tflite_path),
+        accuracy_sim=accuracy_sim,
+        accuracy_tflite=accuracy_tflite,
+    )
+
+
+def measure_latency(
+    tflite_path: str | os.PathLike,
+    *,
+    runs: int = 50,
+    warmup: int = 5,
+    kernels: str = "default",
+) -> float:
+    """Median latency in milliseconds of one invoke at batch size 1 (inputs are zeros)."""
+    interpreter = _interpreter(os.fspath(tflite_path), kernels)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], [1, *detail["shape"][1:]])
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000.0)

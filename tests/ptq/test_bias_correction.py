@@ -1,0 +1,156 @@
+"""Empirical bias correction on a tiny seeded model, simulated at W4A8 / W8A8 per-tensor."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from aimet_tf.ptq.bias_correction import correct_bias
+from aimet_tf.quantization import QuantizationSimModel
+from aimet_tf.testing import models
+
+L = keras.layers
+
+
+def _model(seed: int = 0) -> keras.Model:
+    """Biased convs with uneven channels (so per-tensor W4 shifts channel means), one bias-free."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inp = keras.Input((10, 10, 3), name="x")
+    x = L.Conv2D(12, 3, padding="same", name="c1")(inp)
+    x = L.ReLU(name="r1")(x)
+    x = L.DepthwiseConv2D(3, padding="same", name="dw", activation="relu")(x)
+    x = L.Conv2D(10, 1, use_bias=False, name="nobias")(x)
+    x = L.ReLU(name="r2")(x)
+    x = L.Conv2D(8, 3, name="c2")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    out = L.Dense(5, name="fc")(x)
+    model = keras.Model(inp, out, name="bc_model")
+    for layer in model.layers:
+        if hasattr(layer, "kernel"):
+            k = layer.kernel.numpy()
+            n = k.shape[-2] if isinstance(layer, L.DepthwiseConv2D) else k.shape[-1]
+            spread = np.exp(rng.normal(0, 1.0, n)).astype(np.float32)
+            layer.kernel.assign(k * (spread[:, None] if isinstance(layer, L.DepthwiseConv2D) else spread))
+            if layer.use_bias:
+                layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape).astype(np.float32))
+    return model
+
+
+def _calibrated_sim(model, bitwidth, data):
+    sim = QuantizationSimModel(model, quant_scheme="tf", default_param_bw=bitwidth, config_file="default")
+    sim.compute_encodings(data, batch_size=32)
+    return sim
+
+
+def _mean_error(ref, out) -> float:
+    """Norm of the per-output-channel mean error, relative to the output RMS."""
+    ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    return float(np.linalg.norm((out - ref).mean(axis=0)) / np.sqrt(np.mean(ref**2)))
+
+
+@pytest.mark.parametrize("bitwidth", [4, 8])
+def test_bias_correction_reduces_mean_output_error(bitwidth):
+    model = _model(seed=1)
+    calibration = models.random_images(128, (10, 10, 3), seed=2)
+    held_out = models.random_images(128, (10, 10, 3), seed=3)
+    sim = _calibrated_sim(model, bitwidth, calibration)
+    ref = model.predict(held_out, verbose=0)
+    before = _mean_error(ref, sim.model.predict(held_out, verbose=0))
+    report = correct_bias(sim, calibration, verbose=0)
+    after = _mean_error(ref, sim.model.predict(held_out, verbose=0))
+    assert after < 0.5 * before, (before, after)
+    assert [r.layer for r in report.corrected] == ["c1", "dw", "c2", "fc"]
+    assert report.num_samples == 128
+
+
+def test_corrected_layers_match_fp32_means_on_calibration_data():
+    model = _model(seed=4)
+    data = models.random_images(64, (10, 10, 3), seed=5)
+    sim = _calibrated_sim(model, 4, data)
+    float_model = sim.float_model()
+    correct_bias(sim, data, verbose=0)
+    for name in ("c1", "dw", "c2", "fc"):
+        wrapper = sim.model.get_layer(name)
+        layer = float_model.get_layer(name)
+        # Pre-activation outputs: temporarily linear copies of both layers.
+        fp_in = keras.Model(float_model.input, layer.input).predict(data, verbose=0)
+        sim_in = keras.Model(sim.model.input, wrapper.input).predict(data, verbose=0)
+        q = wrapper.input_quantizers[0]
+        if q is not None:
+            sim_in = q(sim_in)
+        fp_out = _linear(layer)(fp_in)
+        quantized = _linear(wrapper.layer)
+        quantized.kernel.assign(wrapper.param_quantizers["kernel"](wrapper.layer.kernel.value))
+        sim_out = quantized(sim_in)
+        fp_mean = np.mean(np.reshape(fp_out, (-1, fp_out.shape[-1])), axis=0)
+        sim_mean = np.mean(np.reshape(sim_out, (-1, sim_out.shape[-1])), axis=0)
+        rms = np.sqrt(np.mean(np.square(fp_out)))
+        np.testing.assert_allclose(sim_mean, fp_mean, atol=1e-4 * rms, err_msg=name)
+
+
+def _linear(layer):
+    config = layer.get_config()
+    config["activation"] = "linear"
+    new = layer.__class__.from_config(config)
+    new.build_from_config(layer.get_build_config())
+    new.set_weights(layer.get_weights())
+    return new
+
+
+def test_layers_without_bias_are_reported_and_untouched():
+    model = _model(seed=6)
+    data = models.random_images(32, (10, 10, 3), seed=7)
+    sim = _calibrated_sim(model, 8, data)
+    kernel = sim.model.get_layer("nobias").layer.kernel.numpy().copy()
+    report = correct_bias(sim, data, verbose=0)
+    (skip,) = report.skipped
+    assert skip[0] == "nobias" and "use_bias=False" in skip[1]
+    np.testing.assert_array_equal(sim.model.get_layer("nobias").layer.kernel.numpy(), kernel)
+    assert "nobias: skipped" in report.summary()
+
+
+def test_only_biases_change_and_original_model_is_untouched():
+    model = _model(seed=8)
+    original = [w.copy() for w in model.get_weights()]
+    data = models.random_images(32, (10, 10, 3), seed=9)
+    sim = _calibrated_sim(model, 4, data)
+    kernels = {n: sim.model.get_layer(n).layer.kernel.numpy().copy() for n in ("c1", "c2", "fc")}
+    biases = {n: sim.model.get_layer(n).layer.bias.numpy().copy() for n in ("c1", "c2", "fc")}
+    correct_bias(sim, data, verbose=0)
+    for name in kernels:
+        np.testing.assert_array_equal(sim.model.get_layer(name).layer.kernel.numpy(), kernels[name])
+        assert not np.array_equal(sim.model.get_layer(name).layer.bias.numpy(), biases[name])
+    assert all(np.array_equal(a, b) for a, b in zip(original, model.get_weights()))
+
+
+@pytest.mark.parametrize("form", ["dataset", "tuple", "batches", "two_batches"])
+def test_accepts_datasets_tuples_and_batch_lists(form):
+    model = _model(seed=10)
+    x = models.random_images(48, (10, 10, 3), seed=11)
+    y = np.zeros(48, np.int64)
+    sim = _calibrated_sim(model, 8, x)
+    data = {
+        "dataset": tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
+        "tuple": (x, y),
+        "batches": [x[:16], x[16:32], x[32:]],
+        "two_batches": [x[:16], x[16:32]],  # a list is batches, never (x, y)
+    }[form]
+    report = correct_bias(sim, data, num_batches=2, batch_size=16, verbose=0)
+    assert report.num_samples == 32
+
+
+def test_errors_name_the_fix():
+    model = _model(seed=12)
+    data = models.random_images(16, (10, 10, 3), seed=13)
+    sim = QuantizationSimModel(model, quant_scheme="tf", config_file="default")
+    with pytest.raises(RuntimeError, match="compute_encodings"):
+        correct_bias(sim, data)
+    sim.compute_encodings(data)
+    with pytest.raises(TypeError, match="QuantizationSimModel"):
+        correct_bias(model, data)
+    other = models.dense_model()
+    with pytest.raises(ValueError, match="has no layer"):
+        correct_bias(sim, data, float_model=other, verbose=0)
+    with pytest.raises(ValueError, match="empty"):
+        correct_bias(sim, np.zeros((0, 10, 10, 3), np.float32), verbose=0)
