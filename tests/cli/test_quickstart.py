@@ -9,17 +9,22 @@ from aimet_tf.cli import quickstart
 
 
 @pytest.mark.slow
-def test_quickstart_table_and_encodings(tmp_path):
+def test_quickstart_table_tflite_and_encodings(tmp_path):
     rows = quickstart.run_quickstart(str(tmp_path), calibration_images=500)
-    names = [r.name for r in rows]
-    assert names[:3] == ["FP32", "W8A8", "W4A8"]
-    fp32, w8, w4 = rows[:3]
+    by_name = {r.name: r for r in rows}
+    assert list(by_name)[:5] == ["FP32", "W8A8 sim", "W8A8 tflite", "W4A8 sim", "W4A8 tflite"]
+    fp32 = by_name["FP32"]
     recorded = datasets.bundled_model_metadata()["fp32_test_accuracy"]
     assert fp32.accuracy == pytest.approx(recorded, abs=1e-4)
-    assert fp32.accuracy - w8.accuracy < 0.01  # W8A8 within one point of FP32 on 10k images
-    assert fp32.accuracy - w4.accuracy < 0.03
-    assert w4.weight_bytes < w8.weight_bytes < fp32.weight_bytes / 3
+    assert fp32.accuracy - by_name["W8A8 sim"].accuracy < 0.005  # within half a point on 10k images
+    assert fp32.accuracy - by_name["W4A8 sim"].accuracy < 0.05
+    # The exported integer models compute what the simulation computed.
+    for bw in ("W8A8", "W4A8"):
+        assert by_name[f"{bw} tflite"].accuracy == by_name[f"{bw} sim"].accuracy
+        assert "agreement 100.00%" in by_name[f"{bw} tflite"].note
+    assert by_name["W4A8 tflite"].weight_bytes < by_name["W8A8 tflite"].weight_bytes
+    assert (tmp_path / "fashion_mnist_w8a8.tflite").stat().st_size == by_name["W8A8 tflite"].weight_bytes
     enc = json.loads((tmp_path / "fashion_mnist_w8a8.encodings").read_text())
     assert enc["version"] == "0.6.1" and enc["param_encodings"] and enc["activation_encodings"]
     table = quickstart.format_table(rows, 10000, 500)
-    assert "W4A8" in table and "vs FP32" in table
+    assert "W4A8 tflite" in table and "vs FP32" in table
