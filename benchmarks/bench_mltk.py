@@ -7,7 +7,8 @@ import numpy as np
 
 from aimet_tf import metrics
 from aimet_tf.quantization import QuantizationSimModel
-from benchmarks.mltk_models import MLTK_MODEL_NAMES, load_mltk_model, run_tflite
+from aimet_tf.export import run_tflite
+from benchmarks.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
 from benchmarks.real_inputs import describe_inputs, real_inputs
 
 
@@ -38,7 +39,7 @@ def run() -> str:
         sim = QuantizationSimModel(m.keras_model, quant_scheme="tf_enhanced", config_file="htp")
         sim.compute_encodings(x_cal, batch_size=64)
         ours = sim.model.predict(x_eval, batch_size=64, verbose=0)
-        theirs = run_tflite(m.tflite_bytes, x_eval, batch_size=1)
+        theirs = run_tflite(m.tflite_bytes, x_eval, batch_size=64)[0]
         lines.append(
             f"| {name} | {m.keras_model.count_params():,} | {len(x_eval)} | "
             f"{100 * metrics.top1_agreement(ref, ours):.1f} | {metrics.sqnr_db(ref, ours):.1f} | "

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 from aimet_tf import datasets, metrics
 from aimet_tf.quantization import QuantizationSimModel
 from benchmarks import common
-from benchmarks.mltk_models import run_tflite
+from aimet_tf.export import run_tflite
+from aimet_tf.export.baselines import tflite_float, tflite_ptq_int8
 
 BATCH = 256
 
@@ -46,9 +46,9 @@ def run() -> str:
              f"calibration {seconds:.1f} s on {len(x_cal)} images")
         )
 
-    ptq = common.tflite_ptq_int8(model, x_cal)
-    ptq_logits = run_tflite(ptq, x_test, batch_size=BATCH)
-    float_tfl = common.tflite_float(model)
+    ptq = tflite_ptq_int8(model, x_cal)
+    ptq_logits = run_tflite(ptq, x_test, batch_size=BATCH)[0]
+    float_tfl = tflite_float(model)
     rows.append(
         ("TFLite PTQ int8 (peer, same calibration images)", metrics.top1_accuracy(ptq_logits, y_test),
          f"{metrics.top1_agreement(ptq_logits, fp32_logits) * 100:.2f}",

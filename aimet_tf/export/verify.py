@@ -19,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from aimet_tf.metrics import sqnr_db
+
 __all__ = ["KERNELS", "FidelityReport", "verify_tflite", "run_tflite", "measure_latency"]
 
 KERNELS = ("default", "builtin", "reference")
@@ -80,7 +82,7 @@ class FidelityReport:
         return "\n".join(lines)
 
 
-def _interpreter(tflite_path: str, kernels: str, preserve: bool = False):
+def _interpreter(tflite_path: str | os.PathLike | bytes, kernels: str, preserve: bool = False):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     resolver = {
@@ -90,8 +92,13 @@ def _interpreter(tflite_path: str, kernels: str, preserve: bool = False):
     }
     if kernels not in resolver:
         raise ValueError(f"Expected kernels in {KERNELS}. Received: kernels={kernels!r}")
+    source = (
+        {"model_content": bytes(tflite_path)}
+        if isinstance(tflite_path, (bytes, bytearray))
+        else {"model_path": os.fspath(tflite_path)}
+    )
     return Interpreter(
-        model_path=os.fspath(tflite_path),
+        **source,
         experimental_op_resolver_type=resolver[kernels],
         experimental_preserve_all_tensors=preserve,
     )
@@ -115,7 +122,7 @@ def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def run_tflite(
-    tflite_path: str | os.PathLike,
+    tflite_path: str | os.PathLike | bytes,
     data: np.ndarray,
     *,
     batch_size: int = 256,
@@ -127,7 +134,7 @@ def run_tflite(
     dequantized with the output tensor's.
 
     Args:
-        tflite_path: the model file.
+        tflite_path: the model file, or its bytes.
         data: float32 array [N, ...].
         batch_size: inputs per invoke (the batch dimension is resized).
         kernels: op resolver, one of ``KERNELS``.
@@ -135,7 +142,7 @@ def run_tflite(
     Returns:
         One float32 array [N, ...] per model output.
     """
-    interpreter = _interpreter(os.fspath(tflite_path), kernels)
+    interpreter = _interpreter(tflite_path, kernels)
     input_detail = interpreter.get_input_details()[0]
     outputs: list[list[np.ndarray]] = []
     current = None
@@ -173,15 +180,6 @@ def _output_steps(tflite_path: str) -> list[float]:
             scale = tensors[op["inputs"][0]]["quantization"][0]
         steps.append(float(scale) if scale else math.nan)
     return steps
-
-
-def _sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    reference = reference.astype(np.float64)
-    noise = np.sum((test.astype(np.float64) - reference) ** 2)
-    signal = np.sum(reference**2)
-    if noise == 0.0:
-        return math.inf
-    return float(10.0 * np.log10(max(signal, 1e-300) / noise))
 
 
 def verify_tflite(
@@ -247,7 +245,7 @@ def verify_tflite(
         max_step_difference=float(steps_apart.max()),
         exact_fraction=float(np.mean(steps_apart < 0.5)),
         within_one_step=float(np.mean(steps_apart < 1.5)),
-        sqnr_db=_sqnr_db(np.concatenate([e.ravel() for e in expected]),
+        sqnr_db=sqnr_db(np.concatenate([e.ravel() for e in expected]),
                          np.concatenate([a.ravel() for a in actual])),
         file_size_bytes=os.path.getsize(tflite_path),
         accuracy_sim=accuracy_sim,

@@ -13,7 +13,6 @@ import functools
 from typing import Iterator, Mapping, Sequence
 
 import keras
-import tensorflow as tf
 
 from aimet_tf.quantization.quantizers import Quantizer, Requantizer
 

@@ -5,15 +5,13 @@ step on the full test split, the int8 file no larger than TFLite's own PTQ of th
 4-bit weights shrinking the file by >= 0.45 byte each, accuracy >= TFLite's PTQ.
 """
 
-import contextlib
-import io
 import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from aimet_tf import QuantizationSimModel, datasets
+from aimet_tf.export.baselines import tflite_ptq_int8
 from aimet_tf.export import (
     TFLITE_CONFIG,
     export_tflite,
@@ -31,13 +29,8 @@ def test_bundled_model_w8a8_and_w4a8(tmp_path):
     x_test, y_test = datasets.load_fashion_mnist("test")
     prepared = prepare_model_for_tflite(model)
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([x_cal[i : i + 1]] for i in range(len(x_cal)))
-    with contextlib.redirect_stdout(io.StringIO()):
-        ptq = converter.convert()
-    (tmp_path / "ptq.tflite").write_bytes(ptq)
-    ptq_accuracy = float(np.mean(run_tflite(tmp_path / "ptq.tflite", x_test)[0].argmax(-1) == y_test))
+    ptq = tflite_ptq_int8(model, x_cal)
+    ptq_accuracy = float(np.mean(run_tflite(ptq, x_test)[0].argmax(-1) == y_test))
 
     sizes, four_bit = {}, 0
     for bw in (8, 4):

@@ -1,16 +1,14 @@
 """export_tflite / verify_tflite end to end: sizes, int4 packing, int8 I/O, errors, atomic write."""
 
-import contextlib
-import io
 import json
 import os
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from aimet_tf import QuantizationSimModel
+from aimet_tf.export.baselines import tflite_ptq_int8
 from aimet_tf.export import (
     TFLITE_CONFIG,
     TfliteExportError,
@@ -90,11 +88,7 @@ def cnn_w8_w4(tmp_path_factory):
 
 
 def _tflite_ptq_size(model, data) -> int:
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([data[i : i + 1]] for i in range(len(data)))
-    with contextlib.redirect_stdout(io.StringIO()):
-        return len(converter.convert())
+    return len(tflite_ptq_int8(model, data))
 
 
 def test_w8_and_w4_reproduce_the_simulation(cnn_w8_w4):
