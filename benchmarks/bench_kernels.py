@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from aimet_tf.kernels import IntegerExecutor, reference
+from aimet_tf.export.baselines import tflite_ptq_int8
 from benchmarks import common
 from benchmarks.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
 from benchmarks.real_inputs import real_inputs
@@ -67,7 +68,7 @@ def _fashion_mnist_int8() -> tuple[bytes, np.ndarray]:
     calibration, _ = datasets.load_fashion_mnist("calibration")
     test_images, _ = datasets.load_fashion_mnist("test")
     inp = keras.Input((28, 28, 1), batch_size=1)
-    return common.tflite_ptq_int8(keras.Model(inp, model(inp)), calibration[:200]), test_images[:1000]
+    return tflite_ptq_int8(keras.Model(inp, model(inp)), calibration[:200]), test_images[:1000]
 
 
 def _exported_fashion_mnist(param_bw: int) -> bytes:

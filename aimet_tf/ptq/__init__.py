@@ -1,0 +1,17 @@
+"""Post-training quantization techniques."""
+
+from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
+from aimet_tf.ptq.batch_norm_fold import find_foldable_pairs, fold_batch_norms
+from aimet_tf.ptq.bias_correction import BiasCorrectionReport, correct_bias
+from aimet_tf.ptq.cle import EqualizationReport, equalize_model
+
+__all__ = [
+    "AdaroundParameters",
+    "BiasCorrectionReport",
+    "EqualizationReport",
+    "apply_adaround",
+    "correct_bias",
+    "equalize_model",
+    "find_foldable_pairs",
+    "fold_batch_norms",
+]

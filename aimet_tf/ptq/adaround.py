@@ -1,0 +1,823 @@
+"""AdaRound: learn whether each weight rounds up or down (Nagel et al., ICML 2020, arXiv 2004.10568).
+
+Nearest rounding minimises each weight's own error, not the error of the layer's output. AdaRound
+keeps every weight on one of its two neighbouring grid points, floor(W/s) or floor(W/s) + 1, and
+picks between them per weight by minimising the layer's output error on real data, one layer
+at a time, in graph order:
+
+    W_soft = s * clip(floor(W/s) + h(V) - o, 0, 2^b - 1) + s * o
+    h(V)   = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1),   zeta = 1.1, gamma = -0.1
+    loss   = mean_rows ||f(W_soft x_q) - f(W x)||^2 + lambda * sum(1 - |2 h(V) - 1|^beta)
+
+with s, o the weight quantizer's scale and (AIMET, <= 0) offset, x_q the layer's input in the
+partly quantized model (earlier layers already AdaRounded, activations quantized), x its input
+in the float model, f the layer plus its activation (a built-in one, or an activation layer
+that is its only consumer, as AIMET pairs them), ||.||^2 summed over output channels and
+averaged over every other axis (AIMET's reconstruction loss). The rounding term is off for the
+first ``warm_start`` fraction of iterations; then beta anneals from 20 to 2 on a cosine.
+V starts where h(V) = frac(W/s) (the soft weight equals the float weight) and is trained with
+Adam (lr 1e-3) on batches of 32 cached samples. The final rounding is hard: h = [V > 0].
+
+Batch norms are folded first (``aimet_tf.ptq.batch_norm_fold``): AdaRound must round the weights
+the integer runtime will use.
+
+Speed: each layer's inputs and targets are computed once and cached, by running the quantized and
+the float graphs forward from where the previous layer left off (one pass over each model in
+total, not one per layer); the optimisation runs as a
+compiled ``tf.function`` executing ``steps_per_call`` Adam steps per call inside a
+``tf.while_loop`` over pre-sampled batch indices, so Python only runs between calls (progress
+bar, callbacks). 1x1 convolutions run as a matmul over channels (faster than the convolution
+kernels here). XLA (``jit_compile=True``) is available but off by default: on this CPU it made the
+3x3 and depthwise convolution steps 20-300x slower and the 1x1 (matmul) step about as fast
+(benchmarks/bench_adaround.py measures it).
+
+Example:
+    >>> params = AdaroundParameters(x_calibration, num_batches=63, default_num_iterations=2000)
+    >>> ada_model = apply_adaround(model, None, params, path="out", filename_prefix="ada")
+    >>> sim = QuantizationSimModel(ada_model, default_param_bw=4, default_output_bw=8)
+    >>> sim.set_and_freeze_param_encodings("out/ada.encodings")
+    >>> sim.compute_encodings(x_calibration)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging as pylogging
+import math
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from aimet_tf.quantization import encodings_io, graph, primitives
+from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
+from aimet_tf.quantization.quantizers import Quantizer
+from aimet_tf.quantization.sim import QuantizationSimModel
+from aimet_tf.quantization.wrapper import QuantizationWrapper
+
+__all__ = [
+    "ADAROUND_LAYERS",
+    "ZETA",
+    "GAMMA",
+    "AdaroundParameters",
+    "apply_adaround",
+    "rectified_sigmoid",
+    "initial_rounding_logits",
+    "annealed_beta",
+    "rounding_regularizer",
+    "reconstruction_loss",
+]
+
+# Stretch of the rectified sigmoid (paper, section 3.2): h reaches exactly 0 and 1.
+ZETA = 1.1
+GAMMA = -0.1
+
+_L = keras.layers
+# Layers whose single kernel AdaRound optimises (their own call() is reused, so any of them works
+# as long as one variable named ``kernel`` holds all the weights).
+ADAROUND_LAYERS: tuple[type, ...] = (
+    _L.Conv1D,
+    _L.Conv2D,
+    _L.DepthwiseConv1D,
+    _L.DepthwiseConv2D,
+    _L.Dense,
+    _L.Conv1DTranspose,
+    _L.Conv2DTranspose,
+)
+# An activation layer that is a layer's only consumer is part of f() (AIMET's module/activation
+# pairs). Activation layers with a "linear" function are not.
+_ACTIVATION_LAYERS: tuple[type, ...] = (_L.ReLU, _L.LeakyReLU, _L.ELU, _L.PReLU, _L.Softmax, _L.Activation)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters
+
+
+@dataclasses.dataclass
+class AdaroundParameters:
+    """AdaRound's settings (AIMET's ``AdaroundParameters``), validated on construction.
+
+    Attributes:
+        data_set: calibration inputs: a numpy array / tensor [N, ...] (cut into batches of
+            ``batch_size``), an (x, y) tuple of arrays, a ``tf.data.Dataset`` yielding x or (x, y)
+            batches, or an iterable of such batches. May be None when ``apply_adaround`` is given
+            the data itself.
+        num_batches: how many batches of ``data_set`` are cached and optimised on (AIMET uses
+            about 2,000 samples).
+        default_num_iterations: Adam steps per layer.
+        default_reg_param: lambda, the weight of the rounding regularizer.
+        default_beta_range: (start, end) of beta, annealed on a cosine after the warm start.
+        default_warm_start: fraction of the iterations without the rounding term, in [0, 1).
+        learning_rate: Adam learning rate (AIMET: torch's default 1e-3).
+        batch_size: samples per optimisation step (AIMET: 32), also the batch size used to cut an
+            array ``data_set``.
+
+    Raises:
+        ValueError: for a parameter out of range, naming it, its expected range and its value.
+    """
+
+    data_set: Any
+    num_batches: int
+    default_num_iterations: int = 10000
+    default_reg_param: float = 0.01
+    default_beta_range: tuple[float, float] = (20, 2)
+    default_warm_start: float = 0.2
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+
+    def __post_init__(self):
+        for name in ("num_batches", "default_num_iterations", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(
+                    f"AdaroundParameters: expected {name} to be a positive integer. Received: "
+                    f"{name}={value!r}"
+                )
+            setattr(self, name, int(value))
+        reg = self.default_reg_param
+        if isinstance(reg, bool) or not isinstance(reg, (int, float, np.floating)) or not (
+            math.isfinite(reg) and reg >= 0
+        ):
+            raise ValueError(
+                "AdaroundParameters: expected default_reg_param to be a finite number >= 0. "
+                f"Received: default_reg_param={reg!r}"
+            )
+        self.default_reg_param = float(reg)
+        beta = self.default_beta_range
+        try:
+            start, end = (float(b) for b in beta)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "AdaroundParameters: expected default_beta_range to be a (start, end) pair of "
+                f"numbers such as (20, 2). Received: default_beta_range={beta!r}"
+            ) from None
+        if not (math.isfinite(start) and math.isfinite(end) and start >= end > 0):
+            raise ValueError(
+                "AdaroundParameters: expected default_beta_range=(start, end) with start >= end > 0 "
+                f"(beta anneals downwards, e.g. (20, 2)). Received: default_beta_range={beta!r}"
+            )
+        self.default_beta_range = (start, end)
+        warm = self.default_warm_start
+        if isinstance(warm, bool) or not isinstance(warm, (int, float, np.floating)) or not 0 <= warm < 1:
+            raise ValueError(
+                "AdaroundParameters: expected default_warm_start to be a fraction in [0, 1). "
+                f"Received: default_warm_start={warm!r}"
+            )
+        self.default_warm_start = float(warm)
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating)) or not (
+            math.isfinite(lr) and lr > 0
+        ):
+            raise ValueError(
+                f"AdaroundParameters: expected learning_rate > 0. Received: learning_rate={lr!r}"
+            )
+        self.learning_rate = float(lr)
+
+
+# ----------------------------------------------------------------------------------------------
+# The maths, as pure functions
+
+
+def rectified_sigmoid(v: tf.Tensor) -> tf.Tensor:
+    """h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1) with zeta = 1.1, gamma = -0.1."""
+    return tf.clip_by_value(tf.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def initial_rounding_logits(fraction: np.ndarray) -> np.ndarray:
+    """V such that h(V) = fraction (in [0, 1)): V = -log((zeta - gamma) / (fraction - gamma) - 1).
+
+    With this start the soft weight equals the float weight exactly.
+    """
+    fraction = np.asarray(fraction, np.float64)
+    return (-np.log((ZETA - GAMMA) / (fraction - GAMMA) - 1.0)).astype(np.float32)
+
+
+def annealed_beta(
+    iteration: tf.Tensor | float, num_iterations: int, beta_range: tuple[float, float], warm_start: float
+) -> tf.Tensor:
+    """beta = end + (start - end) / 2 * (1 + cos(pi * r)), r = (t - w T) / (T - w T).
+
+    t is the iteration, T the number of iterations and w the warm-start fraction, so beta runs
+    from ``start`` at the end of the warm start to ``end`` at the last iteration.
+    """
+    start, end = beta_range
+    warm_end = warm_start * num_iterations
+    rel = (tf.cast(iteration, tf.float32) - warm_end) / max(num_iterations - warm_end, 1e-9)
+    return end + 0.5 * (start - end) * (1.0 + tf.cos(rel * math.pi))
+
+
+def rounding_regularizer(h: tf.Tensor, beta: tf.Tensor | float) -> tf.Tensor:
+    """sum(1 - |2h - 1|^beta): 0 when every h is exactly 0 or 1, pushes h there as beta falls."""
+    return tf.reduce_sum(1.0 - tf.pow(tf.abs(2.0 * h - 1.0), beta))
+
+
+def reconstruction_loss(output: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """||output - target||^2 summed over the last (channel) axis, averaged over all other axes."""
+    return tf.reduce_mean(tf.reduce_sum(tf.square(output - target), axis=-1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def _first_input(batch: Any) -> Any:
+    if isinstance(batch, dict):
+        raise ValueError(
+            "apply_adaround supports single-input models fed with arrays. Received: a dict batch "
+            f"with keys {sorted(batch)}."
+        )
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        return batch[0]
+    return batch
+
+
+def _collect_samples(data: Any, num_batches: int, batch_size: int) -> np.ndarray:
+    """The first ``num_batches`` batches of ``data`` as one float32 array [samples, ...]."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (np.ndarray, tf.Tensor)):
+        data = data[0]
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        array = np.asarray(data)
+        batches = [array[i : i + batch_size] for i in range(0, len(array), batch_size)]
+    elif isinstance(data, tf.data.Dataset) or isinstance(data, Iterable):
+        batches = []
+        for batch in data:
+            if len(batches) == num_batches:
+                break
+            batches.append(np.asarray(_first_input(batch)))
+    else:
+        raise TypeError(
+            "Expected AdaRound data as a numpy array, an (x, y) tuple, a tf.data.Dataset or an "
+            f"iterable of batches. Received: {type(data).__name__}"
+        )
+    if len(batches) < num_batches:
+        raise ValueError(
+            f"AdaRound needs num_batches={num_batches} batches but the data set yields only "
+            f"{len(batches)} (batch size {batch_size} for arrays). Lower num_batches or pass more data."
+        )
+    samples = np.concatenate(batches[:num_batches], axis=0)
+    if samples.dtype.kind != "f":
+        raise ValueError(f"Expected float inputs for AdaRound. Received: dtype={samples.dtype}")
+    if not np.all(np.isfinite(samples)):
+        raise ValueError(
+            f"Expected finite AdaRound inputs. Received: {int(np.sum(~np.isfinite(samples)))} NaN/Inf "
+            "values."
+        )
+    return samples.astype(np.float32, copy=False)
+
+
+def _predict(fn: Callable[[tf.Tensor], tf.Tensor], x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    # One trace for every batch size (the last batch is usually smaller).
+    step = tf.function(fn, input_signature=[tf.TensorSpec([None, *x.shape[1:]], tf.float32)], autograph=False)
+    return np.concatenate(
+        [np.asarray(step(tf.constant(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)], axis=0
+    )
+
+
+class _GraphRunner:
+    """Runs a Functional model node by node over cached samples, keeping only live tensors.
+
+    Layers are AdaRounded in graph order, so each layer's inputs (and the float model's targets)
+    are found by running the graph forward from where the previous layer left off: one pass over
+    the model in total instead of one pass per layer.
+    """
+
+    def __init__(self, model: keras.Model, samples: np.ndarray, keep: Iterable[str] = (), batch_size: int = 500):
+        self.batch_size = batch_size
+        nodes = [n for depth in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[depth]]
+        self.nodes = [n for n in nodes if not isinstance(n.operation, keras.layers.InputLayer)]
+        self.position = 0
+        self.values: dict[int, np.ndarray] = {id(model.inputs[0]): samples}
+        self.uses: dict[int, int] = {}
+        for node in self.nodes:
+            for tensor in node.input_tensors:
+                self.uses[id(tensor)] = self.uses.get(id(tensor), 0) + 1
+        keep = set(keep)
+        # Outputs of these layers are never freed (targets asked for later).
+        self.pinned = {id(t) for n in self.nodes if n.operation.name in keep for t in n.outputs}
+
+    def _node_index(self, name: str) -> int:
+        for index, node in enumerate(self.nodes):
+            if node.operation.name == name:
+                return index
+        raise KeyError(f"Layer {name!r} is not in the model graph.")
+
+    def _run(self, node) -> None:
+        args, kwargs = node.arguments.fill_in(self.values)
+        count = len(keras.tree.flatten(args)[0])
+        chunks = []
+        for start in range(0, count, self.batch_size):
+            part = keras.tree.map_structure(
+                lambda v: v[start : start + self.batch_size] if isinstance(v, np.ndarray) else v, args
+            )
+            chunks.append(keras.tree.map_structure(np.asarray, node.operation(*part, **kwargs)))
+        outputs = keras.tree.map_structure(lambda *parts: np.concatenate(parts, axis=0), *chunks)
+        for tensor, value in zip(node.outputs, keras.tree.flatten(outputs)):
+            self.values[id(tensor)] = value
+        for tensor in node.input_tensors:
+            key = id(tensor)
+            self.uses[key] -= 1
+            if self.uses[key] == 0 and key not in self.pinned:
+                self.values.pop(key, None)
+
+    def inputs_of(self, name: str) -> np.ndarray:
+        """The (single) input of layer ``name``, computed with the model's current weights."""
+        index = self._node_index(name)
+        if index < self.position:
+            raise RuntimeError(f"Layer {name!r} was already run; layers must be asked for in graph order.")
+        while self.position < index:
+            self._run(self.nodes[self.position])
+            self.position += 1
+        return self.values[id(self.nodes[index].input_tensors[0])]
+
+    def output_of(self, name: str) -> np.ndarray:
+        """The (single) output of layer ``name``."""
+        index = self._node_index(name)
+        while self.position <= index:
+            self._run(self.nodes[self.position])
+            self.position += 1
+        return self.values[id(self.nodes[index].outputs[0])]
+
+
+# ----------------------------------------------------------------------------------------------
+# Model preparation
+
+
+def _fold_batch_norms(model: keras.Model) -> keras.Model:
+    """Folds BN into the preceding layers with aimet_tf.ptq.batch_norm_fold."""
+    from aimet_tf.ptq import batch_norm_fold
+
+    fold = getattr(batch_norm_fold, "fold_all_batch_norms", None) or getattr(
+        batch_norm_fold, "fold_batch_norms"
+    )
+    pairs = batch_norm_fold.find_foldable_pairs(model)
+    if not pairs:
+        return model
+    result = fold(model)
+    folded = result if isinstance(result, keras.Model) else result[0]
+    logging.info("apply_adaround: folded %d batch norms before AdaRound: %s", len(pairs), pairs)
+    return folded
+
+
+@dataclasses.dataclass
+class _LayerTask:
+    """One layer to AdaRound: where it sits in the sim and in the float model."""
+
+    wrapper: QuantizationWrapper
+    quantizer: Quantizer
+    param_name: str
+    activation: keras.layers.Layer | None
+    target_layer: str
+
+
+def _is_activation(layer: keras.layers.Layer) -> bool:
+    if not isinstance(layer, _ACTIVATION_LAYERS):
+        return False
+    if isinstance(layer, _L.Activation):
+        return getattr(layer.activation, "__name__", None) != "linear"
+    return True
+
+
+def _plan(float_model: keras.Model, sim: QuantizationSimModel) -> list[_LayerTask]:
+    _, consumers = graph.layer_edges(float_model)
+    outputs = {t._keras_history[0].name for t in float_model.outputs}
+    top_level = {layer.name for layer in sim.model.layers}
+    tasks = []
+    for wrapper in sim.wrappers():
+        layer = wrapper.layer
+        if not isinstance(layer, ADAROUND_LAYERS):
+            continue
+        if wrapper.name not in top_level:
+            logging.warning(
+                "apply_adaround: %s sits in a nested model; it keeps nearest rounding.", wrapper.name
+            )
+            continue
+        quantizer = wrapper.param_quantizers.get("kernel")
+        if not isinstance(quantizer, Quantizer) or not quantizer.enabled:
+            logging.info("apply_adaround: %s has no enabled weight quantizer; skipped.", wrapper.name)
+            continue
+        activation = None
+        target = wrapper.name
+        following = consumers.get(wrapper.name, [])
+        if len(following) == 1 and wrapper.name not in outputs:
+            candidate = float_model.get_layer(following[0])
+            if _is_activation(candidate):
+                activation, target = candidate, candidate.name
+        tasks.append(
+            _LayerTask(wrapper, quantizer, encodings_io.param_name(wrapper.name, "kernel"), activation, target)
+        )
+    return tasks
+
+
+# ----------------------------------------------------------------------------------------------
+# One layer
+
+
+@dataclasses.dataclass
+class _Grid:
+    """A kernel on its quantization grid: level r = (W - min) / scale, kept as floor + fraction."""
+
+    floor: np.ndarray
+    fraction: np.ndarray
+    scale: np.ndarray  # broadcastable to the kernel
+    minimum: np.ndarray
+    steps: float
+
+
+def _grid(kernel: np.ndarray, quantizer: Quantizer) -> _Grid:
+    enc = quantizer.get_encoding()
+    nmin, _, scale, _ = primitives.nudge(enc.min, enc.max, enc.bitwidth, enc.strict)
+    shape = [1] * kernel.ndim
+    if enc.per_channel:
+        axes = primitives.normalize_channel_axis(quantizer.channel_axis, kernel.ndim)
+        for axis in axes:
+            shape[axis] = kernel.shape[axis]
+    scale = np.asarray(scale, np.float32).reshape(shape)
+    nmin = np.asarray(nmin, np.float32).reshape(shape)
+    # The same float32 arithmetic as TF's fake-quant kernel: (W - min) * (1 / scale).
+    levels = (kernel.astype(np.float32) - nmin) * (np.float32(1.0) / scale)
+    floor = np.floor(levels)
+    return _Grid(floor, np.clip(levels - floor, 0.0, 1.0), scale, nmin, float(enc.steps))
+
+
+def _soft_kernel(grid_floor, h, scale, minimum, steps):
+    """W_soft = scale * clip(floor + h, 0, steps) + min (= s * clip(floor(W/s) + h - o, 0, 2^b-1) + s*o)."""
+    return tf.clip_by_value(grid_floor + h, 0.0, steps) * scale + minimum
+
+
+class _LayerOptimizer:
+    """Owns V, Adam's moments and the compiled multi-step training function of one layer."""
+
+    def __init__(self, task: _LayerTask, grid: _Grid, params: AdaroundParameters, jit_compile: bool):
+        self.layer = task.wrapper.layer
+        self.kernel = self.layer.kernel
+        self.activation = task.activation
+        self.params = params
+        self.floor = tf.constant(grid.floor)
+        self.scale = tf.constant(grid.scale)
+        self.minimum = tf.constant(grid.minimum)
+        self.steps = float(grid.steps)
+        self.v = tf.Variable(initial_rounding_logits(grid.fraction), name="adaround_v")
+        self.m1 = tf.Variable(tf.zeros_like(self.v))
+        self.m2 = tf.Variable(tf.zeros_like(self.v))
+        self.pointwise = _is_pointwise(self.layer)
+
+        def run(xs, ys, indices, start):
+            return self._run(xs, ys, indices, start)
+
+        # A fresh function per layer (one trace each, so TF's frequent-retracing warning does not
+        # fire); autograph=False: the loop is an explicit tf.while_loop, nothing needs converting.
+        self.run = tf.function(run, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
+
+    def forward(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        """f(x): the layer with ``kernel`` in place of its weights, then its activation."""
+        if self.pointwise:
+            # A 1x1, stride-1 convolution is a matmul over channels; oneDNN's matmul and its
+            # gradient are ~25% faster than the convolution kernels for these shapes.
+            y = tf.tensordot(x, kernel[0, 0], axes=1)
+            if self.layer.use_bias:
+                y = y + self.layer.bias
+            y = self.layer.activation(y)
+        else:
+            with keras.StatelessScope(state_mapping=[(self.kernel, kernel)]):
+                y = self.layer(x)
+        return self.activation(y) if self.activation is not None else y
+
+    def hard_kernel_levels(self) -> np.ndarray:
+        """clip(floor(W/s) - o + [V > 0], 0, steps): the final integer levels."""
+        return np.clip(self.floor.numpy() + (self.v.numpy() > 0), 0.0, self.steps)
+
+    def _run(self, xs, ys, indices, start):
+        """``len(indices)`` Adam steps on batches xs[indices[i]]; returns mean (total, recon, round) loss."""
+        p = self.params
+        total_steps = float(p.default_num_iterations)
+        warm_end = p.default_warm_start * total_steps
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+
+        def body(i, total, recon_sum, round_sum):
+            step = tf.cast(start + i, tf.float32)
+            x = tf.gather(xs, indices[i])
+            y = tf.gather(ys, indices[i])
+            with tf.GradientTape() as tape:
+                h = rectified_sigmoid(self.v)
+                out = self.forward(x, _soft_kernel(self.floor, h, self.scale, self.minimum, self.steps))
+                recon = reconstruction_loss(out, y)
+                beta = annealed_beta(step, p.default_num_iterations, p.default_beta_range, p.default_warm_start)
+                round_term = p.default_reg_param * rounding_regularizer(h, beta)
+                round_term = tf.where(step < warm_end, 0.0, round_term)
+                loss = recon + round_term
+            grad = tape.gradient(loss, self.v)
+            # Adam (torch's form, as AIMET uses): bias-corrected moments, eps added after the sqrt.
+            t = step + 1.0
+            self.m1.assign(beta1 * self.m1 + (1.0 - beta1) * grad)
+            self.m2.assign(beta2 * self.m2 + (1.0 - beta2) * tf.square(grad))
+            denom = tf.sqrt(self.m2) / tf.sqrt(1.0 - tf.pow(beta2, t)) + eps
+            self.v.assign_sub(p.learning_rate / (1.0 - tf.pow(beta1, t)) * self.m1 / denom)
+            return i + 1, total + loss, recon_sum + recon, round_sum + round_term
+
+        n = tf.shape(indices)[0]
+        zero = tf.constant(0.0)
+        _, total, recon, rounding = tf.while_loop(
+            lambda i, *_: i < n, body, (tf.constant(0), zero, zero, zero)
+        )
+        count = tf.cast(n, tf.float32)
+        return total / count, recon / count, rounding / count
+
+    def reconstruction_error(self, xs: tf.Tensor, ys: tf.Tensor, kernel: tf.Tensor, batch: int = 500) -> float:
+        """AIMET's reconstruction loss of ``kernel`` over all cached samples (eager: no tracing)."""
+        total, count = 0.0, 0
+        for i in range(0, int(xs.shape[0]), batch):
+            y = ys[i : i + batch]
+            error = tf.square(self.forward(xs[i : i + batch], kernel) - y)
+            total += float(tf.reduce_sum(error))
+            count += int(np.prod(y.shape[:-1]))
+        return total / max(count, 1)
+
+
+def _is_pointwise(layer: keras.layers.Layer) -> bool:
+    """A channels-last Conv2D with a 1x1 kernel, stride 1, no dilation and no groups."""
+    if type(layer) is not _L.Conv2D:
+        return False
+    config = layer.get_config()
+    return (
+        tuple(config["kernel_size"]) == (1, 1)
+        and tuple(config["strides"]) == (1, 1)
+        and tuple(config["dilation_rate"]) == (1, 1)
+        and config.get("groups", 1) == 1
+        and config.get("data_format", "channels_last") == "channels_last"
+    )
+
+
+class _RetracingWarningFilter(pylogging.Filter):
+    """Drops TF's "frequent retracing" warning: each layer's loop is a new function traced once."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_retracing_warning() -> Iterator[None]:
+    logger = pylogging.getLogger("tensorflow")
+    quiet = _RetracingWarningFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _batch_indices(rng: np.random.Generator, num_samples: int, num_steps: int, batch_size: int) -> np.ndarray:
+    """[num_steps, batch] sample indices: shuffled passes over the cache, no repeats within a pass."""
+    batch_size = min(batch_size, num_samples)
+    per_pass = num_samples // batch_size
+    passes = -(-num_steps // per_pass)
+    rows = [rng.permutation(num_samples)[: per_pass * batch_size].reshape(per_pass, batch_size) for _ in range(passes)]
+    return np.concatenate(rows, axis=0)[:num_steps].astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+
+
+def apply_adaround(
+    model: keras.Model,
+    dataset: Any,
+    params: AdaroundParameters,
+    *,
+    path: str | os.PathLike | None = None,
+    filename_prefix: str = "adaround",
+    default_param_bw: int = 4,
+    default_quant_scheme: str | QuantScheme = "tf_enhanced",
+    default_config_file: Any = None,
+    default_output_bw: int = 8,
+    quantize_activations: bool = True,
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    verbose: int = 1,
+    steps_per_call: int = 250,
+    jit_compile: bool = False,
+    seed: int = 0,
+) -> keras.Model:
+    """Optimises the rounding of every Conv/Depthwise/Dense kernel and returns the AdaRounded model.
+
+    Batch norms are folded first (``aimet_tf.ptq.batch_norm_fold``). A quantization simulation of
+    the folded model (``default_quant_scheme``, ``default_param_bw``, ``default_config_file``)
+    provides each weight's encoding and, with ``quantize_activations``, the quantized activations
+    that feed later layers. Layers are processed in graph order; see the module docstring for the
+    loss. Afterwards each kernel holds its hard-rounded, dequantized value
+    s * (clip(floor(W/s) + [V > 0] - o, 0, 2^b - 1) + o), exactly on the encoding's grid.
+
+    Args:
+        model: Functional or Sequential Keras model with one input. It is not modified.
+        dataset: the calibration data (see ``AdaroundParameters.data_set``); None uses
+            ``params.data_set``.
+        params: ``AdaroundParameters``.
+        path: folder for ``{filename_prefix}.encodings``, the AIMET 0.6.1 parameter encodings
+            to load with ``QuantizationSimModel.set_and_freeze_param_encodings``. None writes no file.
+        filename_prefix: file name stem.
+        default_param_bw: weight bitwidth (AIMET's default 4).
+        default_quant_scheme: "tf" or "tf_enhanced" (how weight/activation ranges are picked).
+        default_config_file: hardware config (None = default preset, "htp", a JSON path, a dict).
+        default_output_bw: activation bitwidth of the simulation feeding later layers.
+        quantize_activations: feed each layer activations quantized to ``default_output_bw``
+            (AIMET's own AdaRound disables activation quantizers instead: pass False for that).
+        callbacks: Keras callbacks. Each layer is an "epoch": ``on_epoch_end(layer_index, logs)``
+            gets loss, iterations, recon_error_nearest and recon_error_adaround (reconstruction
+            loss of both roundings on the cached samples), changed_fraction (weights rounded
+            differently from nearest), seconds (the layer, caching included),
+            optimization_seconds and first_call_seconds (tracing). Each call of
+            ``steps_per_call`` steps is a "batch": ``on_train_batch_end(call_index, logs)`` with
+            the call's mean loss, recon_loss, round_loss and the iteration reached.
+            ``callback.model`` is the internal simulation's Keras model; setting its
+            ``stop_training = True`` stops AdaRound: the current layer takes the hard rounding
+            reached so far, the remaining layers keep their float weights (nearest rounding once
+            the exported encodings are applied).
+        verbose: 1 shows a progress bar per layer, 0 is silent.
+        steps_per_call: optimisation steps per compiled call (progress/callback granularity).
+        jit_compile: compile the step loop with XLA (slower on CPU convolutions; see above).
+        seed: seeds the batch sampling.
+
+    Returns:
+        A new Keras model (BN folded) whose AdaRounded kernels are the dequantized weights.
+
+    Raises:
+        ValueError: bad arguments, data, or a model with several inputs.
+        TypeError: a model that is not a Functional or Sequential Keras model.
+
+    Example:
+        >>> params = AdaroundParameters(x_cal, num_batches=8, default_num_iterations=500)
+        >>> ada = apply_adaround(model, None, params, path="/tmp/ada", filename_prefix="m")
+    """
+    if not isinstance(params, AdaroundParameters):
+        raise TypeError(
+            f"Expected params to be an AdaroundParameters. Received: {type(params).__name__}"
+        )
+    scheme = parse_quant_scheme(default_quant_scheme)
+    if scheme not in (QuantScheme.post_training_tf, QuantScheme.post_training_tf_enhanced):
+        raise ValueError(
+            "Expected default_quant_scheme 'tf' or 'tf_enhanced' for AdaRound. Received: "
+            f"default_quant_scheme={default_quant_scheme!r}"
+        )
+    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
+        raise ValueError(f"Expected steps_per_call >= 1. Received: steps_per_call={steps_per_call!r}")
+    data = params.data_set if dataset is None else dataset
+    if data is None:
+        raise ValueError(
+            "Expected calibration data: pass it as apply_adaround's dataset argument or as "
+            "AdaroundParameters.data_set. Received: None for both."
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
+    if len(model.inputs or []) != 1:
+        raise ValueError(
+            f"apply_adaround supports models with one input. Received: model {model.name!r} with "
+            f"{len(model.inputs or [])} inputs."
+        )
+
+    samples = _collect_samples(data, params.num_batches, params.batch_size)
+    float_model = _fold_batch_norms(model)
+    if isinstance(float_model, keras.Sequential):
+        float_model = keras.Model(float_model.inputs, float_model.outputs, name=float_model.name)
+
+    sim = QuantizationSimModel(
+        float_model,
+        quant_scheme=scheme,
+        default_output_bw=default_output_bw,
+        default_param_bw=default_param_bw,
+        config_file=default_config_file,
+    )
+    if not quantize_activations:
+        for _, q in sim.activation_quantizers():
+            q.enabled = False
+    sim.compute_encodings(samples, batch_size=256)
+    tasks = _plan(float_model, sim)
+    logging.info(
+        "apply_adaround: %d layers, %d samples, %d iterations each: %s",
+        len(tasks), len(samples), params.default_num_iterations, [t.wrapper.name for t in tasks],
+    )
+
+    callback_list = keras.callbacks.CallbackList(list(callbacks or []), model=sim.model)
+    sim.model.stop_training = False
+    rng = np.random.default_rng(seed)
+    callback_list.on_train_begin({"num_layers": len(tasks)})
+    quantized = _GraphRunner(sim.model, samples)
+    reference = _GraphRunner(float_model, samples, keep=[t.target_layer for t in tasks])
+    finished = 0
+    for index, task in enumerate(tasks):
+        callback_list.on_epoch_begin(index, {"num_iterations": params.default_num_iterations})
+        started = time.perf_counter()
+        with _quiet_retracing_warning():
+            stats, stopped = _adaround_layer(
+                task, index, len(tasks), sim, quantized, reference, params, callback_list,
+                rng, verbose, steps_per_call, jit_compile,
+            )
+        stats["seconds"] = time.perf_counter() - started
+        finished += 1
+        logging.info(
+            "apply_adaround: %s done in %.1f s, reconstruction error nearest %.6g -> AdaRound %.6g",
+            task.wrapper.name, stats["seconds"], stats["recon_error_nearest"], stats["recon_error_adaround"],
+        )
+        callback_list.on_epoch_end(index, stats)
+        if stopped:
+            logging.warning(
+                "apply_adaround: stopped by a callback after %d of %d layers (the last one after "
+                "%d iterations); the remaining layers keep nearest rounding.",
+                finished, len(tasks), stats["iterations"],
+            )
+            break
+
+    encodings = _param_encodings(sim)
+    if path is not None:
+        os.makedirs(path, exist_ok=True)
+        target = os.path.join(path, f"{filename_prefix}.encodings")
+        encodings_io.write_json_atomic(encodings, target)
+        logging.info("apply_adaround: wrote parameter encodings to %s", target)
+    callback_list.on_train_end({"num_layers": len(tasks)})
+    return sim.float_model()
+
+
+def _param_encodings(sim: QuantizationSimModel) -> dict:
+    params = {
+        name: q.get_encoding() for name, q, _ in sim.param_quantizers() if q.enabled and q.is_initialized
+    }
+    return encodings_io.to_dict(
+        {},
+        params,
+        version="0.6.1",
+        quantizer_args={
+            "param_bitwidth": sim.default_param_bw,
+            "quant_scheme": sim.quant_scheme.value,
+            "dtype": "int",
+            "per_channel_quantization": any(e.per_channel for e in params.values()),
+        },
+    )
+
+
+def _layer_data(task: _LayerTask, quantized: _GraphRunner, reference: _GraphRunner):
+    """(quantized-model inputs after the layer's input quantizer, float-model targets) of a layer."""
+    inputs = quantized.inputs_of(task.wrapper.name)
+    quantizer = task.wrapper.input_quantizers[0] if task.wrapper.input_quantizers else None
+    if quantizer is not None and quantizer.enabled:
+        inputs = _predict(quantizer, inputs)
+    return inputs, reference.output_of(task.target_layer)
+
+
+def _adaround_layer(
+    task, index, count, sim, quantized, reference, params, callback_list, rng, verbose, steps_per_call, jit_compile
+) -> tuple[dict, bool]:
+    name = task.wrapper.name
+    inputs, targets = _layer_data(task, quantized, reference)
+    kernel = task.wrapper.layer.kernel
+    original = np.asarray(kernel.numpy())
+    grid = _grid(original, task.quantizer)
+    optimizer = _LayerOptimizer(task, grid, params, jit_compile)
+    xs, ys = tf.constant(inputs), tf.constant(targets)
+    del inputs, targets
+
+    total = params.default_num_iterations
+    indices = _batch_indices(rng, int(xs.shape[0]), total, params.batch_size)
+    if verbose:
+        print(f"AdaRound layer {index + 1}/{count}: {name} ({type(task.wrapper.layer).__name__}"
+              f"{' + ' + task.activation.name if task.activation is not None else ''})")
+    bar = keras.utils.Progbar(
+        total, verbose=verbose, stateful_metrics=["loss", "recon", "round", "beta"], unit_name="step"
+    )
+    done, call_index, stopped, loss = 0, 0, False, float("nan")
+    first_call, started = 0.0, time.perf_counter()
+    while done < total:
+        n = min(steps_per_call, total - done)
+        loss_t, recon_t, round_t = optimizer.run(xs, ys, tf.constant(indices[done : done + n]), tf.constant(done))
+        done += n
+        loss, recon, rounding = float(loss_t), float(recon_t), float(round_t)
+        if call_index == 0:
+            # The first call includes tracing (and XLA compilation).
+            first_call = time.perf_counter() - started
+        beta = float(annealed_beta(max(done - 1, 0), total, params.default_beta_range, params.default_warm_start))
+        bar.update(done, values=[("loss", loss), ("recon", recon), ("round", rounding), ("beta", beta)])
+        callback_list.on_train_batch_end(
+            call_index, {"loss": loss, "recon_loss": recon, "round_loss": rounding, "iteration": done}
+        )
+        call_index += 1
+        if getattr(sim.model, "stop_training", False):
+            stopped = True
+            break
+
+    optimization_seconds = time.perf_counter() - started
+    nearest = task.quantizer(tf.constant(original))
+    on_grid = optimizer.hard_kernel_levels() * grid.scale + grid.minimum
+    # Through the quantizer itself, so the stored weight is exactly what the sim reproduces.
+    adarounded = task.quantizer(tf.constant(on_grid.astype(np.float32)))
+    stats = {
+        "loss": loss,
+        "iterations": done,
+        "recon_error_nearest": optimizer.reconstruction_error(xs, ys, nearest),
+        "recon_error_adaround": optimizer.reconstruction_error(xs, ys, adarounded),
+        "changed_fraction": float(np.mean(adarounded.numpy() != nearest.numpy())),
+        "optimization_seconds": optimization_seconds,
+        "first_call_seconds": first_call,
+    }
+    kernel.assign(adarounded)
+    return stats, stopped
