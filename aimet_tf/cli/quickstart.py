@@ -2,7 +2,8 @@ r"""The main job: quantize the bundled Fashion-MNIST model on bundled real data 
 
 Loads the bundled FP32 CNN and the bundled Fashion-MNIST data, calibrates on the calibration split
 (2,000 train images, never scored), simulates W8A8 and W4A8 for a TFLite int8 target (BNs folded,
-per-channel int8/int4 weights), exports each to a full-integer .tflite, runs it in LiteRT and prints
+per-channel int8/int4 weights) and W4A8 with AdaRound, exports each to a full-integer .tflite, runs
+it in LiteRT and prints
 accuracy on the full 10k test split, sizes, and how exactly the .tflite reproduces the simulation;
 the AIMET encodings and .tflite files are written to --output_dir.
 
@@ -25,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from aimet_tf import datasets, metrics  # noqa: E402
 from aimet_tf.export import export_tflite, prepare_model_for_tflite, verify_tflite  # noqa: E402
+from aimet_tf.ptq import AdaroundParameters, apply_adaround  # noqa: E402
 from aimet_tf.quantization import QuantizationSimModel  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -33,6 +35,7 @@ flags.DEFINE_string("config", "tflite", "Hardware config: 'tflite', 'htp', 'defa
 flags.DEFINE_string("quant_scheme", "tf_enhanced", "Range scheme: tf, tf_enhanced or percentile.")
 flags.DEFINE_integer("calibration_images", 2000, "How many calibration images to use (<= 2000).")
 flags.DEFINE_integer("batch_size", 256, "Batch size for evaluation and calibration.")
+flags.DEFINE_integer("adaround_iterations", 1000, "AdaRound iterations per layer for the W4A8 AdaRound row (0: skip it).")
 
 
 @dataclasses.dataclass
@@ -78,6 +81,7 @@ def run_quickstart(
     quant_scheme: str = "tf_enhanced",
     calibration_images: int = 2000,
     batch_size: int = 256,
+    adaround_iterations: int = 1000,
 ) -> list[Row]:
     """Runs the quickstart and returns the table rows (also printed)."""
     t0 = time.perf_counter()
@@ -94,8 +98,11 @@ def run_quickstart(
     # Integer targets fold BNs into the convolutions; the simulation must quantize what they run.
     target_model = prepare_model_for_tflite(model) if export else model
 
+    variants = [("W8A8", 8, False), ("W4A8", 4, False)]
+    if adaround_iterations > 0:
+        variants.append(("W4A8 AdaRound", 4, True))
     rows: list[Row] = []
-    progress = keras.utils.Progbar(3, unit_name="variant")
+    progress = keras.utils.Progbar(1 + len(variants), unit_name="variant")
     t = time.perf_counter()
     rows.append(
         Row("FP32", evaluate(model, x_test, y_test, batch_size), float_weight_bytes(model),
@@ -103,24 +110,40 @@ def run_quickstart(
     )
     progress.update(1)
     os.makedirs(output_dir, exist_ok=True)
-    for step, (name, param_bw) in enumerate((("W8A8", 8), ("W4A8", 4)), start=2):
+    for step, (name, param_bw, adaround) in enumerate(variants, start=2):
         t = time.perf_counter()
+        prefix = f"fashion_mnist_{name.lower().replace(' ', '_')}"
+        variant_model = target_model
+        if adaround:
+            # AdaRound learns the weights' rounding on the calibration images; the sim then
+            # loads and freezes those parameter encodings.
+            params = AdaroundParameters(
+                data_set=x_cal, num_batches=max(1, len(x_cal) // 32),
+                default_num_iterations=adaround_iterations,
+            )
+            variant_model = apply_adaround(
+                target_model, x_cal, params, path=output_dir, filename_prefix=f"{prefix}_params",
+                default_param_bw=param_bw, default_quant_scheme=quant_scheme,
+                default_config_file=config, verbose=0,
+            )
         sim = QuantizationSimModel(
-            target_model,
+            variant_model,
             quant_scheme=quant_scheme,
             default_param_bw=param_bw,
             default_output_bw=8,
             config_file=config,
         )
+        if adaround:
+            sim.set_and_freeze_param_encodings(os.path.join(output_dir, f"{prefix}_params.encodings"))
         sim.compute_encodings(x_cal, batch_size=batch_size)
-        prefix = f"fashion_mnist_{name.lower()}"
         paths = sim.export(output_dir, prefix)
+        technique = f"AdaRound {adaround_iterations} it/layer, " if adaround else ""
         if export:
             tflite_path = export_tflite(sim, os.path.join(output_dir, f"{prefix}.tflite"))
             report = verify_tflite(sim, tflite_path, x_test, labels=y_test, batch_size=batch_size)
             rows.append(
                 Row(f"{name} sim", report.accuracy_sim, sim_weight_bytes(sim), time.perf_counter() - t,
-                    f"simulation, {quant_scheme}; encodings {paths['encodings']}")
+                    f"simulation, {technique}{quant_scheme}; encodings {paths['encodings']}")
             )
             rows.append(
                 Row(f"{name} tflite", report.accuracy_tflite, report.file_size_bytes, 0.0,
@@ -132,7 +155,7 @@ def run_quickstart(
             accuracy = evaluate(sim.model, x_test, y_test, batch_size)
             rows.append(
                 Row(f"{name} sim", accuracy, sim_weight_bytes(sim), time.perf_counter() - t,
-                    f"simulation, {quant_scheme}, config {config}; encodings {paths['encodings']}")
+                    f"simulation, {technique}{quant_scheme}, config {config}; encodings {paths['encodings']}")
             )
         progress.update(step)
     return rows
@@ -144,13 +167,13 @@ def format_table(rows: list[Row], test_count: int, calibration_count: int) -> st
     lines = [
         f"Fashion-MNIST test accuracy ({test_count} images; calibrated on {calibration_count} "
         "train images)",
-        f"{'variant':12s} {'top-1 %':>8s} {'vs FP32':>8s} {'size':>9s} {'seconds':>8s}  note",
+        f"{'variant':20s} {'top-1 %':>8s} {'vs FP32':>8s} {'size':>9s} {'seconds':>8s}  note",
     ]
     for r in rows:
         delta = "" if r is rows[0] else f"{100 * (r.accuracy - fp32):+.2f}"
         seconds = f"{r.seconds:8.1f}" if r.seconds else " " * 8
         lines.append(
-            f"{r.name:12s} {100 * r.accuracy:8.2f} {delta:>8s} {r.weight_bytes / 1024:7.1f}KB "
+            f"{r.name:20s} {100 * r.accuracy:8.2f} {delta:>8s} {r.weight_bytes / 1024:7.1f}KB "
             f"{seconds}  {r.note}"
         )
     return "\n".join(lines)
@@ -159,7 +182,8 @@ def format_table(rows: list[Row], test_count: int, calibration_count: int) -> st
 def main(argv):
     del argv
     rows = run_quickstart(
-        FLAGS.output_dir, FLAGS.config, FLAGS.quant_scheme, FLAGS.calibration_images, FLAGS.batch_size
+        FLAGS.output_dir, FLAGS.config, FLAGS.quant_scheme, FLAGS.calibration_images, FLAGS.batch_size,
+        FLAGS.adaround_iterations,
     )
     print()
     print(format_table(rows, 10000, FLAGS.calibration_images))
