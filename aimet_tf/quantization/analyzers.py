@@ -616,6 +616,9 @@ class _HistogramAnalyzer(RangeAnalyzer):
         self._num_batches += 1
         return np.int32(0)
 
+    # Whether exact zeros matter to this analyzer's statistics (they do for the SQNR cost).
+    counts_zeros = False
+
     def _record_zeros(self, zeros: np.ndarray) -> None:
         """Hook for analyzers that count exact zeros."""
 
@@ -756,6 +759,8 @@ class SqnrAnalyzer(_HistogramAnalyzer):
         hist = _updated_histogram(self._histogram, rows, batch_min, batch_max, self._num_bins)
         self._histogram = hist
         self._record_zeros(np.count_nonzero(rows == 0, axis=1).astype(np.float64))
+
+    counts_zeros = True
 
     def _record_zeros(self, zeros: np.ndarray) -> None:
         self._zeros = zeros if self._zeros is None else self._zeros + zeros

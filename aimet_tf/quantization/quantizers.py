@@ -354,20 +354,15 @@ class Quantizer(keras.layers.Layer):
         elif isinstance(analyzer, MinMaxAnalyzer) and analyzer.channel_axis is None:
             # Min/max of the batch carry all a per-tensor min-max analyzer needs: reduce in TF and
             # hand numpy two numbers (and the NaN/Inf count) instead of the whole tensor.
-            def observe_min_max(bounds, num_nonfinite):
-                if int(num_nonfinite) > 0:
-                    raise ValueError(
-                        f"Expected only finite values to calibrate on. Received: a batch with "
-                        f"{int(num_nonfinite)} NaN/Inf values at quantizer {self.name!r}."
-                    )
+            # TF's min/max reductions propagate NaN and Inf, so the analyzer's finiteness check on
+            # the two bounds rejects a batch holding any.
+            def observe_min_max(bounds):
                 analyzer.observe(bounds)
                 return np.int32(0)
 
             x32 = tf.cast(x, tf.float32)
             bounds = tf.stack([tf.reduce_min(x32), tf.reduce_max(x32)])
-            token = tf.numpy_function(
-                observe_min_max, [bounds, _count_nonfinite(x32)], tf.int32, stateful=True
-            )
+            token = tf.numpy_function(observe_min_max, [bounds], tf.int32, stateful=True)
         else:
 
             def observe(value):
@@ -383,16 +378,20 @@ class Quantizer(keras.layers.Layer):
     def _observe_histogram_in_graph(x, analyzer):
         # The analyzer picks the bin range (numpy), TF bins the batch (fast, no copy out), the
         # analyzer merges the counts (numpy). See _HistogramAnalyzer.begin_batch.
+        # NaN/Inf propagate through the min/max reductions; begin_batch rejects non-finite bounds.
         x32 = tf.cast(x, tf.float32)
         bin_range = tf.numpy_function(
             analyzer.begin_batch,
-            [tf.reduce_min(x32), tf.reduce_max(x32), _count_nonfinite(x32)],
+            [tf.reduce_min(x32), tf.reduce_max(x32)],
             tf.float32,
             stateful=True,
         )
         bin_range = tf.reshape(bin_range, [2])
         counts = tf.histogram_fixed_width(x32, bin_range, nbins=analyzer.num_bins, dtype=tf.int32)
-        num_zeros = tf.reduce_sum(tf.cast(tf.equal(x32, 0.0), tf.int32))
+        if analyzer.counts_zeros:
+            num_zeros = tf.reduce_sum(tf.cast(tf.equal(x32, 0.0), tf.int32))
+        else:
+            num_zeros = tf.constant(0, tf.int32)
         return tf.numpy_function(analyzer.end_batch, [counts, num_zeros], tf.int32, stateful=True)
 
     def compute_output_shape(self, input_shape):
@@ -435,9 +434,6 @@ def _non_positive(value):
 def _non_negative(value):
     return keras.ops.maximum(value, _MIN_LEARNED_MAX)
 
-
-def _count_nonfinite(x: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(x)), tf.int32))
 
 
 def _linked_scale(quantizer: Quantizer | None) -> tf.Tensor | None:

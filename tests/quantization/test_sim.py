@@ -273,3 +273,14 @@ def test_quantizer_state_and_errors():
     q.enabled = False
     x = tf.constant(np.ones((3, 4), np.float32))
     np.testing.assert_array_equal(q(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("scheme", ["tf", "tf_enhanced", "percentile"])
+def test_inf_inside_callback_forward_pass_rejected(scheme):
+    # The callback path has no up-front data check: the in-graph observation must catch it.
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme=scheme)
+    data = models.random_images(8)
+    data[2, 1, 1, 1] = np.inf
+    with pytest.raises((ValueError, tf.errors.OpError), match="finite"):
+        sim.compute_encodings(lambda m, a: m(a, training=False), data)
+    assert all(not q.is_initialized for _, q in sim.activation_quantizers())
