@@ -42,6 +42,7 @@ import numpy as np
 from absl import logging
 
 from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
+from aimet_tf.quantization.graph import as_functional
 from aimet_tf.quantization.primitives import Encoding
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer
 from aimet_tf.quantization.registry import get_layer_spec
@@ -88,22 +89,6 @@ _FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6"})
 
 # ------------------------------------------------------------------------------------------------
 # Model rewrites
-
-
-def _functional(model: keras.Model) -> keras.Model:
-    if isinstance(model, keras.Sequential):
-        if not model.inputs:
-            raise ValueError(
-                f"Sequential model {model.name!r} has no input yet. Expected a built model. "
-                "Received: a model without an Input. Start it with keras.Input(shape)."
-            )
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
-        raise TypeError(
-            "Expected a Functional or Sequential keras.Model. Received: "
-            f"{type(model).__name__}. Rebuild a subclassed model with keras.Model(inputs, outputs)."
-        )
-    return model
 
 
 class _SeparablePair:
@@ -154,7 +139,7 @@ def split_separable_convs(model: keras.Model) -> keras.Model:
     Returns:
         A new Functional model.
     """
-    functional = _functional(model)
+    functional = as_functional(model, "TFLite preparation")
     originals: dict[int, keras.layers.Layer] = {}
 
     def clone(layer):
@@ -200,7 +185,7 @@ def separate_activations(model: keras.Model) -> keras.Model:
     Returns:
         A new Functional model computing the same function.
     """
-    functional = _functional(model)
+    functional = as_functional(model, "TFLite preparation")
     activations: dict[int, Any] = {}
 
     def clone(layer):
@@ -276,7 +261,7 @@ class _SimGraph:
                 self.model_outputs.add(id(src.wrapper))
 
     def _visit(self, model: keras.Model, outer: list[_Source | None]) -> list[_Source | None]:
-        functional = _functional(model)
+        functional = as_functional(model, "TFLite preparation")
         inputs = {id(t): k for k, t in enumerate(functional.inputs)}
         produced: dict[int, _Source | None] = {}
         for t, src in zip(functional.inputs, outer):

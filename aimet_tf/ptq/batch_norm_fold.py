@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from absl import logging
 
+from aimet_tf.quantization.graph import as_functional
+
 __all__ = ["FOLDABLE_LAYERS", "fold_batch_norms", "find_foldable_pairs"]
 
 _L = keras.layers
@@ -42,25 +44,6 @@ FOLDABLE_LAYERS: dict[type, int | None] = {
     _L.Conv2DTranspose: -2,
     _L.Conv3DTranspose: -2,
 }
-
-
-def _as_functional(model: keras.Model) -> keras.Model:
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"Expected a keras.Model to fold. Received: {type(model).__name__}")
-    if isinstance(model, keras.Sequential):
-        if not model.inputs:
-            raise ValueError(
-                f"Sequential model {model.name!r} has no input yet. Expected a built model. "
-                "Received: a model without an Input. Start it with keras.Input(shape)."
-            )
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not hasattr(model, "_nodes_by_depth"):
-        raise TypeError(
-            f"Model {model.name!r} is a subclassed keras.Model ({type(model).__name__}); its layer "
-            "graph cannot be read. Expected a Functional or Sequential model. Rebuild it with "
-            "keras.Model(inputs, outputs)."
-        )
-    return model
 
 
 def _foldable_class(layer: keras.layers.Layer) -> type | None:
@@ -98,7 +81,7 @@ def find_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
     Returns:
         (layer name, batch norm name) pairs in graph order.
     """
-    functional = _as_functional(model)
+    functional = as_functional(model, "batch-norm folding")
     counts = _call_counts(functional)
     consumers: dict[int, list] = {}
     for nodes in functional._nodes_by_depth.values():
@@ -208,7 +191,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
         >>> np.allclose(folded.predict(x), model.predict(x), rtol=1e-5, atol=1e-6)
         True
     """
-    functional = _as_functional(model)
+    functional = as_functional(model, "batch-norm folding")
     pairs = find_foldable_pairs(functional)
     into = dict(pairs)
     folded_bns = {bn for _, bn in pairs}

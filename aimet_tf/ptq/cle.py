@@ -532,25 +532,6 @@ def _split_sets(chain: list[_Link], layers: dict) -> list[list[_Link]]:
 # -- the pass ------------------------------------------------------------------------------------
 
 
-def _as_functional(model: keras.Model) -> keras.Model:
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"Expected a keras.Model to equalize. Received: {type(model).__name__}")
-    if isinstance(model, keras.Sequential):
-        if not model.inputs:
-            raise ValueError(
-                f"Sequential model {model.name!r} has no input yet. Expected a built model. "
-                "Received: a model without an Input. Start it with keras.Input(shape)."
-            )
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not hasattr(model, "_nodes_by_depth"):
-        raise TypeError(
-            f"Model {model.name!r} is a subclassed keras.Model ({type(model).__name__}); its layer "
-            "graph cannot be read. Expected a Functional or Sequential model. Rebuild it with "
-            "keras.Model(inputs, outputs)."
-        )
-    return model
-
-
 def _clone_layer(layer, config_overrides: dict, weights: _Weights | None):
     if isinstance(layer, keras.Model):
         new = keras.models.clone_model(layer)
@@ -634,7 +615,7 @@ def equalize_model(
     """
     if max_sweeps < 1:
         raise ValueError(f"Expected max_sweeps >= 1. Received: max_sweeps={max_sweeps}")
-    original = _as_functional(model)
+    original = graph_lib.as_functional(model, "cross-layer equalization")
     report = EqualizationReport()
     bn_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if fold_batch_norms:

@@ -31,7 +31,7 @@ import keras
 
 from aimet_tf.quantization.config import HardwareConfig, load_config, onnx_op_type
 
-__all__ = ["find_supergroups", "layer_edges"]
+__all__ = ["as_functional", "find_supergroups", "layer_edges"]
 
 # Op types whose layers can carry a built-in ``activation=`` argument.
 _ACTIVATION_HOSTS = frozenset({"Conv", "ConvTranspose", "Gemm"})
@@ -191,6 +191,38 @@ def _has_builtin_activation(layer: keras.Operation) -> bool:
     if activation is None:
         return False
     return getattr(activation, "__name__", None) != "linear"
+
+
+def as_functional(model: keras.Model, purpose: str = "this pass") -> keras.Model:
+    """A Functional view of ``model`` sharing its layers (a Sequential becomes Functional).
+
+    Args:
+        model: a Functional or a built Sequential model.
+        purpose: what needs the graph, for the error message (e.g. "quantization simulation").
+
+    Raises:
+        TypeError: for anything but a keras.Model, and for a subclassed model (its call() is Python
+            code whose layer graph cannot be read).
+        ValueError: for a Sequential model without an input shape.
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected a keras.Model for {purpose}. Received: {type(model).__name__}")
+    if isinstance(model, keras.Sequential):
+        if not model.built or not model.inputs:
+            raise ValueError(
+                f"Sequential model {model.name!r} has no input yet. Expected a built model for "
+                f"{purpose}. Received: a model without an Input. Start it with keras.Input(shape) "
+                "or call model.build(input_shape)."
+            )
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    if not hasattr(model, "_nodes_by_depth"):
+        raise TypeError(
+            f"Model {model.name!r} is a subclassed keras.Model ({type(model).__name__}); its call() "
+            f"is Python code whose layer graph {purpose} cannot read. Expected a Functional or "
+            "Sequential model: rebuild it with the Functional API (keras.Model(inputs, outputs)), "
+            "reusing its layers."
+        )
+    return model
 
 
 def _is_graph_model(operation: keras.Operation) -> bool:

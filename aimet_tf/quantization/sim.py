@@ -32,23 +32,7 @@ __all__ = ["QuantizationSimModel"]
 
 def _check_model(model: keras.Model) -> keras.Model:
     """Returns a Functional view of ``model``; raises for what cannot be simulated."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
-    if isinstance(model, keras.Sequential):
-        if not model.built or not model.inputs:
-            raise ValueError(
-                f"Sequential model {model.name!r} is not built: give it an Input (or call "
-                "model.build(input_shape)) before building a QuantizationSimModel."
-            )
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    from keras.src.models.functional import Functional
-
-    if not isinstance(model, Functional):
-        raise TypeError(
-            f"Model {model.name!r} is a subclassed keras.Model ({type(model).__name__}); its call() "
-            "is Python code the simulation cannot see into. Rebuild it with the Functional API "
-            "(keras.Model(inputs, outputs)) or keras.Sequential, reusing its layers, and pass that."
-        )
+    model = graph.as_functional(model, "the quantization simulation")
     counts: dict[int, int] = {}
     for layer in model.layers:
         counts[id(layer)] = 0
