@@ -11,8 +11,9 @@ import numpy as np
 __all__ = ["tflite_ptq_int8", "tflite_float"]
 
 
-def tflite_ptq_int8(model: keras.Model, calibration: np.ndarray) -> bytes:
-    """TFLite's own full-integer post-training quantization (int8, float model I/O).
+def tflite_ptq_int8(model: keras.Model, calibration: np.ndarray, int8_io: bool = False) -> bytes:
+    """TFLite's own full-integer post-training quantization (int8; float model I/O unless
+    ``int8_io``).
 
     The representative dataset yields the calibration images one at a time, as TFLite's guide
     does; the converter picks every range itself.
@@ -20,6 +21,7 @@ def tflite_ptq_int8(model: keras.Model, calibration: np.ndarray) -> bytes:
     Args:
         model: float Keras model.
         calibration: float32 [N, ...] calibration inputs.
+        int8_io: make the model's input and output int8 tensors too.
 
     Returns:
         The .tflite flatbuffer.
@@ -38,6 +40,9 @@ def tflite_ptq_int8(model: keras.Model, calibration: np.ndarray) -> bytes:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
 

@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from aimet_tf.export.baselines import tflite_ptq_int8
+
 
 def _conv_pool() -> keras.Model:
     inp = keras.Input((15, 13, 3), batch_size=1)
@@ -70,19 +72,7 @@ def ptq_int8(name: str, int8_io: bool = False, seed: int = 0) -> tuple[bytes, tu
     shape = tuple(model.input_shape[1:])
     rng = np.random.default_rng(seed)
     calibration = rng.normal(0.0, 1.0, (32, *shape)).astype(np.float32)
-
-    def representative():
-        for i in range(len(calibration)):
-            yield [calibration[i : i + 1]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if int8_io:
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return converter.convert(), shape
+    return tflite_ptq_int8(model, calibration, int8_io=int8_io), shape
 
 
 def qat_int4(seed: int = 0) -> tuple[bytes, tuple[int, ...]]:
