@@ -57,8 +57,11 @@ def run() -> str:
 
     # Time ratios, measured back to back in this run.
     w8 = sims["W8A8 sim (tf_enhanced, htp)"]
-    t_fp32 = common.best_seconds(lambda: predict(model, x_test))
-    t_sim = common.best_seconds(lambda: predict(w8.model, x_test))
+    # Interleaved rounds, best of each: a background burst then hits both sides alike.
+    t_fp32, t_sim = float("inf"), float("inf")
+    for _ in range(3):
+        t_fp32 = min(t_fp32, common.best_seconds(lambda: predict(model, x_test), repeats=2))
+        t_sim = min(t_sim, common.best_seconds(lambda: predict(w8.model, x_test), repeats=2))
     t_fp32_1000 = common.best_seconds(lambda: predict(model, x_cal_1000))
     timings = []
     for scheme in ("tf", "tf_enhanced"):
@@ -81,7 +84,7 @@ def run() -> str:
         lines.append(f"| {name} | {100 * acc:.2f} | {delta} | {agree} | {note} |")
     lines += [
         "",
-        "| time ratio (same run, best of 3) | ours | ratio | goal |",
+        "| time ratio (same run, best of several) | ours | ratio | goal |",
         "|---|---|---|---|",
         f"| W8A8 sim predict / FP32 predict, 10k images, batch {BATCH} | {t_sim:.2f} s / {t_fp32:.2f} s "
         f"| {t_sim / t_fp32:.2f}x | <= 1.5x |",
