@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from aimet_tf.quantization.graph import as_functional
+from aimet_tf.quantization.graph import as_functional, clone_layer
 
 __all__ = ["FOLDABLE_LAYERS", "fold_batch_norms", "find_foldable_pairs"]
 
@@ -142,13 +142,7 @@ def _scale_kernel(kernel: np.ndarray, factor: np.ndarray, axis: int | None) -> n
 
 
 def _copy_layer(layer: keras.layers.Layer, **config_overrides) -> keras.layers.Layer:
-    config = layer.get_config()
-    config.update(config_overrides)
-    new = layer.__class__.from_config(config)
-    build_config = layer.get_build_config()
-    if build_config:
-        new.build_from_config(build_config)
-    return new
+    return clone_layer(layer, config_overrides, copy_weights=False)
 
 
 def _folded_layer(layer: keras.layers.Layer, bn: keras.layers.BatchNormalization) -> keras.layers.Layer:

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from aimet_tf.quantization.graph import clone_layer
 from aimet_tf.quantization.sim import QuantizationSimModel
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
@@ -163,15 +164,8 @@ def _open_batch_spec(tensor) -> tf.TensorSpec:
 
 def _linear_copy(layer: keras.layers.Layer) -> keras.layers.Layer:
     """A copy of ``layer`` without its built-in activation (pre-activation output)."""
-    config = layer.get_config()
-    if "activation" in config:
-        config["activation"] = "linear"
-    new = layer.__class__.from_config(config)
-    build_config = layer.get_build_config()
-    if build_config:
-        new.build_from_config(build_config)
-    new.set_weights(layer.get_weights())
-    return new
+    overrides = {"activation": "linear"} if "activation" in layer.get_config() else {}
+    return clone_layer(layer, overrides)
 
 
 class _ChannelMean:

@@ -537,15 +537,8 @@ def _clone_layer(layer, config_overrides: dict, weights: _Weights | None):
         new = keras.models.clone_model(layer)
         new.set_weights(layer.get_weights())
         return new
-    config = layer.get_config()
-    config.update(config_overrides)
-    new = layer.__class__.from_config(config)
-    build_config = layer.get_build_config()
-    if build_config:
-        new.build_from_config(build_config)
-    if weights is None:
-        new.set_weights(layer.get_weights())
-    else:
+    new = graph_lib.clone_layer(layer, config_overrides, copy_weights=weights is None)
+    if weights is not None:
         new.kernel.assign(weights.kernel.astype(np.float32))
         if new.use_bias:
             new.bias.assign(weights.bias.astype(np.float32))

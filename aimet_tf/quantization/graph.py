@@ -31,7 +31,7 @@ import keras
 
 from aimet_tf.quantization.config import HardwareConfig, load_config, onnx_op_type
 
-__all__ = ["as_functional", "find_supergroups", "layer_edges"]
+__all__ = ["as_functional", "clone_layer", "find_supergroups", "layer_edges"]
 
 # Op types whose layers can carry a built-in ``activation=`` argument.
 _ACTIVATION_HOSTS = frozenset({"Conv", "ConvTranspose", "Gemm"})
@@ -191,6 +191,24 @@ def _has_builtin_activation(layer: keras.Operation) -> bool:
     if activation is None:
         return False
     return getattr(activation, "__name__", None) != "linear"
+
+
+def clone_layer(
+    layer: keras.layers.Layer,
+    config_overrides: dict | None = None,
+    copy_weights: bool = True,
+) -> keras.layers.Layer:
+    """A new layer from ``layer``'s config (with ``config_overrides``), built like it and, with
+    ``copy_weights``, holding copies of its weights. The original stays untouched."""
+    config = layer.get_config()
+    config.update(config_overrides or {})
+    new = layer.__class__.from_config(config)
+    build_config = layer.get_build_config()
+    if build_config:
+        new.build_from_config(build_config)
+    if copy_weights:
+        new.set_weights(layer.get_weights())
+    return new
 
 
 def as_functional(model: keras.Model, purpose: str = "this pass") -> keras.Model:

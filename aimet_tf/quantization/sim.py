@@ -51,16 +51,6 @@ def _check_model(model: keras.Model) -> keras.Model:
     return model
 
 
-def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """A new layer with the same config, build and weights (the original stays untouched)."""
-    new = layer.__class__.from_config(layer.get_config())
-    build_config = layer.get_build_config()
-    if build_config:
-        new.build_from_config(build_config)
-    new.set_weights(layer.get_weights())
-    return new
-
-
 class QuantizationSimModel:
     """Simulates integer inference of a Keras model by wrapping each layer with quantizers.
 
@@ -152,7 +142,7 @@ class QuantizationSimModel:
         spec = get_layer_spec(layer)
         op_type = hw_config.onnx_op_type(layer)
         rule = self.config.op_rule(op_type)
-        new_layer = _copy_layer(layer)
+        new_layer = graph.clone_layer(layer)
         name = layer.name
 
         input_quantizers: list[Quantizer | None] = []
@@ -411,10 +401,10 @@ class QuantizationSimModel:
 
         def unwrap(layer):
             if isinstance(layer, QuantizationWrapper):
-                return _copy_layer(layer.layer)
+                return graph.clone_layer(layer.layer)
             if isinstance(layer, keras.Model):
                 return keras.models.clone_model(layer, clone_function=unwrap)
-            return _copy_layer(layer)
+            return graph.clone_layer(layer)
 
         return keras.models.clone_model(self.model, clone_function=unwrap)
 
