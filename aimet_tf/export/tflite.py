@@ -89,8 +89,7 @@ def check_tflite_exportable(sim) -> list[str]:
         One message per problem, each naming the layer and the fix.
     """
     problems: list[str] = []
-    missing = [n for n, q in sim.activation_quantizers() if q.enabled and not q.is_initialized]
-    missing += [n for n, q, _ in sim.param_quantizers() if q.enabled and not q.is_initialized]
+    missing = sim.uncalibrated_quantizers()
     if missing:
         problems.append(
             f"{len(missing)} enabled quantizers have no encoding (e.g. {', '.join(missing[:3])}): "

@@ -194,8 +194,7 @@ class _ChannelMean:
 
 
 def _check_ready(sim: QuantizationSimModel) -> None:
-    missing = [n for n, q in sim.activation_quantizers() if q.enabled and not q.is_initialized]
-    missing += [n for n, q, _ in sim.param_quantizers() if q.enabled and not q.is_initialized]
+    missing = sim.uncalibrated_quantizers()
     if missing:
         raise RuntimeError(
             f"Bias correction needs a calibrated sim: {len(missing)} enabled quantizers have no "

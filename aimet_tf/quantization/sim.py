@@ -234,6 +234,12 @@ class QuantizationSimModel:
                     out.append((encodings_io.param_name(w.name, path), q, var))
         return out
 
+    def uncalibrated_quantizers(self) -> list[str]:
+        """Names of the enabled activation and parameter quantizers that have no encoding yet."""
+        missing = [n for n, q in self.activation_quantizers() if q.enabled and not q.is_initialized]
+        missing += [n for n, q, _ in self.param_quantizers() if q.enabled and not q.is_initialized]
+        return missing
+
     def quantizer_table(self) -> str:
         """A human-readable table of every quantizer and its state."""
         rows = [f"{'tensor':48s} {'quantizer'}"]
@@ -374,8 +380,7 @@ class QuantizationSimModel:
         Raises:
             RuntimeError: if an enabled quantizer has no encoding (compute_encodings first).
         """
-        missing = [n for n, q in self.activation_quantizers() if q.enabled and not q.is_initialized]
-        missing += [n for n, q, _ in self.param_quantizers() if q.enabled and not q.is_initialized]
+        missing = self.uncalibrated_quantizers()
         if missing:
             raise RuntimeError(
                 f"Cannot export: {len(missing)} enabled quantizers have no encoding (e.g. "
