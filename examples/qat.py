@@ -139,7 +139,7 @@ def main(argv):
         results.append((f"{label} QAT as .tflite (LiteRT)", report.accuracy_tflite))
 
     fp32 = results[0][1]
-    print(f"\n| variant | test top-1 % | vs FP32 |\n|---|---|---|")
+    print("\n| variant | test top-1 % | vs FP32 |\n|---|---|---|")
     for name, acc in results:
         print(f"| {name} | {100 * acc:.2f} | {100 * (acc - fp32):+.2f} |")
 

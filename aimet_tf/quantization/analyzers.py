@@ -11,9 +11,10 @@ Three analyzers follow AIMET's quantization schemes (REFERENCE section 2):
   gamma * clipping MSE + rounding MSE, estimated from a histogram.
 * ``PercentileAnalyzer`` (``percentile``): clips (100 - p)% of the mass in each tail.
 
-The statistics are plain numpy: the quantizers call ``observe`` (or, per tensor, the
-``begin_batch``/``end_batch`` pair around a histogram binned by TF) through ``tf.numpy_function``
-during calibration.
+The statistics are plain numpy. During calibration a per-tensor quantizer gathers what its analyzer
+needs inside the TF graph (``graph_statistics.GraphStatistics``: min/max, histogram, zero count) and
+hands it over afterwards with ``absorb_graph_statistics``; other analyzers get whole tensors through
+``observe``.
 
 The returned (min, max) is what ``primitives.compute_encoding`` consumes; that step makes the range
 contain 0, applies the 0.01 minimum width and nudges, so min/max-style analyzers return the observed
@@ -46,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from aimet_tf.quantization.graph_statistics import GraphStatisticsSpec, GraphStatisticsValues
 from aimet_tf.quantization.primitives import MIN_RANGE_WIDTH, validate_bitwidth
 
 __all__ = [
@@ -304,6 +306,41 @@ class RangeAnalyzer(abc.ABC):
         self._num_channels = num_channels
         self._num_batches += 1
 
+    @property
+    def graph_statistics_spec(self) -> GraphStatisticsSpec | None:
+        """What a TF graph must gather for ``absorb_graph_statistics``; None if whole batches are
+        needed (``observe``)."""
+        return None
+
+    def absorb_graph_statistics(self, values: GraphStatisticsValues) -> None:
+        """Takes the statistics of a calibration pass gathered in the graph (see
+        ``graph_statistics``) as if the batches had been observed here.
+
+        Raises:
+            RuntimeError: if this analyzer cannot take graph statistics or has already observed data.
+            ValueError: if the pass saw NaN/Inf.
+        """
+        if self.graph_statistics_spec is None:
+            raise RuntimeError(f"{type(self).__name__} with channel_axis={self._channel_axis} needs whole batches (observe).")
+        if self._num_batches:
+            raise RuntimeError("absorb_graph_statistics() needs an analyzer that has observed nothing yet.")
+        if values.nonfinite_batches:
+            raise ValueError(
+                "Expected only finite values to calibrate on. "
+                f"Received: {values.nonfinite_batches} batch(es) containing NaN/Inf. "
+                "Fix: check the model/inputs that produce this tensor."
+            )
+        if values.num_batches == 0:
+            return
+        self._absorb_statistics(values)
+        self._data_min = np.asarray([values.data_min], dtype=np.float64)
+        self._data_max = np.asarray([values.data_max], dtype=np.float64)
+        self._num_channels = 1
+        self._num_batches = values.num_batches
+
+    def _absorb_statistics(self, values: GraphStatisticsValues) -> None:
+        """Subclass hook: take what ``graph_statistics_spec`` asked for beyond min/max."""
+
     def _check_channel_count(self, num_channels: int, shape: tuple[int, ...]) -> None:
         if self._num_channels is not None and num_channels != self._num_channels:
             raise ValueError(
@@ -407,6 +444,10 @@ class MinMaxAnalyzer(RangeAnalyzer):
 
     def _update_statistics(self, x, axes, num_channels, batch_min, batch_max) -> None:
         pass  # The base class already tracks the exact min/max.
+
+    @property
+    def graph_statistics_spec(self) -> GraphStatisticsSpec | None:
+        return GraphStatisticsSpec() if self._channel_axis is None else None
 
     def _compute_range(self, bitwidth, symmetric, strict, unsigned):
         return _range_for_grid(self._data_min, self._data_max, symmetric, unsigned)
@@ -543,78 +584,18 @@ class _HistogramAnalyzer(RangeAnalyzer):
     def _update_from_rows(self, rows: np.ndarray, batch_min: np.ndarray, batch_max: np.ndarray) -> None:
         self._histogram = _updated_histogram(self._histogram, rows, batch_min, batch_max, self._num_bins)
 
-    # The two-step protocol below lets a TF graph bin a per-tensor batch itself
-    # (tf.histogram_fixed_width is several times faster than numpy and needs no copy of the batch):
-    # begin_batch picks the bin range, the graph counts into it, end_batch records the counts.
-
     @property
-    def supports_graph_histogram(self) -> bool:
-        """True for per-tensor analyzers, which accept counts binned elsewhere."""
-        return self._channel_axis is None
+    def graph_statistics_spec(self) -> GraphStatisticsSpec | None:
+        if self._channel_axis is not None:
+            return None
+        return GraphStatisticsSpec(num_bins=self._num_bins, count_zeros=self.counts_zeros)
 
-    def begin_batch(self, batch_min: float, batch_max: float, num_nonfinite: int = 0) -> np.ndarray:
-        """Starts a batch binned outside: returns the float32 [lo, hi] to bin it over.
-
-        The range is the union of the current histogram range and [batch_min, batch_max], widened
-        to the next float32 values so that it covers both.
-
-        Raises:
-            ValueError: if the batch holds NaN/Inf (``num_nonfinite`` > 0 or non-finite bounds).
-        """
-        if not self.supports_graph_histogram:
-            raise RuntimeError("begin_batch() is only available for per-tensor analyzers.")
-        bmin, bmax = float(batch_min), float(batch_max)
-        if int(num_nonfinite) > 0 or not (np.isfinite(bmin) and np.isfinite(bmax)):
-            raise ValueError(
-                "Expected only finite values to calibrate on. "
-                f"Received: a batch with {int(num_nonfinite)} NaN/Inf values (min={bmin}, max={bmax}). "
-                "Fix: check the model/inputs that produce this tensor."
-            )
-        hist = self._histogram
-        lo = bmin if hist is None else min(bmin, float(hist.lo[0]))
-        hi = bmax if hist is None else max(bmax, float(hist.hi[0]))
-        hi = float(_positive_span(np.asarray([lo]), np.asarray([hi]))[0])
-        lo32 = np.float32(lo)
-        hi32 = np.float32(hi)
-        if float(lo32) > lo:
-            lo32 = np.nextafter(lo32, np.float32(-np.inf))
-        if float(hi32) < hi:
-            hi32 = np.nextafter(hi32, np.float32(np.inf))
-        self._pending = (float(lo32), float(hi32), bmin, bmax)
-        return np.asarray([lo32, hi32], dtype=np.float32)
-
-    def end_batch(self, counts: np.ndarray, num_zeros: int = 0) -> np.int32:
-        """Records the counts of the batch started by ``begin_batch`` (over the range it returned)
-        and how many of its values were exactly 0."""
-        pending = getattr(self, "_pending", None)
-        if pending is None:
-            raise RuntimeError("end_batch() called without begin_batch().")
-        lo, hi, bmin, bmax = pending
-        self._pending = None
-        counts = np.asarray(counts, dtype=np.float64).reshape(1, -1)
+    def _absorb_statistics(self, values: GraphStatisticsValues) -> None:
+        counts = np.asarray(values.counts, dtype=np.float64).reshape(1, -1)
         if counts.shape[1] != self._num_bins:
-            raise ValueError(
-                f"Expected {self._num_bins} histogram counts. Received: {counts.shape[1]}"
-            )
-        new_lo, new_hi = np.asarray([lo]), np.asarray([hi])
-        hist = self._histogram
-        if hist is None:
-            base = np.zeros((1, self._num_bins))
-        elif hist.lo[0] != lo or hist.hi[0] != hi:
-            base = _rebin(hist.counts, hist.lo, hist.hi, new_lo, new_hi)
-        else:
-            base = hist.counts
-        self._histogram = _Histogram(new_lo, new_hi, base + counts)
-        self._record_zeros(np.asarray([float(num_zeros)]))
-        batch_min, batch_max = np.asarray([bmin]), np.asarray([bmax])
-        if self._data_min is None:
-            self._data_min, self._data_max = batch_min, batch_max
-        else:
-            self._data_min = np.minimum(self._data_min, batch_min)
-            self._data_max = np.maximum(self._data_max, batch_max)
-        self._num_channels = 1
-        self._num_batches += 1
-        return np.int32(0)
+            raise ValueError(f"Expected {self._num_bins} histogram counts. Received: {counts.shape[1]}")
+        self._histogram = _Histogram(np.asarray([values.hist_lo]), np.asarray([values.hist_hi]), counts)
+        self._record_zeros(np.asarray([values.zeros]))
 
     # Whether exact zeros matter to this analyzer's statistics (they do for the SQNR cost).
     counts_zeros = False

@@ -22,12 +22,12 @@ import tensorflow as tf
 
 from aimet_tf.quantization import primitives
 from aimet_tf.quantization.analyzers import (
-    MinMaxAnalyzer,
     QuantScheme,
     RangeAnalyzer,
     make_analyzer,
     parse_quant_scheme,
 )
+from aimet_tf.quantization.graph_statistics import GraphStatistics
 
 __all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES"]
 
@@ -99,6 +99,7 @@ class Quantizer(keras.layers.Layer):
         self._frozen = bool(frozen)
         self._initialized = bool(initialized)
         self._analyzer: RangeAnalyzer | None = None
+        self._statistics: GraphStatistics | None = None
         self._tie = _Links()
         self._axes: primitives.ChannelAxis = None
         self.encoding_min = None
@@ -310,13 +311,33 @@ class Quantizer(keras.layers.Layer):
         )
 
     @contextlib.contextmanager
-    def calibration(self, analyzer: RangeAnalyzer) -> Iterator[RangeAnalyzer]:
-        """Within this context the quantizer is an identity that shows its input to ``analyzer``."""
+    def calibration(
+        self, analyzer: RangeAnalyzer, statistics: GraphStatistics | None = None
+    ) -> Iterator[RangeAnalyzer]:
+        """Within this context the quantizer is an identity that shows its input to ``analyzer``.
+
+        With ``statistics`` (matching ``analyzer.graph_statistics_spec``) the tensor's statistics
+        are gathered by TF ops into those variables, and handed to the analyzer when the context
+        ends without error; otherwise every batch goes to ``analyzer.observe`` through
+        ``tf.numpy_function``.
+        """
+        if statistics is not None and statistics.spec != analyzer.graph_statistics_spec:
+            raise ValueError(
+                f"Quantizer {self.name!r}: the graph statistics gather {statistics.spec}, the analyzer "
+                f"needs {analyzer.graph_statistics_spec}."
+            )
         self._analyzer = analyzer
+        self._statistics = statistics
         try:
             yield analyzer
+            if statistics is not None:
+                try:
+                    analyzer.absorb_graph_statistics(statistics.read())
+                except ValueError as exc:
+                    raise ValueError(f"Quantizer {self.name!r}: {exc}") from exc
         finally:
             self._analyzer = None
+            self._statistics = None
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -348,51 +369,18 @@ class Quantizer(keras.layers.Layer):
         )
 
     def _observe(self, x):
-        analyzer = self._analyzer
-        if getattr(analyzer, "supports_graph_histogram", False):
-            token = self._observe_histogram_in_graph(x, analyzer)
-        elif isinstance(analyzer, MinMaxAnalyzer) and analyzer.channel_axis is None:
-            # Min/max of the batch carry all a per-tensor min-max analyzer needs: reduce in TF and
-            # hand numpy two numbers (and the NaN/Inf count) instead of the whole tensor.
-            # TF's min/max reductions propagate NaN and Inf, so the analyzer's finiteness check on
-            # the two bounds rejects a batch holding any.
-            def observe_min_max(bounds):
-                analyzer.observe(bounds)
-                return np.int32(0)
-
-            x32 = tf.cast(x, tf.float32)
-            bounds = tf.stack([tf.reduce_min(x32), tf.reduce_max(x32)])
-            token = tf.numpy_function(observe_min_max, [bounds], tf.int32, stateful=True)
+        if self._statistics is not None:
+            token = self._statistics.observe(x)
         else:
-
+            # The analyzer is looked up when the graph runs, so a traced function can be reused.
             def observe(value):
-                analyzer.observe(value)
+                self._analyzer.observe(value)
                 return np.int32(0)
 
             token = tf.numpy_function(observe, [x], tf.int32, stateful=True, name="observe")
         # The identity depends on the observation so that graph pruning cannot drop it.
         with tf.control_dependencies([token]):
             return tf.identity(x)
-
-    @staticmethod
-    def _observe_histogram_in_graph(x, analyzer):
-        # The analyzer picks the bin range (numpy), TF bins the batch (fast, no copy out), the
-        # analyzer merges the counts (numpy). See _HistogramAnalyzer.begin_batch.
-        # NaN/Inf propagate through the min/max reductions; begin_batch rejects non-finite bounds.
-        x32 = tf.cast(x, tf.float32)
-        bin_range = tf.numpy_function(
-            analyzer.begin_batch,
-            [tf.reduce_min(x32), tf.reduce_max(x32)],
-            tf.float32,
-            stateful=True,
-        )
-        bin_range = tf.reshape(bin_range, [2])
-        counts = tf.histogram_fixed_width(x32, bin_range, nbins=analyzer.num_bins, dtype=tf.int32)
-        if analyzer.counts_zeros:
-            num_zeros = tf.reduce_sum(tf.cast(tf.equal(x32, 0.0), tf.int32))
-        else:
-            num_zeros = tf.constant(0, tf.int32)
-        return tf.numpy_function(analyzer.end_batch, [counts, num_zeros], tf.int32, stateful=True)
 
     def compute_output_shape(self, input_shape):
         return input_shape

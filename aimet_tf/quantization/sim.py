@@ -23,6 +23,7 @@ from absl import logging
 from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization import encodings_io, graph
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
+from aimet_tf.quantization.graph_statistics import GraphStatistics
 from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.registry import get_layer_spec
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
@@ -101,6 +102,9 @@ class QuantizationSimModel:
         self.config = hw_config.load_config(config_file)
         self._original = model
         self.model = self._build(model, is_top=True)
+        # Calibration state kept across compute_encodings calls (see _calibration_step).
+        self._graph_stats: dict[int, GraphStatistics] = {}
+        self._calibration_steps: dict[tuple, Callable] = {}
         self.model.build(self.model.input_shape) if not self.model.built else None
 
     # -- construction --------------------------------------------------------------------------
@@ -283,15 +287,15 @@ class QuantizationSimModel:
         act = [(n, q) for n, q in self.activation_quantizers() if q.enabled and not q.frozen]
         analyzers = {id(q): q.make_analyzer() for _, q in act}
         # The observed forward pass is the float one: activation quantizers observe and pass
-        # through, every other quantizer is off for its duration.
-        others = [q for _, q in self.activation_quantizers() if q.enabled and id(q) not in analyzers]
-        others += [q for _, q, _ in self.param_quantizers() if q.enabled]
+        # through, every other quantizer (bias grids and requantizers too) is off for its duration.
+        others = [q for w in self.wrappers() for q in w.quantizers() if q.enabled and id(q) not in analyzers]
+        statistics = {id(q): self._graph_statistics(q, analyzers[id(q)]) for _, q in act}
         self._reset_compiled_functions()
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(_disabled(others))
                 for _, q in act:
-                    stack.enter_context(q.calibration(analyzers[id(q)]))
+                    stack.enter_context(q.calibration(analyzers[id(q)], statistics[id(q)]))
                 if callable(forward_pass_callback):
                     forward_pass_callback(self.model, forward_pass_callback_args)
                 else:
@@ -323,11 +327,36 @@ class QuantizationSimModel:
             q.set_encoding(enc)
         logging.info("compute_encodings: %d encodings computed", len(new))
 
+    def _graph_statistics(self, quantizer: Quantizer, analyzer) -> GraphStatistics | None:
+        """The quantizer's in-graph statistics variables for this analyzer, reset; reused across
+        calls so that the traced calibration step stays valid. None: the analyzer takes batches."""
+        spec = analyzer.graph_statistics_spec
+        if spec is None:
+            return None
+        stats = self._graph_stats.get(id(quantizer))
+        if stats is None or stats.spec != spec:
+            stats = GraphStatistics(spec)
+            self._graph_stats[id(quantizer)] = stats
+        stats.reset()
+        return stats
+
+    def _calibration_step(self, specs) -> Callable:
+        # Everything the trace depends on: which quantizers observe, and into which variables (the
+        # others are all disabled during calibration), and the input signature.
+        key = (repr(specs),) + tuple(
+            (id(q), id(q._statistics)) for _, q in self.activation_quantizers() if q._analyzer is not None
+        )
+        step = self._calibration_steps.get(key)
+        if step is None:
+            # One trace for every batch size (the last batch is usually smaller).
+            step = tf.function(lambda x: self.model(x, training=False), input_signature=[specs])
+            self._calibration_steps[key] = step
+        return step
+
     def _run_calibration_data(self, data, batch_size: int) -> None:
-        # One trace for every batch size (the last batch is usually smaller).
         specs = [tf.TensorSpec(t.shape, t.dtype) for t in self.model.inputs]
         specs = specs[0] if len(specs) == 1 else specs
-        step = tf.function(lambda x: self.model(x, training=False), input_signature=[specs])
+        step = self._calibration_step(specs)
         count = 0
         for batch in _iterate_batches(data, batch_size):
             try:

@@ -1,0 +1,172 @@
+"""Per-tensor calibration statistics accumulated inside the TF graph that runs the model.
+
+A per-tensor range analyzer needs, per calibration batch, only a few numbers: the exact min and max
+and, for the SQNR and percentile analyzers, an equal-width histogram over the running range and the
+count of exact zeros. ``GraphStatistics`` computes these with TF ops into TF variables, so a
+calibration pass copies no tensor out of TF, makes no Python call per batch and per quantizer, and
+lets independent quantizers update in parallel. Because the state lives in variables owned by this
+object (not in Python closures), a traced calibration function stays valid across
+``compute_encodings`` calls: ``reset`` and run it again.
+
+The histogram follows the numpy analyzers' rule: it spans the union of the ranges seen so far; when
+a batch widens the range, the counts so far are re-binned over the wider range by linear
+interpolation of their cumulative distribution (``analyzers._rebin``), then the batch is binned.
+
+After the pass, ``read`` returns the statistics as numpy values for
+``RangeAnalyzer.absorb_graph_statistics``. Batches holding NaN/Inf are counted in ``nonfinite``
+and otherwise ignored, so that the caller can reject the pass with a clear error.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["GraphStatisticsSpec", "GraphStatisticsValues", "GraphStatistics"]
+
+
+class GraphStatisticsSpec(NamedTuple):
+    """What an analyzer needs from the graph: ``num_bins`` (0 = no histogram) and zero counts."""
+
+    num_bins: int = 0
+    count_zeros: bool = False
+
+
+class GraphStatisticsValues(NamedTuple):
+    """One pass's statistics, read back as numpy values."""
+
+    num_batches: int
+    nonfinite_batches: int
+    data_min: float
+    data_max: float
+    hist_lo: float
+    hist_hi: float
+    counts: np.ndarray | None  # [num_bins] float64, or None without a histogram
+    zeros: float
+
+
+def _padded_high(lo: tf.Tensor, hi: tf.Tensor) -> tf.Tensor:
+    # Same rule as analyzers._positive_span: a constant tensor still needs bins of non-zero width.
+    pad = tf.maximum(tf.abs(lo), 1.0) * 1e-6
+    return tf.where(hi > lo, hi, lo + pad)
+
+
+def rebin_counts(counts: tf.Tensor, old_lo, old_hi, new_lo, new_hi) -> tf.Tensor:
+    """Re-bins float64 counts over [old_lo, old_hi] into as many bins over the wider [new_lo, new_hi].
+
+    Each old bin's count is spread over the new bins it overlaps in proportion to the overlap (the
+    new counts are differences of the old piecewise-linear CDF at the new edges), as
+    ``analyzers._rebin`` does in numpy.
+    """
+    num_bins = counts.shape[0]
+    old_lo, old_hi, new_lo, new_hi = (tf.cast(v, tf.float64) for v in (old_lo, old_hi, new_lo, new_hi))
+    cdf = tf.concat([tf.zeros([1], tf.float64), tf.cumsum(counts)], axis=0)
+    fractions = tf.range(num_bins + 1, dtype=tf.float64) / num_bins
+    edges = new_lo + (new_hi - new_lo) * fractions
+    pos = tf.clip_by_value((edges - old_lo) * (num_bins / (old_hi - old_lo)), 0.0, float(num_bins))
+    k = tf.minimum(tf.cast(tf.floor(pos), tf.int32), num_bins - 1)
+    new_cdf = tf.gather(cdf, k) + tf.gather(counts, k) * (pos - tf.cast(k, tf.float64))
+    # The new range covers the old one, so the end points hold exactly none and all of the mass.
+    new_cdf = tf.concat([tf.zeros([1], tf.float64), new_cdf[1:-1], cdf[-1:]], axis=0)
+    return tf.maximum(new_cdf[1:] - new_cdf[:-1], 0.0)
+
+
+class GraphStatistics:
+    """TF variables holding one per-tensor quantizer's calibration statistics.
+
+    Args:
+        spec: histogram bins (0 for min/max only) and whether to count exact zeros.
+
+    The variables are created eagerly (outside any tf.function) and are not tracked by Keras, so
+    they are never saved with a model.
+    """
+
+    def __init__(self, spec: GraphStatisticsSpec) -> None:
+        if spec.num_bins == 1 or spec.num_bins < 0:
+            raise ValueError(f"Expected num_bins 0 (no histogram) or >= 2. Received: {spec.num_bins}")
+        self.spec = spec
+        with tf.init_scope():
+            self._num_batches = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self._nonfinite = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self._data_min = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+            self._data_max = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+            self._lo = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+            self._hi = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+            self._counts = tf.Variable(tf.zeros([max(spec.num_bins, 1)], tf.float64), trainable=False)
+            self._zeros = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+
+    def reset(self) -> None:
+        """Forgets every observed batch."""
+        for var in (self._num_batches, self._nonfinite, self._data_min, self._data_max, self._lo,
+                    self._hi, self._zeros):
+            var.assign(tf.zeros_like(var))
+        self._counts.assign(tf.zeros_like(self._counts))
+
+    def observe(self, x: tf.Tensor) -> tf.Operation | tf.Tensor:
+        """Adds one batch (graph or eager); returns the update to depend on."""
+        x = tf.cast(x, tf.float32)
+        batch_min = tf.reduce_min(x)
+        batch_max = tf.reduce_max(x)
+        finite = tf.math.is_finite(batch_min) & tf.math.is_finite(batch_max)
+        # Empty tensors reduce to +/-inf: they are skipped, not counted as non-finite.
+        non_empty = tf.size(x, out_type=tf.int64) > 0
+        return tf.cond(
+            non_empty,
+            lambda: tf.cond(
+                finite,
+                lambda: self._update(x, batch_min, batch_max),
+                lambda: self._count_nonfinite(),
+            ),
+            lambda: tf.constant(0, tf.int64),
+        )
+
+    def _count_nonfinite(self) -> tf.Tensor:
+        self._nonfinite.assign_add(1)
+        return tf.constant(0, tf.int64)
+
+    def _update(self, x, batch_min, batch_max) -> tf.Tensor:
+        first = tf.equal(self._num_batches, 0)
+        data_min = tf.where(first, batch_min, tf.minimum(self._data_min, batch_min))
+        data_max = tf.where(first, batch_max, tf.maximum(self._data_max, batch_max))
+        updates = [self._data_min.assign(data_min), self._data_max.assign(data_max)]
+        num_bins = self.spec.num_bins
+        if num_bins:
+            lo = data_min
+            hi = _padded_high(lo, tf.where(first, batch_max, tf.maximum(self._hi, batch_max)))
+            grown = (lo < self._lo) | (hi > self._hi)
+            old = self._counts.read_value()
+            kept = tf.cond(
+                first,
+                lambda: tf.zeros_like(old),
+                lambda: tf.cond(
+                    grown,
+                    lambda: rebin_counts(old, self._lo, self._hi, lo, hi),
+                    lambda: old,
+                ),
+            )
+            counts = tf.histogram_fixed_width(x, tf.stack([lo, hi]), nbins=num_bins, dtype=tf.int32)
+            updates += [
+                self._counts.assign(kept + tf.cast(counts, tf.float64)),
+                self._lo.assign(lo),
+                self._hi.assign(hi),
+            ]
+        if self.spec.count_zeros:
+            num_zeros = tf.size(x, out_type=tf.int64) - tf.math.count_nonzero(x, dtype=tf.int64)
+            updates.append(self._zeros.assign_add(tf.cast(num_zeros, tf.float64)))
+        with tf.control_dependencies(updates):
+            return self._num_batches.assign_add(1)
+
+    def read(self) -> GraphStatisticsValues:
+        """The statistics so far, as numpy values."""
+        return GraphStatisticsValues(
+            num_batches=int(self._num_batches.numpy()),
+            nonfinite_batches=int(self._nonfinite.numpy()),
+            data_min=float(self._data_min.numpy()),
+            data_max=float(self._data_max.numpy()),
+            hist_lo=float(self._lo.numpy()),
+            hist_hi=float(self._hi.numpy()),
+            counts=self._counts.numpy().copy() if self.spec.num_bins else None,
+            zeros=float(self._zeros.numpy()),
+        )
