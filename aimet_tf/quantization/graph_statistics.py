@@ -65,7 +65,10 @@ def rebin_counts(counts: tf.Tensor, old_lo, old_hi, new_lo, new_hi) -> tf.Tensor
     cdf = tf.concat([tf.zeros([1], tf.float64), tf.cumsum(counts)], axis=0)
     fractions = tf.range(num_bins + 1, dtype=tf.float64) / num_bins
     edges = new_lo + (new_hi - new_lo) * fractions
-    pos = tf.clip_by_value((edges - old_lo) * (num_bins / (old_hi - old_lo)), 0.0, float(num_bins))
+    # Guarded width: callers compute this unconditionally, also before any bin range exists.
+    width = tf.where(old_hi > old_lo, old_hi - old_lo, tf.ones_like(old_hi))
+    pos = tf.clip_by_value((edges - old_lo) * (num_bins / width), 0.0, float(num_bins))
+    pos = tf.where(tf.math.is_finite(pos), pos, tf.zeros_like(pos))
     k = tf.minimum(tf.cast(tf.floor(pos), tf.int32), num_bins - 1)
     new_cdf = tf.gather(cdf, k) + tf.gather(counts, k) * (pos - tf.cast(k, tf.float64))
     # The new range covers the old one, so the end points hold exactly none and all of the mass.
@@ -105,58 +108,49 @@ class GraphStatistics:
         self._counts.assign(tf.zeros_like(self._counts))
 
     def observe(self, x: tf.Tensor) -> tf.Operation | tf.Tensor:
-        """Adds one batch (graph or eager); returns the update to depend on."""
+        """Adds one batch (graph or eager); returns the update to depend on.
+
+        Branch-free except around the histogram op (which must not see NaN): the new values are
+        computed unconditionally and selected, which keeps the traced graph small.
+        """
         x = tf.cast(x, tf.float32)
         batch_min = tf.reduce_min(x)
         batch_max = tf.reduce_max(x)
-        finite = tf.math.is_finite(batch_min) & tf.math.is_finite(batch_max)
         # Empty tensors reduce to +/-inf: they are skipped, not counted as non-finite.
-        non_empty = tf.size(x, out_type=tf.int64) > 0
-        return tf.cond(
-            non_empty,
-            lambda: tf.cond(
-                finite,
-                lambda: self._update(x, batch_min, batch_max),
-                lambda: self._count_nonfinite(),
-            ),
-            lambda: tf.constant(0, tf.int64),
-        )
-
-    def _count_nonfinite(self) -> tf.Tensor:
-        self._nonfinite.assign_add(1)
-        return tf.constant(0, tf.int64)
-
-    def _update(self, x, batch_min, batch_max) -> tf.Tensor:
+        non_empty = tf.size(x) > 0
+        ok = non_empty & tf.math.is_finite(batch_min) & tf.math.is_finite(batch_max)
         first = tf.equal(self._num_batches, 0)
         data_min = tf.where(first, batch_min, tf.minimum(self._data_min, batch_min))
         data_max = tf.where(first, batch_max, tf.maximum(self._data_max, batch_max))
-        updates = [self._data_min.assign(data_min), self._data_max.assign(data_max)]
+        updates = [
+            self._data_min.assign(tf.where(ok, data_min, self._data_min)),
+            self._data_max.assign(tf.where(ok, data_max, self._data_max)),
+            self._nonfinite.assign_add(tf.cast(non_empty & ~ok, tf.int64)),
+        ]
         num_bins = self.spec.num_bins
         if num_bins:
             lo = data_min
             hi = _padded_high(lo, tf.where(first, batch_max, tf.maximum(self._hi, batch_max)))
-            grown = (lo < self._lo) | (hi > self._hi)
             old = self._counts.read_value()
-            kept = tf.cond(
-                first,
-                lambda: tf.zeros_like(old),
-                lambda: tf.cond(
-                    grown,
-                    lambda: rebin_counts(old, self._lo, self._hi, lo, hi),
-                    lambda: old,
-                ),
+            grown = (lo < self._lo) | (hi > self._hi)
+            rebinned = rebin_counts(old, self._lo, self._hi, lo, hi)
+            kept = tf.where(first, tf.zeros_like(old), tf.where(grown, rebinned, old))
+            counts = tf.cond(
+                ok,
+                lambda: tf.histogram_fixed_width(x, tf.stack([lo, hi]), nbins=num_bins, dtype=tf.int32),
+                lambda: tf.zeros([num_bins], tf.int32),
             )
-            counts = tf.histogram_fixed_width(x, tf.stack([lo, hi]), nbins=num_bins, dtype=tf.int32)
             updates += [
-                self._counts.assign(kept + tf.cast(counts, tf.float64)),
-                self._lo.assign(lo),
-                self._hi.assign(hi),
+                self._counts.assign(tf.where(ok, kept + tf.cast(counts, tf.float64), old)),
+                self._lo.assign(tf.where(ok, lo, self._lo)),
+                self._hi.assign(tf.where(ok, hi, self._hi)),
             ]
         if self.spec.count_zeros:
-            num_zeros = tf.size(x, out_type=tf.int64) - tf.math.count_nonzero(x, dtype=tf.int64)
-            updates.append(self._zeros.assign_add(tf.cast(num_zeros, tf.float64)))
+            # int32 sums: tensors are far below 2^31 elements.
+            num_zeros = tf.reduce_sum(tf.cast(tf.equal(x, 0.0), tf.int32))
+            updates.append(self._zeros.assign_add(tf.where(ok, tf.cast(num_zeros, tf.float64), 0.0)))
         with tf.control_dependencies(updates):
-            return self._num_batches.assign_add(1)
+            return self._num_batches.assign_add(tf.cast(ok, tf.int64))
 
     def read(self) -> GraphStatisticsValues:
         """The statistics so far, as numpy values."""
