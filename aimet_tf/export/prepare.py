@@ -41,7 +41,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
+from aimet_tf.ptq.batch_norm_fold import fold_all_batch_norms
 from aimet_tf.quantization.graph import as_functional
 from aimet_tf.quantization.primitives import Encoding
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer
@@ -218,21 +218,27 @@ def separate_activations(model: keras.Model) -> keras.Model:
     return keras.models.clone_model(functional, clone_function=clone, call_function=call)
 
 
-def prepare_model_for_tflite(model: keras.Model) -> keras.Model:
+def prepare_model_for_tflite(model: keras.Model, fold_batch_norms: bool = True) -> keras.Model:
     """Folds batch norms, splits separable convolutions and unfusable activations.
 
     W' = W * gamma / sigma, b' = beta + (b - mu) * gamma / sigma for every foldable
-    (layer, BatchNormalization) pair (``aimet_tf.ptq.fold_batch_norms``), then
+    (layer, BatchNormalization) pair (``aimet_tf.ptq.fold_all_batch_norms``), then
     ``split_separable_convs`` and ``separate_activations``. The model computes the same function
     up to float rounding; build the simulation on the result.
 
     Args:
         model: a Functional or built Sequential Keras model; not modified.
+        fold_batch_norms: False keeps the batch norms, for QAT with batch norms in place: the
+            ``tflite`` config keeps Conv+BN(+ReLU) free of quantizers inside, and
+            ``fold_all_batch_norms_to_scale(sim)`` folds them into the weight grids after
+            training, before ``export_tflite``.
 
     Returns:
         A new Functional model ready for ``QuantizationSimModel(..., config_file=TFLITE_CONFIG)``.
     """
-    return separate_activations(split_separable_convs(fold_batch_norms(model)))
+    if fold_batch_norms:
+        model = fold_all_batch_norms(model)[0]
+    return separate_activations(split_separable_convs(model))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -348,17 +348,12 @@ class _GraphRunner:
 
 
 def _fold_batch_norms(model: keras.Model) -> keras.Model:
-    """Folds BN into the preceding layers with aimet_tf.ptq.batch_norm_fold."""
+    """Folds BN into the neighbouring layers with aimet_tf.ptq.batch_norm_fold."""
     from aimet_tf.ptq import batch_norm_fold
 
-    fold = getattr(batch_norm_fold, "fold_all_batch_norms", None) or getattr(
-        batch_norm_fold, "fold_batch_norms"
-    )
-    pairs = batch_norm_fold.find_foldable_pairs(model)
+    folded, pairs = batch_norm_fold.fold_all_batch_norms(model)
     if not pairs:
         return model
-    result = fold(model)
-    folded = result if isinstance(result, keras.Model) else result[0]
     logging.info("apply_adaround: folded %d batch norms before AdaRound: %s", len(pairs), pairs)
     return folded
 

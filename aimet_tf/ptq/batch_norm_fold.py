@@ -1,22 +1,36 @@
-"""Batch-norm folding: merge an inference-mode BatchNormalization into the layer that feeds it.
+"""Batch-norm folding: merge an inference-mode BatchNormalization into an adjacent linear layer.
 
-For a linear layer y = W x + b followed by a batch norm with statistics (mu, var), scale gamma,
-offset beta and epsilon eps, with sigma = sqrt(var + eps):
+A batch norm with statistics (mu, var), scale gamma, offset beta and epsilon eps is the per-channel
+affine map BN(y) = a * y + c with a = gamma / sigma, c = beta - mu * a, sigma = sqrt(var + eps).
 
-    BN(y) = gamma * (W x + b - mu) / sigma + beta = W' x + b',
-    W' = W * gamma / sigma        (scaled along the layer's output-channel axis)
-    b' = beta + (b - mu) * gamma / sigma
+BN after a linear layer y = W x + b (REFERENCE section 3):
 
-so the pair computes exactly what the single folded layer computes. A quantization simulation
-must be built on the folded model: integer runtimes (TFLite) only ever see W', so the weight
-quantizer has to quantize W', not W.
+    W' = W * a        (scaled along the layer's output-channel axis)
+    b' = beta + (b - mu) * a
+
+BN before a linear layer, W (a x + c) + b, where valid (see below):
+
+    W' = W * a        (scaled along the layer's input-channel axis)
+    b' = b + sum over the kernel window and input channels of W * c
+
+so the pair computes exactly what the single folded layer computes. Folding a batch norm that
+precedes a convolution is only exact without zero padding (the padded zeros would otherwise have
+to become c): it is done for "valid" convolutions and Dense layers, never across padding.
+
+A quantization simulation must be built on the folded model: integer runtimes (TFLite) only ever
+see W', so the weight quantizer has to quantize W', not W. A sim trained with its batch norms in
+place (QAT) is folded afterwards with ``fold_all_batch_norms_to_scale``, which moves each batch
+norm into the weights and its per-channel scale into the weight quantizer's grid, so the
+simulated function does not change.
 
 Example:
-    >>> folded = fold_batch_norms(model)          # a new model; ``model`` is untouched
+    >>> folded, pairs = fold_all_batch_norms(model)   # a new model; ``model`` is untouched
     >>> sim = QuantizationSimModel(folded, config_file="htp")
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -24,7 +38,15 @@ from absl import logging
 
 from aimet_tf.quantization.graph import as_functional, clone_layer
 
-__all__ = ["FOLDABLE_LAYERS", "fold_batch_norms", "find_foldable_pairs"]
+__all__ = [
+    "FOLDABLE_LAYERS",
+    "FoldedPair",
+    "find_foldable_pairs",
+    "find_backward_foldable_pairs",
+    "fold_all_batch_norms",
+    "fold_batch_norms",
+    "fold_all_batch_norms_to_scale",
+]
 
 _L = keras.layers
 
@@ -45,6 +67,17 @@ FOLDABLE_LAYERS: dict[type, int | None] = {
     _L.Conv3DTranspose: -2,
 }
 
+# Layers a preceding batch norm can fold into (input-channel axis -2 of the kernel in all of them).
+_BACKWARD_FOLDABLE = (_L.Conv1D, _L.Conv2D, _L.Conv3D, _L.Dense, _L.DepthwiseConv1D, _L.DepthwiseConv2D)
+
+
+class FoldedPair(NamedTuple):
+    """One folded batch norm: the layer it went into, and whether it sat "after" or "before" it."""
+
+    layer: str
+    batch_norm: str
+    bn_position: str = "after"
+
 
 def _foldable_class(layer: keras.layers.Layer) -> type | None:
     for cls in type(layer).__mro__:
@@ -58,17 +91,53 @@ def _is_linear(layer: keras.layers.Layer) -> bool:
     return activation is None or getattr(activation, "__name__", None) == "linear"
 
 
-def _call_counts(functional: keras.Model) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for nodes in functional._nodes_by_depth.values():
-        for node in nodes:
-            if node.operation is not None:
-                counts[id(node.operation)] = counts.get(id(node.operation), 0) + 1
-    return counts
+class _Graph:
+    """Call counts, nodes and consumers of a Functional model's top level."""
+
+    def __init__(self, functional: keras.Model) -> None:
+        self.counts: dict[int, int] = {}
+        self.node: dict[int, object] = {}
+        self.consumers: dict[int, list] = {}
+        for nodes in functional._nodes_by_depth.values():
+            for node in nodes:
+                op = node.operation
+                if op is None:
+                    continue
+                self.counts[id(op)] = self.counts.get(id(op), 0) + 1
+                self.node[id(op)] = node
+                for tensor in node.input_tensors:
+                    producer = tensor._keras_history.operation
+                    if producer is not None:
+                        self.consumers.setdefault(id(producer), []).append(op)
+        self.outputs = {id(t._keras_history.operation) for t in functional.outputs}
+
+    def called_once(self, layer) -> bool:
+        return self.counts.get(id(layer), 0) == 1
+
+    def single_consumer(self, layer):
+        """The only consumer of ``layer``'s output, or None (several, none, or a model output)."""
+        consumers = self.consumers.get(id(layer), [])
+        if len(consumers) != 1 or id(layer) in self.outputs:
+            return None
+        return consumers[0]
+
+    def single_input(self, layer):
+        """(producer, tensor) of a layer called once on one tensor, else None."""
+        node = self.node.get(id(layer))
+        if node is None or len(node.input_tensors) != 1:
+            return None
+        tensor = node.input_tensors[0]
+        return tensor._keras_history.operation, tensor
+
+
+def _channels_last_bn(bn: keras.layers.Layer, rank: int) -> bool:
+    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+    return axis is not None and axis % rank == rank - 1
 
 
 def find_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
-    """Lists the (layer, batch norm) name pairs of ``model``'s top level that can be folded.
+    """Lists the (layer, batch norm) name pairs of ``model``'s top level whose batch norm comes
+    after the layer and can be folded into it.
 
     A pair folds when the batch norm's only input is the output of a foldable layer (see
     ``FOLDABLE_LAYERS``) with no activation and channels-last data, that output goes nowhere
@@ -82,47 +151,74 @@ def find_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
         (layer name, batch norm name) pairs in graph order.
     """
     functional = as_functional(model, "batch-norm folding")
-    counts = _call_counts(functional)
-    consumers: dict[int, list] = {}
-    for nodes in functional._nodes_by_depth.values():
-        for node in nodes:
-            for tensor in node.input_tensors:
-                producer = tensor._keras_history.operation
-                if producer is not None:
-                    consumers.setdefault(id(producer), []).append(node.operation)
-    output_ops = {id(t._keras_history.operation) for t in functional.outputs}
+    g = _Graph(functional)
     pairs = []
     for layer in functional.layers:
-        if not isinstance(layer, _L.BatchNormalization) or counts.get(id(layer), 0) != 1:
+        if not isinstance(layer, _L.BatchNormalization) or not g.called_once(layer):
             continue
-        node = next(
-            n for nodes in functional._nodes_by_depth.values() for n in nodes if n.operation is layer
-        )
-        if len(node.input_tensors) != 1:
+        source = g.single_input(layer)
+        if source is None:
             continue
-        producer = node.input_tensors[0]._keras_history.operation
-        rank = len(node.input_tensors[0].shape)
+        producer, tensor = source
         if (
             producer is None
             or _foldable_class(producer) is None
-            or counts.get(id(producer), 0) != 1
-            or len(consumers.get(id(producer), [])) != 1
-            or id(producer) in output_ops
+            or not g.called_once(producer)
+            or g.single_consumer(producer) is not layer
             or not _is_linear(producer)
             or getattr(producer, "data_format", "channels_last") != "channels_last"
+            or not _channels_last_bn(layer, len(tensor.shape))
         ):
-            continue
-        axis = layer.axis if isinstance(layer.axis, int) else (
-            layer.axis[0] if len(layer.axis) == 1 else None
-        )
-        if axis is None or axis % rank != rank - 1:
             continue
         pairs.append((producer.name, layer.name))
     return pairs
 
 
+def find_backward_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
+    """Lists the (batch norm, layer) name pairs of ``model``'s top level whose batch norm comes
+    before the layer and can be folded into it.
+
+    The batch norm (called once, channels-last) must feed only that layer, which is a Conv1D/2D/3D
+    or DepthwiseConv1D/2D that reads no padding ("valid", or 1x1 kernels) with ``groups=1``, or a
+    Dense layer, called once;
+    a batch norm that is already folded into its producer is not listed.
+    """
+    functional = as_functional(model, "batch-norm folding")
+    g = _Graph(functional)
+    forward = {bn for _, bn in find_foldable_pairs(functional)}
+    pairs = []
+    for layer in functional.layers:
+        if (
+            not isinstance(layer, _L.BatchNormalization)
+            or layer.name in forward
+            or not g.called_once(layer)
+            or g.single_input(layer) is None
+        ):
+            continue
+        consumer = g.single_consumer(layer)
+        if (
+            consumer is None
+            or not isinstance(consumer, _BACKWARD_FOLDABLE)
+            or not g.called_once(consumer)
+            or not _reads_no_padding(consumer)
+            or getattr(consumer, "groups", 1) != 1
+            or getattr(consumer, "data_format", "channels_last") != "channels_last"
+            or not _channels_last_bn(layer, len(g.single_input(layer)[1].shape))
+        ):
+            continue
+        pairs.append((layer.name, consumer.name))
+    return pairs
+
+
+def _reads_no_padding(layer: keras.layers.Layer) -> bool:
+    """True if the layer never reads padded zeros: "valid" padding, or 1x1 kernels (where "same"
+    adds no padding), or no padding at all (Dense)."""
+    padding = getattr(layer, "padding", "valid")
+    return padding == "valid" or (padding == "same" and all(k == 1 for k in layer.kernel_size))
+
+
 def _bn_scale_shift(bn: keras.layers.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
-    """(gamma / sigma, beta - mu * gamma / sigma) in float64."""
+    """(a, c) = (gamma / sigma, beta - mu * gamma / sigma) in float64."""
     mean = np.asarray(bn.moving_mean.numpy(), np.float64)
     var = np.asarray(bn.moving_variance.numpy(), np.float64)
     gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else np.ones_like(mean)
@@ -141,65 +237,65 @@ def _scale_kernel(kernel: np.ndarray, factor: np.ndarray, axis: int | None) -> n
     return kernel * factor.reshape(shape)
 
 
-def _copy_layer(layer: keras.layers.Layer, **config_overrides) -> keras.layers.Layer:
-    return clone_layer(layer, config_overrides, copy_weights=False)
+def _input_shift(kernel: np.ndarray, shift: np.ndarray, depthwise: bool) -> np.ndarray:
+    """What a constant input c (per input channel) adds to each output: sum of W * c over the
+    window and the input channels."""
+    window = np.asarray(kernel, np.float64).reshape(-1, *kernel.shape[-2:]).sum(axis=0)  # [in, out|mult]
+    if depthwise:
+        return (window * shift[:, None]).reshape(-1)
+    return shift @ window
 
 
-def _folded_layer(layer: keras.layers.Layer, bn: keras.layers.BatchNormalization) -> keras.layers.Layer:
-    factor, shift = _bn_scale_shift(bn)
-    axis = FOLDABLE_LAYERS[_foldable_class(layer)]
-    new = _copy_layer(layer, use_bias=True)
+def _folded_layer(
+    layer: keras.layers.Layer,
+    after: keras.layers.BatchNormalization | None = None,
+    before: keras.layers.BatchNormalization | None = None,
+) -> keras.layers.Layer:
+    new = clone_layer(layer, {"use_bias": True}, copy_weights=False)
     if isinstance(layer, (_L.SeparableConv1D, _L.SeparableConv2D)):
         new.depthwise_kernel.assign(layer.depthwise_kernel.numpy())
         kernel_name = "pointwise_kernel"
     else:
         kernel_name = "kernel"
-    kernel = getattr(layer, kernel_name).numpy()
-    getattr(new, kernel_name).assign(_scale_kernel(kernel, factor, axis).astype(np.float32))
-    bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros_like(factor)
-    new.bias.assign((bias * factor + shift).astype(np.float32))
+    kernel = np.asarray(getattr(layer, kernel_name).numpy(), np.float64)
+    bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(int(new.bias.shape[0]))
+    if before is not None:
+        scale_in, shift_in = _bn_scale_shift(before)
+        depthwise = isinstance(layer, (_L.DepthwiseConv1D, _L.DepthwiseConv2D))
+        bias = bias + _input_shift(kernel, shift_in, depthwise)
+        kernel = _scale_kernel(kernel, scale_in, -2)
+    if after is not None:
+        factor, shift = _bn_scale_shift(after)
+        kernel = _scale_kernel(kernel, factor, FOLDABLE_LAYERS[_foldable_class(layer)])
+        bias = bias * factor + shift
+    getattr(new, kernel_name).assign(kernel.astype(np.float32))
+    new.bias.assign(bias.astype(np.float32))
     return new
 
 
-def fold_batch_norms(model: keras.Model) -> keras.Model:
-    """Returns a copy of ``model`` with every foldable batch norm merged into its producer.
-
-    W' = W * gamma / sigma and b' = beta + (b - mu) * gamma / sigma with sigma =
-    sqrt(moving_variance + epsilon), applied along the producer's output-channel axis (the last
-    kernel axis; (in, multiplier) for depthwise kernels; axis -2 for transposed convolutions).
-    The folded layer gets a bias even if it had none. Batch norms that cannot be folded (see
-    ``find_foldable_pairs``) stay in place. Nested Functional/Sequential models are folded
-    inside; pairs across a nested model's boundary are left alone.
-
-    Args:
-        model: a Functional or built Sequential Keras model. It is not modified.
-
-    Returns:
-        A new Functional model computing the same function (in inference mode) with fewer layers.
-
-    Raises:
-        TypeError: for a subclassed model.
-
-    Example:
-        >>> folded = fold_batch_norms(model)
-        >>> np.allclose(folded.predict(x), model.predict(x), rtol=1e-5, atol=1e-6)
-        True
-    """
+def _fold(model: keras.Model, prefix: str = "", backward: bool = True) -> tuple[keras.Model, list[FoldedPair]]:
     functional = as_functional(model, "batch-norm folding")
-    pairs = find_foldable_pairs(functional)
-    into = dict(pairs)
-    folded_bns = {bn for _, bn in pairs}
+    after = {layer: bn for layer, bn in find_foldable_pairs(functional)}
+    before = {layer: bn for bn, layer in find_backward_foldable_pairs(functional)} if backward else {}
+    folded_bns = set(after.values()) | set(before.values())
+    pairs = [FoldedPair(prefix + name, prefix + bn, "before") for name, bn in before.items()]
+    pairs += [FoldedPair(prefix + name, prefix + bn, "after") for name, bn in after.items()]
     skipped: set[int] = set()
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if isinstance(layer, keras.Model) and (
             isinstance(layer, keras.Sequential) or hasattr(layer, "_nodes_by_depth")
         ):
-            return fold_batch_norms(layer)
-        if layer.name in into:
-            bn = functional.get_layer(into[layer.name])
-            return _folded_layer(layer, bn)
-        new = _copy_layer(layer)
+            inner, inner_pairs = _fold(layer, prefix + layer.name + "/", backward)
+            pairs.extend(inner_pairs)
+            return inner
+        if layer.name in after or layer.name in before:
+            return _folded_layer(
+                layer,
+                after=functional.get_layer(after[layer.name]) if layer.name in after else None,
+                before=functional.get_layer(before[layer.name]) if layer.name in before else None,
+            )
+        new = clone_layer(layer, copy_weights=False)
         new.set_weights(layer.get_weights())
         if layer.name in folded_bns:
             skipped.add(id(new))
@@ -207,12 +303,161 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
 
     def call(layer: keras.layers.Layer, *args, **kwargs):
         if id(layer) in skipped:
-            # The batch norm now lives in its producer's weights: pass the tensor straight on.
+            # The batch norm now lives in a neighbour's weights: pass the tensor straight on.
             return args[0]
         return layer(*args, **kwargs)
 
     folded = keras.models.clone_model(functional, clone_function=clone, call_function=call)
-    for layer_name, bn_name in pairs:
-        logging.info("fold_batch_norms: folded %s into %s", bn_name, layer_name)
-    return folded
+    return folded, pairs
 
+
+def fold_all_batch_norms(model: keras.Model) -> tuple[keras.Model, list[FoldedPair]]:
+    """Folds every foldable batch norm of ``model`` into its neighbouring linear layer.
+
+    Batch norms after a Conv/Depthwise/Separable/Transposed conv or Dense layer (see
+    ``find_foldable_pairs``) fold into its output channels; the remaining ones that precede a
+    "valid" Conv/Depthwise conv or a Dense layer (``find_backward_foldable_pairs``) fold into its
+    input channels. The folded layer gets a bias even if it had none. Batch norms that cannot fold
+    stay in place. Nested Functional/Sequential models are folded inside (their pairs are named
+    "nested/layer"); pairs across a nested model's boundary are left alone.
+
+    Args:
+        model: a Functional or built Sequential Keras model. It is not modified.
+
+    Returns:
+        (new Functional model computing the same function in inference mode, folded pairs as
+        ``FoldedPair(layer, batch_norm, bn_position)`` in the order they were found).
+
+    Raises:
+        TypeError: for a subclassed model.
+
+    Example:
+        >>> folded, pairs = fold_all_batch_norms(model)
+        >>> pairs[0]
+        FoldedPair(layer='conv1', batch_norm='bn1', bn_position='after')
+    """
+    folded, pairs = _fold(model)
+    for pair in pairs:
+        logging.info("fold_all_batch_norms: folded %s (%s it) into %s", pair.batch_norm, pair.bn_position, pair.layer)
+    return folded, pairs
+
+
+def fold_batch_norms(model: keras.Model) -> keras.Model:
+    """``fold_all_batch_norms(model)`` without the list of pairs: the folded copy of ``model``.
+
+    Example:
+        >>> folded = fold_batch_norms(model)
+        >>> np.allclose(folded.predict(x), model.predict(x), rtol=1e-5, atol=1e-6)
+        True
+    """
+    return fold_all_batch_norms(model)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Folding into a quantization simulation
+
+
+def _scaled_encoding(enc, factor: np.ndarray):
+    """The encoding of a per-channel grid multiplied channel-wise by ``factor``, or None when the
+    scaled grid is not again a grid of the same kind (per-tensor, zero factors, unsigned grids
+    flipped by a negative factor)."""
+    from aimet_tf.quantization.primitives import Encoding
+
+    if not enc.per_channel or enc.min.shape != factor.shape or np.any(factor == 0):
+        return None
+    magnitude = np.abs(factor)
+    if enc.symmetric:
+        if np.any((enc.min == 0) & (factor < 0)):
+            return None
+        # Signed symmetric grids [-2^(b-1), 2^(b-1) - 1] * s keep their shape under |factor|; a
+        # negative factor mirrors them, which only matters for a weight on the lowest code.
+        mn, mx = enc.min * magnitude, enc.max * magnitude
+    else:
+        mn = np.where(factor > 0, enc.min * magnitude, -enc.max * magnitude)
+        mx = np.where(factor > 0, enc.max * magnitude, -enc.min * magnitude)
+    return Encoding(mn.astype(np.float32), mx.astype(np.float32), enc.bitwidth, enc.symmetric, enc.strict)
+
+
+def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
+    """Folds the batch norms of a (trained) sim into the preceding layers and their quantizer grids.
+
+    For every (layer, batch norm) pair of ``find_foldable_pairs`` (batch norms after the layer), the
+    layer's weights become W' = W * a, its bias beta + (b - mu) * a (a = gamma / sigma per output
+    channel, from the batch norm's moving statistics: run ``reestimate_bn_stats`` first after QAT),
+    and its per-channel weight grid is scaled by |a| channel-wise, so quantize(W') equals
+    quantize(W) * a and the sim computes what it computed with the batch norm in place (to float
+    rounding; with a negative a only a weight on the lowest signed code could differ). Every other
+    quantizer keeps its encoding, bitwidth, enabled and frozen state; the batch norm's output
+    quantizer becomes the folded layer's. A per-tensor weight grid cannot absorb per-channel
+    factors: its encoding is recomputed from W' (logged as a warning).
+
+    The sim is changed in place: ``sim.model`` is a new ``keras.Model`` afterwards (compile it
+    again before training further). This is the step that makes a QAT model with batch norms
+    exportable to TFLite, whose kernels only see folded weights.
+
+    Returns:
+        The folded pairs (batch norms before a layer are not folded here).
+    """
+    from aimet_tf.quantization import encodings_io
+    from aimet_tf.quantization.sim import QuantizationSimModel
+
+    float_model = sim.float_model()
+    folded, pairs = _fold(float_model, backward=False)
+    if not pairs:
+        return []
+    # Sim tensor names use the bare layer names, also inside nested models.
+    layers = {layer.name: layer for layer in float_model._flatten_layers()}
+    after = {p.layer.rpartition("/")[2]: layers[p.batch_norm.rpartition("/")[2]] for p in pairs}
+    factors = {name: _bn_scale_shift(bn)[0] for name, bn in after.items()}
+    new = QuantizationSimModel(
+        folded,
+        quant_scheme=sim.quant_scheme,
+        default_output_bw=sim.default_output_bw,
+        default_param_bw=sim.default_param_bw,
+        config_file=sim.config,
+        percentile=sim.percentile,
+    )
+    # Tensor names move from the batch norm's output to the folded layer's.
+    renamed = {}
+    for layer_name, bn in after.items():
+        for i in range(4):
+            renamed[encodings_io.activation_name(layer_name, "output", i)] = encodings_io.activation_name(
+                bn.name, "output", i
+            )
+    old_act = dict(sim.activation_quantizers())
+    for name, q in new.activation_quantizers():
+        old = old_act.get(renamed.get(name, name))
+        if old is not None:
+            _copy_quantizer_state(old, q, old.get_encoding())
+    old_params = {n: q for n, q, _ in sim.param_quantizers()}
+    for name, q, var in new.param_quantizers():
+        old = old_params.get(name)
+        if old is None:
+            continue
+        layer_name, _, path = name.rpartition("/")
+        enc = old.get_encoding()
+        if layer_name in factors and path.split(":")[0] in ("kernel", "pointwise_kernel") and enc is not None:
+            scaled = _scaled_encoding(enc, factors[layer_name].astype(np.float64))
+            if scaled is None:
+                analyzer = old.make_analyzer()
+                analyzer.observe(np.asarray(var.numpy()))
+                scaled = old.encoding_from_range(*old.compute_range(analyzer))
+                logging.warning(
+                    "fold_all_batch_norms_to_scale: %s has a %s grid that cannot absorb the batch norm's "
+                    "per-channel scale; its encoding was recomputed from the folded weights.",
+                    name, "per-channel" if enc.per_channel else "per-tensor",
+                )
+            enc = scaled
+        _copy_quantizer_state(old, q, enc)
+    sim._adopt(new)
+    for pair in pairs:
+        logging.info("fold_all_batch_norms_to_scale: folded %s into %s", pair.batch_norm, pair.layer)
+    return pairs
+
+
+def _copy_quantizer_state(old, new, encoding) -> None:
+    new.quant_scheme = old.quant_scheme
+    if encoding is not None:
+        new.set_encoding(encoding)
+    new.enabled = old.enabled
+    new.frozen = old.frozen

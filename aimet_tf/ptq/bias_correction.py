@@ -28,11 +28,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from aimet_tf.quantization import graph
 from aimet_tf.quantization.graph import clone_layer
 from aimet_tf.quantization.sim import QuantizationSimModel
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
 __all__ = ["BiasCorrectionRecord", "BiasCorrectionReport", "correct_bias"]
+
+# What the bias absorbs: the mean error of the whole quantized prefix, or of the layer's weights.
+_ERRORS = ("total", "weight")
 
 _L = keras.layers
 # Layers whose output is (linear op) + bias, then the optional built-in activation.
@@ -56,6 +60,8 @@ class BiasCorrectionRecord:
         max_abs_shift: max over channels of the same.
         relative_shift: mean_abs_shift / RMS of the FP32 output (how large the mean error was
             compared with the signal).
+        rejected_channels: channels left uncorrected because the shift made their output after
+            the following activation worse (``keep_only_improving``).
     """
 
     layer: str
@@ -63,6 +69,7 @@ class BiasCorrectionRecord:
     mean_abs_shift: float
     max_abs_shift: float
     relative_shift: float
+    rejected_channels: int = 0
 
 
 @dataclasses.dataclass
@@ -202,6 +209,57 @@ def _check_ready(sim: QuantizationSimModel) -> None:
         )
 
 
+def _reference_means(float_model, float_layers, targets, batches, references) -> None:
+    """Adds every target's FP32 pre-activation output (on FP32 inputs) to its running mean."""
+    probe_inputs = [_node_in(float_model, float_layers[w.name]).input_tensors[0] for w in targets]
+    probe = keras.Model(_single(float_model.inputs), probe_inputs)
+    float_linear = [_linear_copy(float_layers[w.name]) for w in targets]
+    # One trace per function: the batch dimension is left open for the last, smaller batch.
+    signature = [tf.nest.map_structure(_open_batch_spec, _single(float_model.inputs))]
+    run_probe = tf.function(
+        lambda x: probe(x, training=False), input_signature=signature, autograph=False
+    )
+    for batch in batches:
+        outputs = tf.nest.flatten(run_probe(_as_float(batch)))
+        for layer, ref, x in zip(float_linear, references, outputs):
+            ref.add(layer(x))
+
+
+def _input_function(model: keras.Model, layer: keras.layers.Layer):
+    """A traced function from the model inputs to ``layer``'s input tensor."""
+    prefix = keras.Model(_single(model.inputs), _node_in(model, layer).input_tensors[0])
+    return tf.function(
+        lambda x: prefix(x, training=False),
+        input_signature=[tf.nest.map_structure(_open_batch_spec, _single(model.inputs))],
+        autograph=False,
+    )
+
+
+# Layers that apply a channel-wise nonlinearity and nothing else.
+_ACTIVATION_LAYERS = (_L.ReLU, _L.Activation, _L.LeakyReLU, _L.ELU, _L.PReLU)
+
+
+def _following_activation(wrapper: QuantizationWrapper, consumers: dict, model: keras.Model):
+    """The float nonlinearity applied to the layer's output before anything else reads it: its
+    built-in activation, else an activation layer that is its only consumer; None if linear."""
+    activation = getattr(wrapper.layer, "activation", None)
+    if activation is not None and getattr(activation, "__name__", "linear") != "linear":
+        return activation
+    readers = consumers.get(wrapper.name, [])
+    if len(readers) == 1:
+        reader = model.get_layer(readers[0])
+        layer = reader.layer if isinstance(reader, QuantizationWrapper) else reader
+        if isinstance(layer, _ACTIVATION_LAYERS):
+            return lambda y: layer(y)
+    return None
+
+
+def _channel_sse(a, b) -> np.ndarray:
+    """Per-channel (last axis) sum of squared differences, float64."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return (d * d).reshape(-1, d.shape[-1]).sum(axis=0)
+
+
 def correct_bias(
     sim: QuantizationSimModel,
     data: Any,
@@ -209,6 +267,8 @@ def correct_bias(
     float_model: keras.Model | None = None,
     num_batches: int | None = None,
     batch_size: int = 32,
+    error: str = "total",
+    keep_only_improving: bool = True,
     verbose: int = 1,
 ) -> BiasCorrectionReport:
     """Shifts each layer's bias in ``sim`` by the mean error its quantization causes.
@@ -221,12 +281,13 @@ def correct_bias(
     recompute them with ``sim.compute_encodings`` if wanted). An enabled, unfrozen bias
     quantizer gets its encoding recomputed from the new bias.
 
-    The correction removes a mean error that is small next to the signal. Each layer's own
-    output error always shrinks (its MSE loses the squared mean), but where quantization noise
-    is as large as the signal, errors of successive layers partly cancel and removing one mean
-    can hurt the model: measured on the bundled Fashion-MNIST CNN at W4A8 per-tensor without
-    CLE (intermediate SQNR 3-5 dB) accuracy fell 87.0% -> 74.8%, while after
-    ``equalize_model`` it rose 90.3% -> 91.1%. Equalize first, and check the result.
+    Removing the mean always lowers a layer's pre-activation error, but after a nonlinearity
+    (ReLU) it can raise it where quantization noise is as large as the signal: on the bundled
+    Fashion-MNIST CNN at W4A8 per-tensor without CLE, the unguarded correction once took
+    accuracy from 87.0% down to 74.8%. With ``keep_only_improving`` (default) a channel's shift
+    is kept only if the layer's output after its activation (built-in, or an activation layer
+    that is its only reader) moves closer to the reference on the calibration data
+    (``benchmarks/bench_cle.py`` measures both).
 
     Args:
         sim: a calibrated ``QuantizationSimModel`` (``compute_encodings`` done).
@@ -236,6 +297,12 @@ def correct_bias(
             ``sim.float_model()`` taken before any change.
         num_batches: use at most this many batches (None: all).
         batch_size: batch size when ``data`` is an array.
+        error: "total" (AIMET's empirical correction): the reference is the FP32 model on FP32
+            inputs, so the bias also absorbs the mean error arriving from upstream layers;
+            "weight": the reference is the layer's float weights on the sim's own input,
+            b += E[W x_q] - E[W_q x_q], the weight quantization's mean error alone.
+        keep_only_improving: keep a channel's shift only if it brings the activated output
+            closer to the reference (costs one more pass per layer followed by an activation).
         verbose: 1 shows a progress bar over layers, 0 is silent.
 
     Returns:
@@ -256,6 +323,8 @@ def correct_bias(
         )
     if batch_size < 1:
         raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
+    if error not in _ERRORS:
+        raise ValueError(f"Expected error in {_ERRORS}. Received: error={error!r}")
     _check_ready(sim)
     batches = _collect_batches(data, batch_size, num_batches)
     if float_model is None:
@@ -297,43 +366,56 @@ def correct_bias(
         return report
 
     # FP32 side: one pass gives every target's reference mean (the float model never changes).
-    probe_inputs = [_node_in(float_model, float_layers[w.name]).input_tensors[0] for w in targets]
-    probe = keras.Model(_single(float_model.inputs), probe_inputs)
-    float_linear = [_linear_copy(float_layers[w.name]) for w in targets]
     references = [_ChannelMean() for _ in targets]
-    # One trace per function: the batch dimension is left open for the last, smaller batch.
-    signature = [tf.nest.map_structure(_open_batch_spec, _single(float_model.inputs))]
-    run_probe = tf.function(
-        lambda x: probe(x, training=False), input_signature=signature, autograph=False
-    )
-    for batch in batches:
-        outputs = tf.nest.flatten(run_probe(_as_float(batch)))
-        for layer, ref, x in zip(float_linear, references, outputs):
-            ref.add(layer(x))
+    if error == "total":
+        _reference_means(float_model, float_layers, targets, batches, references)
 
     # Simulation side, layer by layer: each prefix runs through the corrected layers before it.
+    consumers = graph.layer_edges(sim.model)[1]
     progress = keras.utils.Progbar(len(targets), verbose=verbose, unit_name="layer")
     for i, (wrapper, ref) in enumerate(zip(targets, references)):
-        node = _node_in(sim.model, wrapper)
-        prefix = keras.Model(_single(sim.model.inputs), node.input_tensors[0])
-        run_prefix = tf.function(
-            lambda x, p=prefix: p(x, training=False),
-            input_signature=[tf.nest.map_structure(_open_batch_spec, _single(sim.model.inputs))],
-            autograph=False,
-        )
+        sim_input = _input_function(sim.model, wrapper)
+        float_copy = _linear_copy(wrapper.layer)
         quantized = _linear_copy(wrapper.layer)
         for path, q in wrapper.param_quantizers.items():
             if q is not None and q.enabled:
                 source = get_param_variable(wrapper.layer, path)
                 get_param_variable(quantized, path).assign(q(source.value))
         in_q = wrapper.input_quantizers[0] if wrapper.input_quantizers else None
-        observed = _ChannelMean()
-        for batch in batches:
-            x = run_prefix(_as_float(batch))
+
+        def sim_output(batch):
+            x = sim_input(_as_float(batch))
             if in_q is not None and in_q.enabled:
                 x = in_q(x)
-            observed.add(quantized(x))
+            return x, quantized(x)
+
+        observed = _ChannelMean()
+        for batch in batches:
+            x, y = sim_output(batch)
+            observed.add(y)
+            if error == "weight":
+                ref.add(float_copy(x))
         shift = ref.mean - observed.mean
+        activation = _following_activation(wrapper, consumers, sim.model)
+        rejected = 0
+        if keep_only_improving and activation is not None:
+            # Removing the mean always lowers the pre-activation error; after a nonlinearity it
+            # can raise it. Keep the shift only on channels whose activated output gets closer to
+            # the reference.
+            if error == "total":
+                float_input = _input_function(float_model, float_layers[wrapper.name])
+                float_linear = _linear_copy(float_layers[wrapper.name])
+            without, with_shift = 0.0, 0.0
+            shift32 = tf.constant(shift, tf.float32)
+            for batch in batches:
+                x, y = sim_output(batch)
+                target = float_copy(x) if error == "weight" else float_linear(float_input(_as_float(batch)))
+                target = activation(target)
+                without = without + _channel_sse(activation(y), target)
+                with_shift = with_shift + _channel_sse(activation(y + shift32), target)
+            worse = np.asarray(with_shift) >= np.asarray(without)
+            rejected = int(np.sum(worse))
+            shift = np.where(worse, 0.0, shift)
         bias = wrapper.layer.bias
         bias.assign((np.asarray(bias.numpy(), np.float64) + shift).astype(np.float32))
         bias_q = wrapper.param_quantizers.get("bias")
@@ -348,6 +430,7 @@ def correct_bias(
                 mean_abs_shift=float(np.mean(np.abs(shift))),
                 max_abs_shift=float(np.max(np.abs(shift))),
                 relative_shift=float(np.mean(np.abs(shift)) / max(ref.rms, 1e-12)),
+                rejected_channels=rejected,
             )
         )
         progress.update(i + 1)

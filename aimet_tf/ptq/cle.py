@@ -154,7 +154,7 @@ class EqualizationReport:
     """What ``equalize_model`` did.
 
     Attributes:
-        folded_batch_norms: (layer, batch norm) pairs folded before equalization.
+        folded_batch_norms: ``FoldedPair``s (layer, batch norm, position) folded before equalization.
         unfolded_batch_norms: batch norms left in the model (they block equalization across them).
         relu6_replaced: ReLU6 activations replaced by ReLU (layer names; a Conv/Dense name means
             its built-in activation).
@@ -165,7 +165,7 @@ class EqualizationReport:
         converged: whether the last sweep moved no scale by more than the tolerance.
     """
 
-    folded_batch_norms: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    folded_batch_norms: list[batch_norm_fold.FoldedPair] = dataclasses.field(default_factory=list)
     unfolded_batch_norms: list[str] = dataclasses.field(default_factory=list)
     relu6_replaced: list[str] = dataclasses.field(default_factory=list)
     equalized: list[EqualizedSet] = dataclasses.field(default_factory=list)
@@ -612,10 +612,11 @@ def equalize_model(
     report = EqualizationReport()
     bn_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if fold_batch_norms:
-        pairs = batch_norm_fold.find_foldable_pairs(original)
-        folded = batch_norm_fold.fold_batch_norms(original)
+        folded, pairs = batch_norm_fold.fold_all_batch_norms(original)
         report.folded_batch_norms = list(pairs)
-        for layer_name, bn_name in pairs:
+        for layer_name, bn_name, position in pairs:
+            if position != "after" or "/" in layer_name:
+                continue  # only a top-level batch norm after a layer carries high-bias statistics
             bn = original.get_layer(bn_name)
             gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else None
             beta = np.asarray(bn.beta.numpy(), np.float64) if bn.center else None
@@ -626,7 +627,7 @@ def equalize_model(
             )
     else:
         folded = original
-    folded_names = {bn for _, bn in report.folded_batch_norms}
+    folded_names = {pair.batch_norm for pair in report.folded_batch_norms}
     report.unfolded_batch_norms = [
         l.name
         for l in original.layers

@@ -505,6 +505,15 @@ class QuantizationSimModel:
                 targets[name].enabled = False
         self._reset_compiled_functions()
 
+    def _adopt(self, other: "QuantizationSimModel") -> None:
+        """Takes over ``other``'s model and quantizers (used by passes that must rebuild the graph,
+        such as folding batch norms into quantizer scales)."""
+        self.model = other.model
+        self._original = other._original
+        self.config = other.config
+        self._graph_stats = {}
+        self._calibration_steps = {}
+
     # -- convenience ---------------------------------------------------------------------------
 
     @contextlib.contextmanager

@@ -4,7 +4,15 @@ import keras
 import numpy as np
 import pytest
 
-from aimet_tf.ptq import find_foldable_pairs, fold_batch_norms
+from aimet_tf import QuantizationSimModel
+from aimet_tf.ptq import (
+    FoldedPair,
+    find_backward_foldable_pairs,
+    find_foldable_pairs,
+    fold_all_batch_norms,
+    fold_all_batch_norms_to_scale,
+    fold_batch_norms,
+)
 from aimet_tf.testing import models
 
 L = keras.layers
@@ -86,10 +94,11 @@ def test_unfoldable_batch_norms_stay():
     y = L.Add(name="add")([a, b1])
     y = L.ReLU(name="relu")(y)
     y = L.BatchNormalization(name="bn_after_relu")(y)          # no linear producer
-    z = L.Conv2D(4, 1, activation="relu", name="c_act")(y)
+    z = L.Conv2D(4, 3, padding="same", activation="relu", name="c_act")(y)  # padded: no fold back
     z = L.BatchNormalization(name="bn_after_activation")(z)    # activation inside the conv
     model = _randomize_bns(keras.Model(inp, z))
     assert find_foldable_pairs(model) == []
+    assert find_backward_foldable_pairs(model) == []
     folded = fold_batch_norms(model)
     assert len([l for l in folded.layers if isinstance(l, L.BatchNormalization)]) == 3
     x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
@@ -120,3 +129,117 @@ def test_subclassed_model_rejected():
 
     with pytest.raises(TypeError, match="Functional"):
         fold_batch_norms(Net())
+
+
+def _bn_then_consumer(kind: str) -> keras.Model:
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((9, 9, 4))
+    x = L.BatchNormalization(epsilon=1e-3, name="bn")(L.ReLU(name="pre")(inp))
+    if kind == "conv":
+        y = L.Conv2D(6, 3, strides=2, name="c")(x)
+    elif kind == "conv_1x1_same":
+        y = L.Conv2D(6, 1, padding="same", use_bias=False, name="c")(x)
+    elif kind == "depthwise":
+        y = L.DepthwiseConv2D(3, depth_multiplier=2, name="c")(x)
+    elif kind == "dense":
+        y = L.Dense(5, name="c")(x)  # on the channel axis of a rank-4 tensor
+    else:
+        raise ValueError(kind)
+    return _randomize_bns(keras.Model(inp, y))
+
+
+@pytest.mark.parametrize("kind", ["conv", "conv_1x1_same", "depthwise", "dense"])
+def test_batch_norm_before_a_valid_layer_folds_into_its_inputs(kind):
+    model = _bn_then_consumer(kind)
+    x = np.random.default_rng(5).normal(size=(6, 9, 9, 4)).astype(np.float32)
+    assert find_foldable_pairs(model) == []
+    assert find_backward_foldable_pairs(model) == [("bn", "c")]
+    folded, pairs = fold_all_batch_norms(model)
+    assert pairs == [FoldedPair("c", "bn", "before")]
+    assert not any(isinstance(l, L.BatchNormalization) for l in folded.layers)
+    assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5
+
+
+def test_batch_norm_before_a_padded_conv_stays():
+    inp = keras.Input((9, 9, 4))
+    y = L.Conv2D(6, 3, padding="same", name="c")(L.BatchNormalization(name="bn")(inp))
+    model = _randomize_bns(keras.Model(inp, y))
+    folded, pairs = fold_all_batch_norms(model)
+    assert pairs == [] and "bn" in [l.name for l in folded.layers]
+
+
+def test_batch_norms_on_both_sides_and_nested_pairs_are_named():
+    keras.utils.set_random_seed(6)
+    inner = keras.Sequential(
+        [keras.Input((8, 8, 3)), L.BatchNormalization(name="ibn0"), L.Conv2D(4, 3, name="ic"),
+         L.BatchNormalization(name="ibn"), L.ReLU(name="ir")],
+        name="inner",
+    )
+    inp = keras.Input((8, 8, 3))
+    out = L.Dense(2, name="head")(L.Flatten()(inner(inp)))
+    model = _randomize_bns(keras.Model(inp, out))
+    folded, pairs = fold_all_batch_norms(model)
+    assert sorted(pairs) == sorted(
+        [FoldedPair("inner/ic", "inner/ibn0", "before"), FoldedPair("inner/ic", "inner/ibn", "after")]
+    )
+    x = np.random.default_rng(7).normal(size=(4, 8, 8, 3)).astype(np.float32)
+    assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5
+
+
+# -- folding into a sim's quantizer grids ------------------------------------------------------
+
+
+def _calibrated_sim(config: str, seed: int = 0):
+    model = _randomize_bns(models.conv_bn_relu_model(), seed)
+    # Negative scales on some channels: the mirrored grids must still match.
+    bn = model.get_layer("bn1")
+    gamma = bn.gamma.numpy()
+    gamma[::3] *= -1
+    bn.gamma.assign(gamma)
+    data = models.random_images(64)
+    sim = QuantizationSimModel(model, quant_scheme="tf_enhanced", config_file=config)
+    sim.compute_encodings(data)
+    return sim, data
+
+
+def test_fold_to_scale_keeps_the_simulated_function():
+    sim, data = _calibrated_sim("htp")
+    before = sim.model.predict(data, verbose=0)
+    encodings_before = sim.get_encodings_dict()["activation_encodings"]
+    old_model = sim.model
+    pairs = fold_all_batch_norms_to_scale(sim)
+    assert ("c1", "bn1") in [(p.layer, p.batch_norm) for p in pairs]
+    assert sim.model is not old_model
+    assert not any(
+        isinstance(w.layer, L.BatchNormalization) for w in sim.wrappers() if w.layer.name in {p.batch_norm for p in pairs}
+    )
+    after = sim.model.predict(data, verbose=0)
+    # Same grids, same codes: outputs agree up to one output step on very few elements.
+    step = float(dict(sim.activation_quantizers())["fc/output:0"].scale_tensor().numpy())
+    diff = np.abs(after - before)
+    assert np.max(diff) <= 1.01 * step
+    assert np.mean(diff > 0) < 0.01
+    # Activation encodings are carried over (the ReLU after the folded pair keeps its grid).
+    encodings_after = sim.get_encodings_dict()["activation_encodings"]
+    for name in set(encodings_before) & set(encodings_after):
+        assert encodings_before[name] == encodings_after[name]
+    # The folded sim trains, exports and reloads like any other.
+    assert sim.uncalibrated_quantizers() == []
+
+
+def test_fold_to_scale_recomputes_per_tensor_grids_with_a_warning(caplog):
+    sim, data = _calibrated_sim("default")
+    before = sim.model.predict(data, verbose=0)
+    with caplog.at_level("WARNING"):
+        pairs = fold_all_batch_norms_to_scale(sim)
+    assert pairs and "recomputed" in caplog.text
+    after = sim.model.predict(data, verbose=0)
+    assert _relative_error(before, after) < 0.1  # a new grid, not the same one
+
+
+def test_fold_to_scale_without_batch_norms_is_a_no_op():
+    model = fold_batch_norms(models.conv_bn_relu_model())
+    sim = QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+    sim.compute_encodings(models.random_images(16))
+    old = sim.model
+    assert fold_all_batch_norms_to_scale(sim) == [] and sim.model is old

@@ -69,7 +69,7 @@ def test_corrected_layers_match_fp32_means_on_calibration_data():
     data = models.random_images(64, (10, 10, 3), seed=5)
     sim = _calibrated_sim(model, 4, data)
     float_model = sim.float_model()
-    correct_bias(sim, data, verbose=0)
+    correct_bias(sim, data, keep_only_improving=False, verbose=0)
     for name in ("c1", "dw", "c2", "fc"):
         wrapper = sim.model.get_layer(name)
         layer = float_model.get_layer(name)
@@ -154,3 +154,60 @@ def test_errors_name_the_fix():
         correct_bias(sim, data, float_model=other, verbose=0)
     with pytest.raises(ValueError, match="empty"):
         correct_bias(sim, np.zeros((0, 10, 10, 3), np.float32), verbose=0)
+
+
+def _one_layer_sim(data, bitwidth=3, seed=6):
+    """conv + built-in ReLU, input quantized, output quantizer off: sim output = relu(W_q x_q + b)."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((10, 10, 3), name="x")
+    out = L.Conv2D(16, 3, activation="relu", name="c")(inp)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    layer = model.get_layer("c")
+    layer.kernel.assign(layer.kernel.numpy() * np.exp(rng.normal(0, 1.0, 16)).astype(np.float32))
+    layer.bias.assign(rng.normal(0, 0.3, 16).astype(np.float32))
+    sim = _calibrated_sim(model, bitwidth, data)
+    sim.model.get_layer("c").output_quantizers[0].enabled = False
+    return model, sim
+
+
+def _channel_sse(a, b):
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return (d * d).reshape(-1, d.shape[-1]).sum(axis=0)
+
+
+def test_safeguard_keeps_only_shifts_that_bring_the_activated_output_closer():
+    data = models.random_images(96, (10, 10, 3), seed=7)
+    model, guarded = _one_layer_sim(data)
+    _, unguarded = _one_layer_sim(data)
+    ref = model.predict(data, verbose=0)
+    before = _channel_sse(guarded.model.predict(data, verbose=0), ref)
+    bias0 = guarded.model.get_layer("c").layer.bias.numpy().copy()
+    report = correct_bias(guarded, data, verbose=0)
+    correct_bias(unguarded, data, keep_only_improving=False, verbose=0)
+    after = _channel_sse(guarded.model.predict(data, verbose=0), ref)
+    raw = _channel_sse(unguarded.model.predict(data, verbose=0), ref)
+    unchanged = guarded.model.get_layer("c").layer.bias.numpy() == bias0
+    # The unguarded shift makes some channels worse after the ReLU; the safeguard leaves exactly
+    # those alone, and no channel ends up worse than before.
+    assert np.any(raw > before * (1 + 1e-6))
+    assert report.corrected[0].rejected_channels == int(np.sum(unchanged)) > 0
+    np.testing.assert_array_equal(unchanged, raw >= before)
+    assert np.all(after <= before * (1 + 1e-6))
+    assert after.sum() < before.sum()
+
+
+def test_weight_error_mode_removes_only_the_weight_quantization_mean():
+    data = models.random_images(64, (10, 10, 3), seed=8)
+    model, sim = _one_layer_sim(data, bitwidth=4)
+    wrapper = sim.model.get_layer("c")
+    x_q = wrapper.input_quantizers[0](data)
+    float_linear = _linear(wrapper.layer)
+    correct_bias(sim, data, error="weight", keep_only_improving=False, verbose=0)
+    quantized = _linear(wrapper.layer)
+    quantized.kernel.assign(wrapper.param_quantizers["kernel"](wrapper.layer.kernel.value))
+    want = np.mean(np.reshape(float_linear(x_q), (-1, 16)), axis=0)  # W x_q + b (old bias)
+    got = np.mean(np.reshape(quantized(x_q), (-1, 16)), axis=0)      # W_q x_q + b (new bias)
+    np.testing.assert_allclose(got, want, atol=1e-4 * float(np.sqrt(np.mean(np.square(want)))))
+    with pytest.raises(ValueError, match="error in"):
+        correct_bias(sim, data, error="both", verbose=0)

@@ -255,7 +255,7 @@ def test_chain_of_pairs_balances_every_pair_at_convergence():
 def test_report_names_skipped_candidates_with_reasons():
     model = models.conv_bn_relu_model()
     _, report = equalize_model(model)
-    assert report.folded_batch_norms == [("c1", "bn1")]
+    assert [(p.layer, p.batch_norm, p.bn_position) for p in report.folded_batch_norms] == [("c1", "bn1", "after")]
     assert report.equalized == []
     reasons = {c.layer: c.reason for c in report.skipped}
     assert set(reasons) == {"c1", "dw", "fc"}
@@ -276,8 +276,8 @@ def test_report_on_mlp_and_unfolded_bn():
     x = L.Dense(5, name="d4")(x)
     x = L.BatchNormalization(name="bn_after_dense")(x)  # foldable into d4
     x = L.Add(name="add")([x, x])
-    x = L.BatchNormalization(name="bn_after_add")(x)  # not foldable
-    out = L.Dense(2, name="d5")(x)
+    x = L.BatchNormalization(name="bn_after_add")(x)  # not foldable (a ReLU follows, not a layer)
+    out = L.Dense(2, name="d5")(L.ReLU(name="r_end")(x))
     model = _randomize(keras.Model(inp, out), seed=11)
     x_data = np.random.default_rng(12).normal(size=(20, 6)).astype(np.float32)
     new, report = equalize_model(model)

@@ -14,7 +14,8 @@ from aimet_tf.export import (
     prepare_sim_for_tflite,
     verify_tflite,
 )
-from aimet_tf.qat import FreezeBatchNormStats, FreezeQuantizerRanges, find_quantizers
+from aimet_tf.ptq import fold_all_batch_norms_to_scale
+from aimet_tf.qat import FreezeBatchNormStats, FreezeQuantizerRanges, find_quantizers, reestimate_bn_stats
 from aimet_tf.testing import models
 
 
@@ -88,3 +89,24 @@ def test_tflite_export_straight_from_the_trained_sim(tmp_path, prepare_first):
     report = verify_tflite(sim, path, x)
     assert report.within_one_step == 1.0, report.summary()
     assert report.top1_agreement >= 0.95, report.summary()
+
+
+def test_qat_with_batch_norms_then_fold_to_scale_then_tflite(tmp_path):
+    # QAT with the batch norms in place (no quantizer inside Conv+BN+ReLU), BN re-estimation, then
+    # the batch norms move into the weights and their grids; the result exports like any sim.
+    model = prepare_model_for_tflite(models.conv_bn_relu_model(), fold_batch_norms=False)
+    assert any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
+    sim, _ = _trained_sim("tf_range_learning", config=TFLITE_CONFIG, model=model, epochs=1)
+    assert sim.model.get_layer("c1").output_quantizers[0] is None  # inside the supergroup
+    reestimate_bn_stats(sim, models.random_images(64, seed=3), num_batches=4, batch_size=16)
+    x = models.random_images(32, seed=13)
+    before = sim.model.predict(x, verbose=0)
+    pairs = fold_all_batch_norms_to_scale(sim)
+    assert [(p.layer, p.batch_norm) for p in pairs] == [("c1", "bn1")]
+    after = sim.model.predict(x, verbose=0)
+    step = float(dict(sim.activation_quantizers())["fc/output:0"].scale_tensor().numpy())
+    assert np.max(np.abs(after - before)) <= 1.01 * step
+    path = export_tflite(sim, tmp_path / "qat_bn.tflite")
+    first = sim.wrappers()[0].input_quantizers[0]
+    report = verify_tflite(sim, path, first(x).numpy())
+    assert report.within_one_step == 1.0, report.summary()
