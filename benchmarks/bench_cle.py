@@ -90,8 +90,13 @@ def _model_section(title, model, x_cal, x_eval, labels, bc_data, param_bws=(8,))
         name = f"W{bw}A8"
         sim, _ = _calibrated_sim(folded, x_cal, bw, "default")
         add(f"{name} per-tensor, BN folded, no CLE", sim)
+        bc = correct_bias(sim, bc_data, batch_size=32, verbose=0, keep_only_improving=False)
+        add(f"{name} per-tensor, no CLE + bias correction, unguarded (AIMET's empirical)", sim,
+            f"{len(bc.corrected)} biases corrected")
+        sim, _ = _calibrated_sim(folded, x_cal, bw, "default")
         bc = correct_bias(sim, bc_data, batch_size=32, verbose=0)
-        add(f"{name} per-tensor, no CLE + bias correction", sim, f"{len(bc.corrected)} biases corrected")
+        add(f"{name} per-tensor, no CLE + bias correction (default: keep_only_improving)", sim,
+            f"{_rejected(bc)}")
         sim, _ = _calibrated_sim(aimet_like, x_cal, bw, "default")
         add(f"{name} per-tensor + CLE, 1 sweep (AIMET's single pass)", sim)
         sim, t_enc = _calibrated_sim(equalized, x_cal, bw, "default")
@@ -100,7 +105,10 @@ def _model_section(title, model, x_cal, x_eval, labels, bc_data, param_bws=(8,))
         bc = correct_bias(sim, bc_data, batch_size=32, verbose=0)
         t_bc = time.perf_counter() - t
         add(f"{name} per-tensor + CLE + bias correction", sim,
-            f"{len(bc.corrected)} biases corrected on {bc.num_samples} calibration inputs")
+            f"{len(bc.corrected)} biases corrected on {bc.num_samples} calibration inputs; {_rejected(bc)}")
+        sim, _ = _calibrated_sim(equalized, x_cal, bw, "default")
+        correct_bias(sim, bc_data, batch_size=32, verbose=0, keep_only_improving=False)
+        add(f"{name} per-tensor + CLE + bias correction, unguarded", sim)
         sim, _ = _calibrated_sim(folded, x_cal, bw, per_channel)
         add(f"{name} per-channel, BN folded, no CLE (ceiling)", sim)
         if bw == param_bws[0]:
@@ -133,6 +141,12 @@ def _model_section(title, model, x_cal, x_eval, labels, bc_data, param_bws=(8,))
         "",
     ]
     return lines
+
+
+def _rejected(report) -> str:
+    total = sum(r.channels for r in report.corrected)
+    rejected = sum(r.rejected_channels for r in report.corrected)
+    return f"{rejected} of {total} channel shifts rejected (they moved the activated output away from FP32)"
 
 
 def _scale_span(report: EqualizationReport) -> str:

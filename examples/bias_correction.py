@@ -38,6 +38,10 @@ flags.DEFINE_string("quant_scheme", "tf", "Range scheme: tf, tf_enhanced or perc
 flags.DEFINE_string("config", "default", "Hardware config ('default' = per-tensor weights, 'htp').")
 flags.DEFINE_bool("cle", True, "Run cross-layer equalization first (--nocle: only BN folding).")
 flags.DEFINE_integer("num_batches", 16, "Calibration batches of 32 used by bias correction.")
+flags.DEFINE_enum("error", "total", ["total", "weight"],
+                  "What the bias absorbs: the whole prefix's mean error vs FP32 (AIMET), or the weights' alone.")
+flags.DEFINE_bool("keep_only_improving", True,
+                  "Keep a channel's shift only if its activated output gets closer to the reference.")
 flags.DEFINE_integer("batch_size", 128, "Batch size for prediction and calibration.")
 
 
@@ -70,7 +74,10 @@ def main(argv):
     ref = model.predict(x_eval, batch_size=bs, verbose=0)
     before = sim.model.predict(x_eval, batch_size=bs, verbose=0)
     t = time.perf_counter()
-    report = correct_bias(sim, x_cal, num_batches=FLAGS.num_batches, batch_size=32)
+    report = correct_bias(
+        sim, x_cal, num_batches=FLAGS.num_batches, batch_size=32, error=FLAGS.error,
+        keep_only_improving=FLAGS.keep_only_improving,
+    )
     logging.info("correct_bias took %.1f s", time.perf_counter() - t)
     after = sim.model.predict(x_eval, batch_size=bs, verbose=0)
     print(report.summary())
