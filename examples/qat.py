@@ -9,10 +9,13 @@ straight from the trained sim, checked against the simulation with LiteRT).
     python examples/qat.py                                  # W4A8, range learning, 1 epoch
     python examples/qat.py --param_bw=4 --output_bw=4 --epochs=2 --freeze_bn_epoch=1
     python examples/qat.py --norange_learning --tensorboard_dir=/tmp/qat_logs
-    python examples/qat.py --tflite --param_bw=8 --output_bw=8   # BN folded, TFLite config
+    python examples/qat.py --tflite --param_bw=8 --output_bw=8   # TFLite config, .tflite export
+    python examples/qat.py --batch_norms=fold_first               # AIMET's flow: fold, then train
 
-With ``--tflite`` the model is prepared for TFLite first (BN folded into the convolutions), so
-there is no BN to freeze or re-estimate.
+``--batch_norms`` picks what happens to the batch norms: ``fold_after`` (default) trains with them,
+optionally re-estimates their statistics (``--bn_reestimation_batches``), then folds them into the
+weights and their grids (``fold_all_batch_norms_to_scale``); ``fold_first`` folds them before the
+sim is built (fastest training step); ``keep`` leaves them in the sim (not exportable to TFLite).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from aimet_tf import QuantizationSimModel, datasets, metrics  # noqa: E402
 from aimet_tf import qat  # noqa: E402
+from aimet_tf.ptq import fold_all_batch_norms, fold_all_batch_norms_to_scale  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("epochs", 1, "QAT epochs over the train split.")
@@ -53,7 +57,11 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string("tensorboard_dir", "", "If set, log quantizer ranges there (TensorBoard).")
 flags.DEFINE_string("output_dir", "qat_out", "Where the encodings (and .tflite) are written.")
-flags.DEFINE_bool("tflite", False, "Fold BN, use the TFLite config, and export a .tflite after training.")
+flags.DEFINE_bool("tflite", False, "Use the TFLite config and export a .tflite after training.")
+flags.DEFINE_enum(
+    "batch_norms", "fold_after", ["fold_after", "fold_first", "keep"],
+    "Batch norms: train with them and fold them into the grids afterwards, fold before QAT, or keep.",
+)
 flags.DEFINE_integer("max_train_images", 0, "If > 0, train on only this many images (smoke runs).")
 flags.DEFINE_integer("seed", 0, "Seed for shuffling and Keras randomness.")
 
@@ -74,10 +82,15 @@ def main(argv):
 
     results = [("FP32", _accuracy(model, x_test, y_test))]
     config = FLAGS.config
+    if FLAGS.tflite and FLAGS.batch_norms == "keep":
+        raise app.UsageError("--tflite needs --batch_norms=fold_after or fold_first: TFLite has no batch norm.")
+    if FLAGS.batch_norms == "fold_first":
+        model, pairs = fold_all_batch_norms(model)
+        logging.info("Folded %d batch norms before QAT", len(pairs))
     if FLAGS.tflite:
         from aimet_tf.export import TFLITE_CONFIG, prepare_model_for_tflite
 
-        model = prepare_model_for_tflite(model)
+        model = prepare_model_for_tflite(model, fold_batch_norms=False)
         config = TFLITE_CONFIG
     scheme = FLAGS.init_scheme + ("_range_learning" if FLAGS.range_learning else "")
     sim = QuantizationSimModel(
@@ -127,6 +140,13 @@ def main(argv):
             (f"{label} QAT + BN re-estimation ({FLAGS.bn_reestimation_batches} batches)",
              _accuracy(sim.model, x_test, y_test))
         )
+
+    if FLAGS.batch_norms == "fold_after":
+        pairs = fold_all_batch_norms_to_scale(sim)
+        if pairs:
+            results.append(
+                (f"{label} QAT, {len(pairs)} batch norms folded into the grids", _accuracy(sim.model, x_test, y_test))
+            )
 
     paths = sim.export(FLAGS.output_dir, f"fashion_mnist_qat_{label.lower()}")
     print(f"Encodings: {paths['encodings']}\nTrained float model: {paths['model']}")
