@@ -392,8 +392,9 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
     factors: its encoding is recomputed from W' (logged as a warning).
 
     The sim is changed in place: ``sim.model`` is a new ``keras.Model`` afterwards (compile it
-    again before training further). This is the step that makes a QAT model with batch norms
-    exportable to TFLite, whose kernels only see folded weights.
+    again before training further); a sim prepared with ``prepare_sim_for_tflite`` is prepared
+    again. This is the step that makes a QAT model with batch norms exportable to TFLite, whose
+    kernels only see folded weights.
 
     Returns:
         The folded pairs (batch norms before a layer are not folded here).
@@ -417,6 +418,10 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
         config_file=sim.config,
         percentile=sim.percentile,
     )
+    if _prepared_for_tflite(sim):
+        from aimet_tf.export.prepare import prepare_sim_for_tflite
+
+        prepare_sim_for_tflite(new)
     # Tensor names move from the batch norm's output to the folded layer's.
     renamed = {}
     for layer_name, bn in after.items():
@@ -453,6 +458,16 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
     for pair in pairs:
         logging.info("fold_all_batch_norms_to_scale: folded %s into %s", pair.batch_norm, pair.layer)
     return pairs
+
+
+def _prepared_for_tflite(sim) -> bool:
+    """Whether ``prepare_sim_for_tflite`` ran on the sim (it adds requantizers and bias grids)."""
+    from aimet_tf.quantization.quantizers import BiasQuantizer
+
+    return any(
+        w.requantizer is not None or any(isinstance(q, BiasQuantizer) for q in w.param_quantizers.values())
+        for w in sim.wrappers()
+    )
 
 
 def _copy_quantizer_state(old, new, encoding) -> None:

@@ -91,12 +91,16 @@ def test_tflite_export_straight_from_the_trained_sim(tmp_path, prepare_first):
     assert report.top1_agreement >= 0.95, report.summary()
 
 
-def test_qat_with_batch_norms_then_fold_to_scale_then_tflite(tmp_path):
+@pytest.mark.parametrize("prepare_first", [True, False])
+def test_qat_with_batch_norms_then_fold_to_scale_then_tflite(tmp_path, prepare_first):
     # QAT with the batch norms in place (no quantizer inside Conv+BN+ReLU), BN re-estimation, then
     # the batch norms move into the weights and their grids; the result exports like any sim.
     model = prepare_model_for_tflite(models.conv_bn_relu_model(), fold_batch_norms=False)
     assert any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers)
-    sim, _ = _trained_sim("tf_range_learning", config=TFLITE_CONFIG, model=model, epochs=1)
+    sim, _ = _trained_sim(
+        "tf_range_learning", config=TFLITE_CONFIG, model=model, epochs=1,
+        before_training=prepare_sim_for_tflite if prepare_first else None,
+    )
     assert sim.model.get_layer("c1").output_quantizers[0] is None  # inside the supergroup
     reestimate_bn_stats(sim, models.random_images(64, seed=3), num_batches=4, batch_size=16)
     x = models.random_images(32, seed=13)
@@ -106,6 +110,8 @@ def test_qat_with_batch_norms_then_fold_to_scale_then_tflite(tmp_path):
     after = sim.model.predict(x, verbose=0)
     step = float(dict(sim.activation_quantizers())["fc/output:0"].scale_tensor().numpy())
     assert np.max(np.abs(after - before)) <= 1.01 * step
+    # A prepared sim stays prepared: it already computes what the .tflite file will.
+    assert (sim.model.get_layer("c1").requantizer is not None) == prepare_first
     path = export_tflite(sim, tmp_path / "qat_bn.tflite")
     first = sim.wrappers()[0].input_quantizers[0]
     report = verify_tflite(sim, path, first(x).numpy())

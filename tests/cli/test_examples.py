@@ -1,0 +1,55 @@
+"""The absl-flag example scripts run end to end on the bundled model and print their tables.
+
+Each runs as a user would run it (a subprocess, small flag values), so flag parsing, imports and
+the printed report are covered.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(script: str, *flags: str, timeout: int = 600) -> str:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=_ROOT)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(_ROOT, "examples", script), *flags],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _accuracy_of(output: str, label_start: str) -> float:
+    for line in output.splitlines():
+        if line.startswith(label_start):
+            return float(line[len(label_start):].split()[0].strip("|").strip())
+    raise AssertionError(f"no row starting with {label_start!r} in:\n{output}")
+
+
+@pytest.mark.slow
+def test_bias_correction_example():
+    out = _run("bias_correction.py", "--num_batches=4", "--param_bw=8")
+    assert "Bias correction on 128 samples" in out
+    fp32 = _accuracy_of(out, "FP32")
+    corrected = _accuracy_of(out, "W8A8 (default, tf, CLE) + bias correction")
+    assert fp32 > 90.0 and corrected > fp32 - 1.0
+
+
+@pytest.mark.slow
+def test_qat_example_folds_batch_norms_after_training(tmp_path):
+    out = _run(
+        "qat.py", "--max_train_images=1024", "--epochs=1", "--param_bw=8", "--output_bw=8",
+        f"--output_dir={tmp_path}",
+    )
+    assert "batch norms folded into the grids" in out
+    assert any(name.endswith(".encodings") for name in os.listdir(tmp_path))
+
+
+@pytest.mark.slow
+def test_cle_example():
+    out = _run("cle.py", "--bias_correction_batches=2")
+    assert "Equalized: 6 pairs, 1 triples" in out and "CLE + bias correction" in out
