@@ -117,6 +117,9 @@ class GraphStatistics:
             var.assign(tf.zeros_like(var))
         self._counts.assign(tf.zeros_like(self._counts))
 
+    # Plain TF ops with explicit tf.cond/tf.where: nothing for autograph to convert, and skipping
+    # its source transformation saves time when a Keras predict/fit function traces the model.
+    @tf.autograph.experimental.do_not_convert
     def observe(self, x: tf.Tensor) -> tf.Operation | tf.Tensor:
         """Adds one batch (graph or eager); returns the update to depend on.
 

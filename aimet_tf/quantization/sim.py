@@ -349,7 +349,9 @@ class QuantizationSimModel:
         step = self._calibration_steps.get(key)
         if step is None:
             # One trace for every batch size (the last batch is usually smaller).
-            step = tf.function(lambda x: self.model(x, training=False), input_signature=[specs])
+            step = tf.function(
+                lambda x: self.model(x, training=False), input_signature=[specs], autograph=False
+            )
             self._calibration_steps[key] = step
         return step
 
