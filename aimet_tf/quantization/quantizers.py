@@ -29,7 +29,36 @@ from aimet_tf.quantization.analyzers import (
 )
 from aimet_tf.quantization.graph_statistics import GraphStatistics
 
-__all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES"]
+__all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES", "state_generation"]
+
+# Python state of the quantizer layers that a traced function bakes in (tf.function and Keras'
+# predict/train functions). Changing any of it bumps a counter, so that owners of traced
+# functions (QuantizationSimModel) know to trace again instead of running stale graphs.
+_TRACED_STATE = frozenset({
+    "enabled", "_initialized", "_bitwidth", "symmetric", "strict", "_tie", "_links",
+    "_quant_scheme", "_frozen", "_analyzer", "_statistics", "_mode", "_axes", "count",
+})
+_MISSING = object()
+_generation = 0
+
+
+def state_generation() -> int:
+    """A counter that changes whenever a quantizer's traced Python state changes."""
+    return _generation
+
+
+class _TracedState:
+    """Mixin: bumps ``state_generation()`` when a ``_TRACED_STATE`` attribute changes value."""
+
+    def __setattr__(self, name, value):
+        if name not in _TRACED_STATE:
+            super().__setattr__(name, value)
+            return
+        old = self.__dict__.get(name, _MISSING)
+        super().__setattr__(name, value)
+        if old is _MISSING or old is not value and old != value:
+            global _generation
+            _generation += 1
 
 
 @dataclasses.dataclass
@@ -47,7 +76,7 @@ class _Links:
 
 
 @keras.saving.register_keras_serializable(package="aimet_tf")
-class Quantizer(keras.layers.Layer):
+class Quantizer(_TracedState, keras.layers.Layer):
     """Simulates the quantization of one tensor.
 
     x_hat = scale * (clamp(round(x / scale) - offset, 0, steps) + offset), with scale/offset derived
@@ -431,7 +460,7 @@ def _linked_scale(quantizer: Quantizer | None) -> tf.Tensor | None:
 
 
 @keras.saving.register_keras_serializable(package="aimet_tf")
-class BiasQuantizer(keras.layers.Layer):
+class BiasQuantizer(_TracedState, keras.layers.Layer):
     """Rounds a conv/dense bias onto its layer's int32 accumulator grid, as TFLite stores it.
 
     b_hat = s_b * round_half_away(b / s_b) with s_b = s_in * s_w (per output channel for
@@ -535,7 +564,7 @@ def _round_ste(x: tf.Tensor) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package="aimet_tf")
-class Requantizer(keras.layers.Layer):
+class Requantizer(_TracedState, keras.layers.Layer):
     """Models how an integer kernel computes its output level, applied before the output quantizer.
 
     The layer's raw float output y is computed from quantized inputs (and weights and an

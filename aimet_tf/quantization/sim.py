@@ -24,7 +24,7 @@ from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization import encodings_io, graph
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
 from aimet_tf.quantization.graph_statistics import GraphStatistics
-from aimet_tf.quantization.quantizers import Quantizer
+from aimet_tf.quantization.quantizers import Quantizer, state_generation
 from aimet_tf.quantization.registry import get_layer_spec
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
@@ -105,6 +105,7 @@ class QuantizationSimModel:
         # Calibration state kept across compute_encodings calls (see _calibration_step).
         self._graph_stats: dict[int, GraphStatistics] = {}
         self._calibration_steps: dict[tuple, Callable] = {}
+        _retrace_on_quantizer_changes(self.model)
         self.model.build(self.model.input_shape) if not self.model.built else None
 
     # -- construction --------------------------------------------------------------------------
@@ -510,7 +511,7 @@ class QuantizationSimModel:
     def _adopt(self, other: "QuantizationSimModel") -> None:
         """Takes over ``other``'s model and quantizers (used by passes that must rebuild the graph,
         such as folding batch norms into quantizer scales)."""
-        self.model = other.model
+        self.model = other.model  # already hooked by other's constructor
         self._original = other._original
         self.config = other.config
         self._graph_stats = {}
@@ -527,6 +528,28 @@ class QuantizationSimModel:
                 yield
         finally:
             self._reset_compiled_functions()
+
+
+def _retrace_on_quantizer_changes(model: keras.Model) -> None:
+    """Makes ``model``'s predict/evaluate/fit trace again when quantizer state changed.
+
+    Keras caches the traced step functions; a quantizer flag set after tracing (``q.enabled =
+    False``, a new bitwidth, freezing) would otherwise be ignored silently by the next
+    ``predict``. Each ``make_*_function`` of this model instance is wrapped to force a new trace
+    when ``state_generation()`` moved since its last trace.
+    """
+    seen: dict[str, int] = {}
+    for name in ("make_predict_function", "make_test_function", "make_train_function"):
+        original = getattr(model, name)
+
+        def make(force: bool = False, _original=original, _name=name):
+            generation = state_generation()
+            if seen.get(_name) != generation:
+                force = True
+            seen[_name] = generation
+            return _original(force=force)
+
+        object.__setattr__(model, name, make)
 
 
 @contextlib.contextmanager

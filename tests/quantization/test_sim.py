@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import aimet_tf.quantization.quantizers
 from aimet_tf import QuantizationSimModel, Quantizer
 from aimet_tf.quantization.wrapper import QuantizationWrapper
 from aimet_tf.testing import models
@@ -284,3 +285,27 @@ def test_inf_inside_callback_forward_pass_rejected(scheme):
     with pytest.raises((ValueError, tf.errors.OpError), match="finite"):
         sim.compute_encodings(lambda m, a: m(a, training=False), data)
     assert all(not q.is_initialized for _, q in sim.activation_quantizers())
+
+
+def test_predict_follows_quantizer_changes_made_after_tracing():
+    model = models.conv_bn_relu_model()
+    data = models.random_images(16)
+    sim = QuantizationSimModel(model, quant_scheme="tf", default_param_bw=4, config_file="htp")
+    sim.compute_encodings(data)
+    quantized = sim.model.predict(data, verbose=0)
+    generation = aimet_tf.quantization.quantizers.state_generation()
+    np.testing.assert_array_equal(sim.model.predict(data, verbose=0), quantized)
+    # Running traced functions changes no quantizer state (no retrace on every call).
+    assert aimet_tf.quantization.quantizers.state_generation() == generation
+    for q in [q for w in sim.wrappers() for q in w.quantizers()]:
+        q.enabled = False  # set directly on the quantizers, not through the sim
+    np.testing.assert_allclose(sim.model.predict(data, verbose=0), model.predict(data, verbose=0), rtol=1e-5, atol=1e-6)
+    for q in [q for w in sim.wrappers() for q in w.quantizers()]:
+        q.enabled = True
+    np.testing.assert_array_equal(sim.model.predict(data, verbose=0), quantized)
+    # evaluate and fit trace again too.
+    sim.model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    labels = np.zeros(16, np.int64)
+    before = sim.model.evaluate(data, labels, verbose=0)
+    sim.activation_quantizers()[-1][1].enabled = False
+    assert sim.model.evaluate(data, labels, verbose=0) != before
