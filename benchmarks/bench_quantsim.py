@@ -9,7 +9,7 @@ import time
 from aimet_tf import datasets, metrics
 from aimet_tf.quantization import QuantizationSimModel
 from benchmarks import common
-from aimet_tf.export import run_tflite
+from aimet_tf.export import TFLITE_CONFIG, prepare_model_for_tflite, prepare_sim_for_tflite, run_tflite
 from aimet_tf.export.baselines import tflite_float, tflite_ptq_int8
 
 BATCH = 256
@@ -29,13 +29,18 @@ def run() -> str:
     rows = [("FP32 Keras", fp32_acc, "", "")]
 
     sims = {}
-    for name, scheme, pbw in (
-        ("W8A8 sim (tf_enhanced, htp)", "tf_enhanced", 8),
-        ("W8A8 sim (tf, htp)", "tf", 8),
-        ("W4A8 sim (tf_enhanced, htp)", "tf_enhanced", 4),
+    prepared = prepare_model_for_tflite(model)
+    for name, base, scheme, pbw, config in (
+        ("W8A8 sim (tf_enhanced, htp)", model, "tf_enhanced", 8, "htp"),
+        ("W8A8 sim (tf, htp)", model, "tf", 8, "htp"),
+        ("W4A8 sim (tf_enhanced, htp)", model, "tf_enhanced", 4, "htp"),
+        ("W8A8 sim (tf_enhanced, tflite config: TFLite's int8 scheme, BNs folded)", prepared, "tf_enhanced", 8,
+         TFLITE_CONFIG),
     ):
         t = time.perf_counter()
-        sim = QuantizationSimModel(model, quant_scheme=scheme, default_param_bw=pbw, config_file="htp")
+        sim = QuantizationSimModel(base, quant_scheme=scheme, default_param_bw=pbw, config_file=config)
+        if config == TFLITE_CONFIG:
+            prepare_sim_for_tflite(sim)
         sim.compute_encodings(x_cal, batch_size=BATCH)
         seconds = time.perf_counter() - t
         logits = predict(sim.model, x_test)
