@@ -53,3 +53,12 @@ def test_qat_example_folds_batch_norms_after_training(tmp_path):
 def test_cle_example():
     out = _run("cle.py", "--bias_correction_batches=2")
     assert "Equalized: 6 pairs, 1 triples" in out and "CLE + bias correction" in out
+
+
+@pytest.mark.slow
+def test_adaround_example(tmp_path):
+    out = _run("adaround.py", "--num_iterations=50", "--num_batches=2", f"--output_dir={tmp_path}")
+    nearest = _accuracy_of(out, "W4A8 (default, tf_enhanced), nearest rounding")
+    adarounded = _accuracy_of(out, "W4A8 (default, tf_enhanced), AdaRound 50 it/layer")
+    assert adarounded > nearest  # even 50 iterations per layer beat nearest rounding here
+    assert (tmp_path / "adaround.encodings").exists()
