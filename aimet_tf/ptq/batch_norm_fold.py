@@ -388,8 +388,11 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
     quantize(W) * a and the sim computes what it computed with the batch norm in place (to float
     rounding; with a negative a only a weight on the lowest signed code could differ). Every other
     quantizer keeps its encoding, bitwidth, enabled and frozen state; the batch norm's output
-    quantizer becomes the folded layer's. A per-tensor weight grid cannot absorb per-channel
-    factors: its encoding is recomputed from W' (logged as a warning).
+    quantizer becomes the folded layer's; a quantized bias gets an encoding computed from its new
+    values. A per-tensor weight grid cannot absorb per-channel factors: its encoding is
+    recomputed from W' (logged as a warning). If the config put a quantizer between the layer and
+    its batch norm (no Conv+BN supergroup), that quantizer has no place in the folded model and
+    the function changes there (logged as a warning). Batch norms before a layer stay in place.
 
     The sim is changed in place: ``sim.model`` is a new ``keras.Model`` afterwards (compile it
     again before training further); a sim prepared with ``prepare_sim_for_tflite`` is prepared
@@ -430,30 +433,43 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
                 bn.name, "output", i
             )
     old_act = dict(sim.activation_quantizers())
+    for layer_name in after:
+        inside = old_act.get(encodings_io.activation_name(layer_name, "output", 0))
+        if inside is not None and inside.enabled:
+            logging.warning(
+                "fold_all_batch_norms_to_scale: %s quantized its output before the batch norm (no "
+                "Conv+BN supergroup in the config); that quantizer is gone after folding, so the "
+                "folded sim differs from the trained one there.", layer_name,
+            )
     for name, q in new.activation_quantizers():
         old = old_act.get(renamed.get(name, name))
         if old is not None:
             _copy_quantizer_state(old, q, old.get_encoding())
     old_params = {n: q for n, q, _ in sim.param_quantizers()}
     for name, q, var in new.param_quantizers():
-        old = old_params.get(name)
-        if old is None:
-            continue
         layer_name, _, path = name.rpartition("/")
-        enc = old.get_encoding()
-        if layer_name in factors and path.split(":")[0] in ("kernel", "pointwise_kernel") and enc is not None:
+        old = old_params.get(name)
+        if layer_name not in factors:
+            if old is not None:
+                _copy_quantizer_state(old, q, old.get_encoding())
+            continue
+        # A folded layer: the kernel grid scales with the batch norm; the bias (new, or now
+        # beta + (b - mu) * a) gets an encoding computed from its new values.
+        enc = old.get_encoding() if old is not None else None
+        if path.split(":")[0] in ("kernel", "pointwise_kernel") and enc is not None:
             scaled = _scaled_encoding(enc, factors[layer_name].astype(np.float64))
             if scaled is None:
-                analyzer = old.make_analyzer()
-                analyzer.observe(np.asarray(var.numpy()))
-                scaled = old.encoding_from_range(*old.compute_range(analyzer))
+                scaled = _encoding_of(old, var)
                 logging.warning(
                     "fold_all_batch_norms_to_scale: %s has a %s grid that cannot absorb the batch norm's "
                     "per-channel scale; its encoding was recomputed from the folded weights.",
                     name, "per-channel" if enc.per_channel else "per-tensor",
                 )
-            enc = scaled
-        _copy_quantizer_state(old, q, enc)
+            _copy_quantizer_state(old, q, scaled)
+        elif old is not None:
+            _copy_quantizer_state(old, q, _encoding_of(old, var) if old.is_initialized else None)
+        elif q.enabled:
+            q.set_encoding(_encoding_of(q, var))
     sim._adopt(new)
     for pair in pairs:
         logging.info("fold_all_batch_norms_to_scale: folded %s into %s", pair.batch_norm, pair.layer)
@@ -470,8 +486,17 @@ def _prepared_for_tflite(sim) -> bool:
     )
 
 
+def _encoding_of(quantizer, variable):
+    """The quantizer's encoding for the variable's current values (its own scheme and grid)."""
+    analyzer = quantizer.make_analyzer()
+    analyzer.observe(np.asarray(variable.numpy()))
+    return quantizer.encoding_from_range(*quantizer.compute_range(analyzer))
+
+
 def _copy_quantizer_state(old, new, encoding) -> None:
     new.quant_scheme = old.quant_scheme
+    new.unsigned_symmetric = old.unsigned_symmetric
+    new.percentile = old.percentile
     if encoding is not None:
         new.set_encoding(encoding)
     new.enabled = old.enabled

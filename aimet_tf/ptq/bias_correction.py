@@ -239,17 +239,24 @@ def _input_function(model: keras.Model, layer: keras.layers.Layer):
 _ACTIVATION_LAYERS = (_L.ReLU, _L.Activation, _L.LeakyReLU, _L.ELU, _L.PReLU)
 
 
+# Activations that mix channels: a per-channel decision about them would not be per channel.
+_CROSS_CHANNEL = ("softmax", "log_softmax")
+
+
 def _following_activation(wrapper: QuantizationWrapper, consumers: dict, model: keras.Model):
-    """The float nonlinearity applied to the layer's output before anything else reads it: its
-    built-in activation, else an activation layer that is its only consumer; None if linear."""
+    """The float channel-wise nonlinearity applied to the layer's output before anything else
+    reads it: its built-in activation, else an activation layer that is its only consumer; None if
+    linear or cross-channel (softmax)."""
     activation = getattr(wrapper.layer, "activation", None)
-    if activation is not None and getattr(activation, "__name__", "linear") != "linear":
-        return activation
+    name = getattr(activation, "__name__", "linear")
+    if activation is not None and name != "linear":
+        return None if name in _CROSS_CHANNEL else activation
     readers = consumers.get(wrapper.name, [])
     if len(readers) == 1:
         reader = model.get_layer(readers[0])
         layer = reader.layer if isinstance(reader, QuantizationWrapper) else reader
-        if isinstance(layer, _ACTIVATION_LAYERS):
+        inner = getattr(getattr(layer, "activation", None), "__name__", "")
+        if isinstance(layer, _ACTIVATION_LAYERS) and inner not in _CROSS_CHANNEL:
             return lambda y: layer(y)
     return None
 
@@ -302,7 +309,8 @@ def correct_bias(
             "weight": the reference is the layer's float weights on the sim's own input,
             b += E[W x_q] - E[W_q x_q], the weight quantization's mean error alone.
         keep_only_improving: keep a channel's shift only if it brings the activated output
-            closer to the reference (costs one more pass per layer followed by an activation).
+            strictly closer to the reference (ties, e.g. a channel the ReLU always zeroes, stay
+            uncorrected; costs one more pass per layer followed by a channel-wise activation).
         verbose: 1 shows a progress bar over layers, 0 is silent.
 
     Returns:

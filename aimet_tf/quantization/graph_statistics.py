@@ -14,17 +14,22 @@ interpolation of their cumulative distribution (``analyzers._rebin``), then the 
 
 After the pass, ``read`` returns the statistics as numpy values for
 ``RangeAnalyzer.absorb_graph_statistics``. Batches holding NaN/Inf are counted in ``nonfinite``
-and otherwise ignored, so that the caller can reject the pass with a clear error.
+and otherwise ignored, so that the caller can reject the pass with a clear error. Empty tensors
+are skipped (``RangeAnalyzer.observe`` rejects them instead); a quantizer that only ever saw empty
+tensors then counts as having seen no data.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 __all__ = ["GraphStatisticsSpec", "GraphStatisticsValues", "GraphStatistics"]
+
+_SERIALS = itertools.count()
 
 
 class GraphStatisticsSpec(NamedTuple):
@@ -100,6 +105,8 @@ class GraphStatistics:
         if spec.num_bins == 1 or spec.num_bins < 0:
             raise ValueError(f"Expected num_bins 0 (no histogram) or >= 2. Received: {spec.num_bins}")
         self.spec = spec
+        # Unique for the life of the process (unlike id()): traced functions are cached on it.
+        self.serial = next(_SERIALS)
         with tf.init_scope():
             self._num_batches = tf.Variable(0, dtype=tf.int64, trainable=False)
             self._nonfinite = tf.Variable(0, dtype=tf.int64, trainable=False)

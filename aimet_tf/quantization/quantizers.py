@@ -346,9 +346,9 @@ class Quantizer(_TracedState, keras.layers.Layer):
         """Within this context the quantizer is an identity that shows its input to ``analyzer``.
 
         With ``statistics`` (matching ``analyzer.graph_statistics_spec``) the tensor's statistics
-        are gathered by TF ops into those variables, and handed to the analyzer when the context
-        ends without error; otherwise every batch goes to ``analyzer.observe`` through
-        ``tf.numpy_function``.
+        are gathered by TF ops into those variables; hand them over afterwards with
+        ``analyzer.absorb_graph_statistics(statistics.read())``. Otherwise every batch goes to
+        ``analyzer.observe`` through ``tf.numpy_function``.
         """
         if statistics is not None and statistics.spec != analyzer.graph_statistics_spec:
             raise ValueError(
@@ -359,11 +359,6 @@ class Quantizer(_TracedState, keras.layers.Layer):
         self._statistics = statistics
         try:
             yield analyzer
-            if statistics is not None:
-                try:
-                    analyzer.absorb_graph_statistics(statistics.read())
-                except ValueError as exc:
-                    raise ValueError(f"Quantizer {self.name!r}: {exc}") from exc
         finally:
             self._analyzer = None
             self._statistics = None

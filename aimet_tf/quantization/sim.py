@@ -103,7 +103,7 @@ class QuantizationSimModel:
         self._original = model
         self.model = self._build(model, is_top=True)
         # Calibration state kept across compute_encodings calls (see _calibration_step).
-        self._graph_stats: dict[int, GraphStatistics] = {}
+        self._graph_stats: dict[tuple, GraphStatistics] = {}
         self._calibration_steps: dict[tuple, Callable] = {}
         _retrace_on_quantizer_changes(self.model)
         self.model.build(self.model.input_shape) if not self.model.built else None
@@ -309,6 +309,21 @@ class QuantizationSimModel:
             raise ValueError(f"compute_encodings failed while observing tensors: {exc.message}") from exc
         finally:
             self._reset_compiled_functions()
+        failed = []
+        for name, q in act:
+            if statistics[id(q)] is None:
+                continue
+            values = statistics[id(q)].read()
+            if values.nonfinite_batches:
+                failed.append(f"{name} ({values.nonfinite_batches} batch(es))")
+            else:
+                analyzers[id(q)].absorb_graph_statistics(values)
+        if failed:
+            raise ValueError(
+                "Expected only finite values to calibrate on. Received: NaN/Inf in these tensors, in "
+                f"graph order: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}. Fix: "
+                "check the inputs, or the first layer listed."
+            )
         unseen = [n for n, q in act if analyzers[id(q)].num_batches == 0]
         if unseen:
             raise ValueError(
@@ -334,10 +349,11 @@ class QuantizationSimModel:
         spec = analyzer.graph_statistics_spec
         if spec is None:
             return None
-        stats = self._graph_stats.get(id(quantizer))
-        if stats is None or stats.spec != spec:
+        # One set per (quantizer, spec): alternating schemes reuse their variables and traces.
+        stats = self._graph_stats.get((id(quantizer), spec))
+        if stats is None:
             stats = GraphStatistics(spec)
-            self._graph_stats[id(quantizer)] = stats
+            self._graph_stats[(id(quantizer), spec)] = stats
         stats.reset()
         return stats
 
@@ -345,7 +361,9 @@ class QuantizationSimModel:
         # Everything the trace depends on: which quantizers observe, and into which variables (the
         # others are all disabled during calibration), and the input signature.
         key = (repr(specs),) + tuple(
-            (id(q), id(q._statistics)) for _, q in self.activation_quantizers() if q._analyzer is not None
+            (name, -1 if q._statistics is None else q._statistics.serial)
+            for name, q in self.activation_quantizers()
+            if q._analyzer is not None
         )
         step = self._calibration_steps.get(key)
         if step is None:

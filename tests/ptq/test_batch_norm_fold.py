@@ -243,3 +243,34 @@ def test_fold_to_scale_without_batch_norms_is_a_no_op():
     sim.compute_encodings(models.random_images(16))
     old = sim.model
     assert fold_all_batch_norms_to_scale(sim) == [] and sim.model is old
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_fold_to_scale_gives_a_quantized_bias_an_encoding_of_its_new_values(use_bias):
+    import json
+    import os
+
+    import aimet_tf.quantization
+
+    presets = os.path.join(os.path.dirname(aimet_tf.quantization.__file__), "presets")
+    with open(os.path.join(presets, "htp.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    config.setdefault("params", {})["bias"] = {"is_quantized": "True"}
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, use_bias=use_bias, name="p")(inp)
+    x = L.BatchNormalization(name="bn")(x)
+    out = L.ReLU(name="r")(x)
+    model = _randomize_bns(keras.Model(inp, out), seed=9)
+    bn = model.get_layer("bn")
+    bn.beta.assign(bn.beta.numpy() + 0.4)  # a folded bias far outside any old bias grid
+    data = np.random.default_rng(9).normal(size=(32, 8, 8, 3)).astype(np.float32)
+    sim = QuantizationSimModel(model, quant_scheme="tf", config_file=config)
+    sim.compute_encodings(data)
+    before = sim.model.predict(data, verbose=0)
+    fold_all_batch_norms_to_scale(sim)
+    bias_q = dict((n, q) for n, q, _ in sim.param_quantizers())["p/bias:0"]
+    assert bias_q.enabled and bias_q.is_initialized
+    after = sim.model.predict(data, verbose=0)
+    step = float(dict(sim.activation_quantizers())["r/output:0"].scale_tensor().numpy())
+    assert np.max(np.abs(after - before)) <= 2.01 * step

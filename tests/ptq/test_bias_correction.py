@@ -211,3 +211,19 @@ def test_weight_error_mode_removes_only_the_weight_quantization_mean():
     np.testing.assert_allclose(got, want, atol=1e-4 * float(np.sqrt(np.mean(np.square(want)))))
     with pytest.raises(ValueError, match="error in"):
         correct_bias(sim, data, error="both", verbose=0)
+
+
+@pytest.mark.parametrize("as_layer", [False, True])
+def test_softmax_is_not_treated_as_a_channel_wise_activation(as_layer):
+    from aimet_tf.ptq import bias_correction
+    from aimet_tf.quantization import graph
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6,))
+    if as_layer:
+        out = L.Activation("softmax", name="sm")(L.Dense(4, name="fc")(inp))
+    else:
+        out = L.Dense(4, activation="softmax", name="fc")(inp)
+    sim = QuantizationSimModel(keras.Model(inp, out), quant_scheme="tf", config_file="default")
+    consumers = graph.layer_edges(sim.model)[1]
+    assert bias_correction._following_activation(sim.model.get_layer("fc"), consumers, sim.model) is None

@@ -139,12 +139,36 @@ def test_sim_reuses_its_calibration_trace_and_results_are_stable():
     sim.compute_encodings(data, batch_size=16)
     assert len(sim._calibration_steps) == 2
     assert name not in sim.get_encodings_dict()["activation_encodings"]
+    # Alternating schemes reuses the statistics variables and traces of each.
+    for scheme in ("tf", "tf_enhanced", "tf", "tf_enhanced"):
+        for _, quantizer in sim.activation_quantizers():
+            quantizer.quant_scheme = scheme
+        sim.compute_encodings(data, batch_size=16)
+    assert len(sim._calibration_steps) == 3
 
 
-def test_sim_error_names_the_quantizer():
+def test_sim_error_names_the_tensors_in_graph_order():
     sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf")
     data = models.random_images(8)
     data[0, 0, 0, 0] = np.inf
-    with pytest.raises(ValueError, match="Quantizer '.*finite"):
+    first = sim.activation_quantizers()[0][0]
+    with pytest.raises(ValueError, match=f"finite.*in graph order: {first} \\(1 batch"):
         sim.compute_encodings(lambda m, a: m(a, training=False), data)
     assert all(not q.is_initialized for _, q in sim.activation_quantizers())
+
+
+def test_sim_error_lists_the_layer_where_values_overflow():
+    import keras
+
+    inp = keras.Input((4,), name="x")
+    d1 = keras.layers.Dense(3, name="d1")
+    out = keras.layers.Dense(2, name="d2")(d1(inp))
+    model = keras.Model(inp, out)
+    kernel = d1.kernel.numpy()
+    kernel[:, 0] = 1e38
+    d1.kernel.assign(kernel)
+    data = np.zeros((16, 4), np.float32)
+    data[8:] = 10.0  # the second batch overflows inside d1
+    sim = QuantizationSimModel(model, quant_scheme="tf_enhanced")
+    with pytest.raises(ValueError, match="in graph order: d1/output:0 \\(1 batch\\(es\\)\\), d2/output:0"):
+        sim.compute_encodings(data, batch_size=8)
