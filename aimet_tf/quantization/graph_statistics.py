@@ -21,6 +21,7 @@ tensors then counts as having seen no data.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import NamedTuple
 
@@ -91,6 +92,65 @@ def _histogram(x: tf.Tensor, value_range: tf.Tensor, num_bins: int) -> tf.Tensor
     return first + second
 
 
+def _update(
+    spec: GraphStatisticsSpec, x, num_batches, nonfinite, data_min_var, data_max_var, lo_var, hi_var,
+    counts_var, zeros_var,
+):
+    """One batch's update of the statistics variables (see ``GraphStatistics``).
+
+    Branch-free except around the histogram op (which must not see NaN): the new values are
+    computed unconditionally and selected.
+    """
+    batch_min = tf.reduce_min(x)
+    batch_max = tf.reduce_max(x)
+    # Empty tensors reduce to +/-inf: they are skipped, not counted as non-finite.
+    non_empty = tf.size(x) > 0
+    ok = non_empty & tf.math.is_finite(batch_min) & tf.math.is_finite(batch_max)
+    first = tf.equal(num_batches, 0)
+    data_min = tf.where(first, batch_min, tf.minimum(data_min_var, batch_min))
+    data_max = tf.where(first, batch_max, tf.maximum(data_max_var, batch_max))
+    updates = [
+        data_min_var.assign(tf.where(ok, data_min, data_min_var)),
+        data_max_var.assign(tf.where(ok, data_max, data_max_var)),
+        nonfinite.assign_add(tf.cast(non_empty & ~ok, tf.int64)),
+    ]
+    num_bins = spec.num_bins
+    if num_bins:
+        lo = data_min
+        hi = _padded_high(lo, tf.where(first, batch_max, tf.maximum(hi_var, batch_max)))
+        old = counts_var.read_value()
+        grown = (lo < lo_var) | (hi > hi_var)
+        rebinned = rebin_counts(old, lo_var, hi_var, lo, hi)
+        kept = tf.where(first, tf.zeros_like(old), tf.where(grown, rebinned, old))
+        counts = tf.cond(
+            ok,
+            lambda: _histogram(x, tf.stack([lo, hi]), num_bins),
+            lambda: tf.zeros([num_bins], tf.int32),
+        )
+        updates += [
+            counts_var.assign(tf.where(ok, kept + tf.cast(counts, tf.float64), old)),
+            lo_var.assign(tf.where(ok, lo, lo_var)),
+            hi_var.assign(tf.where(ok, hi, hi_var)),
+        ]
+    if spec.count_zeros:
+        # int32 sums: tensors are far below 2^31 elements.
+        num_zeros = tf.reduce_sum(tf.cast(tf.equal(x, 0.0), tf.int32))
+        updates.append(zeros_var.assign_add(tf.where(ok, tf.cast(num_zeros, tf.float64), 0.0)))
+    with tf.control_dependencies(updates):
+        return num_batches.assign_add(tf.cast(ok, tf.int64))
+
+
+@functools.lru_cache(maxsize=None)
+def _update_function(spec: GraphStatisticsSpec):
+    # Plain TF ops with explicit tf.cond/tf.where: nothing for autograph to convert. Not inlined:
+    # every call site runs the one instantiated (and Grappler-optimised) body, which keeps the
+    # first run of a model with many quantizers fast (measured: 1.4 s -> 0.8 s on the bundled model).
+    return tf.function(
+        functools.partial(_update, spec), autograph=False, reduce_retracing=True,
+        experimental_attributes={"_noinline": True},
+    )
+
+
 class GraphStatistics:
     """TF variables holding one per-tensor quantizer's calibration statistics.
 
@@ -124,53 +184,17 @@ class GraphStatistics:
             var.assign(tf.zeros_like(var))
         self._counts.assign(tf.zeros_like(self._counts))
 
-    # Plain TF ops with explicit tf.cond/tf.where: nothing for autograph to convert, and skipping
-    # its source transformation saves time when a Keras predict/fit function traces the model.
-    @tf.autograph.experimental.do_not_convert
     def observe(self, x: tf.Tensor) -> tf.Operation | tf.Tensor:
         """Adds one batch (graph or eager); returns the update to depend on.
 
-        Branch-free except around the histogram op (which must not see NaN): the new values are
-        computed unconditionally and selected, which keeps the traced graph small.
+        The update is one traced function per spec, shared by every ``GraphStatistics`` (the
+        variables are its arguments): a model with many quantizers traces it once.
         """
-        x = tf.cast(x, tf.float32)
-        batch_min = tf.reduce_min(x)
-        batch_max = tf.reduce_max(x)
-        # Empty tensors reduce to +/-inf: they are skipped, not counted as non-finite.
-        non_empty = tf.size(x) > 0
-        ok = non_empty & tf.math.is_finite(batch_min) & tf.math.is_finite(batch_max)
-        first = tf.equal(self._num_batches, 0)
-        data_min = tf.where(first, batch_min, tf.minimum(self._data_min, batch_min))
-        data_max = tf.where(first, batch_max, tf.maximum(self._data_max, batch_max))
-        updates = [
-            self._data_min.assign(tf.where(ok, data_min, self._data_min)),
-            self._data_max.assign(tf.where(ok, data_max, self._data_max)),
-            self._nonfinite.assign_add(tf.cast(non_empty & ~ok, tf.int64)),
-        ]
-        num_bins = self.spec.num_bins
-        if num_bins:
-            lo = data_min
-            hi = _padded_high(lo, tf.where(first, batch_max, tf.maximum(self._hi, batch_max)))
-            old = self._counts.read_value()
-            grown = (lo < self._lo) | (hi > self._hi)
-            rebinned = rebin_counts(old, self._lo, self._hi, lo, hi)
-            kept = tf.where(first, tf.zeros_like(old), tf.where(grown, rebinned, old))
-            counts = tf.cond(
-                ok,
-                lambda: _histogram(x, tf.stack([lo, hi]), num_bins),
-                lambda: tf.zeros([num_bins], tf.int32),
-            )
-            updates += [
-                self._counts.assign(tf.where(ok, kept + tf.cast(counts, tf.float64), old)),
-                self._lo.assign(tf.where(ok, lo, self._lo)),
-                self._hi.assign(tf.where(ok, hi, self._hi)),
-            ]
-        if self.spec.count_zeros:
-            # int32 sums: tensors are far below 2^31 elements.
-            num_zeros = tf.reduce_sum(tf.cast(tf.equal(x, 0.0), tf.int32))
-            updates.append(self._zeros.assign_add(tf.where(ok, tf.cast(num_zeros, tf.float64), 0.0)))
-        with tf.control_dependencies(updates):
-            return self._num_batches.assign_add(tf.cast(ok, tf.int64))
+        flat = tf.reshape(tf.cast(x, tf.float32), [-1])
+        return _update_function(self.spec)(
+            flat, self._num_batches, self._nonfinite, self._data_min, self._data_max, self._lo,
+            self._hi, self._counts, self._zeros,
+        )
 
     def read(self) -> GraphStatisticsValues:
         """The statistics so far, as numpy values."""
