@@ -673,6 +673,9 @@ def apply_adaround(
         )
 
     samples = _collect_samples(data, params.num_batches, params.batch_size)
+    if graph.has_nested_models(model):
+        # Every layer on one graph level, so that nested layers get AdaRound too.
+        model = graph.flatten_nested_models(model)
     float_model = _fold_batch_norms(model)
     if isinstance(float_model, keras.Sequential):
         float_model = keras.Model(float_model.inputs, float_model.outputs, name=float_model.name)

@@ -349,7 +349,10 @@ def correct_bias(
         if isinstance(layer, keras.Model):
             for inner in layer.layers:
                 if isinstance(inner, QuantizationWrapper) and isinstance(inner.layer, _CORRECTABLE):
-                    report.skipped.append((f"{layer.name}/{inner.name}", "inside a nested model"))
+                    report.skipped.append(
+                        (f"{layer.name}/{inner.name}", "inside a nested model: build the sim on "
+                         "aimet_tf.quantization.graph.flatten_nested_models(model)")
+                    )
             continue
         if not isinstance(layer, QuantizationWrapper) or not isinstance(layer.layer, _CORRECTABLE):
             continue

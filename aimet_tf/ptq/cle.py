@@ -163,8 +163,10 @@ class EqualizationReport:
         high_bias_folds: every link considered for high-bias folding.
         sweeps: number of scaling sweeps over all sets.
         converged: whether the last sweep moved no scale by more than the tolerance.
+        flattened_models: nested models whose layers were inlined into one graph first.
     """
 
+    flattened_models: list[str] = dataclasses.field(default_factory=list)
     folded_batch_norms: list[batch_norm_fold.FoldedPair] = dataclasses.field(default_factory=list)
     unfolded_batch_norms: list[str] = dataclasses.field(default_factory=list)
     relu6_replaced: list[str] = dataclasses.field(default_factory=list)
@@ -185,7 +187,8 @@ class EqualizationReport:
     def summary(self) -> str:
         """A human-readable account of every fold, replacement, scaling and skip."""
         folds = [r for r in self.high_bias_folds if r.folded]
-        lines = [
+        lines = [f"Nested models flattened: {', '.join(self.flattened_models)}"] if self.flattened_models else []
+        lines += [
             f"Batch norms folded: {len(self.folded_batch_norms)}; left unfolded: "
             f"{len(self.unfolded_batch_norms)}"
             + (f" ({', '.join(self.unfolded_batch_norms)})" if self.unfolded_batch_norms else ""),
@@ -610,6 +613,10 @@ def equalize_model(
         raise ValueError(f"Expected max_sweeps >= 1. Received: max_sweeps={max_sweeps}")
     original = graph_lib.as_functional(model, "cross-layer equalization")
     report = EqualizationReport()
+    if graph_lib.has_nested_models(original):
+        # Pairs inside or across nested models only show on one graph level.
+        report.flattened_models = [l.name for l in original.layers if isinstance(l, keras.Model)]
+        original = graph_lib.flatten_nested_models(original)
     bn_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if fold_batch_norms:
         folded, pairs = batch_norm_fold.fold_all_batch_norms(original)

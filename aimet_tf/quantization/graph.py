@@ -31,7 +31,9 @@ import keras
 
 from aimet_tf.quantization.config import HardwareConfig, load_config, onnx_op_type
 
-__all__ = ["as_functional", "clone_layer", "find_supergroups", "layer_edges"]
+__all__ = [
+    "as_functional", "clone_layer", "find_supergroups", "flatten_nested_models", "has_nested_models", "layer_edges",
+]
 
 # Op types whose layers can carry a built-in ``activation=`` argument.
 _ACTIVATION_HOSTS = frozenset({"Conv", "ConvTranspose", "Gemm"})
@@ -241,6 +243,66 @@ def as_functional(model: keras.Model, purpose: str = "this pass") -> keras.Model
             "reusing its layers."
         )
     return model
+
+
+def has_nested_models(model: keras.Model) -> bool:
+    """True if a layer of ``model`` is itself a Functional or Sequential model."""
+    return any(_is_graph_model(layer) for layer in as_functional(model).layers)
+
+
+def flatten_nested_models(model: keras.Model) -> keras.Model:
+    """A one-level Functional copy of ``model``: nested Functional/Sequential models are inlined.
+
+    Every layer of a nested model is called directly on the outer graph's tensors, so passes that
+    work on one graph level (cross-layer equalization, AdaRound, bias correction) see all of
+    them. Layers are copies holding copies of the weights; a nested model called twice gets two
+    sets of copies. A layer whose name is already taken becomes "<nested model>_<name>". The
+    function is unchanged (same ops on the same weights); the original is untouched.
+
+    Args:
+        model: a Functional or built Sequential model.
+
+    Raises:
+        TypeError: for a subclassed model, at any nesting level.
+
+    Example:
+        >>> flat = flatten_nested_models(keras.Sequential([base_model, keras.layers.Dense(10)]))
+    """
+    functional = as_functional(model, "flattening nested models")
+    # Top-level names stay; names from inside nested models give way when they clash.
+    used: set[str] = {layer.name for layer in functional.layers if not _is_graph_model(layer)}
+    inputs = []
+    for tensor in functional.inputs:
+        name = tensor._keras_history.operation.name
+        inputs.append(keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=name))
+    structure = inputs[0] if len(inputs) == 1 else inputs
+    outputs = _inline_graph(functional, structure, used, prefix="")
+    return keras.Model(structure, outputs, name=model.name)
+
+
+def _inline_graph(model: keras.Model, inputs: Any, used: set[str], prefix: str) -> Any:
+    """Runs ``model``'s graph on ``inputs`` with copies of its layers; nested models inline."""
+    functional = as_functional(model, "flattening nested models")
+    copies: dict[int, keras.layers.Layer] = {}
+
+    def operation(op):
+        if _is_graph_model(op):
+            return op
+        if id(op) not in copies:
+            name = op.name
+            if prefix:  # inside a nested model
+                while name in used:
+                    name = f"{prefix}{name}"
+                used.add(name)
+            copies[id(op)] = clone_layer(op, {"name": name})
+        return copies[id(op)]
+
+    def call(op, *args, **kwargs):
+        if _is_graph_model(op):
+            return _inline_graph(op, args[0] if len(args) == 1 else list(args), used, op.name + "_")
+        return op(*args, **kwargs)
+
+    return functional._run_through_graph(inputs, operation_fn=operation, call_fn=call)
 
 
 def _is_graph_model(operation: keras.Operation) -> bool:

@@ -312,3 +312,22 @@ def test_beta_schedule_and_regularizer():
     # Reconstruction loss: squares summed over channels, averaged over the rest.
     out = tf.constant([[[1.0, 2.0]], [[0.0, 0.0]]])
     assert float(adaround.reconstruction_loss(out, tf.zeros_like(out))) == pytest.approx(2.5)
+
+
+def test_layers_inside_nested_models_get_adaround_too(tmp_path, caplog):
+    keras.utils.set_random_seed(21)
+    inner = keras.Sequential(
+        [keras.Input((10, 10, 3)), keras.layers.Conv2D(6, 3, name="inner_conv"), keras.layers.ReLU(name="inner_relu")],
+        name="inner",
+    )
+    inp = keras.Input((10, 10, 3))
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(inner(inp))
+    model = keras.Model(inp, keras.layers.Dense(4, name="fc")(x))
+    data = _images(64, seed=22)
+    params = AdaroundParameters(data, num_batches=2, default_num_iterations=50)
+    with caplog.at_level("WARNING"):
+        ada = apply_adaround(model, None, params, path=str(tmp_path), filename_prefix="nested", verbose=0)
+    assert "nested model" not in caplog.text
+    doc = json.loads((tmp_path / "nested.encodings").read_text())
+    assert {"inner_conv/kernel:0", "fc/kernel:0"} <= set(doc["param_encodings"])
+    assert "inner_conv" in [layer.name for layer in ada.layers]

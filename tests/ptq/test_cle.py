@@ -386,3 +386,19 @@ def test_sequential_model_accepted():
     assert [s.layers for s in report.equalized] == [("d1", "d2")]
     assert _rel_diff(model.predict(x, verbose=0), new.predict(x, verbose=0)) <= 1e-5
     assert isinstance(report, cle.EqualizationReport)
+
+
+def test_pairs_inside_a_nested_model_are_equalized_after_flattening():
+    keras.utils.set_random_seed(31)
+    inner = keras.Sequential(
+        [keras.Input((8, 8, 3)), L.Conv2D(6, 3, name="ic1"), L.ReLU(name="ir"), L.Conv2D(5, 3, name="ic2")],
+        name="inner",
+    )
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.Flatten(name="flat")(inner(inp))))
+    model = _randomize(model, seed=32)
+    x = np.random.default_rng(33).normal(size=(6, 8, 8, 3)).astype(np.float32)
+    new, report = equalize_model(model)
+    assert report.flattened_models == ["inner"] and "Nested models flattened: inner" in report.summary()
+    assert ("ic1", "ic2") in [s.layers for s in report.equalized]
+    assert _rel_diff(model.predict(x, verbose=0), new.predict(x, verbose=0)) <= 1e-5

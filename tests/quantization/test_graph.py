@@ -1,10 +1,13 @@
 """Tests for aimet_tf.quantization.graph: functional-graph edges and supergroup matching."""
 
 import keras
+import numpy as np
 import pytest
 
+from aimet_tf.quantization import graph
 from aimet_tf.quantization.config import load_config
 from aimet_tf.quantization.graph import find_supergroups, layer_edges
+from aimet_tf.testing import models
 
 L = keras.layers
 
@@ -270,3 +273,48 @@ def test_sequential_without_input_shape_is_rejected():
     model = keras.Sequential([L.Dense(2)], name="unbuilt")
     with pytest.raises(ValueError, match="Sequential model 'unbuilt' has no layer graph yet"):
         find_supergroups(model, load_config("default"))
+
+
+# -- flattening nested models ----------------------------------------------------------------------
+
+
+def _flat_check(model, x):
+    flat = graph.flatten_nested_models(model)
+    assert not graph.has_nested_models(flat)
+    np.testing.assert_allclose(flat.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    return flat
+
+
+def test_flatten_inlines_a_nested_functional_model_and_copies_weights():
+    model = models.branchy_model()
+    assert graph.has_nested_models(model)
+    x = np.random.default_rng(0).normal(size=(4, 12, 12, 4)).astype(np.float32)
+    flat = _flat_check(model, x)
+    names = [layer.name for layer in flat.layers]
+    assert "inner_conv" in names and "inner" not in names
+    assert flat.get_layer("inner_conv").kernel is not model.get_layer("inner").get_layer("inner_conv").kernel
+
+
+def test_flatten_transfer_learning_style_sequential_with_clashing_names_and_two_levels():
+    keras.utils.set_random_seed(5)
+    deep = keras.Sequential([keras.Input((6, 6, 4)), keras.layers.Conv2D(4, 1, name="head")], name="deep")
+    base_in = keras.Input((6, 6, 3))
+    y = deep(keras.layers.Conv2D(4, 3, padding="same", name="c")(base_in))
+    base = keras.Model(base_in, keras.layers.GlobalAveragePooling2D(name="gap")(y), name="base")
+    model = keras.Sequential([keras.Input((6, 6, 3)), base, keras.layers.Dense(2, name="head")])
+    x = np.random.default_rng(1).normal(size=(3, 6, 6, 3)).astype(np.float32)
+    flat = _flat_check(model, x)
+    names = [layer.name for layer in flat.layers]
+    assert "head" in names and "deep_head" in names  # the top-level name stays, the inner one moves
+    assert isinstance(flat.get_layer("head"), keras.layers.Dense)
+
+
+def test_flatten_copies_a_nested_model_called_twice():
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="d")], name="inner")
+    inp = keras.Input((4,))
+    out = keras.layers.Add(name="add")([inner(inp), inner(keras.layers.ReLU(name="r")(inp))])
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+    flat = _flat_check(model, x)
+    dense = [layer for layer in flat.layers if isinstance(layer, keras.layers.Dense)]
+    assert len(dense) == 2 and dense[0].name != dense[1].name
