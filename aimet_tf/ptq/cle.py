@@ -390,7 +390,13 @@ class _Weights:
             self.kernel = self.kernel / s
         self.bias = self.bias / s
 
-    def multiply_in(self, s: np.ndarray) -> None:
+    def multiply_in(self, s: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Multiplies input channels by ``s``; with ``rows`` ([len(s), k] input-channel indices),
+        every input channel listed in rows[i] by s[i] and the others not at all."""
+        if rows is not None:
+            full = np.ones(self.kernel.shape[-2])
+            full[rows] = s[:, None]
+            s = full
         self.kernel = self.kernel * s[:, None]
 
     def input_sums(self) -> np.ndarray:
@@ -401,11 +407,13 @@ class _Weights:
         return k.reshape(k.shape[0], -1, k.shape[-1]).sum(axis=1)
 
 
-def _set_ranges(members: list[_Weights]) -> list[np.ndarray]:
-    """Per-channel ranges along the links of a set: out of the first, in of the last."""
+def _set_ranges(members: list[_Weights], rows: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per-channel ranges along the links of a set: out of the first, in of the last (through a
+    concatenation or flatten, the largest over the input channels ``rows`` maps each to)."""
     ranges = [members[0].out_ranges()]
     ranges += [m.in_ranges() for m in members[1:-1]]  # a depthwise middle: in == out
-    ranges.append(members[-1].in_ranges())
+    last = members[-1].in_ranges()
+    ranges.append(last if rows is None else last[rows].max(axis=1))
     return ranges
 
 
@@ -419,6 +427,9 @@ class _Link:
     between: tuple[str, ...]
     kinds: tuple[str, ...]
     relu6: tuple[str, ...]  # between-layers (or the producer itself) whose ReLU6 is replaced
+    # Through Concatenate / Flatten: rows[i] = the consumer's input channels fed by the producer's
+    # output channel i. None: channel i feeds input channel i.
+    rows: np.ndarray | None = None
 
 
 def _find_links(
@@ -463,6 +474,7 @@ def _follow(g, name: str, replace_relu6: bool) -> _Link | str:
         relu6.append(name)
     kinds.append(kind)
     between: list[str] = []
+    rows: np.ndarray | None = None
     current = name
     while True:
         if current in g.model_output_names:
@@ -483,17 +495,27 @@ def _follow(g, name: str, replace_relu6: bool) -> _Link | str:
             problem = _layer_problem(op)
             if problem:
                 return f"next layer {nxt!r}: {problem}"
-            return _Link(name, nxt, tuple(between), tuple(kinds), tuple(relu6))
+            return _Link(name, nxt, tuple(between), tuple(kinds), tuple(relu6), rows)
         if isinstance(op, _L.BatchNormalization):
             return f"unfolded BatchNormalization {nxt!r} follows"
         if isinstance(op, keras.Model):
             return f"its output enters nested model {nxt!r} (not searched across)"
+        if isinstance(op, (_L.Concatenate, _L.Flatten)):
+            mapped = _map_channels(g, op, current, rows if rows is not None else np.arange(_channels(layer))[:, None])
+            if isinstance(mapped, str):
+                return mapped
+            rows = mapped
+            kinds.append(_LINEAR)
+            between.append(nxt)
+            current = nxt
+            continue
         kind, description = _between_kind(op)
         if kind is None:
             return (
                 f"its output reaches {nxt!r} ({description}), which does not commute with "
                 "per-channel scaling (only ReLU/ReLU6/LeakyReLU/linear activations, padding, "
-                "cropping, pooling and dropout may sit between two Conv/Depthwise/Dense layers)"
+                "cropping, pooling, dropout, channel Concatenate and Flatten may sit between two "
+                "Conv/Depthwise/Dense layers)"
             )
         if kind == _RELU6:
             if not replace_relu6:
@@ -504,10 +526,45 @@ def _follow(g, name: str, replace_relu6: bool) -> _Link | str:
         current = nxt
 
 
+def _channels(layer) -> int:
+    return int(layer.kernel.shape[-2] if _is_depthwise(layer) else layer.kernel.shape[-1])
+
+
+def _map_channels(g, op, source: str, rows: np.ndarray) -> np.ndarray | str:
+    """Where the channels ``rows`` of ``source``'s output land in ``op``'s output (Concatenate on
+    the channel axis, or channels-last Flatten), or the reason they cannot be followed."""
+    if g.call_count[op.name] != 1:
+        return f"{op.name!r} is called {g.call_count[op.name]} times (shared layer)"
+    node = op._inbound_nodes[0]
+    shapes = [tuple(t.shape) for t in node.input_tensors]
+    if isinstance(op, _L.Flatten):
+        shape = shapes[0]
+        if getattr(op, "data_format", "channels_last") != "channels_last":
+            return f"Flatten {op.name!r} with data_format={op.data_format!r}"
+        if any(d is None for d in shape[1:]):
+            return f"Flatten {op.name!r} of a tensor with unknown dimensions {shape}"
+        positions = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+        step = np.arange(positions) * int(shape[-1])
+        return (rows[:, :, None] + step[None, None, :]).reshape(rows.shape[0], -1)
+    rank = len(shapes[0])
+    if op.axis % rank != rank - 1:
+        return f"Concatenate {op.name!r} joins axis {op.axis}, not the channel axis"
+    producers = g.producers[op.name]
+    if producers.count(source) != 1:
+        return f"{source!r} enters Concatenate {op.name!r} {producers.count(source)} times"
+    if any(s[-1] is None for s in shapes):
+        return f"Concatenate {op.name!r} has inputs with unknown channel counts"
+    index = producers.index(source)
+    return rows + int(sum(s[-1] for s in shapes[:index]))
+
+
 def _chains(links: list[_Link]) -> list[list[_Link]]:
+    """Consecutive links as chains; links through Concatenate/Flatten are sets of their own."""
+    mapped = [[link] for link in links if link.rows is not None]
+    links = [link for link in links if link.rows is None]
     by_producer = {link.producer: link for link in links}
     consumers = {link.consumer for link in links}
-    chains = []
+    chains = mapped
     for link in links:
         if link.producer in consumers:
             continue
@@ -523,7 +580,7 @@ def _split_sets(chain: list[_Link], layers: dict) -> list[list[_Link]]:
     sets = []
     i = 0
     while i < len(chain):
-        if i + 1 < len(chain) and _is_depthwise(layers[chain[i].consumer]):
+        if i + 1 < len(chain) and chain[i].rows is None and _is_depthwise(layers[chain[i].consumer]):
             sets.append([chain[i], chain[i + 1]])
             i += 2
         else:
@@ -569,9 +626,12 @@ def equalize_model(
 
     Candidates are found on the Keras graph: a Conv1D/2D/3D, DepthwiseConv1D/2D (multiplier 1)
     or Dense layer whose output reaches the next such layer through a single-consumer path of
-    ReLU / ReLU6 / LeakyReLU / linear activations, zero padding, cropping, pooling and dropout
-    only. Consecutive links form chains, split like AIMET into (W1, depthwise, W3) triples where
-    the middle layer is depthwise and pairs otherwise. Scales (see ``cross_layer_scales``) are
+    ReLU / ReLU6 / LeakyReLU / linear activations, zero padding, cropping, pooling, dropout,
+    channel-axis Concatenate and channels-last Flatten only. Through a Concatenate each producer
+    pairs with its own slice of the consumer's input channels; through a Flatten each channel
+    with all the input rows it becomes. Consecutive links form chains, split like AIMET into
+    (W1, depthwise, W3) triples where the middle layer is depthwise and pairs otherwise; links
+    through Concatenate/Flatten stay pairs. Nested models are flattened first. Scales (see ``cross_layer_scales``) are
     applied in sweeps over all sets until the largest |log s| of a sweep is below
     ``tolerance``, so sets sharing a layer end up balanced together.
 
@@ -659,10 +719,11 @@ def equalize_model(
         for cls_set in sets:
             members = [cls_set[0].producer] + [link.consumer for link in cls_set]
             w = [weights[n] for n in members]
-            scales = cross_layer_scales(_set_ranges(w))
+            rows = cls_set[-1].rows
+            scales = cross_layer_scales(_set_ranges(w, rows))
             for k, s in enumerate(scales):
                 w[k].divide_out(s)
-                w[k + 1].multiply_in(s)
+                w[k + 1].multiply_in(s, rows if k + 1 == len(w) - 1 else None)
                 divided[members[k]] = divided[members[k]] * s
                 largest = max(largest, float(np.max(np.abs(np.log(s)))) if s.size else 0.0)
         report.sweeps = sweep
@@ -677,7 +738,7 @@ def equalize_model(
         )
     for cls_set in sets:
         members = [cls_set[0].producer] + [link.consumer for link in cls_set]
-        ranges = _set_ranges([weights[n] for n in members])
+        ranges = _set_ranges([weights[n] for n in members], cls_set[-1].rows)
         dead = np.any([r <= _DEAD_CHANNEL * r.max() for r in ranges], axis=0)
         totals = np.concatenate([divided[m][~dead] for m in members[:-1]])
         report.equalized.append(
@@ -758,7 +819,10 @@ def _high_bias_fold(
     if not w2.has_bias:
         w2.has_bias = True
         w2.bias_added = True
-    w2.bias = w2.bias + c @ w2.input_sums()
+    sums = w2.input_sums()
+    if link.rows is not None:
+        sums = sums[link.rows].sum(axis=1)
+    w2.bias = w2.bias + c @ sums
     return HighBiasFoldRecord(
         producer,
         consumer,
