@@ -29,26 +29,20 @@ from aimet_tf.quantization.analyzers import (
 )
 from aimet_tf.quantization.graph_statistics import GraphStatistics
 
-__all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES", "state_generation"]
+__all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES", "traced_state"]
 
 # Python state of the quantizer layers that a traced function bakes in (tf.function and Keras'
-# predict/train functions). Changing any of it bumps a counter, so that owners of traced
+# predict/train functions). Changing any of it bumps the layer's version, so that owners of traced
 # functions (QuantizationSimModel) know to trace again instead of running stale graphs.
 _TRACED_STATE = frozenset({
     "enabled", "_initialized", "_bitwidth", "symmetric", "strict", "_tie", "_links",
     "_quant_scheme", "_frozen", "_analyzer", "_statistics", "_mode", "_axes", "count",
 })
 _MISSING = object()
-_generation = 0
-
-
-def state_generation() -> int:
-    """A counter that changes whenever a quantizer's traced Python state changes."""
-    return _generation
 
 
 class _TracedState:
-    """Mixin: bumps ``state_generation()`` when a ``_TRACED_STATE`` attribute changes value."""
+    """Mixin: counts changes of the ``_TRACED_STATE`` attributes in ``_state_version``."""
 
     def __setattr__(self, name, value):
         if name not in _TRACED_STATE:
@@ -57,8 +51,17 @@ class _TracedState:
         old = self.__dict__.get(name, _MISSING)
         super().__setattr__(name, value)
         if old is _MISSING or old is not value and old != value:
-            global _generation
-            _generation += 1
+            object.__setattr__(self, "_state_version", self.__dict__.get("_state_version", 0) + 1)
+
+
+def traced_state(model: keras.Model) -> tuple:
+    """A fingerprint of the traced Python state of every quantizer layer inside ``model``: it
+    changes whenever one of them changes (or is replaced), and only then."""
+    return tuple(
+        (id(layer), layer.__dict__.get("_state_version", 0))
+        for layer in model._flatten_layers()
+        if isinstance(layer, _TracedState)
+    )
 
 
 @dataclasses.dataclass

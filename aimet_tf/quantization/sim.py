@@ -24,7 +24,7 @@ from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization import encodings_io, graph
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
 from aimet_tf.quantization.graph_statistics import GraphStatistics
-from aimet_tf.quantization.quantizers import Quantizer, state_generation
+from aimet_tf.quantization.quantizers import Quantizer, traced_state
 from aimet_tf.quantization.registry import get_layer_spec
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
@@ -549,22 +549,22 @@ class QuantizationSimModel:
 
 
 def _retrace_on_quantizer_changes(model: keras.Model) -> None:
-    """Makes ``model``'s predict/evaluate/fit trace again when quantizer state changed.
+    """Makes ``model``'s predict/evaluate/fit trace again when its quantizers' state changed.
 
     Keras caches the traced step functions; a quantizer flag set after tracing (``q.enabled =
     False``, a new bitwidth, freezing) would otherwise be ignored silently by the next
     ``predict``. Each ``make_*_function`` of this model instance is wrapped to force a new trace
-    when ``state_generation()`` moved since its last trace.
+    when ``traced_state(model)`` differs from what it was at the last trace.
     """
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple] = {}
     for name in ("make_predict_function", "make_test_function", "make_train_function"):
         original = getattr(model, name)
 
         def make(force: bool = False, _original=original, _name=name):
-            generation = state_generation()
-            if seen.get(_name) != generation:
+            state = traced_state(model)
+            if seen.get(_name) != state:
                 force = True
-            seen[_name] = generation
+            seen[_name] = state
             return _original(force=force)
 
         object.__setattr__(model, name, make)

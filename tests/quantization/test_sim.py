@@ -293,10 +293,15 @@ def test_predict_follows_quantizer_changes_made_after_tracing():
     sim = QuantizationSimModel(model, quant_scheme="tf", default_param_bw=4, config_file="htp")
     sim.compute_encodings(data)
     quantized = sim.model.predict(data, verbose=0)
-    generation = aimet_tf.quantization.quantizers.state_generation()
+    state = aimet_tf.quantization.quantizers.traced_state(sim.model)
     np.testing.assert_array_equal(sim.model.predict(data, verbose=0), quantized)
-    # Running traced functions changes no quantizer state (no retrace on every call).
-    assert aimet_tf.quantization.quantizers.state_generation() == generation
+    # Running traced functions changes no quantizer state (no retrace on every call), and neither
+    # does building another sim.
+    QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+    assert aimet_tf.quantization.quantizers.traced_state(sim.model) == state
+    traces = sim.model.predict_function
+    sim.model.predict(data, verbose=0)
+    assert sim.model.predict_function is traces
     for q in [q for w in sim.wrappers() for q in w.quantizers()]:
         q.enabled = False  # set directly on the quantizers, not through the sim
     np.testing.assert_allclose(sim.model.predict(data, verbose=0), model.predict(data, verbose=0), rtol=1e-5, atol=1e-6)
