@@ -657,7 +657,6 @@ def prepare_sim_for_tflite(sim) -> TflitePreparation:
             report.requantizers.append(wrapper.name)
         elif wrapper.requantizer is not None:
             wrapper.requantizer.enabled = False
-    sim._reset_compiled_functions()
     logging.info(
         "prepare_sim_for_tflite: %d int32 biases, %d requantizers, %d tied grids, %d fixed grids",
         len(report.bias_quantizers), len(report.requantizers), len(report.tied),

@@ -188,7 +188,6 @@ def _export_view(sim) -> Iterator[bool]:
                 var.assign(snapped)
                 q.set_encoding(primitives.Encoding(-127.0 * step, 127.0 * step, 8, True, True))
                 swapped.append((var, original, q, encoding))
-        sim._reset_compiled_functions()
         yield pack_int4
     finally:
         for var, original, q, encoding in reversed(swapped):
@@ -196,7 +195,6 @@ def _export_view(sim) -> Iterator[bool]:
             q.set_encoding(encoding)
         for r, state in zip(requantizers, states):
             r.enabled = state
-        sim._reset_compiled_functions()
 
 
 def _layer_names_in(text: str, names: list[str]) -> list[str]:

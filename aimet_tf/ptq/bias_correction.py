@@ -445,9 +445,6 @@ def correct_bias(
             )
         )
         progress.update(i + 1)
-    for attr in ("predict_function", "test_function", "train_function"):
-        if hasattr(sim.model, attr):
-            setattr(sim.model, attr, None)
     logging.info(
         "correct_bias: %d layers corrected, %d skipped, %d samples",
         len(report.corrected),

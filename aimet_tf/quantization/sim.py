@@ -254,12 +254,6 @@ class QuantizationSimModel:
             rows.append(f"{name:48s} {q!r}")
         return "\n".join(rows)
 
-    def _reset_compiled_functions(self) -> None:
-        # Quantizer flags are Python state baked into traced functions: retrace after changes.
-        for attr in ("predict_function", "test_function", "train_function"):
-            if hasattr(self.model, attr):
-                setattr(self.model, attr, None)
-
     # -- calibration ---------------------------------------------------------------------------
 
     def compute_encodings(
@@ -291,7 +285,6 @@ class QuantizationSimModel:
         # through, every other quantizer (bias grids and requantizers too) is off for its duration.
         others = [q for w in self.wrappers() for q in w.quantizers() if q.enabled and id(q) not in analyzers]
         statistics = {id(q): self._graph_statistics(q, analyzers[id(q)]) for _, q in act}
-        self._reset_compiled_functions()
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(_disabled(others))
@@ -307,8 +300,6 @@ class QuantizationSimModel:
                     self._run_calibration_data(forward_pass_callback, batch_size)
         except tf.errors.OpError as exc:
             raise ValueError(f"compute_encodings failed while observing tensors: {exc.message}") from exc
-        finally:
-            self._reset_compiled_functions()
         failed = []
         for name, q in act:
             if statistics[id(q)] is None:
@@ -524,7 +515,6 @@ class QuantizationSimModel:
         if disable_missing:
             for name in missing:
                 targets[name].enabled = False
-        self._reset_compiled_functions()
 
     def _adopt(self, other: "QuantizationSimModel") -> None:
         """Takes over ``other``'s model and quantizers (used by passes that must rebuild the graph,
@@ -540,12 +530,8 @@ class QuantizationSimModel:
     @contextlib.contextmanager
     def quantizers_disabled(self) -> Iterator[None]:
         """Temporarily disables every quantizer (the sim then computes exact float)."""
-        self._reset_compiled_functions()
-        try:
-            with _disabled([q for w in self.wrappers() for q in w.quantizers()]):
-                yield
-        finally:
-            self._reset_compiled_functions()
+        with _disabled([q for w in self.wrappers() for q in w.quantizers()]):
+            yield
 
 
 def _retrace_on_quantizer_changes(model: keras.Model) -> None:
