@@ -36,7 +36,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from aimet_tf.quantization.graph import as_functional, clone_layer
+from aimet_tf.quantization.graph import _build_graph, as_functional, clone_layer
 
 __all__ = [
     "FOLDABLE_LAYERS",
@@ -91,48 +91,24 @@ def _is_linear(layer: keras.layers.Layer) -> bool:
     return activation is None or getattr(activation, "__name__", None) == "linear"
 
 
-class _Graph:
-    """Call counts, nodes and consumers of a Functional model's top level."""
-
-    def __init__(self, functional: keras.Model) -> None:
-        self.counts: dict[int, int] = {}
-        self.node: dict[int, object] = {}
-        self.consumers: dict[int, list] = {}
-        for nodes in functional._nodes_by_depth.values():
-            for node in nodes:
-                op = node.operation
-                if op is None:
-                    continue
-                self.counts[id(op)] = self.counts.get(id(op), 0) + 1
-                self.node[id(op)] = node
-                for tensor in node.input_tensors:
-                    producer = tensor._keras_history.operation
-                    if producer is not None:
-                        self.consumers.setdefault(id(producer), []).append(op)
-        self.outputs = {id(t._keras_history.operation) for t in functional.outputs}
-
-    def called_once(self, layer) -> bool:
-        return self.counts.get(id(layer), 0) == 1
-
-    def single_consumer(self, layer):
-        """The only consumer of ``layer``'s output, or None (several, none, or a model output)."""
-        consumers = self.consumers.get(id(layer), [])
-        if len(consumers) != 1 or id(layer) in self.outputs:
-            return None
-        return consumers[0]
-
-    def single_input(self, layer):
-        """(producer, tensor) of a layer called once on one tensor, else None."""
-        node = self.node.get(id(layer))
-        if node is None or len(node.input_tensors) != 1:
-            return None
-        tensor = node.input_tensors[0]
-        return tensor._keras_history.operation, tensor
+def _single_consumer(g, name: str) -> str | None:
+    """The only layer reading ``name``'s output, or None (several, none, or a model output)."""
+    consumers = g.consumers[name]
+    if len(consumers) != 1 or name in g.model_output_names or g.output_count[name] != 1:
+        return None
+    return consumers[0]
 
 
-def _channels_last_bn(bn: keras.layers.Layer, rank: int) -> bool:
+def _single_producer(g, name: str) -> str | None:
+    """The producer of a layer called once on one tensor from inside the graph, else None."""
+    producers = g.producers[name]
+    return producers[0] if g.call_count[name] == 1 and len(producers) == 1 else None
+
+
+def _channels_last_bn(bn: keras.layers.Layer) -> bool:
     axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
-    return axis is not None and axis % rank == rank - 1
+    rank = bn.input_spec.ndim  # set when the batch norm was built
+    return axis is not None and rank is not None and axis % rank == rank - 1
 
 
 def find_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
@@ -151,23 +127,22 @@ def find_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
         (layer name, batch norm name) pairs in graph order.
     """
     functional = as_functional(model, "batch-norm folding")
-    g = _Graph(functional)
+    g = _build_graph(functional)
     pairs = []
     for layer in functional.layers:
-        if not isinstance(layer, _L.BatchNormalization) or not g.called_once(layer):
+        if not isinstance(layer, _L.BatchNormalization):
             continue
-        source = g.single_input(layer)
+        source = _single_producer(g, layer.name)
         if source is None:
             continue
-        producer, tensor = source
+        producer = g.operations[source]
         if (
-            producer is None
-            or _foldable_class(producer) is None
-            or not g.called_once(producer)
-            or g.single_consumer(producer) is not layer
+            _foldable_class(producer) is None
+            or g.call_count[source] != 1
+            or _single_consumer(g, source) != layer.name
             or not _is_linear(producer)
             or getattr(producer, "data_format", "channels_last") != "channels_last"
-            or not _channels_last_bn(layer, len(tensor.shape))
+            or not _channels_last_bn(layer)
         ):
             continue
         pairs.append((producer.name, layer.name))
@@ -184,26 +159,26 @@ def find_backward_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
     a batch norm that is already folded into its producer is not listed.
     """
     functional = as_functional(model, "batch-norm folding")
-    g = _Graph(functional)
+    g = _build_graph(functional)
     forward = {bn for _, bn in find_foldable_pairs(functional)}
     pairs = []
     for layer in functional.layers:
         if (
             not isinstance(layer, _L.BatchNormalization)
             or layer.name in forward
-            or not g.called_once(layer)
-            or g.single_input(layer) is None
+            or _single_producer(g, layer.name) is None
         ):
             continue
-        consumer = g.single_consumer(layer)
+        name = _single_consumer(g, layer.name)
+        consumer = g.operations[name] if name is not None else None
         if (
             consumer is None
             or not isinstance(consumer, _BACKWARD_FOLDABLE)
-            or not g.called_once(consumer)
+            or g.call_count[name] != 1
             or not _reads_no_padding(consumer)
             or getattr(consumer, "groups", 1) != 1
             or getattr(consumer, "data_format", "channels_last") != "channels_last"
-            or not _channels_last_bn(layer, len(g.single_input(layer)[1].shape))
+            or not _channels_last_bn(layer)
         ):
             continue
         pairs.append((layer.name, consumer.name))
