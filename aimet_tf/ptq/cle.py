@@ -282,6 +282,11 @@ def cross_layer_scales(ranges: Sequence[np.ndarray]) -> list[np.ndarray]:
 # -- layer views ---------------------------------------------------------------------------------
 
 
+def _channels(layer) -> int:
+    """Output channels of an equalizable layer (depthwise: one per input channel, multiplier 1)."""
+    return int(layer.kernel.shape[-2] if _is_depthwise(layer) else layer.kernel.shape[-1])
+
+
 def _is_depthwise(layer) -> bool:
     return isinstance(layer, _DEPTHWISE_TYPES)
 
@@ -360,16 +365,12 @@ class _Weights:
     def __init__(self, layer):
         self.depthwise = _is_depthwise(layer)
         self.kernel = np.asarray(layer.kernel.numpy(), np.float64)
-        channels = self.out_channels
+        self.out_channels = channels = _channels(layer)
         self.has_bias = bool(getattr(layer, "use_bias", False))
         self.bias = (
             np.asarray(layer.bias.numpy(), np.float64) if self.has_bias else np.zeros(channels)
         )
         self.bias_added = False
-
-    @property
-    def out_channels(self) -> int:
-        return int(self.kernel.shape[-2] if self.depthwise else self.kernel.shape[-1])
 
     def out_ranges(self) -> np.ndarray:
         k = np.abs(self.kernel)
@@ -524,10 +525,6 @@ def _follow(g, name: str, replace_relu6: bool) -> _Link | str:
         kinds.append(kind)
         between.append(nxt)
         current = nxt
-
-
-def _channels(layer) -> int:
-    return int(layer.kernel.shape[-2] if _is_depthwise(layer) else layer.kernel.shape[-1])
 
 
 def _map_channels(g, op, source: str, rows: np.ndarray) -> np.ndarray | str:
