@@ -144,7 +144,8 @@ def _update(
 def _update_function(spec: GraphStatisticsSpec):
     # Plain TF ops with explicit tf.cond/tf.where: nothing for autograph to convert. Not inlined:
     # every call site runs the one instantiated (and Grappler-optimised) body, which keeps the
-    # first run of a model with many quantizers fast (measured: 1.4 s -> 0.8 s on the bundled model).
+    # first run of a model with many quantizers fast (see the first-call row of
+    # `python -m benchmarks.run --only=quantsim`).
     return tf.function(
         functools.partial(_update, spec), autograph=False, reduce_retracing=True,
         experimental_attributes={"_noinline": True},
