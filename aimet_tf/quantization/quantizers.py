@@ -36,7 +36,7 @@ __all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES", 
 # functions (QuantizationSimModel) know to trace again instead of running stale graphs.
 _TRACED_STATE = frozenset({
     "enabled", "_initialized", "_bitwidth", "symmetric", "strict", "_tie", "_links",
-    "_quant_scheme", "_frozen", "_analyzer", "_statistics", "_mode", "_axes", "count",
+    "_quant_scheme", "_frozen", "_analyzer", "_statistics", "_mode", "_axes", "count", "_rounding", "_target",
 })
 _MISSING = object()
 
@@ -96,6 +96,9 @@ class Quantizer(_TracedState, keras.layers.Layer):
             or a range-learning scheme, which also makes the range trainable).
         enabled: False makes the quantizer an identity.
         percentile: the percentile used by the "percentile" scheme.
+        rounding: how values are rounded onto a per-tensor grid (``primitives.INPUT_ROUNDINGS``):
+            "fake_quant" (TF's op, ties up) everywhere but on a model input that a runtime's
+            QUANTIZE kernel rounds its own way (``prepare_sim_for_tflite`` sets it).
 
     Example:
         >>> q = Quantizer(bitwidth=8)
@@ -115,10 +118,12 @@ class Quantizer(_TracedState, keras.layers.Layer):
         percentile: float = 99.99,
         frozen: bool = False,
         initialized: bool = False,
+        rounding: str = "fake_quant",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._bitwidth = primitives.validate_bitwidth(bitwidth)
+        self.rounding = rounding
         self.symmetric = bool(symmetric)
         self.strict = bool(strict) and bool(symmetric)
         self.unsigned_symmetric = bool(unsigned_symmetric)
@@ -150,6 +155,18 @@ class Quantizer(_TracedState, keras.layers.Layer):
             # An encoding is only meaningful for the grid it was computed on.
             self._bitwidth = value
             self._initialized = False
+
+    @property
+    def rounding(self) -> str:
+        return self._rounding
+
+    @rounding.setter
+    def rounding(self, value: str) -> None:
+        if value not in primitives.INPUT_ROUNDINGS:
+            raise ValueError(
+                f"Expected rounding in {primitives.INPUT_ROUNDINGS}. Received: rounding={value!r}"
+            )
+        self._rounding = value
 
     @property
     def quant_scheme(self) -> QuantScheme:
@@ -386,7 +403,7 @@ class Quantizer(_TracedState, keras.layers.Layer):
                 f"Quantizer {self.name!r}: expected a float32 tensor. Received: dtype={x.dtype.name}"
             )
         fn = primitives.quantize_dequantize if grid.range_learning else primitives.fake_quantize
-        return fn(
+        y = fn(
             x,
             grid.encoding_min,
             grid.encoding_max,
@@ -394,6 +411,13 @@ class Quantizer(_TracedState, keras.layers.Layer):
             grid.strict,
             self._axes,
         )
+        if self._rounding != "fake_quant" and self._axes is None:
+            # The kernel's rounding in the forward pass, the fake-quant op's gradient.
+            exact = primitives.quantize_input_like_kernel(
+                x, grid.encoding_min, grid.encoding_max, grid._bitwidth, grid.strict, self._rounding
+            )
+            y = y + tf.stop_gradient(exact - y)
+        return y
 
     def _observe(self, x):
         if self._statistics is not None:
@@ -427,6 +451,7 @@ class Quantizer(_TracedState, keras.layers.Layer):
             percentile=self.percentile,
             frozen=self.frozen,
             initialized=self._initialized,
+            rounding=self._rounding,
         )
         return config
 
