@@ -96,8 +96,10 @@ def _block(rng, x, k: int, spec: FuzzSpec):
         y = _L.Conv2D(channels, int(rng.choice([1, 3])), padding="same", use_bias=False, name=name)(x)
         return _bn_relu(rng, y, name)
     if kind == "depthwise":
-        y = _depthwise(rng, x, name)
-        return _bn_relu(rng, y, name) if rng.random() < 0.4 else y
+        if rng.random() < 0.4:  # a foldable BN needs the depthwise output before its activation
+            y = _L.DepthwiseConv2D(3, padding="same", use_bias=False, name=name)(x)
+            return _bn_relu(rng, y, name)
+        return _depthwise(rng, x, name)
     if kind == "separable":
         return _separable(rng, x, name, channels)
     if kind == "residual":
