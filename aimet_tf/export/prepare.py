@@ -54,6 +54,7 @@ __all__ = [
     "KERNEL_TARGETS",
     "TFLITE_CONFIG",
     "kernel_target_of",
+    "model_input_quantizers",
     "TflitePreparation",
     "prepare_model_for_tflite",
     "prepare_sim_for_tflite",
@@ -593,16 +594,21 @@ def _output_channels(layer: keras.layers.Layer) -> int:
     return int(kernel.shape[-1])
 
 
-def _model_input_quantizers(graph: _SimGraph) -> list[Quantizer]:
-    """The input quantizers that read a model input directly (its QUANTIZE op in the .tflite)."""
-    found = []
+def _input_quantizers_by_input(graph: _SimGraph) -> dict[int, list[Quantizer]]:
+    found: dict[int, list[Quantizer]] = {}
     for wrapper in graph.order:
         for i, src in enumerate(graph.sources.get(id(wrapper), [])):
             if src is not None and src.wrapper is None and i < len(wrapper.input_quantizers):
                 q = wrapper.input_quantizers[i]
                 if _active(q) and not q.per_channel:
-                    found.append(q)
+                    found.setdefault(src.index, []).append(q)
     return found
+
+
+def model_input_quantizers(sim) -> dict[int, list[Quantizer]]:
+    """The per-tensor input quantizers that read each model input directly, by input index
+    (what the .tflite file's QUANTIZE op of that input does)."""
+    return _input_quantizers_by_input(_SimGraph(sim.model))
 
 
 def _dsp_accumulator_mode(layer: keras.layers.Layer) -> str | None:
@@ -694,8 +700,9 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
     report.tied = _tie_grids(graph)
     graph = _SimGraph(sim.model)
     rounding = "divide_half_away" if target is not None else _INPUT_ROUNDING[kernels]
-    for q in _model_input_quantizers(graph):
-        q.rounding = rounding
+    for quantizers in _input_quantizers_by_input(graph).values():
+        for q in quantizers:
+            q.rounding = rounding
     for wrapper in graph.order:
         layer = wrapper.layer
         if _link_softmax(graph, wrapper, target):

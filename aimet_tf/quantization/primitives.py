@@ -456,9 +456,11 @@ def scale_tf(min_val: tf.Tensor, max_val: tf.Tensor, bitwidth: int, narrow_range
     """
     bitwidth = validate_bitwidth(bitwidth)
     steps = float(2**bitwidth - 1 - int(bool(narrow_range)))
-    width = tf.cast(tf.cast(max_val, tf.float32) - tf.cast(min_val, tf.float32), tf.float64)
-    # Divided in float64 and rounded once to float32, as the converter derives the scale it
-    # stores; a float32 graph may turn "/ steps" into "* (1 / steps)", one ulp off.
+    # max - min and the division in float64, rounded once to float32, as the converter derives
+    # the scale it stores (a float32 subtraction is one ulp off for some ranges, which flips
+    # the rounding of inputs near a .5 step; a float32 graph may also turn "/ steps" into
+    # "* (1 / steps)").
+    width = tf.cast(max_val, tf.float64) - tf.cast(min_val, tf.float64)
     return tf.cast(width / steps, tf.float32)
 
 

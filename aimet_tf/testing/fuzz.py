@@ -23,7 +23,7 @@ import dataclasses
 import keras
 import numpy as np
 
-__all__ = ["FuzzSpec", "random_model", "input_distributions", "describe_model"]
+__all__ = ["FuzzSpec", "random_model", "packed_random_models", "input_distributions", "describe_model"]
 
 _L = keras.layers
 
@@ -144,12 +144,12 @@ def _randomize(model: keras.Model, rng: np.random.Generator) -> None:
                 var.assign((value * gain).astype(np.float32))
 
 
-def random_model(seed: int, spec: FuzzSpec = FuzzSpec()) -> keras.Model:
-    """A random functional model (see the module docstring), fully determined by ``seed``."""
+def _random_graph(seed: int, spec: FuzzSpec, prefix: str = "") -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """Input and output tensors of one random model; its layers' weights already randomized."""
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(int(seed) % (2**31))
     size = int(rng.integers(spec.min_size, spec.max_size + 1))
-    inp = keras.Input((size, size, int(rng.choice(spec.input_channels))), name="x")
+    inp = keras.Input((size, size, int(rng.choice(spec.input_channels))), name=f"{prefix}x")
     x = inp
     for k in range(int(rng.integers(spec.min_blocks, spec.max_blocks + 1))):
         x = _block(rng, x, k, spec)
@@ -163,9 +163,30 @@ def random_model(seed: int, spec: FuzzSpec = FuzzSpec()) -> keras.Model:
     out = _L.Dense(classes, name="head")(x)
     if rng.random() < 0.3:
         out = _L.Softmax(name="softmax")(out)
-    model = keras.Model(inp, out, name=f"fuzz_{seed}")
-    _randomize(model, rng)
-    return model
+    sub = keras.Model(inp, out)
+    for layer in sub.layers:
+        if prefix and not layer.name.startswith(prefix):
+            layer.name = f"{prefix}{layer.name}"
+    _randomize(sub, rng)
+    return inp, out
+
+
+def random_model(seed: int, spec: FuzzSpec = FuzzSpec()) -> keras.Model:
+    """A random functional model (see the module docstring), fully determined by ``seed``."""
+    inp, out = _random_graph(seed, spec)
+    return keras.Model(inp, out, name=f"fuzz_{seed}")
+
+
+def packed_random_models(seeds, spec: FuzzSpec = FuzzSpec()) -> keras.Model:
+    """The models ``random_model(seed)`` for several seeds side by side in one functional model:
+    input k and output k belong to seeds[k], layer names are prefixed "m<seed>_", and no layer or
+    tensor is shared between them (so one conversion serves many independent models)."""
+    inputs, outputs = [], []
+    for seed in seeds:
+        inp, out = _random_graph(int(seed), spec, prefix=f"m{int(seed)}_")
+        inputs.append(inp)
+        outputs.append(out)
+    return keras.Model(inputs, outputs, name="fuzz_pack")
 
 
 def input_distributions(seed: int, shape, calibration: int = 32, scoring: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -199,3 +220,129 @@ def describe_model(model: keras.Model) -> str:
         details = ", ".join(f"{k}={config[k]}" for k in keys if k in config)
         lines.append(f"{layer.name}: {type(layer).__name__} {tuple(layer.output.shape)} {details}")
     return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class FidelityFailure:
+    """One random model whose simulation and .tflite file disagree on some output element.
+
+    Attributes:
+        seed: the model's seed (``random_model(seed)`` rebuilds it).
+        param_bw: weight bitwidth of the simulation.
+        kernels: the LiteRT kernel path compared.
+        max_steps: largest |tflite - sim| in output steps.
+        differing: fraction of output elements not identical.
+        first_tensor: the first tensor (in execution order) that differs, where the resolver keeps
+            intermediate tensors ("reference", "builtin"); "" otherwise.
+        summary: ``describe_model`` of the model.
+    """
+
+    seed: int
+    param_bw: int
+    kernels: str
+    max_steps: float
+    differing: float
+    first_tensor: str
+    summary: str
+
+    def __str__(self) -> str:
+        return (f"seed {self.seed}, W{self.param_bw}, {self.kernels} kernels: {100 * self.differing:.3f}% of outputs "
+                f"differ, up to {self.max_steps:.0f} steps; first differing tensor: {self.first_tensor or 'n/a'}\n"
+                f"{self.summary}")
+
+
+def _litert_outputs(path: str, inputs: dict[str, np.ndarray], kernels: str, keep: bool = False):
+    """Runs the file's signature; returns the interpreter and the dequantized outputs in order."""
+    from aimet_tf.export.verify import _interpreter
+
+    interpreter = _interpreter(path, kernels, preserve=keep)
+    runner = interpreter.get_signature_runner()
+    raw = runner(**inputs)
+    details = runner.get_output_details()
+    order = sorted(raw, key=lambda k: int(k.rsplit("_", 1)[-1]))
+    outputs = []
+    for key in order:
+        scale, zero_point = details[key]["quantization"]
+        outputs.append(((raw[key].astype(np.float64) - zero_point) * scale, float(scale)))
+    return interpreter, outputs
+
+
+def _first_differing_tensor(interpreter, sim, inputs: list[np.ndarray]) -> str:
+    """Name of the first int8 tensor whose dequantized value differs from the sim's layer output."""
+    wrappers = {w.name: w for w in sim.wrappers()}
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    for op in interpreter._get_ops_details():
+        for index in op["outputs"]:
+            detail = details[index]
+            layer = detail["name"].split("/")[0]
+            scale, zero_point = detail["quantization"]
+            if layer not in wrappers or not scale or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+                continue
+            try:
+                value = interpreter.get_tensor(index).astype(np.float64)
+            except ValueError:
+                continue
+            probe = keras.Model(sim.model.inputs, wrappers[layer].output)
+            expected = np.asarray(probe.predict(inputs, verbose=0), np.float64)
+            if expected.shape != value.shape:
+                continue
+            if np.any(np.abs((value - zero_point) * scale - expected) >= 0.5 * scale):
+                return f"{layer} ({op['op_name']})"
+    return ""
+
+
+def _with_ties(score: np.ndarray, quantizer, count: int) -> np.ndarray:
+    """``score`` plus ``count`` samples on half steps of ``quantizer``'s grid (rounding ties)."""
+    encoding = quantizer.get_encoding()
+    scale = float(np.asarray(encoding.scale).reshape(-1)[0])
+    rng = np.random.default_rng(count)
+    k = rng.integers(-140, 140, size=(count, *score.shape[1:]))
+    ties = ((k + 0.5) * scale + float(np.asarray(encoding.min).reshape(-1)[0])).astype(np.float32)
+    return np.concatenate([score, ties])
+
+
+def check_fidelity(seeds, param_bw: int, kernels=("default", "reference"), spec: FuzzSpec = FuzzSpec(),
+                   tie_samples: int = 16) -> list[FidelityFailure]:
+    """Exports the random models of ``seeds`` (packed side by side in one .tflite file) and
+    compares every output element of the simulation with LiteRT's, for each kernel path.
+
+    Each model is calibrated on its calibration set (``input_distributions``) with the "tf"
+    scheme and the "tflite" config, and scored on its differently distributed scoring set plus
+    ``tie_samples`` inputs on half steps of its input grid (where QUANTIZE kernels round ties
+    their own way). The sim is prepared for each kernel path in turn
+    (``prepare_sim_for_tflite(sim, kernels)``); the file is the same.
+
+    Returns:
+        The failures (empty when every output element of every model is identical).
+    """
+    import os
+    import tempfile
+
+    from aimet_tf.export import export_tflite, model_input_quantizers, prepare_model_for_tflite, prepare_sim_for_tflite
+    from aimet_tf.quantization import QuantizationSimModel
+
+    seeds = [int(s) for s in seeds]
+    model = prepare_model_for_tflite(packed_random_models(seeds, spec))
+    pairs = [input_distributions(seed, model.inputs[k].shape[1:]) for k, seed in enumerate(seeds)]
+    sim = QuantizationSimModel(model, quant_scheme="tf", default_param_bw=param_bw, config_file="tflite")
+    sim.compute_encodings(lambda m, _: m.predict([c for c, _ in pairs], verbose=0), None)
+    names = [t.name.split(":")[0] for t in sim.model.inputs]
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="aimet_tf_fuzz_") as folder:
+        path = export_tflite(sim, os.path.join(folder, "pack.tflite"), output_type="int8")
+        input_quantizers = model_input_quantizers(sim)
+        inputs = [_with_ties(score, input_quantizers[k][0], tie_samples) for k, (_, score) in enumerate(pairs)]
+        for name in kernels:
+            prepare_sim_for_tflite(sim, name)
+            expected = sim.model.predict(inputs, verbose=0)
+            expected = expected if isinstance(expected, list) else [expected]
+            interpreter, actual = _litert_outputs(path, dict(zip(names, inputs)), name, keep=name != "default")
+            for k, seed in enumerate(seeds):
+                value, step = actual[k]
+                apart = np.abs(value - np.asarray(expected[k], np.float64)) / step
+                if apart.max() >= 0.5:
+                    first = _first_differing_tensor(interpreter, sim, inputs) if name != "default" else ""
+                    failures.append(FidelityFailure(seed, param_bw, name, float(apart.max()),
+                                                    float(np.mean(apart >= 0.5)), first,
+                                                    describe_model(random_model(seed, spec))))
+    return failures
