@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import math
 from typing import Iterator, Sequence
 
@@ -32,33 +33,48 @@ from aimet_tf.quantization.graph_statistics import GraphStatistics
 __all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES", "traced_state"]
 
 # Python state of the quantizer layers that a traced function bakes in (tf.function and Keras'
-# predict/train functions). Changing any of it bumps the layer's version, so that owners of traced
-# functions (QuantizationSimModel) know to trace again instead of running stale graphs.
-_TRACED_STATE = frozenset({
+# predict/train functions). ``traced_state`` fingerprints these values, so that owners of traced
+# functions (QuantizationSimModel) trace again when they differ from the traced ones, and only then.
+# Encodings live in variables and are read by the graph: recomputing them needs no new trace.
+_TRACED_STATE = (
     "enabled", "_initialized", "_bitwidth", "symmetric", "strict", "_tie", "_links",
     "_quant_scheme", "_frozen", "_analyzer", "_statistics", "_mode", "_axes", "count",
-})
+    "_finite_watch",
+)
 _MISSING = object()
 
 
-class _TracedState:
-    """Mixin: counts changes of the ``_TRACED_STATE`` attributes in ``_state_version``."""
+def _traced_value(value) -> object:
+    """A comparable stand-in for one traced attribute: the value itself for immutable scalars,
+    element-wise for tuples and ``_Links``, the identity for any other object (an analyzer, a
+    linked quantizer), which is what a trace holds on to."""
+    if value is None or isinstance(value, (bool, int, float, str, enum.Enum, np.generic)):
+        return value
+    if isinstance(value, tuple):
+        return tuple(_traced_value(v) for v in value)
+    if isinstance(value, _Links):
+        return tuple(_traced_value(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return ("id", id(value))
 
-    def __setattr__(self, name, value):
-        if name not in _TRACED_STATE:
-            super().__setattr__(name, value)
-            return
-        old = self.__dict__.get(name, _MISSING)
-        super().__setattr__(name, value)
-        if old is _MISSING or old is not value and old != value:
-            object.__setattr__(self, "_state_version", self.__dict__.get("_state_version", 0) + 1)
+
+class _TracedState:
+    """Mixin marking a layer whose ``_TRACED_STATE`` attributes are baked into traces."""
+
+    def traced_key(self) -> tuple:
+        """The current values of this layer's traced attributes (see ``_traced_value``)."""
+        values = self.__dict__
+        return tuple(
+            _traced_value(values[name]) for name in _TRACED_STATE if values.get(name, _MISSING) is not _MISSING
+        )
 
 
 def traced_state(model: keras.Model) -> tuple:
     """A fingerprint of the traced Python state of every quantizer layer inside ``model``: it
-    changes whenever one of them changes (or is replaced), and only then."""
+    differs from an earlier one exactly when one of them has another traced value (or was
+    replaced). Calibrating and recalibrating leave it unchanged: the calibration context is
+    entered and left, and the new encodings go into variables."""
     return tuple(
-        (id(layer), layer.__dict__.get("_state_version", 0))
+        (id(layer), layer.traced_key())
         for layer in model._flatten_layers()
         if isinstance(layer, _TracedState)
     )

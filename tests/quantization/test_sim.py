@@ -314,3 +314,23 @@ def test_predict_follows_quantizer_changes_made_after_tracing():
     before = sim.model.evaluate(data, labels, verbose=0)
     sim.activation_quantizers()[-1][1].enabled = False
     assert sim.model.evaluate(data, labels, verbose=0) != before
+
+
+def test_recalibration_does_not_retrace_predict():
+    # Encodings live in variables: compute_encodings + predict cycles reuse the one trace, and the
+    # reused trace reads the new encodings (outputs equal a fresh sim calibrated on the same data).
+    model = models.conv_bn_relu_model()
+    data = models.random_images(32)
+    sim = QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+    sim.compute_encodings(data)
+    sim.model.predict(data, verbose=0)
+    traced = sim.model.predict_function
+    assert traced.experimental_get_tracing_count() == 1
+    for scale in (0.5, 2.0, 3.0):
+        sim.compute_encodings(data * scale)
+        out = sim.model.predict(data, verbose=0)
+        assert sim.model.predict_function is traced
+        assert traced.experimental_get_tracing_count() == 1
+        fresh = QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+        fresh.compute_encodings(data * scale)
+        np.testing.assert_array_equal(out, fresh.model.predict(data, verbose=0))
