@@ -31,6 +31,34 @@ from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variabl
 __all__ = ["QuantizationSimModel"]
 
 
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def _check_dtype_policies(model: keras.Model) -> None:
+    """Raises unless the global dtype policy and every layer of ``model`` compute in float32.
+
+    The quantizers simulate float32 grids (TF's fake-quant ops take float32 only) and the layers
+    they wrap are cloned with their own policies: a half-precision policy would calibrate and then
+    fail, or silently round twice, in ``predict``.
+    """
+    policy = keras.config.dtype_policy()
+    if policy.compute_dtype in _HALF_DTYPES:
+        raise ValueError(
+            "Expected the float32 dtype policy for a quantization simulation. Received: global "
+            f"policy={policy.name!r}. Fix: keras.config.set_dtype_policy('float32') before building "
+            "the sim."
+        )
+    for layer in model._flatten_layers(include_self=True):
+        layer_policy = getattr(layer, "dtype_policy", None)
+        if layer_policy is not None and layer_policy.compute_dtype in _HALF_DTYPES:
+            raise ValueError(
+                "Expected float32 layers in a quantization simulation. Received: layer "
+                f"{layer.name!r} with dtype_policy={layer_policy.name!r}. Fix: rebuild the model "
+                "under keras.config.set_dtype_policy('float32') and copy the weights "
+                "(new_model.set_weights(model.get_weights()))."
+            )
+
+
 def _check_model(model: keras.Model) -> keras.Model:
     """Returns a Functional view of ``model``; raises for what cannot be simulated."""
     model = graph.as_functional(model, "the quantization simulation")
@@ -67,6 +95,10 @@ class QuantizationSimModel:
         default_data_type: "int" (float simulation is not supported).
         percentile: percentile for the "percentile" scheme.
 
+    Raises:
+        ValueError: for a half-precision dtype policy (``mixed_float16``, ``bfloat16``...),
+            global or on a layer: the simulation computes in float32 only.
+
     Attributes:
         model: the simulated ``keras.Model``; use it for predict/evaluate/fit.
     """
@@ -95,6 +127,7 @@ class QuantizationSimModel:
             )
         from aimet_tf.quantization.primitives import validate_bitwidth
 
+        _check_dtype_policies(model)
         self.quant_scheme = parse_quant_scheme(quant_scheme)
         self.default_output_bw = validate_bitwidth(default_output_bw)
         self.default_param_bw = validate_bitwidth(default_param_bw)

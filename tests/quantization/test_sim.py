@@ -334,3 +334,25 @@ def test_recalibration_does_not_retrace_predict():
         fresh = QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
         fresh.compute_encodings(data * scale)
         np.testing.assert_array_equal(out, fresh.model.predict(data, verbose=0))
+
+
+@pytest.mark.parametrize("where", ["global", "model"])
+def test_half_precision_policy_refused_at_construction(where):
+    # mixed_float16 used to calibrate and then fail inside predict: refuse it up front.
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy("mixed_float16")
+        model = models.conv_bn_relu_model()
+        if where == "global":
+            keras.config.set_dtype_policy("float32")
+            model = models.conv_bn_relu_model()
+            keras.config.set_dtype_policy("mixed_float16")
+        else:
+            keras.config.set_dtype_policy("float32")
+        with pytest.raises(ValueError, match="Expected (the float32 dtype policy|float32 layers).*mixed_float16"):
+            QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf", config_file="htp")
+    sim.compute_encodings(models.random_images(8))
+    assert np.all(np.isfinite(sim.model.predict(models.random_images(4), verbose=0)))
