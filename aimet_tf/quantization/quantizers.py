@@ -39,7 +39,6 @@ __all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES", 
 _TRACED_STATE = (
     "enabled", "_initialized", "_bitwidth", "symmetric", "strict", "_tie", "_links",
     "_quant_scheme", "_frozen", "_analyzer", "_statistics", "_mode", "_axes", "count",
-    "_finite_watch",
 )
 _MISSING = object()
 
@@ -58,13 +57,17 @@ def _traced_value(value) -> object:
 
 
 class _TracedState:
-    """Mixin marking a layer whose ``_TRACED_STATE`` attributes are baked into traces."""
+    """Mixin marking a layer whose ``_traced_attributes`` are baked into traces."""
+
+    _traced_attributes: tuple[str, ...] = _TRACED_STATE
 
     def traced_key(self) -> tuple:
         """The current values of this layer's traced attributes (see ``_traced_value``)."""
         values = self.__dict__
         return tuple(
-            _traced_value(values[name]) for name in _TRACED_STATE if values.get(name, _MISSING) is not _MISSING
+            _traced_value(values[name])
+            for name in self._traced_attributes
+            if values.get(name, _MISSING) is not _MISSING
         )
 
 

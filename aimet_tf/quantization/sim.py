@@ -23,7 +23,7 @@ from absl import logging
 from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization import encodings_io, graph
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
-from aimet_tf.quantization.graph_statistics import GraphStatistics
+from aimet_tf.quantization.graph_statistics import GraphStatistics, NonFiniteWatch
 from aimet_tf.quantization.quantizers import Quantizer, traced_state
 from aimet_tf.quantization.registry import get_layer_spec
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
@@ -138,6 +138,7 @@ class QuantizationSimModel:
         # Calibration state kept across compute_encodings calls (see _calibration_step).
         self._graph_stats: dict[tuple, GraphStatistics] = {}
         self._calibration_steps: dict[tuple, Callable] = {}
+        self._watches: dict[int, NonFiniteWatch] = {}
         _retrace_on_quantizer_changes(self.model)
         self.model.build(self.model.input_shape) if not self.model.built else None
 
@@ -309,8 +310,9 @@ class QuantizationSimModel:
             batch_size: batch size when data is given as arrays.
 
         Raises:
-            ValueError: empty data, NaN/Inf in the data, or quantizers that saw no data. On error no
-                encoding changes.
+            ValueError: empty data, NaN/Inf in the data, a layer whose output held NaN/Inf (the
+                first in graph order is named, e.g. a conv that overflowed float32), or
+                quantizers that saw no data. On error no encoding changes.
         """
         act = [(n, q) for n, q in self.activation_quantizers() if q.enabled and not q.frozen]
         analyzers = {id(q): q.make_analyzer() for _, q in act}
@@ -318,9 +320,11 @@ class QuantizationSimModel:
         # through, every other quantizer (bias grids and requantizers too) is off for its duration.
         others = [q for w in self.wrappers() for q in w.quantizers() if q.enabled and id(q) not in analyzers]
         statistics = {id(q): self._graph_statistics(q, analyzers[id(q)]) for _, q in act}
+        watches = self._finite_watches()
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(_disabled(others))
+                stack.enter_context(_watching(watches))
                 for _, q in act:
                     stack.enter_context(q.calibration(analyzers[id(q)], statistics[id(q)]))
                 if callable(forward_pass_callback):
@@ -333,6 +337,7 @@ class QuantizationSimModel:
                     self._run_calibration_data(forward_pass_callback, batch_size)
         except tf.errors.OpError as exc:
             raise ValueError(f"compute_encodings failed while observing tensors: {exc.message}") from exc
+        _raise_on_nonfinite_outputs(watches)
         failed = []
         for name, q in act:
             if statistics[id(q)] is None:
@@ -381,6 +386,18 @@ class QuantizationSimModel:
         stats.reset()
         return stats
 
+    def _finite_watches(self) -> list[tuple[QuantizationWrapper, NonFiniteWatch]]:
+        """A reset non-finite watch per wrapper, in graph order; reused across calls so that the
+        traced calibration step stays valid."""
+        out = []
+        for wrapper in self.wrappers():
+            watch = self._watches.get(id(wrapper))
+            if watch is None:
+                watch = self._watches[id(wrapper)] = NonFiniteWatch()
+            watch.reset()
+            out.append((wrapper, watch))
+        return out
+
     def _calibration_step(self, specs) -> Callable:
         # Everything the trace depends on: which quantizers observe, and into which variables (the
         # others are all disabled during calibration), and the input signature.
@@ -388,7 +405,7 @@ class QuantizationSimModel:
             (name, -1 if q._statistics is None else q._statistics.serial)
             for name, q in self.activation_quantizers()
             if q._analyzer is not None
-        )
+        ) + tuple(w._finite_watch.serial for w in self.wrappers() if w._finite_watch is not None)
         step = self._calibration_steps.get(key)
         if step is None:
             # One trace for every batch size (the last batch is usually smaller).
@@ -557,6 +574,7 @@ class QuantizationSimModel:
         self.config = other.config
         self._graph_stats = {}
         self._calibration_steps = {}
+        self._watches = {}
 
     # -- convenience ---------------------------------------------------------------------------
 
@@ -599,6 +617,33 @@ def _disabled(quantizers: list[Quantizer]) -> Iterator[None]:
     finally:
         for q, state in zip(quantizers, states):
             q.enabled = state
+
+
+@contextlib.contextmanager
+def _watching(watches: list[tuple[QuantizationWrapper, NonFiniteWatch]]) -> Iterator[None]:
+    """Within this context every wrapper counts its non-finite outputs into its watch."""
+    for wrapper, watch in watches:
+        wrapper._finite_watch = watch
+    try:
+        yield
+    finally:
+        for wrapper, _ in watches:
+            wrapper._finite_watch = None
+
+
+def _raise_on_nonfinite_outputs(watches: list[tuple[QuantizationWrapper, NonFiniteWatch]]) -> None:
+    """Raises naming the first layer (in graph order) whose output held NaN/Inf while calibrating."""
+    bad = [(wrapper.name, count) for wrapper, watch in watches if (count := watch.read())]
+    if not bad:
+        return
+    name, count = bad[0]
+    later = ", ".join(n for n, _ in bad[1:6]) + (" ..." if len(bad) > 6 else "")
+    raise ValueError(
+        "Expected finite layer outputs while calibrating. Received: layer "
+        f"{name!r} output NaN/Inf in {count} batch(es), the first such layer in graph order"
+        f"{f' (later: {later})' if later else ''}. Fix: check the data range that reaches "
+        f"{name!r} (float32 overflows above 3.4e38) and its weights."
+    )
 
 
 def _iterate_batches(data, batch_size: int) -> Iterable:

@@ -356,3 +356,26 @@ def test_half_precision_policy_refused_at_construction(where):
     sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf", config_file="htp")
     sim.compute_encodings(models.random_images(8))
     assert np.all(np.isfinite(sim.model.predict(models.random_images(4), verbose=0)))
+
+
+@pytest.mark.parametrize("path", ["data", "callback", "predict_callback"])
+def test_overflow_inside_fused_group_names_the_layer(path):
+    # 3e38 is finite, but the conv inside the fused conv -> BN -> ReLU6 group overflows to Inf/NaN
+    # and ReLU6 turns that into finite values: no quantizer sees it. Calibration must still raise,
+    # naming the conv, and leave every encoding as it was.
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf", config_file="htp")
+    data = np.full((4, 16, 16, 3), 3e38, np.float32)
+    with pytest.raises(ValueError, match=r"Expected finite layer outputs.*Received: layer 'c1' output NaN/Inf in 1 batch"):
+        if path == "data":
+            sim.compute_encodings(data)
+        elif path == "callback":
+            sim.compute_encodings(lambda m, x: m(x, training=False), data)
+        else:
+            sim.compute_encodings(lambda m, x: m.predict(x, verbose=0), data)
+    assert sim.uncalibrated_quantizers() == [n for n, _ in sim.activation_quantizers()] + [
+        n for n, _, _ in sim.param_quantizers()
+    ]
+    # The watches are gone after calibration, and a good pass still works on the same sim.
+    assert all(w._finite_watch is None for w in sim.wrappers())
+    sim.compute_encodings(models.random_images(8))
+    assert np.all(np.isfinite(sim.model.predict(models.random_images(4), verbose=0)))
