@@ -54,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from aimet_tf.quantization import encodings_io, graph, primitives
+from aimet_tf.quantization import calibration_data, encodings_io, graph, primitives
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
 from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.sim import QuantizationSimModel
@@ -103,10 +103,10 @@ class AdaroundParameters:
     """AdaRound's settings (AIMET's ``AdaroundParameters``), validated on construction.
 
     Attributes:
-        data_set: calibration inputs: a numpy array / tensor [N, ...] (cut into batches of
-            ``batch_size``), an (x, y) tuple of arrays, a ``tf.data.Dataset`` yielding x or (x, y)
-            batches, or an iterable of such batches. May be None when ``apply_adaround`` is given
-            the data itself.
+        data_set: calibration inputs, read by ``aimet_tf.quantization.calibration_data``: an
+            array [N, ...] or an (x, y) tuple of arrays (cut into batches of ``batch_size``), or a
+            list / ``tf.data.Dataset`` / iterable of x or (x, y) batches (a list is always a list
+            of batches). May be None when ``apply_adaround`` is given the data itself.
         num_batches: how many batches of ``data_set`` are cached and optimised on (AIMET uses
             about 2,000 samples).
         default_num_iterations: Adam steps per layer.
@@ -225,48 +225,23 @@ def reconstruction_loss(output: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
 # Data
 
 
-def _first_input(batch: Any) -> Any:
-    if isinstance(batch, dict):
-        raise ValueError(
-            "apply_adaround supports single-input models fed with arrays. Received: a dict batch "
-            f"with keys {sorted(batch)}."
+def _collect_samples(data: Any, model: keras.Model, num_batches: int, batch_size: int) -> np.ndarray:
+    """The first ``num_batches`` batches of ``data`` (``calibration_data`` rules) as one float32
+    array [samples, ...]."""
+    batches = list(
+        calibration_data.iterate_batches(
+            data, calibration_data.model_inputs(model), batch_size, num_batches, purpose="AdaRound data"
         )
-    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
-        return batch[0]
-    return batch
-
-
-def _collect_samples(data: Any, num_batches: int, batch_size: int) -> np.ndarray:
-    """The first ``num_batches`` batches of ``data`` as one float32 array [samples, ...]."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (np.ndarray, tf.Tensor)):
-        data = data[0]
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        array = np.asarray(data)
-        batches = [array[i : i + batch_size] for i in range(0, len(array), batch_size)]
-    elif isinstance(data, tf.data.Dataset) or isinstance(data, Iterable):
-        batches = []
-        for batch in data:
-            if len(batches) == num_batches:
-                break
-            batches.append(np.asarray(_first_input(batch)))
-    else:
-        raise TypeError(
-            "Expected AdaRound data as a numpy array, an (x, y) tuple, a tf.data.Dataset or an "
-            f"iterable of batches. Received: {type(data).__name__}"
-        )
+    )
     if len(batches) < num_batches:
         raise ValueError(
-            f"AdaRound needs num_batches={num_batches} batches but the data set yields only "
-            f"{len(batches)} (batch size {batch_size} for arrays). Lower num_batches or pass more data."
+            f"Expected num_batches={num_batches} batches of AdaRound data. Received: "
+            f"{len(batches)} batches (batch size {batch_size} for arrays). Lower num_batches or "
+            "pass more data."
         )
-    samples = np.concatenate(batches[:num_batches], axis=0)
+    samples = np.concatenate([batch[0] for batch in batches], axis=0)
     if samples.dtype.kind != "f":
         raise ValueError(f"Expected float inputs for AdaRound. Received: dtype={samples.dtype}")
-    if not np.all(np.isfinite(samples)):
-        raise ValueError(
-            f"Expected finite AdaRound inputs. Received: {int(np.sum(~np.isfinite(samples)))} NaN/Inf "
-            "values."
-        )
     return samples.astype(np.float32, copy=False)
 
 
@@ -672,7 +647,7 @@ def apply_adaround(
             f"{len(model.inputs or [])} inputs."
         )
 
-    samples = _collect_samples(data, params.num_batches, params.batch_size)
+    samples = _collect_samples(data, model, params.num_batches, params.batch_size)
     if graph.has_nested_models(model):
         # Every layer on one graph level, so that nested layers get AdaRound too.
         model = graph.flatten_nested_models(model)

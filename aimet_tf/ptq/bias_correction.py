@@ -21,14 +21,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from aimet_tf.quantization import graph
+from aimet_tf.quantization import calibration_data, graph
 from aimet_tf.quantization.graph import clone_layer
 from aimet_tf.quantization.sim import QuantizationSimModel
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
@@ -105,41 +105,6 @@ class BiasCorrectionReport:
         return self.summary()
 
 
-def _collect_batches(data: Any, batch_size: int, num_batches: int | None) -> list:
-    """Materializes up to ``num_batches`` input batches (every pass must see the same data)."""
-
-    def strip_labels(batch):
-        if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) and not isinstance(
-            batch[0], (tuple, list)
-        ):
-            return batch[0]
-        return batch
-
-    batches: list = []
-    # A tuple is (x, y); a list is a list of batches.
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], (np.ndarray, tf.Tensor)):
-        data = data[0]
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        n = int(data.shape[0])
-        for start in range(0, n, batch_size):
-            batches.append(np.asarray(data[start : start + batch_size]))
-            if num_batches is not None and len(batches) >= num_batches:
-                break
-    elif isinstance(data, (tf.data.Dataset, Iterable)):
-        for batch in data:
-            batches.append(tf.nest.map_structure(np.asarray, strip_labels(batch)))
-            if num_batches is not None and len(batches) >= num_batches:
-                break
-    else:
-        raise TypeError(
-            "Expected calibration data as a numpy array, an (x, y) tuple, a tf.data.Dataset or "
-            f"an iterable of batches. Received: {type(data).__name__}"
-        )
-    if not batches:
-        raise ValueError("Expected at least one calibration batch. Received: an empty data set.")
-    return batches
-
-
 def _node_in(model: keras.Model, layer: keras.layers.Layer):
     """The node of ``layer`` that belongs to ``model``'s graph."""
     nodes = {id(n) for ns in model._nodes_by_depth.values() for n in ns}
@@ -156,13 +121,6 @@ def _node_in(model: keras.Model, layer: keras.layers.Layer):
 def _single(inputs: list):
     """A one-input model takes a tensor, not a one-element list (Keras warns otherwise)."""
     return inputs[0] if len(inputs) == 1 else inputs
-
-
-def _as_float(batch):
-    """Casts float64 arrays to the float32 the model inputs expect (integer inputs stay)."""
-    return tf.nest.map_structure(
-        lambda a: a.astype(np.float32) if np.asarray(a).dtype == np.float64 else a, batch
-    )
 
 
 def _open_batch_spec(tensor) -> tf.TensorSpec:
@@ -220,7 +178,7 @@ def _reference_means(float_model, float_layers, targets, batches, references) ->
         lambda x: probe(x, training=False), input_signature=signature, autograph=False
     )
     for batch in batches:
-        outputs = tf.nest.flatten(run_probe(_as_float(batch)))
+        outputs = tf.nest.flatten(run_probe(batch))
         for layer, ref, x in zip(float_linear, references, outputs):
             ref.add(layer(x))
 
@@ -298,8 +256,10 @@ def correct_bias(
 
     Args:
         sim: a calibrated ``QuantizationSimModel`` (``compute_encodings`` done).
-        data: calibration inputs: a numpy array, an (x, y) tuple, a tf.data.Dataset or a list
-            / iterable of batches (labels are dropped). Every pass reuses the same batches.
+        data: calibration inputs, read by ``aimet_tf.quantization.calibration_data``: an array,
+            a dict by input name or an (x, y) tuple cut into ``batch_size`` batches, or a list /
+            tf.data.Dataset / iterable of batches (labels are dropped; a list is always a list
+            of batches). Every pass reuses the same batches.
         float_model: the FP32 reference with the same layer names; default
             ``sim.float_model()`` taken before any change.
         num_batches: use at most this many batches (None: all).
@@ -329,12 +289,16 @@ def correct_bias(
             f"Expected a QuantizationSimModel. Received: {type(sim).__name__}. Build one with "
             "QuantizationSimModel(model, ...) and call compute_encodings first."
         )
-    if batch_size < 1:
-        raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
     if error not in _ERRORS:
         raise ValueError(f"Expected error in {_ERRORS}. Received: error={error!r}")
     _check_ready(sim)
-    batches = _collect_batches(data, batch_size, num_batches)
+    batches = [
+        calibration_data.as_model_input(batch)
+        for batch in calibration_data.iterate_batches(
+            data, calibration_data.model_inputs(sim.model), batch_size, num_batches,
+            purpose="bias correction data",
+        )
+    ]
     if float_model is None:
         float_model = sim.float_model()
     elif isinstance(float_model, keras.Sequential):
@@ -395,7 +359,7 @@ def correct_bias(
         in_q = wrapper.input_quantizers[0] if wrapper.input_quantizers else None
 
         def sim_output(batch):
-            x = sim_input(_as_float(batch))
+            x = sim_input(batch)
             if in_q is not None and in_q.enabled:
                 x = in_q(x)
             return x, quantized(x)
@@ -420,7 +384,7 @@ def correct_bias(
             shift32 = tf.constant(shift, tf.float32)
             for batch in batches:
                 x, y = sim_output(batch)
-                target = float_copy(x) if error == "weight" else float_linear(float_input(_as_float(batch)))
+                target = float_copy(x) if error == "weight" else float_linear(float_input(batch))
                 target = activation(target)
                 without = without + _channel_sse(activation(y), target)
                 with_shift = with_shift + _channel_sse(activation(y + shift32), target)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from aimet_tf.quantization import config as hw_config
-from aimet_tf.quantization import encodings_io, graph
+from aimet_tf.quantization import calibration_data, encodings_io, graph
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
 from aimet_tf.quantization.graph_statistics import GraphStatistics, NonFiniteWatch
 from aimet_tf.quantization.quantizers import Quantizer, traced_state
@@ -304,8 +304,11 @@ class QuantizationSimModel:
 
         Args:
             forward_pass_callback: AIMET style: ``callback(sim.model, forward_pass_callback_args)``
-                that runs the model on calibration data. Alternatively the data itself: a numpy
-                array, an (x, y) tuple, or a tf.data.Dataset yielding x or (x, y) batches.
+                that runs the model on calibration data (also as ``(fn, args)`` or a
+                ``CallbackFunc``). Alternatively the data itself, read by
+                ``aimet_tf.quantization.calibration_data``: an array, a dict by input name, an
+                ``(x, y)`` tuple, or a list / tf.data.Dataset / iterable of batches (a list is
+                always a list of batches).
             forward_pass_callback_args: passed to the callback.
             batch_size: batch size when data is given as arrays.
 
@@ -327,13 +330,10 @@ class QuantizationSimModel:
                 stack.enter_context(_watching(watches))
                 for _, q in act:
                     stack.enter_context(q.calibration(analyzers[id(q)], statistics[id(q)]))
-                if callable(forward_pass_callback):
-                    forward_pass_callback(self.model, forward_pass_callback_args)
+                callback = _forward_pass(forward_pass_callback, forward_pass_callback_args)
+                if callback is not None:
+                    callback.func(self.model, callback.args)
                 else:
-                    if forward_pass_callback is None:
-                        raise ValueError(
-                            "Expected a forward_pass_callback or calibration data. Received: None"
-                        )
                     self._run_calibration_data(forward_pass_callback, batch_size)
         except tf.errors.OpError as exc:
             raise ValueError(f"compute_encodings failed while observing tensors: {exc.message}") from exc
@@ -415,29 +415,13 @@ class QuantizationSimModel:
             self._calibration_steps[key] = step
         return step
 
-    def _run_calibration_data(self, data, batch_size: int) -> None:
-        specs = [tf.TensorSpec(t.shape, t.dtype) for t in self.model.inputs]
-        specs = specs[0] if len(specs) == 1 else specs
-        step = self._calibration_step(specs)
-        count = 0
-        for batch in _iterate_batches(data, batch_size):
-            try:
-                batch = tf.nest.map_structure(lambda a, s: tf.convert_to_tensor(a, s.dtype), batch, specs)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(
-                    f"Calibration batch {count} does not match the model inputs {specs}: {exc}"
-                ) from exc
-            for arr in tf.nest.flatten(batch):
-                arr = np.asarray(arr)
-                if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                    raise ValueError(
-                        f"Expected finite calibration data. Received: batch {count} contains "
-                        f"{int(np.sum(np.isnan(arr)))} NaN and {int(np.sum(np.isinf(arr)))} Inf values."
-                    )
-            step(batch)
-            count += 1
-        if count == 0:
-            raise ValueError("Expected at least one calibration batch. Received: an empty data set.")
+    def _run_calibration_data(self, data: Any, batch_size: int) -> None:
+        """Runs the traced calibration step on every batch of ``data`` (``calibration_data`` rules)."""
+        inputs = calibration_data.model_inputs(self.model)
+        specs = [tf.TensorSpec(spec.shape, spec.dtype) for spec in inputs]
+        step = self._calibration_step(specs[0] if len(specs) == 1 else specs)
+        for batch in calibration_data.iterate_batches(data, inputs, batch_size):
+            step(calibration_data.as_model_input(batch))
 
     # -- encodings I/O -------------------------------------------------------------------------
 
@@ -619,6 +603,27 @@ def _disabled(quantizers: list[Quantizer]) -> Iterator[None]:
             q.enabled = state
 
 
+def _forward_pass(callback: Any, callback_args: Any) -> calibration_data.ForwardPassCallback | None:
+    """AIMET's forward pass from compute_encodings' arguments, or None when they are data."""
+    if callback is None:
+        raise ValueError("Expected a forward_pass_callback or calibration data. Received: None")
+    if callable(callback) and not isinstance(callback, tf.data.Dataset):
+        return calibration_data.ForwardPassCallback(callback, callback_args)
+    found = calibration_data.as_forward_pass_callback(callback)
+    if found is not None and callback_args is not None:
+        raise ValueError(
+            "Expected the callback's arguments once: in (fn, args) or as forward_pass_callback_args. "
+            f"Received: both (forward_pass_callback_args={type(callback_args).__name__})."
+        )
+    if found is None and callback_args is not None:
+        raise ValueError(
+            "Expected forward_pass_callback_args only with a callback. Received: calibration data "
+            f"({type(callback).__name__}) and forward_pass_callback_args="
+            f"{type(callback_args).__name__}."
+        )
+    return found
+
+
 @contextlib.contextmanager
 def _watching(watches: list[tuple[QuantizationWrapper, NonFiniteWatch]]) -> Iterator[None]:
     """Within this context every wrapper counts its non-finite outputs into its watch."""
@@ -644,26 +649,3 @@ def _raise_on_nonfinite_outputs(watches: list[tuple[QuantizationWrapper, NonFini
         f"{f' (later: {later})' if later else ''}. Fix: check the data range that reaches "
         f"{name!r} (float32 overflows above 3.4e38) and its weights."
     )
-
-
-def _iterate_batches(data, batch_size: int) -> Iterable:
-    if isinstance(data, tf.data.Dataset):
-        for batch in data:
-            yield batch[0] if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) else batch
-        return
-    if isinstance(data, (tuple, list)) and len(data) == 2 and not np.isscalar(data[1]):
-        data = data[0]
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        n = int(data.shape[0])
-        for start in range(0, n, batch_size):
-            yield data[start : start + batch_size]
-        return
-    if isinstance(data, Iterable):
-        for batch in data:
-            yield batch[0] if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) else batch
-        return
-    raise TypeError(
-        "Expected calibration data as a numpy array, an (x, y) tuple, a tf.data.Dataset or an "
-        f"iterable of batches. Received: {type(data).__name__}"
-    )
-
