@@ -30,6 +30,7 @@ from absl import logging
 
 from aimet_tf.quantization import calibration_data, graph
 from aimet_tf.quantization.graph import clone_layer
+from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.sim import QuantizationSimModel
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
@@ -158,6 +159,36 @@ class _ChannelMean:
         return float(np.sqrt(np.mean(self.square / self.count)))
 
 
+def _check_finite_shift(name: str, reference: np.ndarray, observed: np.ndarray) -> None:
+    """Raises naming the layer when a mean output (hence the bias shift) holds NaN/Inf."""
+    for what, mean in (("FP32 reference", reference), ("simulation", observed)):
+        bad = int(np.count_nonzero(~np.isfinite(mean)))
+        if bad:
+            raise ValueError(
+                f"Expected finite mean outputs of layer {name!r} for bias correction. Received: "
+                f"NaN/Inf in {bad} of {mean.size} channels of the {what} mean. Fix: check the "
+                f"weights of {name!r} and of the layers before it, and the data range. No bias "
+                "was changed."
+            )
+
+
+def _snapshot_biases(targets: list[QuantizationWrapper]) -> list:
+    """(bias variable, value, bias quantizer, encoding) of every target, to undo a failed pass."""
+    saved = []
+    for wrapper in targets:
+        bias_q = wrapper.param_quantizers.get("bias")
+        encoding = bias_q.get_encoding() if isinstance(bias_q, Quantizer) else None
+        saved.append((wrapper.layer.bias, np.array(wrapper.layer.bias.numpy()), bias_q, encoding))
+    return saved
+
+
+def _restore_biases(saved: list) -> None:
+    for bias, value, bias_q, encoding in saved:
+        bias.assign(value)
+        if encoding is not None:
+            bias_q.set_encoding(encoding)
+
+
 def _check_ready(sim: QuantizationSimModel) -> None:
     missing = sim.uncalibrated_quantizers()
     if missing:
@@ -225,6 +256,90 @@ def _channel_sse(a, b) -> np.ndarray:
     return (d * d).reshape(-1, d.shape[-1]).sum(axis=0)
 
 
+def _correct_layers(
+    sim: QuantizationSimModel,
+    float_model: keras.Model,
+    float_layers: dict,
+    targets: list[QuantizationWrapper],
+    batches: list,
+    report: BiasCorrectionReport,
+    error: str,
+    keep_only_improving: bool,
+    verbose: int,
+) -> None:
+    """Corrects each target's bias in graph order and records it in ``report`` (see correct_bias)."""
+    # FP32 side: one pass gives every target's reference mean (the float model never changes).
+    references = [_ChannelMean() for _ in targets]
+    if error == "total":
+        _reference_means(float_model, float_layers, targets, batches, references)
+
+    # Simulation side, layer by layer: each prefix runs through the corrected layers before it.
+    consumers = graph.layer_edges(sim.model)[1]
+    progress = keras.utils.Progbar(len(targets), verbose=verbose, unit_name="layer")
+    for i, (wrapper, ref) in enumerate(zip(targets, references)):
+        sim_input = _input_function(sim.model, wrapper)
+        float_copy = _linear_copy(wrapper.layer)
+        quantized = _linear_copy(wrapper.layer)
+        for path, q in wrapper.param_quantizers.items():
+            if q is not None and q.enabled:
+                source = get_param_variable(wrapper.layer, path)
+                get_param_variable(quantized, path).assign(q(source.value))
+        in_q = wrapper.input_quantizers[0] if wrapper.input_quantizers else None
+
+        def sim_output(batch):
+            x = sim_input(batch)
+            if in_q is not None and in_q.enabled:
+                x = in_q(x)
+            return x, quantized(x)
+
+        observed = _ChannelMean()
+        for batch in batches:
+            x, y = sim_output(batch)
+            observed.add(y)
+            if error == "weight":
+                ref.add(float_copy(x))
+        _check_finite_shift(wrapper.name, ref.mean, observed.mean)
+        shift = ref.mean - observed.mean
+        activation = _following_activation(wrapper, consumers, sim.model)
+        rejected = 0
+        if keep_only_improving and activation is not None:
+            # Removing the mean always lowers the pre-activation error; after a nonlinearity it
+            # can raise it. Keep the shift only on channels whose activated output gets closer to
+            # the reference.
+            if error == "total":
+                float_input = _input_function(float_model, float_layers[wrapper.name])
+                float_linear = _linear_copy(float_layers[wrapper.name])
+            without, with_shift = 0.0, 0.0
+            shift32 = tf.constant(shift, tf.float32)
+            for batch in batches:
+                x, y = sim_output(batch)
+                target = float_copy(x) if error == "weight" else float_linear(float_input(batch))
+                target = activation(target)
+                without = without + _channel_sse(activation(y), target)
+                with_shift = with_shift + _channel_sse(activation(y + shift32), target)
+            worse = np.asarray(with_shift) >= np.asarray(without)
+            rejected = int(np.sum(worse))
+            shift = np.where(worse, 0.0, shift)
+        bias = wrapper.layer.bias
+        bias.assign((np.asarray(bias.numpy(), np.float64) + shift).astype(np.float32))
+        bias_q = wrapper.param_quantizers.get("bias")
+        if bias_q is not None and bias_q.enabled and not bias_q.frozen:
+            analyzer = bias_q.make_analyzer()
+            analyzer.observe(np.asarray(bias.numpy()))
+            bias_q.set_encoding(bias_q.encoding_from_range(*bias_q.compute_range(analyzer)))
+        report.corrected.append(
+            BiasCorrectionRecord(
+                layer=wrapper.name,
+                channels=int(shift.size),
+                mean_abs_shift=float(np.mean(np.abs(shift))),
+                max_abs_shift=float(np.max(np.abs(shift))),
+                relative_shift=float(np.mean(np.abs(shift)) / max(ref.rms, 1e-12)),
+                rejected_channels=rejected,
+            )
+        )
+        progress.update(i + 1)
+
+
 def correct_bias(
     sim: QuantizationSimModel,
     data: Any,
@@ -279,7 +394,9 @@ def correct_bias(
 
     Raises:
         RuntimeError: if the sim is not calibrated.
-        TypeError / ValueError: for unusable data, or a float model missing a sim layer.
+        TypeError / ValueError: for unusable data (NaN/Inf included), a float model missing a
+            sim layer, or a layer whose mean output is NaN/Inf (named); every bias is then left
+            as it was.
 
     Example:
         >>> report = correct_bias(sim, x_calibration, num_batches=16)
@@ -340,75 +457,13 @@ def correct_bias(
         logging.warning("correct_bias: no layer to correct")
         return report
 
-    # FP32 side: one pass gives every target's reference mean (the float model never changes).
-    references = [_ChannelMean() for _ in targets]
-    if error == "total":
-        _reference_means(float_model, float_layers, targets, batches, references)
-
-    # Simulation side, layer by layer: each prefix runs through the corrected layers before it.
-    consumers = graph.layer_edges(sim.model)[1]
-    progress = keras.utils.Progbar(len(targets), verbose=verbose, unit_name="layer")
-    for i, (wrapper, ref) in enumerate(zip(targets, references)):
-        sim_input = _input_function(sim.model, wrapper)
-        float_copy = _linear_copy(wrapper.layer)
-        quantized = _linear_copy(wrapper.layer)
-        for path, q in wrapper.param_quantizers.items():
-            if q is not None and q.enabled:
-                source = get_param_variable(wrapper.layer, path)
-                get_param_variable(quantized, path).assign(q(source.value))
-        in_q = wrapper.input_quantizers[0] if wrapper.input_quantizers else None
-
-        def sim_output(batch):
-            x = sim_input(batch)
-            if in_q is not None and in_q.enabled:
-                x = in_q(x)
-            return x, quantized(x)
-
-        observed = _ChannelMean()
-        for batch in batches:
-            x, y = sim_output(batch)
-            observed.add(y)
-            if error == "weight":
-                ref.add(float_copy(x))
-        shift = ref.mean - observed.mean
-        activation = _following_activation(wrapper, consumers, sim.model)
-        rejected = 0
-        if keep_only_improving and activation is not None:
-            # Removing the mean always lowers the pre-activation error; after a nonlinearity it
-            # can raise it. Keep the shift only on channels whose activated output gets closer to
-            # the reference.
-            if error == "total":
-                float_input = _input_function(float_model, float_layers[wrapper.name])
-                float_linear = _linear_copy(float_layers[wrapper.name])
-            without, with_shift = 0.0, 0.0
-            shift32 = tf.constant(shift, tf.float32)
-            for batch in batches:
-                x, y = sim_output(batch)
-                target = float_copy(x) if error == "weight" else float_linear(float_input(batch))
-                target = activation(target)
-                without = without + _channel_sse(activation(y), target)
-                with_shift = with_shift + _channel_sse(activation(y + shift32), target)
-            worse = np.asarray(with_shift) >= np.asarray(without)
-            rejected = int(np.sum(worse))
-            shift = np.where(worse, 0.0, shift)
-        bias = wrapper.layer.bias
-        bias.assign((np.asarray(bias.numpy(), np.float64) + shift).astype(np.float32))
-        bias_q = wrapper.param_quantizers.get("bias")
-        if bias_q is not None and bias_q.enabled and not bias_q.frozen:
-            analyzer = bias_q.make_analyzer()
-            analyzer.observe(np.asarray(bias.numpy()))
-            bias_q.set_encoding(bias_q.encoding_from_range(*bias_q.compute_range(analyzer)))
-        report.corrected.append(
-            BiasCorrectionRecord(
-                layer=wrapper.name,
-                channels=int(shift.size),
-                mean_abs_shift=float(np.mean(np.abs(shift))),
-                max_abs_shift=float(np.max(np.abs(shift))),
-                relative_shift=float(np.mean(np.abs(shift)) / max(ref.rms, 1e-12)),
-                rejected_channels=rejected,
-            )
-        )
-        progress.update(i + 1)
+    saved = _snapshot_biases(targets)
+    try:
+        _correct_layers(sim, float_model, float_layers, targets, batches, report, error,
+                        keep_only_improving, verbose)
+    except BaseException:
+        _restore_biases(saved)
+        raise
     logging.info(
         "correct_bias: %d layers corrected, %d skipped, %d samples",
         len(report.corrected),

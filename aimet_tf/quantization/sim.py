@@ -279,6 +279,38 @@ class QuantizationSimModel:
         missing += [n for n, q, _ in self.param_quantizers() if q.enabled and not q.is_initialized]
         return missing
 
+    def non_finite_tensors(self) -> list[str]:
+        """Names of the float parameters and enabled encodings that hold NaN or Inf."""
+        bad = []
+        for w in self.wrappers():
+            for var in w.layer.weights:
+                if var.dtype in ("float16", "float32", "float64", "bfloat16") and not np.all(
+                    np.isfinite(var.numpy())
+                ):
+                    bad.append(f"{w.name}/{var.name}")
+        quantizers = [(n, q) for n, q in self.activation_quantizers()]
+        quantizers += [(n, q) for n, q, _ in self.param_quantizers()]
+        for name, q in quantizers:
+            # The variables, not get_encoding(): an Encoding cannot even hold NaN/Inf.
+            grid = q._grid()
+            if q.enabled and q.is_initialized and not (
+                np.all(np.isfinite(grid.encoding_min.numpy()))
+                and np.all(np.isfinite(grid.encoding_max.numpy()))
+            ):
+                bad.append(f"encoding of {name}")
+        return bad
+
+    def _check_finite_state(self) -> None:
+        """Raises when ``non_finite_tensors`` lists anything: such a sim would export garbage."""
+        bad = self.non_finite_tensors()
+        if bad:
+            raise ValueError(
+                "Expected finite parameters and encodings to export. Received: NaN/Inf in "
+                f"{len(bad)} tensors: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Fix: "
+                "find the pass that produced them (e.g. bias correction or training on bad data) "
+                "and rerun it from the float model."
+            )
+
     def quantizer_table(self) -> str:
         """A human-readable table of every quantizer and its state."""
         rows = [f"{'tensor':48s} {'quantizer'}"]
@@ -454,7 +486,9 @@ class QuantizationSimModel:
 
         Raises:
             RuntimeError: if an enabled quantizer has no encoding (compute_encodings first).
+            ValueError: if a parameter or an encoding holds NaN/Inf (nothing is written).
         """
+        self._check_finite_state()
         missing = self.uncalibrated_quantizers()
         if missing:
             raise RuntimeError(

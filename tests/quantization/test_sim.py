@@ -379,3 +379,20 @@ def test_overflow_inside_fused_group_names_the_layer(path):
     assert all(w._finite_watch is None for w in sim.wrappers())
     sim.compute_encodings(models.random_images(8))
     assert np.all(np.isfinite(sim.model.predict(models.random_images(4), verbose=0)))
+
+
+@pytest.mark.parametrize("where", ["parameter", "encoding"])
+def test_export_refuses_non_finite_state(tmp_path, where):
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf", config_file="htp")
+    sim.compute_encodings(models.random_images(8))
+    if where == "parameter":
+        bias = sim.model.get_layer("fc").layer.bias
+        bias.assign(np.full(bias.shape, np.nan, np.float32))
+        pattern = r"Received: NaN/Inf in 1 tensors: fc/bias"
+    else:
+        q = dict(sim.activation_quantizers())["r1/output:0"]
+        q.encoding_max.assign(np.inf)
+        pattern = r"Received: NaN/Inf in 1 tensors: encoding of r1/output:0"
+    with pytest.raises(ValueError, match="Expected finite parameters and encodings to export. " + pattern):
+        sim.export(tmp_path / "out", "model")
+    assert not (tmp_path / "out").exists()
