@@ -369,7 +369,6 @@ class QuantizationSimModel:
                     self._run_calibration_data(forward_pass_callback, batch_size)
         except tf.errors.OpError as exc:
             raise ValueError(f"compute_encodings failed while observing tensors: {exc.message}") from exc
-        _raise_on_nonfinite_outputs(watches)
         failed = []
         for name, q in act:
             if statistics[id(q)] is None:
@@ -379,12 +378,7 @@ class QuantizationSimModel:
                 failed.append(f"{name} ({values.nonfinite_batches} batch(es))")
             else:
                 analyzers[id(q)].absorb_graph_statistics(values)
-        if failed:
-            raise ValueError(
-                "Expected only finite values to calibrate on. Received: NaN/Inf in these tensors, in "
-                f"graph order: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}. Fix: "
-                "check the inputs, or the first layer listed."
-            )
+        _raise_on_nonfinite(failed, watches)
         unseen = [n for n, q in act if analyzers[id(q)].num_batches == 0]
         if unseen:
             raise ValueError(
@@ -670,16 +664,30 @@ def _watching(watches: list[tuple[QuantizationWrapper, NonFiniteWatch]]) -> Iter
             wrapper._finite_watch = None
 
 
-def _raise_on_nonfinite_outputs(watches: list[tuple[QuantizationWrapper, NonFiniteWatch]]) -> None:
-    """Raises naming the first layer (in graph order) whose output held NaN/Inf while calibrating."""
-    bad = [(wrapper.name, count) for wrapper, watch in watches if (count := watch.read())]
-    if not bad:
+def _raise_on_nonfinite(
+    tensors: list[str], watches: list[tuple[QuantizationWrapper, NonFiniteWatch]]
+) -> None:
+    """Raises if calibration saw NaN/Inf: in quantized tensors (``tensors``, in graph order, with
+    their batch counts) or in any layer's output, naming the first such layer in graph order (an
+    overflow inside a fused group reaches no quantizer: ReLU turns NaN into a number)."""
+    layers = [(wrapper.name, count) for wrapper, watch in watches if (count := watch.read())]
+    if not tensors and not layers:
         return
-    name, count = bad[0]
-    later = ", ".join(n for n, _ in bad[1:6]) + (" ..." if len(bad) > 6 else "")
+    found = []
+    if tensors:
+        found.append(
+            f"NaN/Inf in these tensors, in graph order: {', '.join(tensors[:10])}"
+            f"{' ...' if len(tensors) > 10 else ''}"
+        )
+    if layers:
+        name, count = layers[0]
+        later = ", ".join(n for n, _ in layers[1:6]) + (" ..." if len(layers) > 6 else "")
+        found.append(
+            f"the first layer whose output held NaN/Inf is {name!r} ({count} batch(es))"
+            f"{f', later {later}' if later else ''}"
+        )
     raise ValueError(
-        "Expected finite layer outputs while calibrating. Received: layer "
-        f"{name!r} output NaN/Inf in {count} batch(es), the first such layer in graph order"
-        f"{f' (later: {later})' if later else ''}. Fix: check the data range that reaches "
-        f"{name!r} (float32 overflows above 3.4e38) and its weights."
+        f"Expected only finite values to calibrate on. Received: {'; '.join(found)}. Fix: check "
+        "the inputs and their range (float32 overflows above 3.4e38), or the weights of the "
+        "first layer listed."
     )

@@ -365,7 +365,7 @@ def test_overflow_inside_fused_group_names_the_layer(path):
     # naming the conv, and leave every encoding as it was.
     sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf", config_file="htp")
     data = np.full((4, 16, 16, 3), 3e38, np.float32)
-    with pytest.raises(ValueError, match=r"Expected finite layer outputs.*Received: layer 'c1' output NaN/Inf in 1 batch"):
+    with pytest.raises(ValueError, match=r"Expected only finite values.*Received: the first layer whose output held NaN/Inf is 'c1' \(1 batch"):
         if path == "data":
             sim.compute_encodings(data)
         elif path == "callback":
