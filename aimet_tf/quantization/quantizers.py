@@ -43,6 +43,22 @@ _TRACED_STATE = (
 _MISSING = object()
 
 
+class _Same:
+    """Holds an object and equals only a ``_Same`` of that very object. Holding it keeps the
+    object alive, so a fingerprint can never match a new object that reuses a freed id()."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+
 def _traced_value(value) -> object:
     """A comparable stand-in for one traced attribute: the value itself for immutable scalars,
     element-wise for tuples and ``_Links``, the identity for any other object (an analyzer, a
@@ -53,7 +69,7 @@ def _traced_value(value) -> object:
         return tuple(_traced_value(v) for v in value)
     if isinstance(value, _Links):
         return tuple(_traced_value(getattr(value, f.name)) for f in dataclasses.fields(value))
-    return ("id", id(value))
+    return _Same(value)
 
 
 class _TracedState:
@@ -77,7 +93,7 @@ def traced_state(model: keras.Model) -> tuple:
     replaced). Calibrating and recalibrating leave it unchanged: the calibration context is
     entered and left, and the new encodings go into variables."""
     return tuple(
-        (id(layer), layer.traced_key())
+        (_Same(layer), layer.traced_key())
         for layer in model._flatten_layers()
         if isinstance(layer, _TracedState)
     )
