@@ -14,8 +14,11 @@ Typical flow::
 """
 
 from aimet_tf.export.prepare import (
+    KERNEL_TARGETS,
     TFLITE_CONFIG,
     TflitePreparation,
+    kernel_target_of,
+    model_input_quantizers,
     prepare_model_for_tflite,
     prepare_sim_for_tflite,
     split_separable_convs,
@@ -24,6 +27,9 @@ from aimet_tf.export.tflite import IO_TYPES, TfliteExportError, check_tflite_exp
 from aimet_tf.export.verify import KERNELS, FidelityReport, measure_latency, run_tflite, verify_tflite
 
 __all__ = [
+    "KERNEL_TARGETS",
+    "kernel_target_of",
+    "model_input_quantizers",
     "IO_TYPES",
     "KERNELS",
     "TFLITE_CONFIG",

@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from typing import Any
 
 import keras
 import numpy as np
 from absl import logging
 
+from aimet_tf.kernels.target import TFLITE_REFERENCE, DspTarget
 from aimet_tf.ptq.batch_norm_fold import fold_all_batch_norms
 from aimet_tf.quantization.graph import as_functional
 from aimet_tf.quantization.primitives import Encoding
@@ -49,7 +51,10 @@ from aimet_tf.quantization.registry import get_layer_spec
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
 __all__ = [
+    "KERNEL_TARGETS",
     "TFLITE_CONFIG",
+    "kernel_target_of",
+    "model_input_quantizers",
     "TflitePreparation",
     "prepare_model_for_tflite",
     "prepare_sim_for_tflite",
@@ -85,6 +90,43 @@ _TRANSPOSED = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
 _DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
 # Activations TFLite fuses into the op before them (the fused op clamps after requantizing).
 _FUSABLE_ACTIVATIONS = frozenset({"relu", "relu6"})
+
+KERNEL_TARGETS = ("default", "builtin", "reference")
+"""The kernel paths a simulation can reproduce: LiteRT's default op resolver (XNNPACK for the
+ops it takes, the optimized builtin kernels for the rest), the optimized builtin kernels without
+a delegate, and the reference kernels (``OpResolverType.BUILTIN_REF``; the same arithmetic as
+`aimet_tf.kernels.TFLITE_REFERENCE`). A `DspTarget` names another integer target modelled by
+`aimet_tf.kernels`."""
+
+# How each kernel path's QUANTIZE rounds a float model input (primitives.INPUT_ROUNDINGS).
+_INPUT_ROUNDING = {"default": "reciprocal_half_even", "builtin": "reciprocal_half_even",
+                   "reference": "divide_half_away"}
+
+# The kernel path each prepared sim reproduces (a sim without an entry was never prepared).
+_PREPARED: "weakref.WeakKeyDictionary[Any, str | DspTarget]" = weakref.WeakKeyDictionary()
+
+
+def _resolve_kernels(kernels: "str | DspTarget") -> "str | DspTarget":
+    if isinstance(kernels, DspTarget):
+        return kernels
+    if kernels not in KERNEL_TARGETS:
+        raise ValueError(
+            f"Expected kernels in {KERNEL_TARGETS} or a aimet_tf.kernels.DspTarget. Received: "
+            f"kernels={kernels!r}"
+        )
+    return kernels
+
+
+def _dsp_target(kernels: "str | DspTarget") -> DspTarget | None:
+    """The integer target whose arithmetic the "dsp_*" requantizer modes reproduce, if any."""
+    if isinstance(kernels, DspTarget):
+        return kernels
+    return TFLITE_REFERENCE if kernels == "reference" else None
+
+
+def kernel_target_of(sim) -> "str | DspTarget | None":
+    """The kernel path ``prepare_sim_for_tflite`` last prepared ``sim`` for (None: never)."""
+    return _PREPARED.get(sim)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -388,6 +430,8 @@ class TflitePreparation:
     """What ``prepare_sim_for_tflite`` changed in the simulation.
 
     Attributes:
+        kernels: the kernel path the simulation now reproduces (``KERNEL_TARGETS`` or a
+            `DspTarget`).
         bias_quantizers: layers whose bias is now rounded to int32 on s_in * s_w.
         requantizers: layers whose output is now requantized as their TFLite kernel does it.
         tied: groups of tensor slots ("layer/input:i" or "layer/output:i") whose quantizers now
@@ -396,6 +440,7 @@ class TflitePreparation:
             TFLite's SOFTMAX / LOGISTIC (scale 1/256, zero point -128) or TANH (1/128, 0).
     """
 
+    kernels: "str | DspTarget" = "default"
     bias_quantizers: list[str] = dataclasses.field(default_factory=list)
     requantizers: list[str] = dataclasses.field(default_factory=list)
     tied: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
@@ -549,7 +594,56 @@ def _output_channels(layer: keras.layers.Layer) -> int:
     return int(kernel.shape[-1])
 
 
-def prepare_sim_for_tflite(sim) -> TflitePreparation:
+def _input_quantizers_by_input(graph: _SimGraph) -> dict[int, list[Quantizer]]:
+    found: dict[int, list[Quantizer]] = {}
+    for wrapper in graph.order:
+        for i, src in enumerate(graph.sources.get(id(wrapper), [])):
+            if src is not None and src.wrapper is None and i < len(wrapper.input_quantizers):
+                q = wrapper.input_quantizers[i]
+                if _active(q) and not q.per_channel:
+                    found.setdefault(src.index, []).append(q)
+    return found
+
+
+def model_input_quantizers(sim) -> dict[int, list[Quantizer]]:
+    """The per-tensor input quantizers that read each model input directly, by input index
+    (what the .tflite file's QUANTIZE op of that input does)."""
+    return _input_quantizers_by_input(_SimGraph(sim.model))
+
+
+def _dsp_accumulator_mode(layer: keras.layers.Layer) -> str | None:
+    activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
+    if activation not in ("linear", "relu", "relu6"):
+        return None
+    return "dsp_fully_connected" if isinstance(layer, _L.Dense) else "dsp_conv"
+
+
+def _link_softmax(graph: _SimGraph, wrapper: QuantizationWrapper, target: DspTarget | None) -> bool:
+    """Gives a Softmax layer on TFLite's fixed output grid the target's integer softmax."""
+    layer = wrapper.layer
+    is_softmax = isinstance(layer, _L.Softmax) or (
+        isinstance(layer, _L.Activation) and getattr(layer.activation, "__name__", None) == "softmax"
+    )
+    if not is_softmax:
+        return False
+    output_q = wrapper.output_quantizers[0] if wrapper.output_quantizers else None
+    in_slot = _grid_slot_of_input(graph, wrapper, 0)
+    axis = getattr(layer, "axis", -1)
+    last_axis = axis in (-1, len(wrapper.input.shape) - 1) if isinstance(axis, int) else False
+    if target is None or in_slot is None or not _active(output_q) or not output_q.frozen or not last_axis:
+        if wrapper.requantizer is not None and wrapper.requantizer.mode == "dsp_softmax":
+            wrapper.requantizer.enabled = False
+        return False
+    requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
+    requantizer.mode = "dsp_softmax"
+    requantizer.target = target
+    requantizer.enabled = True
+    requantizer.link(_slot_get(in_slot), None, output_q)
+    requantizer.snapshot()
+    return True
+
+
+def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> TflitePreparation:
     """Makes ``sim.model`` compute what the exported TFLite integer model computes.
 
     In place and idempotent:
@@ -576,19 +670,44 @@ def prepare_sim_for_tflite(sim) -> TflitePreparation:
     linked quantizers copy the values they use into their own variables whenever the model's
     config is taken, so ``sim.model.save(...)`` reloads to the same numbers (without links).
 
+    Which kernels: LiteRT's kernel paths round differently (measured on ai-edge-litert 2.3; see
+    ``KERNEL_TARGETS``), so the simulation reproduces one of them bit for bit:
+
+    * "default" (what an app gets): a float model input is quantized as x * (1 / s) with ties
+      to even; the requantizers above use XNNPACK's arithmetic.
+    * "reference" or a `DspTarget`: the input as round(x / s) with ties away from zero; conv,
+      depthwise, dense, Add, mean and softmax with the integer arithmetic of the target
+      (`aimet_tf.kernels`, which is bit-exact with LiteRT's BUILTIN_REF kernels for
+      ``TFLITE_REFERENCE``).
+    * "builtin": LiteRT's optimized kernels without a delegate (the input as "default").
+
     Args:
         sim: a ``QuantizationSimModel``.
+        kernels: one of ``KERNEL_TARGETS`` or a `DspTarget`; None keeps what the sim was last
+            prepared for ("default" the first time).
 
     Returns:
         A ``TflitePreparation`` listing the changes.
+
+    Raises:
+        ValueError: for an unknown ``kernels``.
     """
+    kernels = _resolve_kernels(_PREPARED.get(sim, "default") if kernels is None else kernels)
+    target = _dsp_target(kernels)
     graph = _SimGraph(sim.model)
-    report = TflitePreparation()
+    report = TflitePreparation(kernels=kernels)
     report.fixed_grids = _fix_output_grids(graph)
     report.tied = _tie_grids(graph)
     graph = _SimGraph(sim.model)
+    rounding = "divide_half_away" if target is not None else _INPUT_ROUNDING[kernels]
+    for quantizers in _input_quantizers_by_input(graph).values():
+        for q in quantizers:
+            q.rounding = rounding
     for wrapper in graph.order:
         layer = wrapper.layer
+        if _link_softmax(graph, wrapper, target):
+            report.requantizers.append(wrapper.name)
+            continue
         if isinstance(layer, _AVERAGE_POOLS):
             output_q = wrapper.output_quantizers[0] if wrapper.output_quantizers else None
             if _active(output_q):
@@ -605,7 +724,8 @@ def prepare_sim_for_tflite(sim) -> TflitePreparation:
                              for i in range(len(graph.sources.get(id(wrapper), [])))]
             if _active(output_q) and len(operand_slots) == 2 and None not in operand_slots:
                 requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
-                requantizer.mode = "add"
+                requantizer.mode = "add" if target is None else "dsp_add"
+                requantizer.target = target
                 requantizer.enabled = True
                 requantizer.link_operands([_slot_get(slot) for slot in operand_slots], output_q)
                 requantizer.snapshot()
@@ -617,7 +737,8 @@ def prepare_sim_for_tflite(sim) -> TflitePreparation:
             spatial = tuple(wrapper.input.shape[1:-1])
             if _active(output_q) and in_slot is not None and None not in spatial:
                 requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
-                requantizer.mode = "mean"
+                requantizer.mode = "mean" if target is None else "dsp_mean"
+                requantizer.target = target
                 requantizer.count = int(np.prod(spatial))
                 requantizer.enabled = True
                 requantizer.link(_slot_get(in_slot), None, output_q)
@@ -647,19 +768,24 @@ def prepare_sim_for_tflite(sim) -> TflitePreparation:
             bias_q.snapshot()
             report.bias_quantizers.append(wrapper.name)
         output_q = _output_grid_quantizer(graph, wrapper)
-        mode = _requantization_mode(wrapper, weight_q)
+        if target is None:
+            mode = _requantization_mode(wrapper, weight_q)
+        else:
+            mode = _dsp_accumulator_mode(layer)
         if mode is not None and output_q is not None:
             requantizer = _ensure_requantizer(wrapper, _output_channels(layer))
             requantizer.mode = mode
+            requantizer.target = target
             requantizer.enabled = True
             requantizer.link(input_q, weight_q, output_q)
             requantizer.snapshot()
             report.requantizers.append(wrapper.name)
         elif wrapper.requantizer is not None:
             wrapper.requantizer.enabled = False
+    _PREPARED[sim] = kernels
     logging.info(
-        "prepare_sim_for_tflite: %d int32 biases, %d requantizers, %d tied grids, %d fixed grids",
-        len(report.bias_quantizers), len(report.requantizers), len(report.tied),
-        len(report.fixed_grids),
+        "prepare_sim_for_tflite (%s kernels): %d int32 biases, %d requantizers, %d tied grids, "
+        "%d fixed grids", getattr(kernels, "name", kernels), len(report.bias_quantizers),
+        len(report.requantizers), len(report.tied), len(report.fixed_grids),
     )
     return report

@@ -164,11 +164,17 @@ def _export_view(sim) -> Iterator[bool]:
     """Temporarily puts the sim in its export form; yields whether int4 packing is needed."""
     requantizers = [w.requantizer for w in sim.wrappers() if w.requantizer is not None]
     states = [r.enabled for r in requantizers]
+    # Kernel-style input rounding is simulation only: the converter must see the plain fake-quant.
+    rounded = [q for w in sim.wrappers() for q in w.input_quantizers
+               if isinstance(q, Quantizer) and q.rounding != "fake_quant"]
+    roundings = [q.rounding for q in rounded]
     swapped = []
     pack_int4 = False
     try:
         for r in requantizers:
             r.enabled = False
+        for q in rounded:
+            q.rounding = "fake_quant"
         for wrapper in sim.wrappers():
             for path, q in _weight_param(wrapper):
                 if not isinstance(q, Quantizer) or not q.enabled:
@@ -195,6 +201,8 @@ def _export_view(sim) -> Iterator[bool]:
             q.set_encoding(encoding)
         for r, state in zip(requantizers, states):
             r.enabled = state
+        for q, rounding in zip(rounded, roundings):
+            q.rounding = rounding
 
 
 def _layer_names_in(text: str, names: list[str]) -> list[str]:
@@ -348,6 +356,7 @@ def export_tflite(
     input_type: str = "float32",
     output_type: str = "float32",
     prepare: bool = True,
+    kernels=None,
 ) -> str:
     """Writes a full-integer .tflite model that computes what ``sim`` simulates.
 
@@ -363,8 +372,11 @@ def export_tflite(
         input_type: "float32" (the model quantizes its input) or "int8" (the caller feeds
             q = round(x / scale) + zero_point, read from the interpreter's input details).
         output_type: "float32" (dequantized) or "int8".
-        prepare: run ``prepare_sim_for_tflite(sim)`` first (in place, idempotent), so that the
-            sim afterwards predicts the file. Pass False only for a sim prepared already.
+        prepare: run ``prepare_sim_for_tflite(sim, kernels)`` first (in place, idempotent), so
+            that the sim afterwards predicts the file. Pass False only for a sim prepared already.
+        kernels: the kernel path the sim should reproduce (``KERNEL_TARGETS`` or a `DspTarget`);
+            None keeps the one it was prepared for ("default" the first time). The file is the
+            same whichever is chosen: only the simulation's rounding follows it.
 
     Returns:
         The path written, as a string.
@@ -384,7 +396,7 @@ def export_tflite(
             raise ValueError(f"Expected {name} in {IO_TYPES}. Received: {name}={value!r}")
     path = os.fspath(path)
     if prepare:
-        prepare_sim_for_tflite(sim)
+        prepare_sim_for_tflite(sim, kernels)
     problems = check_tflite_exportable(sim)
     if problems:
         raise TfliteExportError(

@@ -26,7 +26,10 @@ __all__ = ["KERNELS", "FidelityReport", "verify_tflite", "run_tflite", "measure_
 KERNELS = ("default", "builtin", "reference")
 """Op resolvers: "default" (builtin kernels + the XNNPACK delegate, what an app gets),
 "builtin" (optimized builtin kernels, no delegate), "reference" (BUILTIN_REF: the plain
-reference kernels)."""
+reference kernels). The same names as ``prepare.KERNEL_TARGETS``: a sim prepared for one of
+them predicts that resolver."""
+
+_RESOLVER_NAMES = {"default": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,10 @@ class FidelityReport:
     Attributes:
         num_samples: inputs compared.
         kernels: the LiteRT op resolver used (see ``KERNELS``).
+        interpreter: the interpreter and its version ("ai_edge_litert 2.3.0").
+        resolver: LiteRT's ``OpResolverType`` name for ``kernels``.
+        delegate: the delegate that ran ops ("XNNPACK"), or "none".
+        sim_kernels: the kernel path the simulation was prepared to reproduce.
         output_step: quantization step (scale) of the model output in the .tflite file.
         top1_agreement: fraction of inputs whose arg-max class agrees (None for outputs with a
             single value per sample).
@@ -59,12 +66,22 @@ class FidelityReport:
     file_size_bytes: int
     accuracy_sim: float | None = None
     accuracy_tflite: float | None = None
+    interpreter: str = ""
+    resolver: str = ""
+    delegate: str = "none"
+    sim_kernels: str = ""
+
+    @property
+    def identical(self) -> bool:
+        """Every output element on the same integer level."""
+        return self.max_step_difference < 0.5
 
     def summary(self) -> str:
         """A few human-readable lines."""
         lines = [
-            f"samples {self.num_samples}, LiteRT kernels: {self.kernels}, file "
-            f"{self.file_size_bytes / 1024:.1f} KiB",
+            f"samples {self.num_samples}, {self.interpreter} kernels: {self.kernels} (resolver "
+            f"{self.resolver}, delegate {self.delegate}); sim prepared for: {self.sim_kernels}; "
+            f"file {self.file_size_bytes / 1024:.1f} KiB",
         ]
         if self.top1_agreement is not None:
             lines.append(f"top-1 agreement sim vs tflite: {100 * self.top1_agreement:.3f}%")
@@ -104,14 +121,21 @@ def _interpreter(tflite_path: str | os.PathLike | bytes, kernels: str, preserve:
     )
 
 
-def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+def _quantize_input(x: np.ndarray, detail: dict, kernels: str = "default") -> np.ndarray:
+    """An int8 input as that kernel path's own QUANTIZE would give it (what a sim prepared for
+    ``kernels`` assumes): round(x / s) ties away ("reference"), round(x * (1 / s)) ties to even
+    (the others), in float32."""
     if detail["dtype"] == np.float32:
         return x.astype(np.float32)
     scale, zero_point = detail["quantization"]
     info = np.iinfo(detail["dtype"])
-    # Half up, as the simulation's input fake-quant rounds.
-    q = np.floor(x.astype(np.float64) / scale + 0.5) + zero_point
-    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+    x = np.asarray(x, dtype=np.float32)
+    if kernels == "reference":
+        ratio = (x / np.float32(scale)).astype(np.float64)
+        levels = np.trunc(ratio) + np.where(np.abs(ratio - np.trunc(ratio)) >= 0.5, np.sign(ratio), 0.0)
+    else:
+        levels = np.round((x * (np.float32(1.0) / np.float32(scale))).astype(np.float64))
+    return np.clip(levels + zero_point, info.min, info.max).astype(detail["dtype"])
 
 
 def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
@@ -130,8 +154,8 @@ def run_tflite(
 ) -> list[np.ndarray]:
     """Runs a single-input .tflite model on ``data`` in batches; returns float outputs.
 
-    int8 inputs are quantized with the input tensor's scale/zero point (half up), int8 outputs
-    dequantized with the output tensor's.
+    int8 inputs are quantized with the input tensor's scale/zero point as the kernel path's own
+    QUANTIZE op rounds, int8 outputs dequantized with the output tensor's.
 
     Args:
         tflite_path: the model file, or its bytes.
@@ -153,7 +177,7 @@ def run_tflite(
             interpreter.allocate_tensors()
             input_detail = interpreter.get_input_details()[0]
             current = len(batch)
-        interpreter.set_tensor(input_detail["index"], _quantize_input(batch, input_detail))
+        interpreter.set_tensor(input_detail["index"], _quantize_input(batch, input_detail, kernels))
         interpreter.invoke()
         details = interpreter.get_output_details()
         if not outputs:
@@ -182,6 +206,44 @@ def _output_steps(tflite_path: str) -> list[float]:
     return steps
 
 
+def _runtime_description(tflite_path: str, kernels: str) -> tuple[str, str]:
+    """(interpreter with version, delegate) of the resolver ``kernels`` on this file."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
+        version = "unknown version"
+    interpreter = _interpreter(tflite_path, kernels)
+    interpreter.allocate_tensors()
+    delegated = any(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+    return f"ai_edge_litert {version}", ("XNNPACK" if delegated else "none")
+
+
+def _kernels_name(kernels) -> str:
+    return getattr(kernels, "name", kernels) if kernels is not None else "default (never prepared)"
+
+
+def _resolver_for_sim(sim) -> str:
+    """The LiteRT resolver that runs the kernels ``sim`` was prepared for."""
+    from aimet_tf.export.prepare import kernel_target_of
+    from aimet_tf.kernels.target import TFLITE_REFERENCE
+
+    kernels = kernel_target_of(sim)
+    if kernels is None:
+        return "default"
+    if isinstance(kernels, str):
+        return kernels
+    if kernels == TFLITE_REFERENCE:
+        return "reference"
+    raise ValueError(
+        f"The sim reproduces the integer target {kernels.name!r}, which no LiteRT op resolver runs. "
+        "Expected kernels= one of "
+        f"{KERNELS} (the sim is then prepared for it), or compare with "
+        "aimet_tf.kernels.IntegerExecutor(path, target=...). Received: kernels=None"
+    )
+
+
 def verify_tflite(
     sim,
     tflite_path: str | os.PathLike,
@@ -189,12 +251,17 @@ def verify_tflite(
     *,
     labels: Sequence[int] | np.ndarray | None = None,
     batch_size: int = 256,
-    kernels: str = "default",
-) -> FidelityReport:
+    kernels: str | None = None,
+):
     """Compares ``sim.model`` and a .tflite file on the same inputs.
 
     step difference = |tflite - sim| / s_out, with s_out the scale of the .tflite output tensor;
     SQNR = 10 log10(sum(sim^2) / sum((tflite - sim)^2)) with the simulation as reference.
+
+    LiteRT's kernel paths round differently, and a sim reproduces the one it was prepared for
+    (``prepare_sim_for_tflite(sim, kernels)``). With ``kernels`` None the file runs on that
+    path; with a name the sim is prepared for that path first (it stays so); with "all" each of
+    ``KERNELS`` is checked in turn, and the sim is left prepared as it was.
 
     Args:
         sim: the ``QuantizationSimModel`` the file was exported from (as prepared by the export).
@@ -202,14 +269,33 @@ def verify_tflite(
         data: float32 inputs [N, ...] (what the float model takes).
         labels: optional integer class labels [N] for accuracies.
         batch_size: batch size for both runs.
-        kernels: LiteRT op resolver, one of ``KERNELS``.
+        kernels: None, one of ``KERNELS``, or "all".
 
     Returns:
-        A ``FidelityReport``.
+        A ``FidelityReport`` (which names the interpreter, resolver and delegate), or for "all" a
+        dict {kernels: FidelityReport}.
 
     Raises:
-        ValueError: for empty data, a bad ``kernels`` value, or labels of the wrong length.
+        ValueError: for empty data, a bad ``kernels`` value, labels of the wrong length, or a sim
+            prepared for a `DspTarget` that LiteRT does not run (with ``kernels`` None).
     """
+    from aimet_tf.export.prepare import kernel_target_of, prepare_sim_for_tflite
+
+    if kernels == "all":
+        before = kernel_target_of(sim)
+        try:
+            return {
+                name: verify_tflite(sim, tflite_path, data, labels=labels, batch_size=batch_size, kernels=name)
+                for name in KERNELS
+            }
+        finally:
+            prepare_sim_for_tflite(sim, before if before is not None else "default")
+    if kernels is None:
+        kernels = _resolver_for_sim(sim)
+    elif kernels not in KERNELS:
+        raise ValueError(f"Expected kernels in {KERNELS}, 'all' or None. Received: kernels={kernels!r}")
+    if kernel_target_of(sim) != kernels:
+        prepare_sim_for_tflite(sim, kernels)
     tflite_path = os.fspath(tflite_path)
     data = np.asarray(data, dtype=np.float32)
     if len(data) == 0:
@@ -236,6 +322,7 @@ def verify_tflite(
         labels = np.asarray(labels).reshape(-1)
         accuracy_sim = float(np.mean(first_e.argmax(-1) == labels))
         accuracy_tflite = float(np.mean(first_a.argmax(-1) == labels))
+    interpreter, delegate = _runtime_description(tflite_path, kernels)
     # A small tolerance absorbs float rounding of the dequantized values themselves.
     return FidelityReport(
         num_samples=len(data),
@@ -250,6 +337,10 @@ def verify_tflite(
         file_size_bytes=os.path.getsize(tflite_path),
         accuracy_sim=accuracy_sim,
         accuracy_tflite=accuracy_tflite,
+        interpreter=interpreter,
+        resolver=_RESOLVER_NAMES[kernels],
+        delegate=delegate,
+        sim_kernels=_kernels_name(kernel_target_of(sim)),
     )
 
 

@@ -20,14 +20,13 @@ N and runs all rows at once (a RESHAPE target shape with a leading 1 is read as 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from aimet_tf.kernels import fixed_point as fp
-from aimet_tf.kernels import reference
+from aimet_tf.kernels import reference, requantize
 from aimet_tf.kernels.target import DspTarget, resolve_target
 from aimet_tf.kernels.tflite_model import (
     OperatorInfo,
@@ -350,9 +349,7 @@ class IntegerExecutor:
         bias = self._bias(op, out_c)
         scales = np.broadcast_to(w.scale, (out_c,))
         # TFLite: effective scale = double(s_x) * double(s_w[c]) / double(s_y), then QuantizeMultiplier.
-        pairs = [fp.quantize_multiplier(float(s_x) * float(sw) / float(s_y), self.target) for sw in scales]
-        multiplier = np.array([p[0] for p in pairs], dtype=np.int64)
-        shift = np.array([p[1] for p in pairs], dtype=np.int64)
+        multiplier, shift = requantize.conv_multipliers(s_x, scales, s_y, self.target)
         lo, hi = _activation_range(o.fusedActivationFunction, s_y, z_y, f"Operator {op.index} ({op.name})")
         filters = self._constant(op, w, "filter")
         kwargs = dict(input_zero_point=z_x, output_zero_point=z_y, strides=(o.strideH, o.strideW),
@@ -397,9 +394,7 @@ class IntegerExecutor:
             )
         if w.type_name == "INT4" and int(w.zero_point[0]) != 0:
             raise UnsupportedOperatorError(f"Operator {op.index} (FULLY_CONNECTED): int4 weights need zero point 0.")
-        pairs = [fp.quantize_multiplier(float(s_x) * float(sw) / float(s_y), self.target) for sw in w.scale]
-        multiplier = np.array([p[0] for p in pairs], dtype=np.int64)
-        shift = np.array([p[1] for p in pairs], dtype=np.int64)
+        multiplier, shift = requantize.conv_multipliers(s_x, w.scale, s_y, self.target)
         lo, hi = _activation_range(o.fusedActivationFunction if o else 0, s_y, z_y, f"Operator {op.index} (FULLY_CONNECTED)")
         bias = self._bias(op, out_c)
         weights = self._constant(op, w, "weights")
@@ -424,22 +419,14 @@ class IntegerExecutor:
         b = self._tensor(op, 1, ("INT8",), "second input")
         y = self._output(op)
         (s1, z1), (s2, z2), (s_y, z_y) = a.per_tensor(), b.per_tensor(), y.per_tensor()
-        shift_bits = self.target.add_left_shift
-        twice_max = 2.0 * float(max(np.float32(s1), np.float32(s2)))
         where = f"Operator {op.index} (ADD)"
-        real_out = twice_max / ((1 << shift_bits) * float(s_y))
-        if not 0.0 < real_out < 1.0:
-            raise UnsupportedOperatorError(
-                f"{where}: output rescaling factor 2 max(s1, s2) / (2^{shift_bits} s_out) = {real_out:.3g} must be in "
-                "(0, 1); TFLite rejects such scales too."
-            )
-        m1, e1 = fp.quantize_multiplier_smaller_than_one(float(s1) / twice_max, self.target)
-        m2, e2 = fp.quantize_multiplier_smaller_than_one(float(s2) / twice_max, self.target)
-        mo, eo = fp.quantize_multiplier_smaller_than_one(real_out, self.target)
+        try:
+            params = requantize.add_parameters(s1, s2, s_y, self.target)
+        except ValueError as error:
+            raise UnsupportedOperatorError(f"{where}: {error} TFLite rejects such scales too.") from error
         lo, hi = _activation_range(op.options.fusedActivationFunction if op.options else 0, s_y, z_y, where)
-        kwargs = dict(input1_zero_point=z1, input2_zero_point=z2, output_zero_point=z_y, input1_multiplier=m1,
-                      input1_shift=e1, input2_multiplier=m2, input2_shift=e2, output_multiplier=mo, output_shift=eo,
-                      activation_min=lo, activation_max=hi)
+        kwargs = dict(input1_zero_point=z1, input2_zero_point=z2, output_zero_point=z_y,
+                      activation_min=lo, activation_max=hi, **params)
 
         def run(be, v1, v2):
             return be.kernel("add", v1, v2, **kwargs)
@@ -500,17 +487,10 @@ class IntegerExecutor:
                 f"requirement). Received scale {s_y}, zero point {z_y}."
             )
         beta = float(op.options.beta) if op.options is not None else 1.0
-        integer_bits = 5
-        max_real = (2.0**30 - 1.0) if self.target.rounding == "single" else (2.0**31 - 1.0)
-        real = min(beta * float(s_x) * float(1 << (31 - integer_bits)), max_real)
-        if not real > 1.0:
-            raise UnsupportedOperatorError(
-                f"Operator {op.index} (SOFTMAX): beta * input scale * 2^26 = {real:.3g} must exceed 1 "
-                f"(beta {beta}, input scale {s_x})."
-            )
-        m, left_shift = fp.quantize_multiplier_greater_than_one(real, self.target)
-        radius = math.floor(1.0 * ((1 << integer_bits) - 1) * (1 << (31 - integer_bits)) / (1 << left_shift))
-        kwargs = dict(input_multiplier=m, input_left_shift=left_shift, diff_min=-radius)
+        try:
+            kwargs = requantize.softmax_parameters(s_x, beta, self.target)
+        except ValueError as error:
+            raise UnsupportedOperatorError(f"Operator {op.index} (SOFTMAX): {error}") from error
 
         def run(be, xv):
             return be.kernel("softmax", xv, **kwargs)

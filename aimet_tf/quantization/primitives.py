@@ -51,6 +51,8 @@ __all__ = [
     "requantize_float",
     "round_average_pool",
     "requantize_add",
+    "INPUT_ROUNDINGS",
+    "quantize_input_like_kernel",
 ]
 
 MIN_BITWIDTH = 2
@@ -454,10 +456,79 @@ def scale_tf(min_val: tf.Tensor, max_val: tf.Tensor, bitwidth: int, narrow_range
     """
     bitwidth = validate_bitwidth(bitwidth)
     steps = float(2**bitwidth - 1 - int(bool(narrow_range)))
-    width = tf.cast(tf.cast(max_val, tf.float32) - tf.cast(min_val, tf.float32), tf.float64)
-    # Divided in float64 and rounded once to float32, as the converter derives the scale it
-    # stores; a float32 graph may turn "/ steps" into "* (1 / steps)", one ulp off.
+    # max - min and the division in float64, rounded once to float32, as the converter derives
+    # the scale it stores (a float32 subtraction is one ulp off for some ranges, which flips
+    # the rounding of inputs near a .5 step; a float32 graph may also turn "/ steps" into
+    # "* (1 / steps)").
+    width = tf.cast(max_val, tf.float64) - tf.cast(min_val, tf.float64)
     return tf.cast(width / steps, tf.float32)
+
+
+INPUT_ROUNDINGS = ("fake_quant", "divide_half_away", "reciprocal_half_even")
+"""How a float tensor is rounded onto its int8 grid where a runtime QUANTIZE op does it (a float
+model input), measured on ai-edge-litert 2.3 at exact and near ties:
+
+* "fake_quant": TF's fake-quant op, floor((x - nmin) / s + 1/2) (ties up); the simulation default;
+* "divide_half_away": LiteRT's reference QUANTIZE, round(float32(x / s)) with ties away from zero;
+* "reciprocal_half_even": XNNPACK's and LiteRT's optimized QUANTIZE, round(float32(x *
+  float32(1 / s))) with ties to even.
+"""
+
+
+def quantize_input_like_kernel(
+    x: tf.Tensor,
+    min_val: tf.Tensor,
+    max_val: tf.Tensor,
+    bitwidth: int,
+    narrow_range: bool,
+    rounding: str,
+) -> tf.Tensor:
+    """Quantize-dequantize of a per-tensor grid as a runtime's QUANTIZE kernel rounds it.
+
+    With s the grid step (``scale_tf``, what the converter stores), z = clamp(round(qmin - min / s),
+    qmin, qmax) the zero point (TF's nudge) and r the rounding of ``rounding`` (``INPUT_ROUNDINGS``):
+    level = clamp(r(x, s) + z, qmin, qmax), x_hat = (level - z) * s. The quotient / product is
+    formed in float64 and rounded once to float32, which equals the float32 operation the kernel
+    performs (IEEE division and multiplication are correctly rounded either way), whatever the
+    graph optimizer does to float32 arithmetic. Gradient: that of TF's fake-quant op (the two
+    differ only where the rounding does).
+
+    Args:
+        x: float32 tensor.
+        min_val, max_val: scalar range.
+        bitwidth: 2..16.
+        narrow_range: strict symmetric grid.
+        rounding: one of ``INPUT_ROUNDINGS``.
+
+    Returns:
+        float32 tensor of ``x``'s shape.
+
+    Raises:
+        ValueError: for an unknown ``rounding``.
+    """
+    if rounding not in INPUT_ROUNDINGS:
+        raise ValueError(f"Expected rounding in {INPUT_ROUNDINGS}. Received: rounding={rounding!r}")
+    reference = fake_quantize(x, min_val, max_val, bitwidth, narrow_range)
+    if rounding == "fake_quant":
+        return reference
+    qmin = 1.0 if narrow_range else 0.0
+    qmax = float(2 ** validate_bitwidth(bitwidth) - 1)
+    scale = scale_tf(min_val, max_val, bitwidth, narrow_range)
+    # The zero point exactly as TF's nudge (and so the converter) derives it.
+    nudged_min, _, nudge_scale = _nudge_tf(
+        tf.cast(min_val, tf.float32), tf.cast(max_val, tf.float32), bitwidth, narrow_range
+    )
+    zero_point = tf.round(qmin - nudged_min / nudge_scale)
+    x64, s64 = tf.cast(x, tf.float64), tf.cast(scale, tf.float64)
+    if rounding == "divide_half_away":
+        ratio = tf.cast(tf.cast(x64 / s64, tf.float32), tf.float64)
+        levels = _round_half_away_tf(ratio)
+    else:
+        reciprocal = tf.cast(tf.cast(1.0 / s64, tf.float32), tf.float64)
+        levels = tf.round(tf.cast(tf.cast(x64 * reciprocal, tf.float32), tf.float64))
+    levels = tf.clip_by_value(levels + tf.cast(zero_point, tf.float64), qmin, qmax)
+    exact = tf.cast((levels - tf.cast(zero_point, tf.float64)) * s64, tf.float32)
+    return reference + tf.stop_gradient(exact - reference)
 
 
 def round_half_away_from_zero(x: tf.Tensor) -> tf.Tensor:

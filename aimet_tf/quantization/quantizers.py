@@ -21,6 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from aimet_tf.kernels import reference as kernel_reference
+from aimet_tf.kernels import requantize as kernel_requantize
+from aimet_tf.kernels.target import DspTarget, resolve_target
 from aimet_tf.quantization import primitives
 from aimet_tf.quantization.analyzers import (
     QuantScheme,
@@ -39,6 +42,7 @@ __all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES", 
 _TRACED_STATE = (
     "enabled", "_initialized", "_bitwidth", "symmetric", "strict", "_tie", "_links",
     "_quant_scheme", "_frozen", "_analyzer", "_statistics", "_mode", "_axes", "count",
+    "_rounding", "_target",
 )
 _MISSING = object()
 
@@ -67,8 +71,11 @@ def _traced_value(value) -> object:
         return value
     if isinstance(value, tuple):
         return tuple(_traced_value(v) for v in value)
-    if isinstance(value, _Links):
-        return tuple(_traced_value(getattr(value, f.name)) for f in dataclasses.fields(value))
+    frozen = dataclasses.is_dataclass(value) and value.__dataclass_params__.frozen
+    if isinstance(value, _Links) or frozen:
+        # Frozen dataclasses (a kernel target) compare by value: an equal new one needs no trace.
+        fields = tuple(_traced_value(getattr(value, f.name)) for f in dataclasses.fields(value))
+        return (type(value), fields)
     return _Same(value)
 
 
@@ -131,6 +138,9 @@ class Quantizer(_TracedState, keras.layers.Layer):
             or a range-learning scheme, which also makes the range trainable).
         enabled: False makes the quantizer an identity.
         percentile: the percentile used by the "percentile" scheme.
+        rounding: how values are rounded onto a per-tensor grid (``primitives.INPUT_ROUNDINGS``):
+            "fake_quant" (TF's op, ties up) everywhere but on a model input that a runtime's
+            QUANTIZE kernel rounds its own way (``prepare_sim_for_tflite`` sets it).
 
     Example:
         >>> q = Quantizer(bitwidth=8)
@@ -150,10 +160,12 @@ class Quantizer(_TracedState, keras.layers.Layer):
         percentile: float = 99.99,
         frozen: bool = False,
         initialized: bool = False,
+        rounding: str = "fake_quant",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._bitwidth = primitives.validate_bitwidth(bitwidth)
+        self.rounding = rounding
         self.symmetric = bool(symmetric)
         self.strict = bool(strict) and bool(symmetric)
         self.unsigned_symmetric = bool(unsigned_symmetric)
@@ -185,6 +197,18 @@ class Quantizer(_TracedState, keras.layers.Layer):
             # An encoding is only meaningful for the grid it was computed on.
             self._bitwidth = value
             self._initialized = False
+
+    @property
+    def rounding(self) -> str:
+        return self._rounding
+
+    @rounding.setter
+    def rounding(self, value: str) -> None:
+        if value not in primitives.INPUT_ROUNDINGS:
+            raise ValueError(
+                f"Expected rounding in {primitives.INPUT_ROUNDINGS}. Received: rounding={value!r}"
+            )
+        self._rounding = value
 
     @property
     def quant_scheme(self) -> QuantScheme:
@@ -421,7 +445,7 @@ class Quantizer(_TracedState, keras.layers.Layer):
                 f"Quantizer {self.name!r}: expected a float32 tensor. Received: dtype={x.dtype.name}"
             )
         fn = primitives.quantize_dequantize if grid.range_learning else primitives.fake_quantize
-        return fn(
+        y = fn(
             x,
             grid.encoding_min,
             grid.encoding_max,
@@ -429,6 +453,13 @@ class Quantizer(_TracedState, keras.layers.Layer):
             grid.strict,
             self._axes,
         )
+        if self._rounding != "fake_quant" and self._axes is None:
+            # The kernel's rounding in the forward pass, the fake-quant op's gradient.
+            exact = primitives.quantize_input_like_kernel(
+                x, grid.encoding_min, grid.encoding_max, grid._bitwidth, grid.strict, self._rounding
+            )
+            y = y + tf.stop_gradient(exact - y)
+        return y
 
     def _observe(self, x):
         if self._statistics is not None:
@@ -462,6 +493,7 @@ class Quantizer(_TracedState, keras.layers.Layer):
             percentile=self.percentile,
             frozen=self.frozen,
             initialized=self._initialized,
+            rounding=self._rounding,
         )
         return config
 
@@ -579,7 +611,10 @@ class BiasQuantizer(_TracedState, keras.layers.Layer):
         return f"<BiasQuantizer {self.name}: int32, scale = s_in * s_w ({state})>"
 
 
-REQUANTIZATION_MODES = ("float", "fixed_point", "fixed_point_ties_away", "average_pool", "mean", "add")
+REQUANTIZATION_MODES = (
+    "float", "fixed_point", "fixed_point_ties_away", "average_pool", "mean", "add",
+    "dsp_conv", "dsp_fully_connected", "dsp_add", "dsp_mean", "dsp_softmax",
+)
 
 # Which linked quantizers each mode reads.
 _MODE_LINKS = {
@@ -589,7 +624,34 @@ _MODE_LINKS = {
     "mean": ("input", "output"),
     "average_pool": ("output",),
     "add": ("operands", "output"),
+    "dsp_conv": ("input", "weight", "output"),
+    "dsp_fully_connected": ("input", "weight", "output"),
+    "dsp_mean": ("input", "output"),
+    "dsp_add": ("operands", "output"),
+    "dsp_softmax": ("input", "output"),
 }
+
+
+def _dsp_levels(mode: str, target: DspTarget, count: int, *args) -> np.ndarray:
+    """numpy side of the "dsp_*" modes: the `aimet_tf.kernels.requantize` arithmetic."""
+    if mode == "dsp_add":
+        q_1, q_2, s_1, s_2, s_y = args
+        levels = kernel_requantize.add_levels(q_1, q_2, s_1, s_2, s_y, target)
+    elif mode == "dsp_softmax":
+        q, s_x = args
+        params = kernel_requantize.softmax_parameters(s_x, 1.0, target)
+        # The kernel only sees differences to the row maximum: any int8 offset of q gives these.
+        row = np.asarray(q, np.int64) - np.asarray(q, np.int64).max(axis=-1, keepdims=True) + 127
+        levels = kernel_reference.softmax(row.astype(np.int8), target=target, **params).astype(np.int64) + 128
+    else:
+        acc, s_x, s_w, s_y = args
+        if mode == "dsp_conv":
+            levels = kernel_requantize.conv_levels(acc, s_x, s_w, s_y, target)
+        elif mode == "dsp_fully_connected":
+            levels = kernel_requantize.fully_connected_levels(acc, s_x, s_w, s_y, target)
+        else:
+            levels = kernel_requantize.mean_levels(acc, count, s_x, s_y, target)
+    return np.asarray(levels, dtype=np.float32)
 
 
 def _round_ste(x: tf.Tensor) -> tf.Tensor:
@@ -617,6 +679,10 @@ class Requantizer(_TracedState, keras.layers.Layer):
       value (``primitives.round_average_pool``);
     * "add": XNNPACK's ADD recomputed from the wrapper's (quantized) operands with ~21-bit
       integer multipliers (``primitives.requantize_add``).
+    * "dsp_conv" / "dsp_fully_connected" / "dsp_mean" / "dsp_add" / "dsp_softmax": the integer
+      arithmetic of a `DspTarget` (``target``; LiteRT's BUILTIN_REF kernels by default), exactly as
+      `aimet_tf.kernels` computes it (``kernels.requantize``), run as a numpy function on the
+      recovered integers (accumulator, operand levels, level sums, softmax input levels).
 
     Scales are read from the linked quantizers on every call (so they follow recalibration and
     range learning); ``snapshot()`` stores them in variables, which an unlinked requantizer (a
@@ -625,7 +691,8 @@ class Requantizer(_TracedState, keras.layers.Layer):
     Args:
         channels: number of output channels (last axis) of the layer.
         mode: one of ``REQUANTIZATION_MODES``.
-        count: number of elements averaged (mode "mean").
+        count: number of elements averaged (modes "mean", "dsp_mean").
+        target: the `DspTarget` (or its field dict, or a preset name) of the "dsp_*" modes.
         enabled: False makes it an identity.
         initialized: whether the snapshot variables hold values.
     """
@@ -637,12 +704,14 @@ class Requantizer(_TracedState, keras.layers.Layer):
         count: int = 1,
         enabled: bool = True,
         initialized: bool = False,
+        target: DspTarget | dict | str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.channels = int(channels)
         self.count = int(count)
         self.mode = mode
+        self.target = target
         self.enabled = bool(enabled)
         self._initialized = bool(initialized)
         self._links = _Links()
@@ -660,6 +729,17 @@ class Requantizer(_TracedState, keras.layers.Layer):
                 f"Expected a requantization mode in {REQUANTIZATION_MODES}. Received: mode={value!r}"
             )
         self._mode = value
+
+    @property
+    def target(self) -> DspTarget:
+        """The integer target of the "dsp_*" modes."""
+        return self._target
+
+    @target.setter
+    def target(self, value: DspTarget | dict | str | None) -> None:
+        if isinstance(value, dict):
+            value = DspTarget(**value)
+        self._target = resolve_target(value)
 
     def build(self, input_shape=None) -> None:
         def snapshot_variable(name, shape):
@@ -756,6 +836,8 @@ class Requantizer(_TracedState, keras.layers.Layer):
             return x
         s_out = scales["output"]
         mode = self._mode
+        if mode.startswith("dsp_"):
+            return self._dsp_call(x, operands, scales)
         if mode == "add":
             if operands is None or len(operands) != 2:
                 return x
@@ -781,6 +863,38 @@ class Requantizer(_TracedState, keras.layers.Layer):
             )
         return level * s_out
 
+    def _dsp_call(self, x, operands, scales):
+        """The "dsp_*" modes: integers recovered in TF, requantized by the target in numpy."""
+        mode, s_out = self._mode, scales["output"]
+        if mode == "dsp_add":
+            if operands is None or len(operands) != 2:
+                return x
+            s_1, s_2 = scales["operands"]
+            args = [_round_ste(operands[0] / s_1), _round_ste(operands[1] / s_2), s_1, s_2, s_out]
+            exact = (operands[0] + operands[1]) / s_out
+        elif mode == "dsp_softmax":
+            if not operands:
+                return x
+            s_in = scales["input"]
+            # The wrapper passes the (quantized) softmax input as the only operand.
+            args = [_round_ste(operands[0] / s_in), s_in]
+            exact = x / s_out
+        elif mode == "dsp_mean":
+            s_in = scales["input"]
+            args = [_round_ste(x * float(self.count) / s_in), s_in, tf.constant(1.0), s_out]
+            exact = x / s_out
+        else:
+            s_in, s_w = scales["input"], scales["weight"]
+            args = [_round_ste(x / (s_in * s_w)), s_in, s_w, s_out]
+            exact = x / s_out
+        target, count = self._target, self.count
+        levels = tf.numpy_function(
+            lambda *values: _dsp_levels(mode, target, count, *values),
+            [tf.cast(a, tf.float32) for a in args], tf.float32, stateful=False, name=mode,
+        )
+        levels = tf.ensure_shape(levels, exact.shape)
+        return (exact + tf.stop_gradient(levels - exact)) * s_out
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
@@ -795,6 +909,7 @@ class Requantizer(_TracedState, keras.layers.Layer):
             count=self.count,
             enabled=self.enabled,
             initialized=self._initialized,
+            target=dataclasses.asdict(self._target),
         )
         return config
 

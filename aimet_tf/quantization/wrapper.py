@@ -225,8 +225,9 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         if self._finite_watch is not None:
             outputs = self._finite_watch.watch(outputs)
         if self.requantizer is not None and not isinstance(outputs, (list, tuple)):
-            # Merge layers take one list argument: the requantizer may recompute from it.
-            operands = list(args[0]) if args and isinstance(args[0], (list, tuple)) else None
+            # The requantizer may recompute from the (quantized) inputs: a merge layer's list
+            # argument, or a single layer's input.
+            operands = (list(args[0]) if isinstance(args[0], (list, tuple)) else [args[0]]) if args else None
             outputs = self.requantizer(outputs, operands=operands)
         return self._quantize_outputs(outputs)
 
