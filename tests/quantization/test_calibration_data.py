@@ -221,3 +221,12 @@ def test_bn_reestimation_uses_both_batches():
     model = models.conv_bn_relu_model()
     handle = reestimate_bn_stats(model, [_images(8), 2.0 * _images(8, seed=1)], num_batches=10)
     assert handle.num_batches == 2
+
+
+def test_bias_correction_reads_multi_input_data():
+    a, b = _two(12)
+    sim = QuantizationSimModel(models.two_input_model(), quant_scheme="tf", default_param_bw=4)
+    sim.compute_encodings({"image": a, "extra": b})
+    report = correct_bias(sim, [((a[:5], b[:5]), None), {"image": a[5:], "extra": b[5:]}], verbose=0)
+    assert report.num_samples == 12
+    assert [r.layer for r in report.corrected] == ["conv", "side", "head"]
