@@ -54,7 +54,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from aimet_tf.quantization import encodings_io, graph, primitives
+from aimet_tf.ptq import adaround_checkpoint
+from aimet_tf.quantization import calibration_data, encodings_io, graph, primitives
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
 from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.sim import QuantizationSimModel
@@ -103,10 +104,10 @@ class AdaroundParameters:
     """AdaRound's settings (AIMET's ``AdaroundParameters``), validated on construction.
 
     Attributes:
-        data_set: calibration inputs: a numpy array / tensor [N, ...] (cut into batches of
-            ``batch_size``), an (x, y) tuple of arrays, a ``tf.data.Dataset`` yielding x or (x, y)
-            batches, or an iterable of such batches. May be None when ``apply_adaround`` is given
-            the data itself.
+        data_set: calibration inputs, read by ``aimet_tf.quantization.calibration_data``: an
+            array [N, ...] or an (x, y) tuple of arrays (cut into batches of ``batch_size``), or a
+            list / ``tf.data.Dataset`` / iterable of x or (x, y) batches (a list is always a list
+            of batches). May be None when ``apply_adaround`` is given the data itself.
         num_batches: how many batches of ``data_set`` are cached and optimised on (AIMET uses
             about 2,000 samples).
         default_num_iterations: Adam steps per layer.
@@ -225,48 +226,23 @@ def reconstruction_loss(output: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
 # Data
 
 
-def _first_input(batch: Any) -> Any:
-    if isinstance(batch, dict):
-        raise ValueError(
-            "apply_adaround supports single-input models fed with arrays. Received: a dict batch "
-            f"with keys {sorted(batch)}."
+def _collect_samples(data: Any, model: keras.Model, num_batches: int, batch_size: int) -> np.ndarray:
+    """The first ``num_batches`` batches of ``data`` (``calibration_data`` rules) as one float32
+    array [samples, ...]."""
+    batches = list(
+        calibration_data.iterate_batches(
+            data, calibration_data.model_inputs(model), batch_size, num_batches, purpose="AdaRound data"
         )
-    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
-        return batch[0]
-    return batch
-
-
-def _collect_samples(data: Any, num_batches: int, batch_size: int) -> np.ndarray:
-    """The first ``num_batches`` batches of ``data`` as one float32 array [samples, ...]."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (np.ndarray, tf.Tensor)):
-        data = data[0]
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        array = np.asarray(data)
-        batches = [array[i : i + batch_size] for i in range(0, len(array), batch_size)]
-    elif isinstance(data, tf.data.Dataset) or isinstance(data, Iterable):
-        batches = []
-        for batch in data:
-            if len(batches) == num_batches:
-                break
-            batches.append(np.asarray(_first_input(batch)))
-    else:
-        raise TypeError(
-            "Expected AdaRound data as a numpy array, an (x, y) tuple, a tf.data.Dataset or an "
-            f"iterable of batches. Received: {type(data).__name__}"
-        )
+    )
     if len(batches) < num_batches:
         raise ValueError(
-            f"AdaRound needs num_batches={num_batches} batches but the data set yields only "
-            f"{len(batches)} (batch size {batch_size} for arrays). Lower num_batches or pass more data."
+            f"Expected num_batches={num_batches} batches of AdaRound data. Received: "
+            f"{len(batches)} batches (batch size {batch_size} for arrays). Lower num_batches or "
+            "pass more data."
         )
-    samples = np.concatenate(batches[:num_batches], axis=0)
+    samples = np.concatenate([batch[0] for batch in batches], axis=0)
     if samples.dtype.kind != "f":
         raise ValueError(f"Expected float inputs for AdaRound. Received: dtype={samples.dtype}")
-    if not np.all(np.isfinite(samples)):
-        raise ValueError(
-            f"Expected finite AdaRound inputs. Received: {int(np.sum(~np.isfinite(samples)))} NaN/Inf "
-            "values."
-        )
     return samples.astype(np.float32, copy=False)
 
 
@@ -611,7 +587,13 @@ def apply_adaround(
             ``params.data_set``.
         params: ``AdaroundParameters``.
         path: folder for ``{filename_prefix}.encodings``, the AIMET 0.6.1 parameter encodings
-            to load with ``QuantizationSimModel.set_and_freeze_param_encodings``. None writes no file.
+            to load with ``QuantizationSimModel.set_and_freeze_param_encodings``; checked for
+            writability before anything runs. It also holds the per-layer checkpoint
+            ``{filename_prefix}.adaround_checkpoint/`` (``aimet_tf.ptq.adaround_checkpoint``): a
+            rerun with the same model, data and settings skips the layers finished before an
+            interruption and gives the same result. The checkpoint is deleted after a complete
+            run (kept when a callback stopped it). Every file is replaced atomically. None
+            writes no file and keeps no checkpoint.
         filename_prefix: file name stem.
         default_param_bw: weight bitwidth (AIMET's default 4).
         default_quant_scheme: "tf" or "tf_enhanced" (how weight/activation ranges are picked).
@@ -623,7 +605,8 @@ def apply_adaround(
             gets loss, iterations, recon_error_nearest and recon_error_adaround (reconstruction
             loss of both roundings on the cached samples), changed_fraction (weights rounded
             differently from nearest), seconds (the layer, caching included),
-            optimization_seconds and first_call_seconds (tracing). Each call of
+            optimization_seconds and first_call_seconds (tracing); a layer taken from the
+            checkpoint reports its stored values plus resumed=1. Each call of
             ``steps_per_call`` steps is a "batch": ``on_train_batch_end(call_index, logs)`` with
             the call's mean loss, recon_loss, round_loss and the iteration reached.
             ``callback.model`` is the internal simulation's Keras model; setting its
@@ -640,6 +623,7 @@ def apply_adaround(
 
     Raises:
         ValueError: bad arguments, data, or a model with several inputs.
+        OSError: ``path`` cannot be created or written to (raised before optimising).
         TypeError: a model that is not a Functional or Sequential Keras model.
 
     Example:
@@ -672,7 +656,27 @@ def apply_adaround(
             f"{len(model.inputs or [])} inputs."
         )
 
-    samples = _collect_samples(data, params.num_batches, params.batch_size)
+    if path is not None:
+        path = adaround_checkpoint.check_writable_folder(path)
+    samples = _collect_samples(data, model, params.num_batches, params.batch_size)
+    checkpoint = None
+    if path is not None:
+        settings = {
+            "params": {
+                f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.name != "data_set"
+            },
+            "default_param_bw": default_param_bw,
+            "default_quant_scheme": scheme.value,
+            "default_config_file": default_config_file,
+            "default_output_bw": default_output_bw,
+            "quantize_activations": quantize_activations,
+            "jit_compile": jit_compile,
+            "seed": seed,
+        }
+        checkpoint = adaround_checkpoint.LayerCheckpoint(
+            os.path.join(path, f"{filename_prefix}{adaround_checkpoint.CHECKPOINT_SUFFIX}"),
+            adaround_checkpoint.run_fingerprint(model, samples, settings),
+        )
     if graph.has_nested_models(model):
         # Every layer on one graph level, so that nested layers get AdaRound too.
         model = graph.flatten_nested_models(model)
@@ -703,9 +707,16 @@ def apply_adaround(
     callback_list.on_train_begin({"num_layers": len(tasks)})
     quantized = _GraphRunner(sim.model, samples)
     reference = _GraphRunner(float_model, samples, keep=[t.target_layer for t in tasks])
-    finished = 0
+    resumed = _resumable(checkpoint, tasks)
+    finished, stopped = 0, False
     for index, task in enumerate(tasks):
         callback_list.on_epoch_begin(index, {"num_iterations": params.default_num_iterations})
+        if index < len(resumed):
+            stats = _resume_layer(task, resumed[index], rng)
+            logging.info("apply_adaround: %s resumed from the checkpoint in %s", task.wrapper.name, path)
+            finished += 1
+            callback_list.on_epoch_end(index, stats)
+            continue
         started = time.perf_counter()
         with _quiet_retracing_warning():
             stats, stopped = _adaround_layer(
@@ -715,9 +726,16 @@ def apply_adaround(
         stats["seconds"] = time.perf_counter() - started
         finished += 1
         logging.info(
-            "apply_adaround: %s done in %.1f s, reconstruction error nearest %.6g -> AdaRound %.6g",
-            task.wrapper.name, stats["seconds"], stats["recon_error_nearest"], stats["recon_error_adaround"],
+            "apply_adaround: layer %d/%d %s done in %.1f s, reconstruction error nearest %.6g -> "
+            "AdaRound %.6g",
+            index + 1, len(tasks), task.wrapper.name, stats["seconds"], stats["recon_error_nearest"],
+            stats["recon_error_adaround"],
         )
+        if checkpoint is not None and not stopped:
+            # Before on_epoch_end: a callback that raises there finds this layer saved.
+            checkpoint.add(
+                task.wrapper.name, task.wrapper.layer.kernel.numpy(), stats, rng.bit_generator.state
+            )
         callback_list.on_epoch_end(index, stats)
         if stopped:
             logging.warning(
@@ -728,13 +746,48 @@ def apply_adaround(
             break
 
     encodings = _param_encodings(sim)
-    if path is not None:
-        os.makedirs(path, exist_ok=True)
+    if checkpoint is not None:
         target = os.path.join(path, f"{filename_prefix}.encodings")
-        encodings_io.write_json_atomic(encodings, target)
+        checkpoint.publish(encodings, target)
         logging.info("apply_adaround: wrote parameter encodings to %s", target)
+        if not stopped:
+            checkpoint.remove()
     callback_list.on_train_end({"num_layers": len(tasks)})
     return sim.float_model()
+
+
+def _resumable(checkpoint: adaround_checkpoint.LayerCheckpoint | None, tasks: list) -> list[dict]:
+    """The checkpoint's finished layers when they are a prefix of ``tasks`` (else none)."""
+    if checkpoint is None:
+        return []
+    records = checkpoint.open()
+    names = [task.wrapper.name for task in tasks]
+    if [r["name"] for r in records] != names[: len(records)]:
+        logging.warning(
+            "apply_adaround: the checkpoint in %s lists layers %s, not a prefix of %s; starting afresh.",
+            checkpoint.folder, [r["name"] for r in records], names,
+        )
+        checkpoint.remove()
+        return checkpoint.open()
+    if records:
+        logging.info(
+            "apply_adaround: resuming: %d of %d layers finished in %s", len(records), len(tasks),
+            checkpoint.folder,
+        )
+    return records
+
+
+def _resume_layer(task: _LayerTask, record: dict, rng: np.random.Generator) -> dict:
+    """Puts a finished layer's kernel back and the sampling RNG where the layer left it."""
+    kernel = task.wrapper.layer.kernel
+    if tuple(record["kernel"].shape) != tuple(kernel.shape):
+        raise ValueError(
+            f"Expected a checkpointed kernel of shape {tuple(kernel.shape)} for layer "
+            f"{task.wrapper.name!r}. Received: shape={tuple(record['kernel'].shape)}."
+        )
+    kernel.assign(record["kernel"])
+    rng.bit_generator.state = record["rng_state"]
+    return {**record["stats"], "resumed": 1.0}
 
 
 def _param_encodings(sim: QuantizationSimModel) -> dict:

@@ -21,15 +21,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from aimet_tf.quantization import graph
+from aimet_tf.quantization import calibration_data, graph
 from aimet_tf.quantization.graph import clone_layer
+from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.sim import QuantizationSimModel
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
@@ -105,41 +106,6 @@ class BiasCorrectionReport:
         return self.summary()
 
 
-def _collect_batches(data: Any, batch_size: int, num_batches: int | None) -> list:
-    """Materializes up to ``num_batches`` input batches (every pass must see the same data)."""
-
-    def strip_labels(batch):
-        if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) and not isinstance(
-            batch[0], (tuple, list)
-        ):
-            return batch[0]
-        return batch
-
-    batches: list = []
-    # A tuple is (x, y); a list is a list of batches.
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], (np.ndarray, tf.Tensor)):
-        data = data[0]
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        n = int(data.shape[0])
-        for start in range(0, n, batch_size):
-            batches.append(np.asarray(data[start : start + batch_size]))
-            if num_batches is not None and len(batches) >= num_batches:
-                break
-    elif isinstance(data, (tf.data.Dataset, Iterable)):
-        for batch in data:
-            batches.append(tf.nest.map_structure(np.asarray, strip_labels(batch)))
-            if num_batches is not None and len(batches) >= num_batches:
-                break
-    else:
-        raise TypeError(
-            "Expected calibration data as a numpy array, an (x, y) tuple, a tf.data.Dataset or "
-            f"an iterable of batches. Received: {type(data).__name__}"
-        )
-    if not batches:
-        raise ValueError("Expected at least one calibration batch. Received: an empty data set.")
-    return batches
-
-
 def _node_in(model: keras.Model, layer: keras.layers.Layer):
     """The node of ``layer`` that belongs to ``model``'s graph."""
     nodes = {id(n) for ns in model._nodes_by_depth.values() for n in ns}
@@ -156,13 +122,6 @@ def _node_in(model: keras.Model, layer: keras.layers.Layer):
 def _single(inputs: list):
     """A one-input model takes a tensor, not a one-element list (Keras warns otherwise)."""
     return inputs[0] if len(inputs) == 1 else inputs
-
-
-def _as_float(batch):
-    """Casts float64 arrays to the float32 the model inputs expect (integer inputs stay)."""
-    return tf.nest.map_structure(
-        lambda a: a.astype(np.float32) if np.asarray(a).dtype == np.float64 else a, batch
-    )
 
 
 def _open_batch_spec(tensor) -> tf.TensorSpec:
@@ -200,6 +159,36 @@ class _ChannelMean:
         return float(np.sqrt(np.mean(self.square / self.count)))
 
 
+def _check_finite_shift(name: str, reference: np.ndarray, observed: np.ndarray) -> None:
+    """Raises naming the layer when a mean output (hence the bias shift) holds NaN/Inf."""
+    for what, mean in (("FP32 reference", reference), ("simulation", observed)):
+        bad = int(np.count_nonzero(~np.isfinite(mean)))
+        if bad:
+            raise ValueError(
+                f"Expected finite mean outputs of layer {name!r} for bias correction. Received: "
+                f"NaN/Inf in {bad} of {mean.size} channels of the {what} mean. Fix: check the "
+                f"weights of {name!r} and of the layers before it, and the data range. No bias "
+                "was changed."
+            )
+
+
+def _snapshot_biases(targets: list[QuantizationWrapper]) -> list:
+    """(bias variable, value, bias quantizer, encoding) of every target, to undo a failed pass."""
+    saved = []
+    for wrapper in targets:
+        bias_q = wrapper.param_quantizers.get("bias")
+        encoding = bias_q.get_encoding() if isinstance(bias_q, Quantizer) else None
+        saved.append((wrapper.layer.bias, np.array(wrapper.layer.bias.numpy()), bias_q, encoding))
+    return saved
+
+
+def _restore_biases(saved: list) -> None:
+    for bias, value, bias_q, encoding in saved:
+        bias.assign(value)
+        if encoding is not None:
+            bias_q.set_encoding(encoding)
+
+
 def _check_ready(sim: QuantizationSimModel) -> None:
     missing = sim.uncalibrated_quantizers()
     if missing:
@@ -220,7 +209,7 @@ def _reference_means(float_model, float_layers, targets, batches, references) ->
         lambda x: probe(x, training=False), input_signature=signature, autograph=False
     )
     for batch in batches:
-        outputs = tf.nest.flatten(run_probe(_as_float(batch)))
+        outputs = tf.nest.flatten(run_probe(batch))
         for layer, ref, x in zip(float_linear, references, outputs):
             ref.add(layer(x))
 
@@ -267,6 +256,90 @@ def _channel_sse(a, b) -> np.ndarray:
     return (d * d).reshape(-1, d.shape[-1]).sum(axis=0)
 
 
+def _correct_layers(
+    sim: QuantizationSimModel,
+    float_model: keras.Model,
+    float_layers: dict,
+    targets: list[QuantizationWrapper],
+    batches: list,
+    report: BiasCorrectionReport,
+    error: str,
+    keep_only_improving: bool,
+    verbose: int,
+) -> None:
+    """Corrects each target's bias in graph order and records it in ``report`` (see correct_bias)."""
+    # FP32 side: one pass gives every target's reference mean (the float model never changes).
+    references = [_ChannelMean() for _ in targets]
+    if error == "total":
+        _reference_means(float_model, float_layers, targets, batches, references)
+
+    # Simulation side, layer by layer: each prefix runs through the corrected layers before it.
+    consumers = graph.layer_edges(sim.model)[1]
+    progress = keras.utils.Progbar(len(targets), verbose=verbose, unit_name="layer")
+    for i, (wrapper, ref) in enumerate(zip(targets, references)):
+        sim_input = _input_function(sim.model, wrapper)
+        float_copy = _linear_copy(wrapper.layer)
+        quantized = _linear_copy(wrapper.layer)
+        for path, q in wrapper.param_quantizers.items():
+            if q is not None and q.enabled:
+                source = get_param_variable(wrapper.layer, path)
+                get_param_variable(quantized, path).assign(q(source.value))
+        in_q = wrapper.input_quantizers[0] if wrapper.input_quantizers else None
+
+        def sim_output(batch):
+            x = sim_input(batch)
+            if in_q is not None and in_q.enabled:
+                x = in_q(x)
+            return x, quantized(x)
+
+        observed = _ChannelMean()
+        for batch in batches:
+            x, y = sim_output(batch)
+            observed.add(y)
+            if error == "weight":
+                ref.add(float_copy(x))
+        _check_finite_shift(wrapper.name, ref.mean, observed.mean)
+        shift = ref.mean - observed.mean
+        activation = _following_activation(wrapper, consumers, sim.model)
+        rejected = 0
+        if keep_only_improving and activation is not None:
+            # Removing the mean always lowers the pre-activation error; after a nonlinearity it
+            # can raise it. Keep the shift only on channels whose activated output gets closer to
+            # the reference.
+            if error == "total":
+                float_input = _input_function(float_model, float_layers[wrapper.name])
+                float_linear = _linear_copy(float_layers[wrapper.name])
+            without, with_shift = 0.0, 0.0
+            shift32 = tf.constant(shift, tf.float32)
+            for batch in batches:
+                x, y = sim_output(batch)
+                target = float_copy(x) if error == "weight" else float_linear(float_input(batch))
+                target = activation(target)
+                without = without + _channel_sse(activation(y), target)
+                with_shift = with_shift + _channel_sse(activation(y + shift32), target)
+            worse = np.asarray(with_shift) >= np.asarray(without)
+            rejected = int(np.sum(worse))
+            shift = np.where(worse, 0.0, shift)
+        bias = wrapper.layer.bias
+        bias.assign((np.asarray(bias.numpy(), np.float64) + shift).astype(np.float32))
+        bias_q = wrapper.param_quantizers.get("bias")
+        if bias_q is not None and bias_q.enabled and not bias_q.frozen:
+            analyzer = bias_q.make_analyzer()
+            analyzer.observe(np.asarray(bias.numpy()))
+            bias_q.set_encoding(bias_q.encoding_from_range(*bias_q.compute_range(analyzer)))
+        report.corrected.append(
+            BiasCorrectionRecord(
+                layer=wrapper.name,
+                channels=int(shift.size),
+                mean_abs_shift=float(np.mean(np.abs(shift))),
+                max_abs_shift=float(np.max(np.abs(shift))),
+                relative_shift=float(np.mean(np.abs(shift)) / max(ref.rms, 1e-12)),
+                rejected_channels=rejected,
+            )
+        )
+        progress.update(i + 1)
+
+
 def correct_bias(
     sim: QuantizationSimModel,
     data: Any,
@@ -298,8 +371,10 @@ def correct_bias(
 
     Args:
         sim: a calibrated ``QuantizationSimModel`` (``compute_encodings`` done).
-        data: calibration inputs: a numpy array, an (x, y) tuple, a tf.data.Dataset or a list
-            / iterable of batches (labels are dropped). Every pass reuses the same batches.
+        data: calibration inputs, read by ``aimet_tf.quantization.calibration_data``: an array,
+            a dict by input name or an (x, y) tuple cut into ``batch_size`` batches, or a list /
+            tf.data.Dataset / iterable of batches (labels are dropped; a list is always a list
+            of batches). Every pass reuses the same batches.
         float_model: the FP32 reference with the same layer names; default
             ``sim.float_model()`` taken before any change.
         num_batches: use at most this many batches (None: all).
@@ -319,7 +394,9 @@ def correct_bias(
 
     Raises:
         RuntimeError: if the sim is not calibrated.
-        TypeError / ValueError: for unusable data, or a float model missing a sim layer.
+        TypeError / ValueError: for unusable data (NaN/Inf included), a float model missing a
+            sim layer, or a layer whose mean output is NaN/Inf (named); every bias is then left
+            as it was.
 
     Example:
         >>> report = correct_bias(sim, x_calibration, num_batches=16)
@@ -329,12 +406,16 @@ def correct_bias(
             f"Expected a QuantizationSimModel. Received: {type(sim).__name__}. Build one with "
             "QuantizationSimModel(model, ...) and call compute_encodings first."
         )
-    if batch_size < 1:
-        raise ValueError(f"Expected batch_size >= 1. Received: batch_size={batch_size}")
     if error not in _ERRORS:
         raise ValueError(f"Expected error in {_ERRORS}. Received: error={error!r}")
     _check_ready(sim)
-    batches = _collect_batches(data, batch_size, num_batches)
+    batches = [
+        calibration_data.as_model_input(batch)
+        for batch in calibration_data.iterate_batches(
+            data, calibration_data.model_inputs(sim.model), batch_size, num_batches,
+            purpose="bias correction data",
+        )
+    ]
     if float_model is None:
         float_model = sim.float_model()
     elif isinstance(float_model, keras.Sequential):
@@ -376,75 +457,13 @@ def correct_bias(
         logging.warning("correct_bias: no layer to correct")
         return report
 
-    # FP32 side: one pass gives every target's reference mean (the float model never changes).
-    references = [_ChannelMean() for _ in targets]
-    if error == "total":
-        _reference_means(float_model, float_layers, targets, batches, references)
-
-    # Simulation side, layer by layer: each prefix runs through the corrected layers before it.
-    consumers = graph.layer_edges(sim.model)[1]
-    progress = keras.utils.Progbar(len(targets), verbose=verbose, unit_name="layer")
-    for i, (wrapper, ref) in enumerate(zip(targets, references)):
-        sim_input = _input_function(sim.model, wrapper)
-        float_copy = _linear_copy(wrapper.layer)
-        quantized = _linear_copy(wrapper.layer)
-        for path, q in wrapper.param_quantizers.items():
-            if q is not None and q.enabled:
-                source = get_param_variable(wrapper.layer, path)
-                get_param_variable(quantized, path).assign(q(source.value))
-        in_q = wrapper.input_quantizers[0] if wrapper.input_quantizers else None
-
-        def sim_output(batch):
-            x = sim_input(_as_float(batch))
-            if in_q is not None and in_q.enabled:
-                x = in_q(x)
-            return x, quantized(x)
-
-        observed = _ChannelMean()
-        for batch in batches:
-            x, y = sim_output(batch)
-            observed.add(y)
-            if error == "weight":
-                ref.add(float_copy(x))
-        shift = ref.mean - observed.mean
-        activation = _following_activation(wrapper, consumers, sim.model)
-        rejected = 0
-        if keep_only_improving and activation is not None:
-            # Removing the mean always lowers the pre-activation error; after a nonlinearity it
-            # can raise it. Keep the shift only on channels whose activated output gets closer to
-            # the reference.
-            if error == "total":
-                float_input = _input_function(float_model, float_layers[wrapper.name])
-                float_linear = _linear_copy(float_layers[wrapper.name])
-            without, with_shift = 0.0, 0.0
-            shift32 = tf.constant(shift, tf.float32)
-            for batch in batches:
-                x, y = sim_output(batch)
-                target = float_copy(x) if error == "weight" else float_linear(float_input(_as_float(batch)))
-                target = activation(target)
-                without = without + _channel_sse(activation(y), target)
-                with_shift = with_shift + _channel_sse(activation(y + shift32), target)
-            worse = np.asarray(with_shift) >= np.asarray(without)
-            rejected = int(np.sum(worse))
-            shift = np.where(worse, 0.0, shift)
-        bias = wrapper.layer.bias
-        bias.assign((np.asarray(bias.numpy(), np.float64) + shift).astype(np.float32))
-        bias_q = wrapper.param_quantizers.get("bias")
-        if bias_q is not None and bias_q.enabled and not bias_q.frozen:
-            analyzer = bias_q.make_analyzer()
-            analyzer.observe(np.asarray(bias.numpy()))
-            bias_q.set_encoding(bias_q.encoding_from_range(*bias_q.compute_range(analyzer)))
-        report.corrected.append(
-            BiasCorrectionRecord(
-                layer=wrapper.name,
-                channels=int(shift.size),
-                mean_abs_shift=float(np.mean(np.abs(shift))),
-                max_abs_shift=float(np.max(np.abs(shift))),
-                relative_shift=float(np.mean(np.abs(shift)) / max(ref.rms, 1e-12)),
-                rejected_channels=rejected,
-            )
-        )
-        progress.update(i + 1)
+    saved = _snapshot_biases(targets)
+    try:
+        _correct_layers(sim, float_model, float_layers, targets, batches, report, error,
+                        keep_only_improving, verbose)
+    except BaseException:
+        _restore_biases(saved)
+        raise
     logging.info(
         "correct_bias: %d layers corrected, %d skipped, %d samples",
         len(report.corrected),

@@ -20,8 +20,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import keras
 import numpy as np
@@ -29,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from aimet_tf.qat.targets import find_batch_norms, resolve_model
+from aimet_tf.quantization import calibration_data
 from aimet_tf.quantization.sim import QuantizationSimModel
 
 __all__ = ["BNStats", "BNReestimationHandle", "reestimate_bn_stats"]
@@ -95,34 +95,6 @@ def _write(layers: list[keras.layers.BatchNormalization], stats: list[BNStats]) 
         layer.moving_variance.assign(values.variance)
 
 
-def _first_input(batch: Any) -> Any:
-    # Datasets of (x, y) or (x, y, sample_weight): BN statistics need only x.
-    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
-        return batch[0]
-    return batch
-
-
-def _batches(data: Any, batch_size: int) -> Iterator[Any]:
-    if isinstance(data, tf.data.Dataset):
-        for batch in data:
-            yield _first_input(batch)
-        return
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (np.ndarray, tf.Tensor)):
-        data = data[0]
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        for start in range(0, int(data.shape[0]), batch_size):
-            yield data[start : start + batch_size]
-        return
-    if isinstance(data, keras.utils.PyDataset) or isinstance(data, Iterable):
-        for batch in data:
-            yield _first_input(batch)
-        return
-    raise TypeError(
-        "Expected data as a numpy array, an (x, y) tuple of arrays, a tf.data.Dataset or an "
-        f"iterable of batches. Received: {type(data).__name__}"
-    )
-
-
 def reestimate_bn_stats(
     sim_or_model: QuantizationSimModel | keras.Model,
     data: Any,
@@ -142,8 +114,9 @@ def reestimate_bn_stats(
 
     Args:
         sim_or_model: a ``QuantizationSimModel``, its ``sim.model``, or a float Keras model.
-        data: a tf.data.Dataset of x or (x, y[, w]) batches, an array (or (x, y) tuple of arrays)
-            cut into ``batch_size`` batches, or an iterable of batches.
+        data: read by ``aimet_tf.quantization.calibration_data``: an array (or dict by input
+            name, or (x, y) tuple) cut into ``batch_size`` batches, or a list / tf.data.Dataset /
+            iterable of x or (x, y[, w]) batches.
         num_batches: batches to average (AIMET's default: 100).
         batch_size: batch size when ``data`` is an array.
         verbose: show a progress bar.
@@ -152,7 +125,8 @@ def reestimate_bn_stats(
         A ``BNReestimationHandle``; ``handle.restore()`` puts the previous statistics back.
 
     Raises:
-        ValueError: no BN layers, num_batches < 1, empty data, BN with renorm (its statistics
+        ValueError: no BN layers, num_batches < 1, empty data or data that does not fit the
+            model inputs (shape, dtype, NaN/Inf), BN with renorm (its statistics
             follow another rule), or non-finite statistics (the old ones are then kept).
         RuntimeError: from the sim if an enabled quantizer has no encoding.
     """
@@ -195,15 +169,15 @@ def reestimate_bn_stats(
         for layer in layers:
             layer.momentum = 0.0
             layer.trainable = True
-        for batch in itertools.islice(_batches(data, batch_size), num_batches):
-            step(batch)
+        inputs = calibration_data.model_inputs(model)
+        batches = calibration_data.iterate_batches(
+            data, inputs, batch_size, num_batches, purpose="BN re-estimation data"
+        )
+        for batch in batches:
+            step(calibration_data.as_model_input(batch))
             count += 1
             if progress is not None:
                 progress.update(count)
-        if count == 0:
-            raise ValueError(
-                "Expected at least one batch to re-estimate BN statistics. Received: empty data."
-            )
         estimated = []
         for layer, (mean_sum, var_sum) in zip(layers, sums):
             mean = (mean_sum.numpy() / count).astype(np.float32)

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["GraphStatisticsSpec", "GraphStatisticsValues", "GraphStatistics"]
+__all__ = ["GraphStatisticsSpec", "GraphStatisticsValues", "GraphStatistics", "NonFiniteWatch"]
 
 _SERIALS = itertools.count()
 
@@ -209,3 +209,42 @@ class GraphStatistics:
             counts=self._counts.numpy().copy() if self.spec.num_bins else None,
             zeros=float(self._zeros.numpy()),
         )
+
+
+class NonFiniteWatch:
+    """Counts, in a TF variable, the batches in which a layer's output held NaN or Inf.
+
+    Quantizers only see the tensors they quantize; inside a fused group (conv -> BN -> ReLU) an
+    overflow to Inf can turn into NaN and then into 0 (ReLU) before any quantizer sees it. A
+    watch on every layer's output during calibration names the first layer that went non-finite.
+    Like ``GraphStatistics``, the variable is created eagerly and never saved with a model.
+    """
+
+    def __init__(self) -> None:
+        # Unique for the life of the process (unlike id()): traced functions are cached on it.
+        self.serial = next(_SERIALS)
+        with tf.init_scope():
+            self._batches = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def reset(self) -> None:
+        """Forgets every observed batch."""
+        self._batches.assign(0)
+
+    def watch(self, outputs):
+        """Returns ``outputs`` unchanged, made to depend on counting whether they are all finite.
+
+        Only floating tensors are checked; a structure of tensors (a layer's outputs) counts once.
+        """
+        flat = [t for t in tf.nest.flatten(outputs) if tf.is_tensor(t) and t.dtype.is_floating]
+        if not flat:
+            return outputs
+        finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in flat]))
+        update = self._batches.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        with tf.control_dependencies([update]):
+            return tf.nest.map_structure(
+                lambda t: tf.identity(t) if tf.is_tensor(t) else t, outputs
+            )
+
+    def read(self) -> int:
+        """How many batches held NaN/Inf since the last ``reset``."""
+        return int(self._batches.numpy())

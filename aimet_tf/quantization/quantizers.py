@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import math
 from typing import Iterator, Sequence
 
@@ -35,33 +36,71 @@ from aimet_tf.quantization.graph_statistics import GraphStatistics
 __all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES", "traced_state"]
 
 # Python state of the quantizer layers that a traced function bakes in (tf.function and Keras'
-# predict/train functions). Changing any of it bumps the layer's version, so that owners of traced
-# functions (QuantizationSimModel) know to trace again instead of running stale graphs.
-_TRACED_STATE = frozenset({
+# predict/train functions). ``traced_state`` fingerprints these values, so that owners of traced
+# functions (QuantizationSimModel) trace again when they differ from the traced ones, and only then.
+# Encodings live in variables and are read by the graph: recomputing them needs no new trace.
+_TRACED_STATE = (
     "enabled", "_initialized", "_bitwidth", "symmetric", "strict", "_tie", "_links",
-    "_quant_scheme", "_frozen", "_analyzer", "_statistics", "_mode", "_axes", "count", "_rounding", "_target",
-})
+    "_quant_scheme", "_frozen", "_analyzer", "_statistics", "_mode", "_axes", "count",
+    "_rounding", "_target",
+)
 _MISSING = object()
 
 
-class _TracedState:
-    """Mixin: counts changes of the ``_TRACED_STATE`` attributes in ``_state_version``."""
+class _Same:
+    """Holds an object and equals only a ``_Same`` of that very object. Holding it keeps the
+    object alive, so a fingerprint can never match a new object that reuses a freed id()."""
 
-    def __setattr__(self, name, value):
-        if name not in _TRACED_STATE:
-            super().__setattr__(name, value)
-            return
-        old = self.__dict__.get(name, _MISSING)
-        super().__setattr__(name, value)
-        if old is _MISSING or old is not value and old != value:
-            object.__setattr__(self, "_state_version", self.__dict__.get("_state_version", 0) + 1)
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+
+def _traced_value(value) -> object:
+    """A comparable stand-in for one traced attribute: the value itself for immutable scalars,
+    element-wise for tuples and ``_Links``, the identity for any other object (an analyzer, a
+    linked quantizer), which is what a trace holds on to."""
+    if value is None or isinstance(value, (bool, int, float, str, enum.Enum, np.generic)):
+        return value
+    if isinstance(value, tuple):
+        return tuple(_traced_value(v) for v in value)
+    frozen = dataclasses.is_dataclass(value) and value.__dataclass_params__.frozen
+    if isinstance(value, _Links) or frozen:
+        # Frozen dataclasses (a kernel target) compare by value: an equal new one needs no trace.
+        fields = tuple(_traced_value(getattr(value, f.name)) for f in dataclasses.fields(value))
+        return (type(value), fields)
+    return _Same(value)
+
+
+class _TracedState:
+    """Mixin marking a layer whose ``_traced_attributes`` are baked into traces."""
+
+    _traced_attributes: tuple[str, ...] = _TRACED_STATE
+
+    def traced_key(self) -> tuple:
+        """The current values of this layer's traced attributes (see ``_traced_value``)."""
+        values = self.__dict__
+        return tuple(
+            _traced_value(values[name])
+            for name in self._traced_attributes
+            if values.get(name, _MISSING) is not _MISSING
+        )
 
 
 def traced_state(model: keras.Model) -> tuple:
     """A fingerprint of the traced Python state of every quantizer layer inside ``model``: it
-    changes whenever one of them changes (or is replaced), and only then."""
+    differs from an earlier one exactly when one of them has another traced value (or was
+    replaced). Calibrating and recalibrating leave it unchanged: the calibration context is
+    entered and left, and the new encodings go into variables."""
     return tuple(
-        (id(layer), layer.__dict__.get("_state_version", 0))
+        (_Same(layer), layer.traced_key())
         for layer in model._flatten_layers()
         if isinstance(layer, _TracedState)
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import keras
 import numpy as np
@@ -21,14 +21,42 @@ import tensorflow as tf
 from absl import logging
 
 from aimet_tf.quantization import config as hw_config
-from aimet_tf.quantization import encodings_io, graph
+from aimet_tf.quantization import calibration_data, encodings_io, graph
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
-from aimet_tf.quantization.graph_statistics import GraphStatistics
+from aimet_tf.quantization.graph_statistics import GraphStatistics, NonFiniteWatch
 from aimet_tf.quantization.quantizers import Quantizer, traced_state
 from aimet_tf.quantization.registry import get_layer_spec
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
 __all__ = ["QuantizationSimModel"]
+
+
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def _check_dtype_policies(model: keras.Model) -> None:
+    """Raises unless the global dtype policy and every layer of ``model`` compute in float32.
+
+    The quantizers simulate float32 grids (TF's fake-quant ops take float32 only) and the layers
+    they wrap are cloned with their own policies: a half-precision policy would calibrate and then
+    fail, or silently round twice, in ``predict``.
+    """
+    policy = keras.config.dtype_policy()
+    if policy.compute_dtype in _HALF_DTYPES:
+        raise ValueError(
+            "Expected the float32 dtype policy for a quantization simulation. Received: global "
+            f"policy={policy.name!r}. Fix: keras.config.set_dtype_policy('float32') before building "
+            "the sim."
+        )
+    for layer in model._flatten_layers(include_self=True):
+        layer_policy = getattr(layer, "dtype_policy", None)
+        if layer_policy is not None and layer_policy.compute_dtype in _HALF_DTYPES:
+            raise ValueError(
+                "Expected float32 layers in a quantization simulation. Received: layer "
+                f"{layer.name!r} with dtype_policy={layer_policy.name!r}. Fix: rebuild the model "
+                "under keras.config.set_dtype_policy('float32') and copy the weights "
+                "(new_model.set_weights(model.get_weights()))."
+            )
 
 
 def _check_model(model: keras.Model) -> keras.Model:
@@ -67,6 +95,10 @@ class QuantizationSimModel:
         default_data_type: "int" (float simulation is not supported).
         percentile: percentile for the "percentile" scheme.
 
+    Raises:
+        ValueError: for a half-precision dtype policy (``mixed_float16``, ``bfloat16``...),
+            global or on a layer: the simulation computes in float32 only.
+
     Attributes:
         model: the simulated ``keras.Model``; use it for predict/evaluate/fit.
     """
@@ -95,6 +127,7 @@ class QuantizationSimModel:
             )
         from aimet_tf.quantization.primitives import validate_bitwidth
 
+        _check_dtype_policies(model)
         self.quant_scheme = parse_quant_scheme(quant_scheme)
         self.default_output_bw = validate_bitwidth(default_output_bw)
         self.default_param_bw = validate_bitwidth(default_param_bw)
@@ -105,6 +138,7 @@ class QuantizationSimModel:
         # Calibration state kept across compute_encodings calls (see _calibration_step).
         self._graph_stats: dict[tuple, GraphStatistics] = {}
         self._calibration_steps: dict[tuple, Callable] = {}
+        self._watches: dict[int, NonFiniteWatch] = {}
         _retrace_on_quantizer_changes(self.model)
         self.model.build(self.model.input_shape) if not self.model.built else None
 
@@ -245,6 +279,38 @@ class QuantizationSimModel:
         missing += [n for n, q, _ in self.param_quantizers() if q.enabled and not q.is_initialized]
         return missing
 
+    def non_finite_tensors(self) -> list[str]:
+        """Names of the float parameters and enabled encodings that hold NaN or Inf."""
+        bad = []
+        for w in self.wrappers():
+            for var in w.layer.weights:
+                if var.dtype in ("float16", "float32", "float64", "bfloat16") and not np.all(
+                    np.isfinite(var.numpy())
+                ):
+                    bad.append(f"{w.name}/{var.name}")
+        quantizers = [(n, q) for n, q in self.activation_quantizers()]
+        quantizers += [(n, q) for n, q, _ in self.param_quantizers()]
+        for name, q in quantizers:
+            # The variables, not get_encoding(): an Encoding cannot even hold NaN/Inf.
+            grid = q._grid()
+            if q.enabled and q.is_initialized and not (
+                np.all(np.isfinite(grid.encoding_min.numpy()))
+                and np.all(np.isfinite(grid.encoding_max.numpy()))
+            ):
+                bad.append(f"encoding of {name}")
+        return bad
+
+    def _check_finite_state(self) -> None:
+        """Raises when ``non_finite_tensors`` lists anything: such a sim would export garbage."""
+        bad = self.non_finite_tensors()
+        if bad:
+            raise ValueError(
+                "Expected finite parameters and encodings to export. Received: NaN/Inf in "
+                f"{len(bad)} tensors: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Fix: "
+                "find the pass that produced them (e.g. bias correction or training on bad data) "
+                "and rerun it from the float model."
+            )
+
     def quantizer_table(self) -> str:
         """A human-readable table of every quantizer and its state."""
         rows = [f"{'tensor':48s} {'quantizer'}"]
@@ -270,14 +336,18 @@ class QuantizationSimModel:
 
         Args:
             forward_pass_callback: AIMET style: ``callback(sim.model, forward_pass_callback_args)``
-                that runs the model on calibration data. Alternatively the data itself: a numpy
-                array, an (x, y) tuple, or a tf.data.Dataset yielding x or (x, y) batches.
+                that runs the model on calibration data (also as ``(fn, args)`` or a
+                ``CallbackFunc``). Alternatively the data itself, read by
+                ``aimet_tf.quantization.calibration_data``: an array, a dict by input name, an
+                ``(x, y)`` tuple, or a list / tf.data.Dataset / iterable of batches (a list is
+                always a list of batches).
             forward_pass_callback_args: passed to the callback.
             batch_size: batch size when data is given as arrays.
 
         Raises:
-            ValueError: empty data, NaN/Inf in the data, or quantizers that saw no data. On error no
-                encoding changes.
+            ValueError: empty data, NaN/Inf in the data, a layer whose output held NaN/Inf (the
+                first in graph order is named, e.g. a conv that overflowed float32), or
+                quantizers that saw no data. On error no encoding changes.
         """
         act = [(n, q) for n, q in self.activation_quantizers() if q.enabled and not q.frozen]
         analyzers = {id(q): q.make_analyzer() for _, q in act}
@@ -285,18 +355,17 @@ class QuantizationSimModel:
         # through, every other quantizer (bias grids and requantizers too) is off for its duration.
         others = [q for w in self.wrappers() for q in w.quantizers() if q.enabled and id(q) not in analyzers]
         statistics = {id(q): self._graph_statistics(q, analyzers[id(q)]) for _, q in act}
+        watches = self._finite_watches()
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(_disabled(others))
+                stack.enter_context(_watching(watches))
                 for _, q in act:
                     stack.enter_context(q.calibration(analyzers[id(q)], statistics[id(q)]))
-                if callable(forward_pass_callback):
-                    forward_pass_callback(self.model, forward_pass_callback_args)
+                callback = _forward_pass(forward_pass_callback, forward_pass_callback_args)
+                if callback is not None:
+                    callback.func(self.model, callback.args)
                 else:
-                    if forward_pass_callback is None:
-                        raise ValueError(
-                            "Expected a forward_pass_callback or calibration data. Received: None"
-                        )
                     self._run_calibration_data(forward_pass_callback, batch_size)
         except tf.errors.OpError as exc:
             raise ValueError(f"compute_encodings failed while observing tensors: {exc.message}") from exc
@@ -309,12 +378,7 @@ class QuantizationSimModel:
                 failed.append(f"{name} ({values.nonfinite_batches} batch(es))")
             else:
                 analyzers[id(q)].absorb_graph_statistics(values)
-        if failed:
-            raise ValueError(
-                "Expected only finite values to calibrate on. Received: NaN/Inf in these tensors, in "
-                f"graph order: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}. Fix: "
-                "check the inputs, or the first layer listed."
-            )
+        _raise_on_nonfinite(failed, watches)
         unseen = [n for n, q in act if analyzers[id(q)].num_batches == 0]
         if unseen:
             raise ValueError(
@@ -348,6 +412,18 @@ class QuantizationSimModel:
         stats.reset()
         return stats
 
+    def _finite_watches(self) -> list[tuple[QuantizationWrapper, NonFiniteWatch]]:
+        """A reset non-finite watch per wrapper, in graph order; reused across calls so that the
+        traced calibration step stays valid."""
+        out = []
+        for wrapper in self.wrappers():
+            watch = self._watches.get(id(wrapper))
+            if watch is None:
+                watch = self._watches[id(wrapper)] = NonFiniteWatch()
+            watch.reset()
+            out.append((wrapper, watch))
+        return out
+
     def _calibration_step(self, specs) -> Callable:
         # Everything the trace depends on: which quantizers observe, and into which variables (the
         # others are all disabled during calibration), and the input signature.
@@ -355,7 +431,7 @@ class QuantizationSimModel:
             (name, -1 if q._statistics is None else q._statistics.serial)
             for name, q in self.activation_quantizers()
             if q._analyzer is not None
-        )
+        ) + tuple(w._finite_watch.serial for w in self.wrappers() if w._finite_watch is not None)
         step = self._calibration_steps.get(key)
         if step is None:
             # One trace for every batch size (the last batch is usually smaller).
@@ -365,29 +441,13 @@ class QuantizationSimModel:
             self._calibration_steps[key] = step
         return step
 
-    def _run_calibration_data(self, data, batch_size: int) -> None:
-        specs = [tf.TensorSpec(t.shape, t.dtype) for t in self.model.inputs]
-        specs = specs[0] if len(specs) == 1 else specs
-        step = self._calibration_step(specs)
-        count = 0
-        for batch in _iterate_batches(data, batch_size):
-            try:
-                batch = tf.nest.map_structure(lambda a, s: tf.convert_to_tensor(a, s.dtype), batch, specs)
-            except (ValueError, TypeError) as exc:
-                raise ValueError(
-                    f"Calibration batch {count} does not match the model inputs {specs}: {exc}"
-                ) from exc
-            for arr in tf.nest.flatten(batch):
-                arr = np.asarray(arr)
-                if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-                    raise ValueError(
-                        f"Expected finite calibration data. Received: batch {count} contains "
-                        f"{int(np.sum(np.isnan(arr)))} NaN and {int(np.sum(np.isinf(arr)))} Inf values."
-                    )
-            step(batch)
-            count += 1
-        if count == 0:
-            raise ValueError("Expected at least one calibration batch. Received: an empty data set.")
+    def _run_calibration_data(self, data: Any, batch_size: int) -> None:
+        """Runs the traced calibration step on every batch of ``data`` (``calibration_data`` rules)."""
+        inputs = calibration_data.model_inputs(self.model)
+        specs = [tf.TensorSpec(spec.shape, spec.dtype) for spec in inputs]
+        step = self._calibration_step(specs[0] if len(specs) == 1 else specs)
+        for batch in calibration_data.iterate_batches(data, inputs, batch_size):
+            step(calibration_data.as_model_input(batch))
 
     # -- encodings I/O -------------------------------------------------------------------------
 
@@ -420,7 +480,9 @@ class QuantizationSimModel:
 
         Raises:
             RuntimeError: if an enabled quantizer has no encoding (compute_encodings first).
+            ValueError: if a parameter or an encoding holds NaN/Inf (nothing is written).
         """
+        self._check_finite_state()
         missing = self.uncalibrated_quantizers()
         if missing:
             raise RuntimeError(
@@ -524,6 +586,7 @@ class QuantizationSimModel:
         self.config = other.config
         self._graph_stats = {}
         self._calibration_steps = {}
+        self._watches = {}
 
     # -- convenience ---------------------------------------------------------------------------
 
@@ -568,24 +631,63 @@ def _disabled(quantizers: list[Quantizer]) -> Iterator[None]:
             q.enabled = state
 
 
-def _iterate_batches(data, batch_size: int) -> Iterable:
-    if isinstance(data, tf.data.Dataset):
-        for batch in data:
-            yield batch[0] if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) else batch
-        return
-    if isinstance(data, (tuple, list)) and len(data) == 2 and not np.isscalar(data[1]):
-        data = data[0]
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        n = int(data.shape[0])
-        for start in range(0, n, batch_size):
-            yield data[start : start + batch_size]
-        return
-    if isinstance(data, Iterable):
-        for batch in data:
-            yield batch[0] if isinstance(batch, (tuple, list)) and len(batch) in (2, 3) else batch
-        return
-    raise TypeError(
-        "Expected calibration data as a numpy array, an (x, y) tuple, a tf.data.Dataset or an "
-        f"iterable of batches. Received: {type(data).__name__}"
-    )
+def _forward_pass(callback: Any, callback_args: Any) -> calibration_data.ForwardPassCallback | None:
+    """AIMET's forward pass from compute_encodings' arguments, or None when they are data."""
+    if callback is None:
+        raise ValueError("Expected a forward_pass_callback or calibration data. Received: None")
+    if callable(callback) and not isinstance(callback, tf.data.Dataset):
+        return calibration_data.ForwardPassCallback(callback, callback_args)
+    found = calibration_data.as_forward_pass_callback(callback)
+    if found is not None and callback_args is not None:
+        raise ValueError(
+            "Expected the callback's arguments once: in (fn, args) or as forward_pass_callback_args. "
+            f"Received: both (forward_pass_callback_args={type(callback_args).__name__})."
+        )
+    if found is None and callback_args is not None:
+        raise ValueError(
+            "Expected forward_pass_callback_args only with a callback. Received: calibration data "
+            f"({type(callback).__name__}) and forward_pass_callback_args="
+            f"{type(callback_args).__name__}."
+        )
+    return found
 
+
+@contextlib.contextmanager
+def _watching(watches: list[tuple[QuantizationWrapper, NonFiniteWatch]]) -> Iterator[None]:
+    """Within this context every wrapper counts its non-finite outputs into its watch."""
+    for wrapper, watch in watches:
+        wrapper._finite_watch = watch
+    try:
+        yield
+    finally:
+        for wrapper, _ in watches:
+            wrapper._finite_watch = None
+
+
+def _raise_on_nonfinite(
+    tensors: list[str], watches: list[tuple[QuantizationWrapper, NonFiniteWatch]]
+) -> None:
+    """Raises if calibration saw NaN/Inf: in quantized tensors (``tensors``, in graph order, with
+    their batch counts) or in any layer's output, naming the first such layer in graph order (an
+    overflow inside a fused group reaches no quantizer: ReLU turns NaN into a number)."""
+    layers = [(wrapper.name, count) for wrapper, watch in watches if (count := watch.read())]
+    if not tensors and not layers:
+        return
+    found = []
+    if tensors:
+        found.append(
+            f"NaN/Inf in these tensors, in graph order: {', '.join(tensors[:10])}"
+            f"{' ...' if len(tensors) > 10 else ''}"
+        )
+    if layers:
+        name, count = layers[0]
+        later = ", ".join(n for n, _ in layers[1:6]) + (" ..." if len(layers) > 6 else "")
+        found.append(
+            f"the first layer whose output held NaN/Inf is {name!r} ({count} batch(es))"
+            f"{f', later {later}' if later else ''}"
+        )
+    raise ValueError(
+        f"Expected only finite values to calibrate on. Received: {'; '.join(found)}. Fix: check "
+        "the inputs and their range (float32 overflows above 3.4e38), or the weights of the "
+        "first layer listed."
+    )

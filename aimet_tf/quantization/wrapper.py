@@ -14,7 +14,7 @@ from typing import Iterator, Mapping, Sequence
 
 import keras
 
-from aimet_tf.quantization.quantizers import Quantizer, Requantizer
+from aimet_tf.quantization.quantizers import Quantizer, Requantizer, _TracedState
 
 __all__ = ["QuantizationWrapper", "get_param_variable"]
 
@@ -42,7 +42,7 @@ def get_param_variable(layer: keras.layers.Layer, path: str) -> keras.Variable:
 
 
 @keras.saving.register_keras_serializable(package="aimet_tf")
-class QuantizationWrapper(keras.layers.Layer):
+class QuantizationWrapper(_TracedState, keras.layers.Layer):
     """Wraps ``layer`` with quantizers.
 
     Args:
@@ -52,7 +52,13 @@ class QuantizationWrapper(keras.layers.Layer):
         param_quantizers: parameter attribute path -> Quantizer or None.
         requantizer: optional model of the integer kernel's requantization, applied to the
             layer's raw output before the output quantizers (None = float output).
+
+    While ``compute_encodings`` runs, ``_finite_watch`` counts the batches whose layer output held
+    NaN/Inf (None otherwise).
     """
+
+    # A non-finite watch (``graph_statistics.NonFiniteWatch``) set during calibration is traced in.
+    _traced_attributes = ("_finite_watch",)
 
     def __init__(
         self,
@@ -75,6 +81,7 @@ class QuantizationWrapper(keras.layers.Layer):
         # Lists (not dicts) keep the saved variable order independent of dict handling.
         self.param_quantizer_list = [params[name] for name in self.param_names]
         self.requantizer = requantizer
+        self._finite_watch = None
         if layer.built:
             self._build_quantizers(None)
 
@@ -215,6 +222,8 @@ class QuantizationWrapper(keras.layers.Layer):
                     var.assign(new_value)
         else:
             outputs = self.layer(*args, **kwargs)
+        if self._finite_watch is not None:
+            outputs = self._finite_watch.watch(outputs)
         if self.requantizer is not None and not isinstance(outputs, (list, tuple)):
             # The requantizer may recompute from the (quantized) inputs: a merge layer's list
             # argument, or a single layer's input.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-__all__ = ["conv_bn_relu_model", "branchy_model", "dense_model", "random_images"]
+__all__ = ["conv_bn_relu_model", "branchy_model", "dense_model", "two_input_model", "random_images"]
 
 
 def random_images(n: int = 64, shape=(16, 16, 3), seed: int = 0) -> np.ndarray:
@@ -73,3 +73,16 @@ def dense_model(features: int = 10, seed: int = 0) -> keras.Model:
         ],
         name="mlp",
     )
+
+
+def two_input_model(seed: int = 0) -> keras.Model:
+    """Inputs "image" (8x8x3) and "extra" (5,): conv + pooling on one, Dense on the other, Concatenate."""
+    keras.utils.set_random_seed(seed)
+    image = keras.Input((8, 8, 3), name="image")
+    extra = keras.Input((5,), name="extra")
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(image)
+    a = keras.layers.GlobalAveragePooling2D(name="gap")(a)
+    b = keras.layers.Dense(4, activation="relu", name="side")(extra)
+    m = keras.layers.Concatenate(name="cat")([a, b])
+    out = keras.layers.Dense(2, name="head")(m)
+    return keras.Model([image, extra], out, name="two_input")

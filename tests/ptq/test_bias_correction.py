@@ -227,3 +227,34 @@ def test_softmax_is_not_treated_as_a_channel_wise_activation(as_layer):
     sim = QuantizationSimModel(keras.Model(inp, out), quant_scheme="tf", config_file="default")
     consumers = graph.layer_edges(sim.model)[1]
     assert bias_correction._following_activation(sim.model.get_layer("fc"), consumers, sim.model) is None
+
+
+def test_nan_in_data_raises_and_changes_no_bias():
+    # One NaN pixel used to turn every bias into NaN behind a normal-looking report.
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf", default_param_bw=4)
+    data = models.random_images(16)
+    sim.compute_encodings(data)
+    before = [w.layer.bias.numpy().copy() for w in sim.wrappers() if getattr(w.layer, "use_bias", False)]
+    data[3, 2, 2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"Expected finite values in batch 0 of the bias correction data.*Received: 1 NaN"):
+        correct_bias(sim, data, verbose=0)
+    after = [w.layer.bias.numpy() for w in sim.wrappers() if getattr(w.layer, "use_bias", False)]
+    for b0, b1 in zip(before, after):
+        np.testing.assert_array_equal(b1, b0)
+
+
+def test_non_finite_layer_mean_names_layer_and_restores_earlier_biases():
+    # NaN in the float reference of a later layer ("fc"): the error names it, and the bias of
+    # the layer corrected before it ("dw") is put back.
+    model = models.conv_bn_relu_model()
+    sim = QuantizationSimModel(model, quant_scheme="tf", default_param_bw=4)
+    data = models.random_images(16)
+    sim.compute_encodings(data)
+    reference = sim.float_model()
+    kernel = reference.get_layer("fc").kernel
+    kernel.assign(np.where(np.arange(kernel.shape[1]) == 1, np.inf, kernel.numpy()).astype(np.float32))
+    dw_before = sim.model.get_layer("dw").layer.bias.numpy().copy()
+    with pytest.raises(ValueError, match=r"Expected finite mean outputs of layer 'fc'.*Received: NaN/Inf in 1 of 4 channels of the FP32 reference"):
+        correct_bias(sim, data, float_model=reference, keep_only_improving=False, verbose=0)
+    np.testing.assert_array_equal(sim.model.get_layer("dw").layer.bias.numpy(), dw_before)
+    assert np.all(np.isfinite(sim.model.get_layer("fc").layer.bias.numpy()))

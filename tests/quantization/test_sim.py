@@ -314,3 +314,85 @@ def test_predict_follows_quantizer_changes_made_after_tracing():
     before = sim.model.evaluate(data, labels, verbose=0)
     sim.activation_quantizers()[-1][1].enabled = False
     assert sim.model.evaluate(data, labels, verbose=0) != before
+
+
+def test_recalibration_does_not_retrace_predict():
+    # Encodings live in variables: compute_encodings + predict cycles reuse the one trace, and the
+    # reused trace reads the new encodings (outputs equal a fresh sim calibrated on the same data).
+    model = models.conv_bn_relu_model()
+    data = models.random_images(32)
+    sim = QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+    sim.compute_encodings(data)
+    sim.model.predict(data, verbose=0)
+    traced = sim.model.predict_function
+    assert traced.experimental_get_tracing_count() == 1
+    for scale in (0.5, 2.0, 3.0):
+        sim.compute_encodings(data * scale)
+        out = sim.model.predict(data, verbose=0)
+        assert sim.model.predict_function is traced
+        assert traced.experimental_get_tracing_count() == 1
+        fresh = QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+        fresh.compute_encodings(data * scale)
+        np.testing.assert_array_equal(out, fresh.model.predict(data, verbose=0))
+
+
+@pytest.mark.parametrize("where", ["global", "model"])
+def test_half_precision_policy_refused_at_construction(where):
+    # mixed_float16 used to calibrate and then fail inside predict: refuse it up front.
+    previous = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy("mixed_float16")
+        model = models.conv_bn_relu_model()
+        if where == "global":
+            keras.config.set_dtype_policy("float32")
+            model = models.conv_bn_relu_model()
+            keras.config.set_dtype_policy("mixed_float16")
+        else:
+            keras.config.set_dtype_policy("float32")
+        with pytest.raises(ValueError, match="Expected (the float32 dtype policy|float32 layers).*mixed_float16"):
+            QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf", config_file="htp")
+    sim.compute_encodings(models.random_images(8))
+    assert np.all(np.isfinite(sim.model.predict(models.random_images(4), verbose=0)))
+
+
+@pytest.mark.parametrize("path", ["data", "callback", "predict_callback"])
+def test_overflow_inside_fused_group_names_the_layer(path):
+    # 3e38 is finite, but the conv inside the fused conv -> BN -> ReLU6 group overflows to Inf/NaN
+    # and ReLU6 turns that into finite values: no quantizer sees it. Calibration must still raise,
+    # naming the conv, and leave every encoding as it was.
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf", config_file="htp")
+    data = np.full((4, 16, 16, 3), 3e38, np.float32)
+    with pytest.raises(ValueError, match=r"Expected only finite values.*Received: the first layer whose output held NaN/Inf is 'c1' \(1 batch"):
+        if path == "data":
+            sim.compute_encodings(data)
+        elif path == "callback":
+            sim.compute_encodings(lambda m, x: m(x, training=False), data)
+        else:
+            sim.compute_encodings(lambda m, x: m.predict(x, verbose=0), data)
+    assert sim.uncalibrated_quantizers() == [n for n, _ in sim.activation_quantizers()] + [
+        n for n, _, _ in sim.param_quantizers()
+    ]
+    # The watches are gone after calibration, and a good pass still works on the same sim.
+    assert all(w._finite_watch is None for w in sim.wrappers())
+    sim.compute_encodings(models.random_images(8))
+    assert np.all(np.isfinite(sim.model.predict(models.random_images(4), verbose=0)))
+
+
+@pytest.mark.parametrize("where", ["parameter", "encoding"])
+def test_export_refuses_non_finite_state(tmp_path, where):
+    sim = QuantizationSimModel(models.conv_bn_relu_model(), quant_scheme="tf", config_file="htp")
+    sim.compute_encodings(models.random_images(8))
+    if where == "parameter":
+        bias = sim.model.get_layer("fc").layer.bias
+        bias.assign(np.full(bias.shape, np.nan, np.float32))
+        pattern = r"Received: NaN/Inf in 1 tensors: fc/bias"
+    else:
+        q = dict(sim.activation_quantizers())["r1/output:0"]
+        q.encoding_max.assign(np.inf)
+        pattern = r"Received: NaN/Inf in 1 tensors: encoding of r1/output:0"
+    with pytest.raises(ValueError, match="Expected finite parameters and encodings to export. " + pattern):
+        sim.export(tmp_path / "out", "model")
+    assert not (tmp_path / "out").exists()
