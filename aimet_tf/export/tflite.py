@@ -351,7 +351,9 @@ def _frozen_function(model: keras.Model):
 
 def _convert(sim, input_type: str, output_type: str, pack_int4: bool) -> bytes:
     with _quiet():
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(sim.model)], sim.model)
+        # A bare module as the trackable object: the function is frozen, and saving the whole Keras
+        # model (which the converter does with what it is given) costs most of the conversion time.
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen_function(sim.model)], tf.Module())
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if input_type == "int8":
             converter.inference_input_type = tf.int8
