@@ -302,7 +302,7 @@ def _with_ties(score: np.ndarray, quantizer, count: int) -> np.ndarray:
 
 
 def check_fidelity(seeds, param_bw: int, kernels=("default", "reference"), spec: FuzzSpec = FuzzSpec(),
-                   tie_samples: int = 16) -> list[FidelityFailure]:
+                   tie_samples: int = 16, locate: bool = True) -> list[FidelityFailure]:
     """Exports the random models of ``seeds`` (packed side by side in one .tflite file) and
     compares every output element of the simulation with LiteRT's, for each kernel path.
 
@@ -310,7 +310,8 @@ def check_fidelity(seeds, param_bw: int, kernels=("default", "reference"), spec:
     scheme and the "tflite" config, and scored on its differently distributed scoring set plus
     ``tie_samples`` inputs on half steps of its input grid (where QUANTIZE kernels round ties
     their own way). The sim is prepared for each kernel path in turn
-    (``prepare_sim_for_tflite(sim, kernels)``); the file is the same.
+    (``prepare_sim_for_tflite(sim, kernels)``); the file is the same. ``locate`` looks for the
+    first differing tensor of a failing model (slow: one probe per tensor).
 
     Returns:
         The failures (empty when every output element of every model is identical).
@@ -342,7 +343,7 @@ def check_fidelity(seeds, param_bw: int, kernels=("default", "reference"), spec:
                 value, step = actual[k]
                 apart = np.abs(value - np.asarray(expected[k], np.float64)) / step
                 if apart.max() >= 0.5:
-                    first = _first_differing_tensor(interpreter, sim, inputs) if name != "default" else ""
+                    first = _first_differing_tensor(interpreter, sim, inputs) if locate and name != "default" else ""
                     failures.append(FidelityFailure(seed, param_bw, name, float(apart.max()),
                                                     float(np.mean(apart >= 0.5)), first,
                                                     describe_model(random_model(seed, spec))))
