@@ -55,6 +55,7 @@ __all__ = [
     "TFLITE_CONFIG",
     "kernel_target_of",
     "model_input_quantizers",
+    "set_undelegated_layers",
     "TflitePreparation",
     "prepare_model_for_tflite",
     "prepare_sim_for_tflite",
@@ -122,6 +123,18 @@ def _dsp_target(kernels: "str | DspTarget") -> DspTarget | None:
     if isinstance(kernels, DspTarget):
         return kernels
     return TFLITE_REFERENCE if kernels == "reference" else None
+
+
+# For sims exported with the default resolver: the layers whose ops XNNPACK did not take (they run
+# in LiteRT's optimized builtin kernels), read off the exported file.
+_NOT_DELEGATED: "weakref.WeakKeyDictionary[Any, frozenset[str]]" = weakref.WeakKeyDictionary()
+
+
+def set_undelegated_layers(sim, layer_names) -> None:
+    """Records which layers' ops XNNPACK leaves to LiteRT's builtin kernels in the exported file
+    (``export_tflite`` reads them off the file); the "default" preparation models those with the
+    builtin kernels' arithmetic."""
+    _NOT_DELEGATED[sim] = frozenset(layer_names)
 
 
 def kernel_target_of(sim) -> "str | DspTarget | None":
@@ -577,6 +590,17 @@ def _requantization_mode(wrapper: QuantizationWrapper, weight_q: Quantizer) -> s
     return "float"
 
 
+def _builtin_mode(wrapper: QuantizationWrapper) -> str | None:
+    """How LiteRT's optimized builtin kernels (no delegate) requantize a conv / dense layer."""
+    layer = wrapper.layer
+    activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
+    if activation not in ("linear", "relu", "relu6"):
+        return None
+    if isinstance(layer, _TRANSPOSED):
+        return "fixed_point_ties_away"
+    return "fixed_point"
+
+
 def _ensure_requantizer(wrapper: QuantizationWrapper, channels: int) -> Requantizer:
     if wrapper.requantizer is None:
         requantizer = Requantizer(channels, name=f"{wrapper.name}_requantizer")
@@ -694,6 +718,7 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
     """
     kernels = _resolve_kernels(_PREPARED.get(sim, "default") if kernels is None else kernels)
     target = _dsp_target(kernels)
+    undelegated = _NOT_DELEGATED.get(sim, frozenset()) if kernels == "default" else frozenset()
     graph = _SimGraph(sim.model)
     report = TflitePreparation(kernels=kernels)
     report.fixed_grids = _fix_output_grids(graph)
@@ -724,7 +749,8 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
                              for i in range(len(graph.sources.get(id(wrapper), [])))]
             if _active(output_q) and len(operand_slots) == 2 and None not in operand_slots:
                 requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
-                requantizer.mode = "add" if target is None else "dsp_add"
+                builtin = kernels == "builtin" or wrapper.name in undelegated
+                requantizer.mode = "dsp_add" if builtin or target is not None else "add"
                 requantizer.target = target
                 requantizer.enabled = True
                 requantizer.link_operands([_slot_get(slot) for slot in operand_slots], output_q)
@@ -737,7 +763,8 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
             spatial = tuple(wrapper.input.shape[1:-1])
             if _active(output_q) and in_slot is not None and None not in spatial:
                 requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
-                requantizer.mode = "mean" if target is None else "dsp_mean"
+                builtin = kernels == "builtin" or wrapper.name in undelegated
+                requantizer.mode = "dsp_mean" if builtin or target is not None else "mean"
                 requantizer.target = target
                 requantizer.count = int(np.prod(spatial))
                 requantizer.enabled = True
@@ -768,7 +795,9 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
             bias_q.snapshot()
             report.bias_quantizers.append(wrapper.name)
         output_q = _output_grid_quantizer(graph, wrapper)
-        if target is None:
+        if kernels == "builtin" or wrapper.name in undelegated:
+            mode = _builtin_mode(wrapper)
+        elif target is None:
             mode = _requantization_mode(wrapper, weight_q)
         else:
             mode = _dsp_accumulator_mode(layer)

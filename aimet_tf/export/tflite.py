@@ -26,6 +26,7 @@ import io
 import os
 import re
 import tempfile
+import warnings
 from typing import Iterator
 
 import keras
@@ -34,7 +35,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import convert_to_constants
 
-from aimet_tf.export.prepare import prepare_sim_for_tflite
+from aimet_tf.export.prepare import kernel_target_of, prepare_sim_for_tflite, set_undelegated_layers
 from aimet_tf.quantization import primitives
 from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.registry import get_layer_spec
@@ -442,6 +443,10 @@ def export_tflite(
             "outputs quantizers (check the config's op_type / supergroups) or remove them."
         )
     _atomic_write(content, path)
+    if kernel_target_of(sim) == "default":
+        # The sim follows the file: ops XNNPACK declines get the builtin kernels' arithmetic.
+        set_undelegated_layers(sim, undelegated_layers(content))
+        prepare_sim_for_tflite(sim, "default")
     logging.info(
         "export_tflite: wrote %s (%d bytes, input %s, output %s%s)",
         path, len(content), input_type, output_type, ", int4 weights" if pack_int4 else "",

@@ -267,9 +267,10 @@ def _litert_outputs(path: str, inputs: dict[str, np.ndarray], kernels: str, keep
     return interpreter, outputs
 
 
-def _first_differing_tensor(interpreter, sim, inputs: list[np.ndarray]) -> str:
-    """Name of the first int8 tensor whose dequantized value differs from the sim's layer output."""
-    wrappers = {w.name: w for w in sim.wrappers()}
+def _first_differing_tensor(interpreter, sim, inputs: list[np.ndarray], prefix: str) -> str:
+    """Name of the first int8 tensor of the layers named ``prefix``* whose dequantized value
+    differs from the sim's layer output."""
+    wrappers = {w.name: w for w in sim.wrappers() if w.name.startswith(prefix)}
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
     for op in interpreter._get_ops_details():
         for index in op["outputs"]:
@@ -343,7 +344,7 @@ def check_fidelity(seeds, param_bw: int, kernels=("default", "reference"), spec:
                 value, step = actual[k]
                 apart = np.abs(value - np.asarray(expected[k], np.float64)) / step
                 if apart.max() >= 0.5:
-                    first = _first_differing_tensor(interpreter, sim, inputs) if locate and name != "default" else ""
+                    first = _first_differing_tensor(interpreter, sim, inputs, f"m{seed}_") if locate and name != "default" else ""
                     failures.append(FidelityFailure(seed, param_bw, name, float(apart.max()),
                                                     float(np.mean(apart >= 0.5)), first,
                                                     describe_model(random_model(seed, spec))))
