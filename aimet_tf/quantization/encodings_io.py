@@ -11,6 +11,7 @@ ENC1 = {"name", "dtype": "INT", "enc_type": "PER_TENSOR"|"PER_CHANNEL", "bw", "i
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Mapping
 
@@ -138,9 +139,13 @@ def _field(entry: Any, key: str, where: str) -> Any:
 
 def _number(value: Any, where: str) -> float:
     """A finite JSON number (not a boolean)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    except OverflowError:  # an integer beyond float range
+        number = None
+    if number is None or not math.isfinite(number):
         _fail(where, "a finite number", value)
-    return float(value)
+    return number
 
 
 def _integer(value: Any, where: str) -> int:
@@ -168,8 +173,11 @@ def _encoding(mins, maxs, bitwidth: int, symmetric: bool, strict: bool, where: s
 
 
 def _from_scale_offset(scale, offset, bitwidth: int, symmetric: bool, where: str) -> Encoding:
-    scale = np.asarray(scale, dtype=np.float32)
-    offset = np.asarray(offset, dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, rejected below
+        scale = np.asarray(scale, dtype=np.float32)
+        offset = np.asarray(offset, dtype=np.float32)
+    if not np.all(np.isfinite(offset)):
+        _fail(where, "offsets within float32 range", offset.tolist())
     if scale.shape != offset.shape or np.any(scale <= 0) or not np.all(np.isfinite(scale)):
         raise EncodingsFormatError(
             f"{where}: expected positive finite scales matching offsets. Received: scale={scale}, "
@@ -221,8 +229,10 @@ def _parse_061_entry(name: str, entries: Any, kind: str) -> Encoding:
     if all("min" in e and "max" in e for e in entries):
         # min/max are the exact nudged range the quantizer holds: prefer them over scale/offset,
         # whose product can differ from it in the last float bit; the two must agree though.
-        mins = np.asarray([_number(e["min"], f"{where} min") for e in entries], dtype=np.float32)
-        maxs = np.asarray([_number(e["max"], f"{where} max") for e in entries], dtype=np.float32)
+        mins = [_number(e["min"], f"{where} min") for e in entries]
+        maxs = [_number(e["max"], f"{where} max") for e in entries]
+        with np.errstate(over="ignore"):  # beyond float32: inf, which Encoding rejects
+            mins, maxs = np.asarray(mins, dtype=np.float32), np.asarray(maxs, dtype=np.float32)
         strict = bool(symmetric and all(o == -(2 ** (bitwidth - 1) - 1) for o in offsets))
         if len(entries) == 1:
             mins, maxs = mins[0], maxs[0]
