@@ -171,6 +171,8 @@ def test_load_encodings_refuses_a_mixed_pair(sim, tmp_path):
     os.replace(tmp_path / "b" / "model.encodings", tmp_path / "a" / "model.encodings")
     with pytest.raises(files.BundleError, match=r"does not match its export manifest\. Expected sha256="):
         sim.load_encodings_to_sim(tmp_path / "a" / "model.encodings")
+    with pytest.raises(files.BundleError, match=r"does not match its export manifest"):
+        sim.set_and_freeze_param_encodings(tmp_path / "a" / "model.encodings")
     # Without a manifest (e.g. a hand-edited AIMET file) the encodings load unchecked.
     os.remove(tmp_path / "a" / "model.manifest.json")
     sim.load_encodings_to_sim(tmp_path / "a" / "model.encodings")
