@@ -1,6 +1,7 @@
 """Writing output files safely: checked names, atomic single files, and atomic file sets.
 
-Every file aimet_tf writes goes through this module, so that three promises hold everywhere:
+aimet_tf's output files (exports, encodings, data files) are written through this module, so
+that three promises hold for them:
 
 * **Names stay inside the target folder.** A file name or export prefix is a bare name: not
   empty, no path separator, not ``.`` / ``..``, not hidden (a leading ``.`` is reserved for the
@@ -20,9 +21,10 @@ Every file aimet_tf writes goes through this module, so that three promises hold
 
 Example:
     >>> atomic_write(os.path.join(folder, "notes.txt"), b"hello")
-    >>> write_bundle(folder, "model", {".json": lambda p: open(p, "w").write("{}")})
-    {'.json': '.../model.json'}
+    >>> write_bundle(folder, "model", {".encodings": write_encodings, ".keras": model.save})
+    {'.encodings': '/out/model.encodings', '.keras': '/out/model.keras', 'manifest': '/out/model.manifest.json'}
     >>> verify_bundle(folder, "model")
+    True
 """
 
 from __future__ import annotations

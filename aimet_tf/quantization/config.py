@@ -382,6 +382,8 @@ class HardwareConfig:
 
 def load_config(
     config: str | os.PathLike | Mapping[str, Any] | HardwareConfig | None = None,
+    *,
+    extra_op_types: Iterable[str] = (),
 ) -> HardwareConfig:
     """Loads, validates and resolves an AIMET quantsim config.
 
@@ -390,14 +392,17 @@ def load_config(
             weights, asymmetric activations, bias not quantized); ``"htp"`` for the Hexagon HTP
             (v73) flavour with per-channel weights; any other string or path-like for a JSON file;
             a mapping for an already parsed config; a ``HardwareConfig`` is returned unchanged.
+        extra_op_types: op type names to accept besides ``KNOWN_OP_TYPES`` (custom ops of a
+            target); pass the result to ``QuantizationSimModel(..., config_file=...)``.
 
     Returns:
         The validated, fully resolved config. The input mapping is not modified.
 
     Raises:
         FileNotFoundError: If ``config`` names neither a preset nor an existing file.
-        HardwareConfigError: If the file is not valid JSON, a value has the wrong type, a key is
-            unknown, or a supergroup's ``op_list`` is not a list of at least two strings.
+        HardwareConfigError: If the file is not valid JSON, a value has the wrong type, a key, op
+            type or parameter type is unknown, or a supergroup's ``op_list`` is not a list of at
+            least two strings.
         TypeError: If ``config`` is of none of the accepted types.
 
     Example:
@@ -409,10 +414,11 @@ def load_config(
         return config
     if config is None:
         config = "default"
+    op_types = KNOWN_OP_TYPES | frozenset(extra_op_types)
     if isinstance(config, (str, os.PathLike)):
-        return _resolve(_read_json(config), source=os.fspath(config))
+        return _resolve(_read_json(config), os.fspath(config), op_types)
     if isinstance(config, Mapping):
-        return _resolve(config, source="<mapping>")
+        return _resolve(config, "<mapping>", op_types)
     raise TypeError(
         "Expected a preset name "
         f"({', '.join(repr(name) for name in PRESETS)}), a JSON file path, a mapping or a "
@@ -444,7 +450,7 @@ def _read_json(config: str | os.PathLike) -> Any:
         ) from error
 
 
-def _resolve(raw: Any, source: str) -> HardwareConfig:
+def _resolve(raw: Any, source: str, op_types: frozenset[str] = KNOWN_OP_TYPES) -> HardwareConfig:
     """Validates every section of ``raw`` and folds the precedence levels into rules."""
     top = _expect_mapping(raw, "<config>", source)
     _check_keys(top, "<config>", _TOP_KEYS, _TOP_IGNORED)
@@ -521,7 +527,7 @@ def _resolve(raw: Any, source: str) -> HardwareConfig:
     op_kernels: dict[str, tuple[tuple[int, int | None], ...]] = {}
     for op_type, section in op_sections.items():
         where = f"op_type.{op_type}"
-        _check_name(op_type, KNOWN_OP_TYPES, "op_type", "op type")
+        _check_name(op_type, op_types, "op_type", "op type")
         section = _expect_mapping(section, where, source)
         _check_keys(section, where, _OP_TYPE_KEYS, _OP_TYPE_IGNORED)
         if "encoding_constraints" in section:
@@ -542,7 +548,7 @@ def _resolve(raw: Any, source: str) -> HardwareConfig:
             default_param=fallback,
         )
 
-    supergroups = _supergroups(top.get("supergroups", []), source)
+    supergroups = _supergroups(top.get("supergroups", []), source, op_types)
     if "supergroup_pass_list" in top:
         _check_string_list(top["supergroup_pass_list"], "supergroup_pass_list")
 
@@ -595,6 +601,20 @@ def _check_keys(
         )
 
 
+_NAME_HELP = {
+    "op type": (
+        "an ONNX op name as AIMET configs use them, such as 'Conv', 'Gemm', 'Add', 'Relu' "
+        "(the list: aimet_tf.quantization.config.KNOWN_OP_TYPES)",
+        "If the name is right (a custom op of your target), load the config with "
+        "load_config(config, extra_op_types=[name]) and pass the result as config_file.",
+    ),
+    "parameter type": (
+        f"one of {sorted(KNOWN_PARAM_TYPES)}",
+        "",
+    ),
+}
+
+
 def _check_name(name: str, known: frozenset[str], where: str, kind: str) -> None:
     """Raises for an op / parameter type name that is not in ``known``, suggesting the nearest."""
     if name in known:
@@ -603,12 +623,11 @@ def _check_name(name: str, known: frozenset[str], where: str, kind: str) -> None
     close = [by_lower[name.lower()]] if name.lower() in by_lower else []
     close += [by_lower[m] for m in difflib.get_close_matches(name.lower(), by_lower, n=3, cutoff=0.6)]
     close = list(dict.fromkeys(close))
-    hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    expected, escape = _NAME_HELP[kind]
     raise HardwareConfigError(
-        f"Unknown {kind} {name!r} in {where}. Expected one of the {kind}s AIMET configs use "
-        f"(ONNX op names such as 'Conv', 'Gemm', 'Add', 'Relu' for op types; 'weight' / 'bias' "
-        f"for parameters). Received: {name!r}. {hint}Check the spelling; the full lists are "
-        f"aimet_tf.quantization.config.KNOWN_OP_TYPES and KNOWN_PARAM_TYPES."
+        f"Unknown {kind} {name!r} in {where}. Expected {expected}. Received: {name!r}.{hint} "
+        f"Check the spelling. {escape}".rstrip()
     )
 
 
@@ -649,7 +668,7 @@ def _check_op_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(ops)
 
 
-def _supergroups(value: Any, source: str) -> tuple[tuple[str, ...], ...]:
+def _supergroups(value: Any, source: str, op_types: frozenset[str]) -> tuple[tuple[str, ...], ...]:
     if not isinstance(value, list):
         _type_error("supergroups", 'a JSON list of {"op_list": [...]} objects', value)
     groups = []
@@ -664,7 +683,7 @@ def _supergroups(value: Any, source: str) -> tuple[tuple[str, ...], ...]:
             )
         ops = _check_op_list(entry["op_list"], f"{where}.op_list")
         for index_in_group, op_type in enumerate(ops):
-            _check_name(op_type, KNOWN_OP_TYPES, f"{where}.op_list[{index_in_group}]", "op type")
+            _check_name(op_type, op_types, f"{where}.op_list[{index_in_group}]", "op type")
         groups.append(ops)
     return tuple(groups)
 

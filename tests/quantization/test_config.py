@@ -444,20 +444,33 @@ def test_onnx_op_type_of_keras_ops_nodes(apply, expected):
     "raw, match",
     [
         ({"op_type": {"Cnov": {"is_output_quantized": "False"}}},
-         r"Unknown op type 'Cnov' in op_type\. .*Received: 'Cnov'\. Did you mean 'Conv'\?"),
+         r"Unknown op type 'Cnov' in op_type\. Expected an ONNX op name .*Received: 'Cnov'\. "
+         r"Did you mean 'Conv'\?"),
         ({"op_type": {"conv": {}}}, r"Unknown op type 'conv' in op_type\. .*Did you mean 'Conv'"),
         ({"params": {"wieght": {"is_quantized": "False"}}},
-         r"Unknown parameter type 'wieght' in params\. .*Did you mean 'weight'\?"),
+         r"Unknown parameter type 'wieght' in params\. Expected one of \['alpha', 'beta', 'bias', "
+         r".*Received: 'wieght'\. Did you mean 'weight'\?"),
         ({"op_type": {"Conv": {"params": {"bais": {"is_quantized": "True"}}}}},
          r"Unknown parameter type 'bais' in op_type\.Conv\.params\. .*Did you mean 'bias'\?"),
         ({"supergroups": [{"op_list": ["Conv", "Rleu"]}]},
          r"Unknown op type 'Rleu' in supergroups\[0\]\.op_list\[1\]\. .*Did you mean 'Relu'"),
-        ({"op_type": {"Zzzzzz": {}}}, r"Unknown op type 'Zzzzzz' in op_type\. .*Received: 'Zzzzzz'\. Check"),
+        ({"op_type": {"Zzzzzz": {}}},
+         r"Received: 'Zzzzzz'\. Check the spelling\. .*load_config\(config, extra_op_types=\[name\]\)"),
     ],
 )
 def test_misspelt_names_are_errors_with_a_suggestion(raw, match):
     with pytest.raises(HardwareConfigError, match=match):
         load_config(raw)
+
+
+def test_extra_op_types_accept_a_custom_op_name():
+    raw = {"op_type": {"MyNpuOp": {"is_output_quantized": "True"}},
+           "supergroups": [{"op_list": ["Conv", "MyNpuOp"]}]}
+    with pytest.raises(HardwareConfigError, match="MyNpuOp"):
+        load_config(raw)
+    config = load_config(raw, extra_op_types=["MyNpuOp"])
+    assert config.op_rule("MyNpuOp").output_quantized is True
+    assert config.supergroups == (("Conv", "MyNpuOp"),)
 
 
 def test_every_name_the_presets_and_layer_mapping_use_is_known():
