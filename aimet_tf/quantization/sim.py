@@ -498,9 +498,16 @@ class QuantizationSimModel:
             strict: if True, every enabled quantizer must have an encoding in the file; if False,
                 quantizers without one are disabled.
 
+        Each quantizer takes the file's bitwidth and symmetry (as in AIMET), so 4-bit parameter
+        encodings make 4-bit quantizers and the next export's header says so. The encodings of
+        a ``sim.export`` are first checked, with the .keras file beside them, against the
+        export's manifest (an interrupted export is finished first).
+
         Raises:
             ValueError: unknown tensor names, shapes/bitwidths that do not fit, or (strict) missing
-                encodings. Nothing changes in the sim on error.
+                encodings; ``EncodingsFormatError`` for a malformed file or a scale/offset that
+                contradicts min/max; ``aimet_tf.files.BundleError`` for export files that do not
+                match their manifest. Nothing changes in the sim on error.
         """
         acts, params = encodings_io.from_dict(encodings_io.read_json(encodings))
         targets = {n: q for n, q in self.activation_quantizers()}
@@ -511,7 +518,8 @@ class QuantizationSimModel:
         """Loads parameter encodings (e.g. AdaRound's output) and freezes those quantizers.
 
         Raises:
-            ValueError: unknown parameter names or encodings that do not fit.
+            ValueError: unknown parameter names or encodings that do not fit, malformed files,
+                or export files that do not match their manifest (as ``load_encodings_to_sim``).
         """
         data = encodings_io.read_json(encodings)
         if "param_encodings" not in data:
