@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aimet_tf import files
+
 if TYPE_CHECKING:
     import keras
 
@@ -231,13 +233,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool = True)
     payload = header + np.ascontiguousarray(big_endian).tobytes()
     if compress:
         payload = gzip.compress(payload, compresslevel=9, mtime=0)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    files.atomic_write(path, payload)
 
 
 def _split_files(split: str) -> tuple[pathlib.Path, pathlib.Path]:

@@ -30,7 +30,6 @@ import pathlib
 import platform
 import shlex
 import sys
-import tempfile
 import time
 
 from absl import app, flags, logging
@@ -41,7 +40,7 @@ import keras  # noqa: E402  (the backend must be chosen first)
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from aimet_tf import datasets  # noqa: E402
+from aimet_tf import datasets, files  # noqa: E402
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -143,37 +142,6 @@ def _train_dataset(images: np.ndarray, labels: np.ndarray, seed: int) -> tf.data
     return ds.batch(FLAGS.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _publish(tmp: str, path: pathlib.Path) -> None:
-    # mkstemp creates 0600 files; give the result the usual umask-based mode before renaming.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def _atomic_save_model(model: keras.Model, path: pathlib.Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
-    try:
-        model.save(tmp, overwrite=True)
-        _publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_text(text: str, path: pathlib.Path) -> None:
-    fd, tmp = tempfile.mkstemp(suffix=".json", prefix=f".{path.stem}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        _publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
     logits = model.predict(images, batch_size=500, verbose=0)
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
@@ -224,7 +192,7 @@ def main(argv: list[str]) -> None:
     first_1000 = _accuracy(clean, test_x[:1000], test_y[:1000])
     logging.info("FP32 test accuracy %.4f (first 1000: %.4f), %.0f s", test_accuracy, first_1000, seconds)
 
-    _atomic_save_model(clean, output)
+    files.atomic_write(output, clean.save)
     reloaded = keras.saving.load_model(output, compile=False)
     reloaded_first_1000 = _accuracy(reloaded, test_x[:1000], test_y[:1000])
     if reloaded_first_1000 != first_1000:
@@ -266,7 +234,7 @@ def main(argv: list[str]) -> None:
         "cpu_count": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_write_text(json.dumps(record, indent=2) + "\n", output.with_suffix(".json"))
+    files.atomic_write(output.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     logging.info("Wrote %s and %s", output, output.with_suffix(".json"))
 
 

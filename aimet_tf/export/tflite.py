@@ -35,6 +35,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.framework import convert_to_constants
 
+from aimet_tf import files
 from aimet_tf.export.prepare import kernel_target_of, prepare_sim_for_tflite, set_undelegated_layers
 from aimet_tf.quantization import primitives
 from aimet_tf.quantization.quantizers import Quantizer
@@ -303,25 +304,6 @@ def _float_ops(model_content: bytes, layer_names: list[str]) -> list[str]:
     return out
 
 
-def _atomic_write(data: bytes, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".tflite", dir=directory)
-    try:
-        # mkstemp makes the file private; give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silences the SavedModel / converter chatter (stdout prints and absl INFO lines)."""
@@ -384,7 +366,8 @@ def export_tflite(
     Args:
         sim: a calibrated ``QuantizationSimModel``, built on a model prepared with
             ``prepare_model_for_tflite`` (batch norms folded, separable convolutions split).
-        path: output file; written atomically (temporary file + rename).
+        path: output file; written atomically (temporary file + rename) with the mode a plain
+            open() gives (umask honoured). Its file name must be a plain, non-hidden name.
         input_type: "float32" (the model quantizes its input) or "int8" (the caller feeds
             q = round(x / scale) + zero_point, read from the interpreter's input details).
         output_type: "float32" (dequantized) or "int8".
@@ -401,7 +384,8 @@ def export_tflite(
         TfliteExportError: naming the layers, if the sim is uncalibrated, has unfolded batch
             norms / unsplit separable convolutions / weights TFLite cannot take, if the
             converter fails, or if any op of the converted model would compute in float.
-        ValueError: for an unknown ``input_type`` / ``output_type``.
+        ValueError: for an unknown ``input_type`` / ``output_type``, or a path whose file name
+            is empty, hidden or a folder (``aimet_tf.files.check_file_name``).
 
     Example:
         >>> export_tflite(sim, "model.tflite")
@@ -411,6 +395,8 @@ def export_tflite(
         if value not in IO_TYPES:
             raise ValueError(f"Expected {name} in {IO_TYPES}. Received: {name}={value!r}")
     path = os.fspath(path)
+    # Checked before the (slow) conversion: a bad name fails at once.
+    files.check_file_name(os.path.basename(path), "the file name of path")
     if prepare:
         prepare_sim_for_tflite(sim, kernels)
     problems = check_tflite_exportable(sim)
@@ -442,7 +428,7 @@ def export_tflite(
             + ". Expected every tensor on the path quantized: give these layers' inputs and "
             "outputs quantizers (check the config's op_type / supergroups) or remove them."
         )
-    _atomic_write(content, path)
+    files.atomic_write(path, content)
     if kernel_target_of(sim) == "default":
         # The sim follows the file: ops XNNPACK declines get the builtin kernels' arithmetic.
         set_undelegated_layers(sim, undelegated_layers(content))

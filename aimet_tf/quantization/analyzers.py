@@ -58,6 +58,7 @@ __all__ = [
     "SqnrAnalyzer",
     "PercentileAnalyzer",
     "make_analyzer",
+    "validate_percentile",
 ]
 
 # Upper bound on elements converted to float64 at once while binning, to bound peak memory on
@@ -802,6 +803,25 @@ class SqnrAnalyzer(_HistogramAnalyzer):
 # Percentile
 
 
+def validate_percentile(percentile: float) -> float:
+    """Returns ``percentile`` as a float after checking it is a number in [90, 100].
+
+    Raises:
+        ValueError: for a non-number (a string, a bool, None) or a value outside [90, 100].
+    """
+    if (
+        isinstance(percentile, (bool, np.bool_))
+        or not isinstance(percentile, (int, float, np.number))
+        or not 90.0 <= float(percentile) <= 100.0
+    ):
+        raise ValueError(
+            f"Expected a percentile in [90, 100], as a number. Received: percentile={percentile!r} "
+            f"(type {type(percentile).__name__}). Fix: pass e.g. percentile=99.99 (or use the "
+            "'tf' scheme for no clipping)."
+        )
+    return float(percentile)
+
+
 class PercentileAnalyzer(_HistogramAnalyzer):
     """Clips (100 - percentile)% of the observed mass in each tail.
 
@@ -825,16 +845,7 @@ class PercentileAnalyzer(_HistogramAnalyzer):
         percentile: float = 99.99,
         num_bins: int = 2048,
     ) -> None:
-        if (
-            isinstance(percentile, (bool, np.bool_))
-            or not isinstance(percentile, (int, float, np.number))
-            or not 90.0 <= float(percentile) <= 100.0
-        ):
-            raise ValueError(
-                f"Expected a percentile in [90, 100]. Received: percentile={percentile!r}. "
-                "Fix: pass e.g. percentile=99.99 (or use the 'tf' scheme for no clipping)."
-            )
-        self._percentile = float(percentile)
+        self._percentile = validate_percentile(percentile)
         super().__init__(channel_axis, num_bins)
 
     @property

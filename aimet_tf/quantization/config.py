@@ -27,9 +27,14 @@ rules say for the model's own input and output tensors. Op types are ONNX op nam
 
 Booleans are the strings ``"True"`` / ``"False"`` as AIMET writes them; real JSON booleans are
 accepted too. Keys AIMET accepts but aimet_tf does not act on are validated and then ignored:
-``defaults.hw_version``, ``op_type.<op>.encoding_constraints``,
-``op_type.<op>.supported_kernels`` and the top-level ``supergroup_pass_list``. Any other unknown
-key is an error, so a misspelt key never silently changes nothing.
+``defaults.hw_version``, ``op_type.<op>.encoding_constraints`` and the top-level
+``supergroup_pass_list``. Any other unknown key is an error, so a misspelt key never silently
+changes nothing. The same holds for names: an op type (in ``op_type`` or a supergroup) must be
+one of ``KNOWN_OP_TYPES`` (ONNX's operators plus the few AIMET configs add) and a parameter type
+one of ``KNOWN_PARAM_TYPES``; a misspelling such as ``Cnov`` or ``wieght`` is an error that
+suggests the nearest known name. ``supported_kernels`` (in ``defaults`` and per op type) are
+checked against the simulation's bitwidths when a ``QuantizationSimModel`` is built
+(:meth:`HardwareConfig.check_bitwidths`).
 
 Example:
     >>> config = load_config("htp")
@@ -42,11 +47,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import types
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Iterable
 
 import keras
 
@@ -54,6 +60,8 @@ __all__ = [
     "PRESETS",
     "HardwareConfig",
     "HardwareConfigError",
+    "KNOWN_OP_TYPES",
+    "KNOWN_PARAM_TYPES",
     "OpRule",
     "ParamRule",
     "load_config",
@@ -90,9 +98,10 @@ _OP_TYPE_KEYS = frozenset(
         "is_symmetric",
         "per_channel_quantization",
         "params",
+        "supported_kernels",
     }
 )
-_OP_TYPE_IGNORED = frozenset({"encoding_constraints", "supported_kernels"})
+_OP_TYPE_IGNORED = frozenset({"encoding_constraints"})
 _SUPERGROUP_KEYS = frozenset({"op_list"})
 _MODEL_INPUT_KEYS = frozenset({"is_input_quantized"})
 _MODEL_OUTPUT_KEYS = frozenset({"is_output_quantized"})
@@ -114,6 +123,45 @@ _FALLBACK_UNSIGNED_SYMMETRIC = True
 
 # Parameter types every OpRule describes, whether or not the config names them.
 _BASE_PARAM_TYPES = ("weight", "bias")
+
+KNOWN_PARAM_TYPES: frozenset[str] = frozenset(
+    {
+        *_BASE_PARAM_TYPES,
+        # Keras' names of normalization / PReLU variables, and PyTorch's names that AIMET
+        # configs written for aimet_torch use for the same tensors.
+        "gamma", "beta", "moving_mean", "moving_variance", "alpha",
+        "running_mean", "running_var",
+    }
+)
+"""Parameter type names a config may use in ``params`` and ``op_type.<op>.params``."""
+
+KNOWN_OP_TYPES: frozenset[str] = frozenset(
+    """
+    Abs Acos Acosh Add AffineGrid And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool
+    BatchNormalization Bernoulli BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor
+    BlackmanWindow Cast CastLike Ceil Celu CenterCropPad Clip Col2Im Compress Concat
+    ConcatFromSequence Constant ConstantOfShape Conv ConvInteger ConvTranspose Cos Cosh CumSum
+    DFT DeformConv DepthToSpace DequantizeLinear Det Div Dropout DynamicQuantizeLinear Einsum Elu
+    Equal Erf Exp Expand EyeLike Flatten Floor GRU Gather GatherElements GatherND Gelu Gemm
+    GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual GridSample
+    GroupNormalization HammingWindow HannWindow HardSigmoid HardSwish Hardmax Identity If
+    InstanceNormalization IsInf IsNaN LRN LSTM LayerNormalization LeakyRelu Less LessOrEqual Log
+    LogSoftmax Loop LpNormalization LpPool MatMul MatMulInteger Max MaxPool MaxRoiPool MaxUnpool
+    Mean MeanVarianceNormalization MelWeightMatrix Min Mish Mod Mul Multinomial Neg
+    NonMaxSuppression NonZero Not OneHot Or PRelu Pad Pow QLinearConv QLinearMatMul
+    QuantizeLinear RMSNormalization RNN RandomNormal RandomNormalLike RandomUniform
+    RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax
+    ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
+    ReverseSequence RoiAlign RotaryEmbedding Round STFT Scan Scatter ScatterElements ScatterND
+    Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth
+    Split Sqrt Squeeze Sub Sum Swish Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unique
+    Unsqueeze Upsample Where Xor
+    BatchPermutation BatchToSpace ChannelShuffle CropAndResize SpaceToBatch MultiHeadAttention
+    """.split()
+)
+"""Op type names a config may use: ONNX's operators, the non-ONNX names AIMET's own configs use
+(``BatchPermutation``, ``ChannelShuffle``, ``CropAndResize``, ``BatchToSpace``,
+``SpaceToBatch``) and ``MultiHeadAttention`` (see :func:`onnx_op_type`)."""
 
 
 class HardwareConfigError(ValueError):
@@ -230,6 +278,8 @@ class HardwareConfig:
             config lists none. Kernels with a ``float`` dtype are validated and left out.
         default_rule: The rule for an op type with no ``op_type`` entry.
         op_rules: The resolved rule of every op type named in ``op_type``.
+        op_supported_kernels: ``op_type.<op>.supported_kernels`` per op type that lists integer
+            kernels: ``(activation_bitwidth, param_bitwidth or None)`` pairs, in file order.
     """
 
     strict_symmetric: bool
@@ -240,6 +290,9 @@ class HardwareConfig:
     supported_kernels: tuple[tuple[int, int], ...]
     default_rule: OpRule = _FALLBACK_OP_RULE
     op_rules: Mapping[str, OpRule] = dataclasses.field(default_factory=dict)
+    op_supported_kernels: Mapping[str, tuple[tuple[int, int | None], ...]] = dataclasses.field(
+        default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         for index, group in enumerate(self.supergroups):
@@ -251,6 +304,11 @@ class HardwareConfig:
         object.__setattr__(self, "supergroups", supergroups)
         object.__setattr__(self, "supported_kernels", kernels)
         object.__setattr__(self, "op_rules", types.MappingProxyType(dict(self.op_rules)))
+        object.__setattr__(
+            self,
+            "op_supported_kernels",
+            types.MappingProxyType({op: tuple(k) for op, k in self.op_supported_kernels.items()}),
+        )
 
     def __hash__(self) -> int:
         return hash(
@@ -263,8 +321,48 @@ class HardwareConfig:
                 self.supported_kernels,
                 self.default_rule,
                 tuple(sorted(self.op_rules.items())),
+                tuple(sorted(self.op_supported_kernels.items())),
             )
         )
+
+    def check_bitwidths(
+        self, activation_bitwidth: int, param_bitwidth: int, op_types: Iterable[str | None] = ()
+    ) -> None:
+        """Checks that the config's ``supported_kernels`` allow a simulation's bitwidths.
+
+        ``defaults.supported_kernels`` must hold ``(activation_bitwidth, param_bitwidth)``, and
+        ``op_type.<op>.supported_kernels`` of every op type in ``op_types`` a kernel with that
+        activation bitwidth (and that param bitwidth, where the kernel names one). A config that
+        lists no integer kernels allows every bitwidth.
+
+        Args:
+            activation_bitwidth: the simulation's ``default_output_bw``.
+            param_bitwidth: the simulation's ``default_param_bw``.
+            op_types: the op types of the model's layers (``None`` entries are skipped).
+
+        Raises:
+            HardwareConfigError: naming the kernels listed and the bitwidths received.
+        """
+        pair = (int(activation_bitwidth), int(param_bitwidth))
+        if self.supported_kernels and pair not in self.supported_kernels:
+            raise HardwareConfigError(
+                "The simulation's bitwidths are not among the config's supported kernels. "
+                f"Expected (default_output_bw, default_param_bw) in defaults.supported_kernels "
+                f"{list(self.supported_kernels)}. Received: default_output_bw={pair[0]}, "
+                f"default_param_bw={pair[1]}. Pass bitwidths the target supports, or fix "
+                "supported_kernels in the config."
+            )
+        for op_type in sorted({op for op in op_types if op in self.op_supported_kernels}):
+            kernels = self.op_supported_kernels[op_type]
+            if not any(a == pair[0] and p in (None, pair[1]) for a, p in kernels):
+                raise HardwareConfigError(
+                    f"The model has {op_type!r} layers, whose supported kernels in the config "
+                    f"do not include the simulation's bitwidths. Expected a kernel among "
+                    f"op_type.{op_type}.supported_kernels {[list(k) for k in kernels]} "
+                    f"(activation, param). Received: default_output_bw={pair[0]}, "
+                    f"default_param_bw={pair[1]}. Pass bitwidths the target supports, or fix "
+                    "the config."
+                )
 
     def op_rule(self, op_type: str | None) -> OpRule:
         """Returns the resolved rule for an ONNX op type.
@@ -284,6 +382,8 @@ class HardwareConfig:
 
 def load_config(
     config: str | os.PathLike | Mapping[str, Any] | HardwareConfig | None = None,
+    *,
+    extra_op_types: Iterable[str] = (),
 ) -> HardwareConfig:
     """Loads, validates and resolves an AIMET quantsim config.
 
@@ -292,14 +392,17 @@ def load_config(
             weights, asymmetric activations, bias not quantized); ``"htp"`` for the Hexagon HTP
             (v73) flavour with per-channel weights; any other string or path-like for a JSON file;
             a mapping for an already parsed config; a ``HardwareConfig`` is returned unchanged.
+        extra_op_types: op type names to accept besides ``KNOWN_OP_TYPES`` (custom ops of a
+            target); pass the result to ``QuantizationSimModel(..., config_file=...)``.
 
     Returns:
         The validated, fully resolved config. The input mapping is not modified.
 
     Raises:
         FileNotFoundError: If ``config`` names neither a preset nor an existing file.
-        HardwareConfigError: If the file is not valid JSON, a value has the wrong type, a key is
-            unknown, or a supergroup's ``op_list`` is not a list of at least two strings.
+        HardwareConfigError: If the file is not valid JSON, a value has the wrong type, a key, op
+            type or parameter type is unknown, or a supergroup's ``op_list`` is not a list of at
+            least two strings.
         TypeError: If ``config`` is of none of the accepted types.
 
     Example:
@@ -311,10 +414,11 @@ def load_config(
         return config
     if config is None:
         config = "default"
+    op_types = KNOWN_OP_TYPES | frozenset(extra_op_types)
     if isinstance(config, (str, os.PathLike)):
-        return _resolve(_read_json(config), source=os.fspath(config))
+        return _resolve(_read_json(config), os.fspath(config), op_types)
     if isinstance(config, Mapping):
-        return _resolve(config, source="<mapping>")
+        return _resolve(config, "<mapping>", op_types)
     raise TypeError(
         "Expected a preset name "
         f"({', '.join(repr(name) for name in PRESETS)}), a JSON file path, a mapping or a "
@@ -346,7 +450,7 @@ def _read_json(config: str | os.PathLike) -> Any:
         ) from error
 
 
-def _resolve(raw: Any, source: str) -> HardwareConfig:
+def _resolve(raw: Any, source: str, op_types: frozenset[str] = KNOWN_OP_TYPES) -> HardwareConfig:
     """Validates every section of ``raw`` and folds the precedence levels into rules."""
     top = _expect_mapping(raw, "<config>", source)
     _check_keys(top, "<config>", _TOP_KEYS, _TOP_IGNORED)
@@ -383,6 +487,7 @@ def _resolve(raw: Any, source: str) -> HardwareConfig:
     typed_params: dict[str, tuple[bool, bool]] = {}
     for param_type, section in param_sections.items():
         where = f"params.{param_type}"
+        _check_name(param_type, KNOWN_PARAM_TYPES, "params", "parameter type")
         section = _expect_mapping(section, where, source)
         _check_keys(section, where, _PARAM_KEYS)
         typed_params[param_type] = (
@@ -396,6 +501,8 @@ def _resolve(raw: Any, source: str) -> HardwareConfig:
         fallback = ParamRule(param_quantized, param_symmetric, op_per_channel)
         names = list(_BASE_PARAM_TYPES)
         names += [name for name in typed_params if name not in names]
+        for name in overrides:
+            _check_name(name, KNOWN_PARAM_TYPES, where, "parameter type")
         names += [name for name in overrides if name not in names]
         rules = {}
         for name in names:
@@ -417,15 +524,19 @@ def _resolve(raw: Any, source: str) -> HardwareConfig:
     # Level 3: per ONNX op type.
     op_sections = _expect_mapping(top.get("op_type", {}), "op_type", source)
     op_rules: dict[str, OpRule] = {}
+    op_kernels: dict[str, tuple[tuple[int, int | None], ...]] = {}
     for op_type, section in op_sections.items():
         where = f"op_type.{op_type}"
+        _check_name(op_type, op_types, "op_type", "op type")
         section = _expect_mapping(section, where, source)
         _check_keys(section, where, _OP_TYPE_KEYS, _OP_TYPE_IGNORED)
         if "encoding_constraints" in section:
             _check_encoding_constraints(section["encoding_constraints"],
                                         f"{where}.encoding_constraints", source)
-        _kernels(section.get("supported_kernels"), f"{where}.supported_kernels",
-                 param_required=False)
+        kernels = _kernels(section.get("supported_kernels"), f"{where}.supported_kernels",
+                           param_required=False)
+        if kernels:
+            op_kernels[op_type] = kernels
         op_per_channel = _bool(section, "per_channel_quantization", where, per_channel)
         overrides = _expect_mapping(section.get("params", {}), f"{where}.params", source)
         rules, fallback = param_rules(overrides, f"{where}.params", op_per_channel)
@@ -437,7 +548,7 @@ def _resolve(raw: Any, source: str) -> HardwareConfig:
             default_param=fallback,
         )
 
-    supergroups = _supergroups(top.get("supergroups", []), source)
+    supergroups = _supergroups(top.get("supergroups", []), source, op_types)
     if "supergroup_pass_list" in top:
         _check_string_list(top["supergroup_pass_list"], "supergroup_pass_list")
 
@@ -455,6 +566,7 @@ def _resolve(raw: Any, source: str) -> HardwareConfig:
         supported_kernels=supported_kernels,
         default_rule=default_rule,
         op_rules=op_rules,
+        op_supported_kernels=op_kernels,
     )
 
 
@@ -487,6 +599,36 @@ def _check_keys(
             f"{sorted(allowed | ignored)}. Received: keys={sorted(section)}. Check the spelling "
             "against AIMET's quantsim config format."
         )
+
+
+_NAME_HELP = {
+    "op type": (
+        "an ONNX op name as AIMET configs use them, such as 'Conv', 'Gemm', 'Add', 'Relu' "
+        "(the list: aimet_tf.quantization.config.KNOWN_OP_TYPES)",
+        "If the name is right (a custom op of your target), load the config with "
+        "load_config(config, extra_op_types=[name]) and pass the result as config_file.",
+    ),
+    "parameter type": (
+        f"one of {sorted(KNOWN_PARAM_TYPES)}",
+        "",
+    ),
+}
+
+
+def _check_name(name: str, known: frozenset[str], where: str, kind: str) -> None:
+    """Raises for an op / parameter type name that is not in ``known``, suggesting the nearest."""
+    if name in known:
+        return
+    by_lower = {k.lower(): k for k in known}
+    close = [by_lower[name.lower()]] if name.lower() in by_lower else []
+    close += [by_lower[m] for m in difflib.get_close_matches(name.lower(), by_lower, n=3, cutoff=0.6)]
+    close = list(dict.fromkeys(close))
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    expected, escape = _NAME_HELP[kind]
+    raise HardwareConfigError(
+        f"Unknown {kind} {name!r} in {where}. Expected {expected}. Received: {name!r}.{hint} "
+        f"Check the spelling. {escape}".rstrip()
+    )
 
 
 def _bool(section: Mapping[str, Any], key: str, where: str, fallback: Any) -> Any:
@@ -526,7 +668,7 @@ def _check_op_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(ops)
 
 
-def _supergroups(value: Any, source: str) -> tuple[tuple[str, ...], ...]:
+def _supergroups(value: Any, source: str, op_types: frozenset[str]) -> tuple[tuple[str, ...], ...]:
     if not isinstance(value, list):
         _type_error("supergroups", 'a JSON list of {"op_list": [...]} objects', value)
     groups = []
@@ -539,11 +681,15 @@ def _supergroups(value: Any, source: str) -> tuple[tuple[str, ...], ...]:
                 f"Missing key 'op_list' in {where}. Expected an object like "
                 f'{{"op_list": ["Conv", "Relu"]}}. Received: {where}={dict(entry)!r}'
             )
-        groups.append(_check_op_list(entry["op_list"], f"{where}.op_list"))
+        ops = _check_op_list(entry["op_list"], f"{where}.op_list")
+        for index_in_group, op_type in enumerate(ops):
+            _check_name(op_type, op_types, f"{where}.op_list[{index_in_group}]", "op type")
+        groups.append(ops)
     return tuple(groups)
 
 
-def _kernels(value: Any, where: str, param_required: bool) -> tuple[tuple[int, int], ...]:
+def _kernels(value: Any, where: str, param_required: bool) -> tuple[tuple[int, int | None], ...]:
+    """The integer kernels listed at ``where`` as (activation, param or None) bitwidth pairs."""
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -580,8 +726,8 @@ def _kernels(value: Any, where: str, param_required: bool) -> tuple[tuple[int, i
                 _type_error(f"{side_where}.dtype", f"one of {list(_KERNEL_DTYPES)}", dtype)
             sides[side] = (bitwidth, dtype)
         # Only integer kernels describe a grid aimet_tf simulates.
-        if all(dtype == "int" for _, dtype in sides.values()) and "param" in sides:
-            pairs.append((sides["activation"][0], sides["param"][0]))
+        if all(dtype == "int" for _, dtype in sides.values()):
+            pairs.append((sides["activation"][0], sides["param"][0] if "param" in sides else None))
     return tuple(pairs)
 
 

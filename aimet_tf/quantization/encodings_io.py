@@ -11,21 +11,25 @@ ENC1 = {"name", "dtype": "INT", "enc_type": "PER_TENSOR"|"PER_CHANNEL", "bw", "i
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
 
-from aimet_tf.quantization.primitives import Encoding, num_steps
+from aimet_tf import files
+from aimet_tf.quantization.primitives import Encoding, num_steps, validate_bitwidth
 
 __all__ = [
     "SUPPORTED_VERSIONS",
+    "SCALE_RTOL",
+    "EncodingsFormatError",
     "activation_name",
     "param_name",
     "to_dict",
     "from_dict",
     "read_json",
+    "write_json",
     "write_json_atomic",
 ]
 
@@ -99,77 +103,172 @@ def to_dict(
     }
 
 
+class EncodingsFormatError(ValueError):
+    """An encodings document is malformed or self-contradictory (the message names the tensor)."""
+
+
+# Relative tolerance between a file's "scale" and the scale its min/max imply. Writers that
+# compute in float64 and float32 differ by ~1e-7; a real contradiction is far larger.
+SCALE_RTOL = 1e-3
+
+
+def _fail(where: str, expected: str, received: Any) -> None:
+    raise EncodingsFormatError(f"{where}: expected {expected}. Received: {received!r}")
+
+
 def _bool(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
     if value in ("True", "False"):
         return value == "True"
-    raise ValueError(f"{where}: expected a boolean or 'True'/'False'. Received: {value!r}")
+    _fail(where, "a boolean or 'True'/'False'", value)
 
 
-def _field(entry: Mapping, key: str, where: str):
+def _mapping(value: Any, where: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        _fail(where, "a JSON object", value)
+    return value
+
+
+def _field(entry: Any, key: str, where: str) -> Any:
+    entry = _mapping(entry, where)
     if key not in entry:
-        raise ValueError(f"{where}: missing key {key!r}. Received keys: {sorted(entry)}")
+        raise EncodingsFormatError(f"{where}: missing key {key!r}. Received keys: {sorted(map(str, entry))}")
     return entry[key]
 
 
+def _number(value: Any, where: str) -> float:
+    """A finite JSON number (not a boolean)."""
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    except OverflowError:  # an integer beyond float range
+        number = None
+    if number is None or not math.isfinite(number):
+        _fail(where, "a finite number", value)
+    return number
+
+
+def _integer(value: Any, where: str) -> int:
+    """A JSON integer (an integral float such as 8.0 is accepted)."""
+    number = _number(value, where)
+    if not number.is_integer():
+        _fail(where, "an integer", value)
+    return int(number)
+
+
+def _bitwidth(value: Any, where: str) -> int:
+    try:
+        return validate_bitwidth(_integer(value, f"{where} bitwidth"))
+    except EncodingsFormatError:
+        raise
+    except ValueError as exc:
+        raise EncodingsFormatError(f"{where}: {exc}") from exc
+
+
+def _encoding(mins, maxs, bitwidth: int, symmetric: bool, strict: bool, where: str) -> Encoding:
+    try:
+        return Encoding(mins, maxs, bitwidth, symmetric, strict)
+    except ValueError as exc:
+        raise EncodingsFormatError(f"{where}: {exc}") from exc
+
+
 def _from_scale_offset(scale, offset, bitwidth: int, symmetric: bool, where: str) -> Encoding:
-    scale = np.asarray(scale, dtype=np.float32)
-    offset = np.asarray(offset, dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, rejected below
+        scale = np.asarray(scale, dtype=np.float32)
+        offset = np.asarray(offset, dtype=np.float32)
+    if not np.all(np.isfinite(offset)):
+        _fail(where, "offsets within float32 range", offset.tolist())
     if scale.shape != offset.shape or np.any(scale <= 0) or not np.all(np.isfinite(scale)):
-        raise ValueError(
+        raise EncodingsFormatError(
             f"{where}: expected positive finite scales matching offsets. Received: scale={scale}, "
             f"offset={offset}"
         )
     # A symmetric grid with offset -(2^(b-1) - 1) is the strict (narrow) one.
     strict = bool(symmetric and np.all(offset == -(2 ** (bitwidth - 1) - 1)))
     steps = num_steps(bitwidth, strict)
-    return Encoding(scale * offset, scale * (offset + np.float32(steps)), bitwidth, symmetric, strict)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mins, maxs = scale * offset, scale * (offset + np.float32(steps))
+    return _encoding(mins, maxs, bitwidth, symmetric, strict, where)
+
+
+def _check_scale_offset(enc: Encoding, scales: list, offsets: list, where: str) -> None:
+    """Raises if a file's scale/offset contradict the grid its min/max describe."""
+    implied_scale = np.atleast_1d(enc.scale).astype(np.float64)
+    implied_offset = np.atleast_1d(enc.offset).astype(np.float64)
+    for channel, (scale, offset) in enumerate(zip(scales, offsets)):
+        label = where if len(scales) == 1 else f"{where} channel {channel}"
+        if scale is not None and not np.isclose(scale, implied_scale[channel], rtol=SCALE_RTOL, atol=0.0):
+            raise EncodingsFormatError(
+                f"{label}: scale contradicts min/max. Expected scale = (max - min) / steps = "
+                f"{implied_scale[channel]:.9g} within a relative tolerance of {SCALE_RTOL:g}. "
+                f"Received: scale={scale!r}. Fix the file (or drop its scale/offset: min/max "
+                "alone define the encoding)."
+            )
+        if offset is not None and abs(offset - implied_offset[channel]) >= 0.5:
+            raise EncodingsFormatError(
+                f"{label}: offset contradicts min/max. Expected offset = round(min / scale) = "
+                f"{int(implied_offset[channel])}. Received: offset={offset!r}."
+            )
 
 
 def _parse_061_entry(name: str, entries: Any, kind: str) -> Encoding:
     where = f"{kind} {name!r}"
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{where}: expected a non-empty list of encodings. Received: {entries!r}")
-    bitwidth = int(_field(entries[0], "bitwidth", where))
-    symmetric = _bool(entries[0].get("is_symmetric", "False"), where)
+        _fail(where, "a non-empty list of encodings", entries)
+    entries = [_mapping(e, f"{where} entry {i}") for i, e in enumerate(entries)]
+    bitwidth = _bitwidth(_field(entries[0], "bitwidth", where), where)
+    symmetric = _bool(entries[0].get("is_symmetric", "False"), f"{where} is_symmetric")
+    for i, e in enumerate(entries[1:], start=1):
+        if "bitwidth" in e and _bitwidth(e["bitwidth"], where) != bitwidth:
+            _fail(f"{where} entry {i} bitwidth", f"the same bitwidth as entry 0 ({bitwidth})", e["bitwidth"])
+
+    def optional(e: Mapping, key: str, read) -> Any:
+        return read(e[key], f"{where} {key}") if key in e else None
+
+    offsets = [optional(e, "offset", _number) for e in entries]
     if all("min" in e and "max" in e for e in entries):
         # min/max are the exact nudged range the quantizer holds: prefer them over scale/offset,
-        # whose product can differ from it in the last float bit.
-        mins = np.asarray([float(e["min"]) for e in entries], dtype=np.float32)
-        maxs = np.asarray([float(e["max"]) for e in entries], dtype=np.float32)
-        strict = bool(symmetric and all(int(e.get("offset", 0)) == -(2 ** (bitwidth - 1) - 1) for e in entries))
+        # whose product can differ from it in the last float bit; the two must agree though.
+        mins = [_number(e["min"], f"{where} min") for e in entries]
+        maxs = [_number(e["max"], f"{where} max") for e in entries]
+        with np.errstate(over="ignore"):  # beyond float32: inf, which Encoding rejects
+            mins, maxs = np.asarray(mins, dtype=np.float32), np.asarray(maxs, dtype=np.float32)
+        strict = bool(symmetric and all(o == -(2 ** (bitwidth - 1) - 1) for o in offsets))
         if len(entries) == 1:
             mins, maxs = mins[0], maxs[0]
-        try:
-            return Encoding(mins, maxs, bitwidth, symmetric, strict)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from exc
-    scale = [float(_field(e, "scale", where)) for e in entries]
-    offset = [float(_field(e, "offset", where)) for e in entries]
+        enc = _encoding(mins, maxs, bitwidth, symmetric, strict, where)
+        _check_scale_offset(enc, [optional(e, "scale", _number) for e in entries], offsets, where)
+        return enc
+    scale = [_number(_field(e, "scale", where), f"{where} scale") for e in entries]
+    offset = [_number(_field(e, "offset", where), f"{where} offset") for e in entries]
     if len(entries) == 1:
         return _from_scale_offset(scale[0], offset[0], bitwidth, symmetric, where)
     return _from_scale_offset(scale, offset, bitwidth, symmetric, where)
 
 
-def _parse_100_entry(entry: Mapping, kind: str) -> tuple[str, Encoding]:
+def _parse_100_entry(entry: Any, kind: str) -> tuple[str, Encoding]:
     name = _field(entry, "name", kind)
+    if not isinstance(name, str):
+        _fail(f"{kind} name", "a string", name)
     where = f"{kind} {name!r}"
     dtype = entry.get("dtype", "INT")
     if dtype != "INT":
-        raise ValueError(f"{where}: only integer encodings are supported. Received: dtype={dtype!r}")
+        raise EncodingsFormatError(f"{where}: only integer encodings are supported. Received: dtype={dtype!r}")
     enc_type = _field(entry, "enc_type", where)
     if enc_type not in ("PER_TENSOR", "PER_CHANNEL"):
-        raise ValueError(
-            f"{where}: expected enc_type PER_TENSOR or PER_CHANNEL. Received: enc_type={enc_type!r}"
-        )
-    scale = _field(entry, "scale", where)
-    offset = _field(entry, "offset", where)
-    bitwidth = int(_field(entry, "bw", where))
-    symmetric = _bool(_field(entry, "is_sym", where), where)
+        _fail(f"{where} enc_type", "PER_TENSOR or PER_CHANNEL", enc_type)
+    bitwidth = _bitwidth(_field(entry, "bw", where), where)
+    symmetric = _bool(_field(entry, "is_sym", where), f"{where} is_sym")
+    values = {}
+    for key in ("scale", "offset"):
+        raw = _field(entry, key, where)
+        if not isinstance(raw, list) or not raw:
+            _fail(f"{where} {key}", "a non-empty list of numbers", raw)
+        values[key] = [_number(v, f"{where} {key}") for v in raw]
+    scale, offset = values["scale"], values["offset"]
     if enc_type == "PER_TENSOR":
         if len(scale) != 1 or len(offset) != 1:
-            raise ValueError(f"{where}: PER_TENSOR expects one scale and offset. Received: {len(scale)}")
+            _fail(where, "one scale and one offset for PER_TENSOR", f"{len(scale)} scales, {len(offset)} offsets")
         scale, offset = scale[0], offset[0]
     return name, _from_scale_offset(scale, offset, bitwidth, symmetric, where)
 
@@ -177,54 +276,93 @@ def _parse_100_entry(entry: Mapping, kind: str) -> tuple[str, Encoding]:
 def from_dict(data: Mapping) -> tuple[dict[str, Encoding], dict[str, Encoding]]:
     """Parses an AIMET encodings document into (activation encodings, param encodings).
 
+    When an 0.6.1 entry carries min/max and scale/offset, they must describe the same grid:
+    scale within a relative ``SCALE_RTOL`` of (max - min) / steps, offset = round(min / scale).
+
     Raises:
-        ValueError: unknown version or malformed entries, naming the tensor.
+        EncodingsFormatError: unknown version, malformed or self-contradictory entries, naming
+            the tensor (a ``ValueError``).
     """
     if not isinstance(data, Mapping):
-        raise ValueError(f"Expected an encodings JSON object. Received: {type(data).__name__}")
+        raise EncodingsFormatError(f"Expected an encodings JSON object. Received: {type(data).__name__}")
     version = str(data.get("version", "0.6.1"))
     if version not in SUPPORTED_VERSIONS:
-        raise ValueError(f"Expected encoding version in {SUPPORTED_VERSIONS}. Received: version={version!r}")
+        raise EncodingsFormatError(
+            f"Expected encoding version in {SUPPORTED_VERSIONS}. Received: version={version!r}"
+        )
     acts_raw = data.get("activation_encodings", {} if version == "0.6.1" else [])
     params_raw = data.get("param_encodings", {} if version == "0.6.1" else [])
     if version == "0.6.1":
         if not isinstance(acts_raw, Mapping) or not isinstance(params_raw, Mapping):
-            raise ValueError("Version 0.6.1 expects activation_encodings/param_encodings objects.")
+            raise EncodingsFormatError(
+                "Version 0.6.1 expects activation_encodings/param_encodings objects. Received: "
+                f"{type(acts_raw).__name__}, {type(params_raw).__name__}"
+            )
         acts = {n: _parse_061_entry(n, e, "activation") for n, e in acts_raw.items()}
         params = {n: _parse_061_entry(n, e, "param") for n, e in params_raw.items()}
     else:
         if not isinstance(acts_raw, list) or not isinstance(params_raw, list):
-            raise ValueError("Version 1.0.0 expects activation_encodings/param_encodings lists.")
+            raise EncodingsFormatError(
+                "Version 1.0.0 expects activation_encodings/param_encodings lists. Received: "
+                f"{type(acts_raw).__name__}, {type(params_raw).__name__}"
+            )
         acts = dict(_parse_100_entry(e, "activation") for e in acts_raw)
         params = dict(_parse_100_entry(e, "param") for e in params_raw)
     return acts, params
 
 
 def read_json(source: str | os.PathLike | Mapping) -> dict:
-    """Reads an encodings JSON file (or passes a dict through), with clear errors."""
+    """Reads an encodings JSON file (or passes a dict through), with clear errors.
+
+    A file written by ``QuantizationSimModel.export`` is checked first, with the model file
+    beside it, against the export's manifest (``aimet_tf.files.verify_bundle``): an interrupted
+    export is finished, and files changed or mixed with another export's are refused.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: invalid JSON, or (``aimet_tf.files.BundleError``) files that do not match
+            their export manifest.
+    """
     if isinstance(source, Mapping):
         return dict(source)
+    bundle = files.bundle_of(source, ".encodings")
+    if bundle is not None:
+        files.verify_bundle(*bundle)
     try:
         with open(source, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"Encodings file not found: {os.fspath(source)!r}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"Encodings file {os.fspath(source)!r} is not valid JSON (line {exc.lineno}, column "
-            f"{exc.colno}): {exc.msg}"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EncodingsFormatError(
+            f"Encodings file {os.fspath(source)!r} is not valid JSON: {exc}. Expected an AIMET "
+            "encodings JSON file."
         ) from exc
 
 
-def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
-    """Writes JSON to a temporary file in the same folder, then renames it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=folder)
+def _json_text(data: Any, where: str) -> str:
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        return json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Expected JSON-serializable data without NaN/Inf for {where!r}: {exc}") from exc
 
+
+def write_json(data: Any, path: str | os.PathLike) -> None:
+    """Writes ``data`` as JSON to ``path`` (not atomic: for files inside a staging folder).
+
+    Raises:
+        ValueError: if ``data`` holds NaN/Inf or is not JSON-serializable.
+    """
+    text = _json_text(data, os.fspath(path))
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
+    """Writes ``data`` as JSON to ``path`` atomically (``aimet_tf.files.atomic_write``).
+
+    Raises:
+        ValueError: if ``data`` holds NaN/Inf or is not JSON-serializable, or the file name is not
+            a plain name; ``path`` is then unchanged.
+    """
+    files.atomic_write(path, _json_text(data, os.fspath(path)))

@@ -478,6 +478,16 @@ class Quantizer(_TracedState, keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def load_own_variables(self, store) -> None:
+        """Loads min/max (``model.load_weights``, ``keras.models.load_model``) and marks the
+        quantizer initialized when they hold a range: a weights file carries the calibrated
+        ranges but not the Python flag, and an unset range is all zeros (a real one never is:
+        max > min)."""
+        super().load_own_variables(store)
+        if self.built and self.encoding_min is not None:
+            width = np.asarray(self.encoding_max.numpy()) - np.asarray(self.encoding_min.numpy())
+            self._initialized = bool(width.size) and bool(np.all(width > 0))
+
     def get_config(self) -> dict:
         # A tied quantizer stores its leader's encoding (a reloaded model has no links).
         self._sync_from_leader()

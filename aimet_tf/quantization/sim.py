@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from aimet_tf import files
 from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization import calibration_data, encodings_io, graph
-from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
+from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme, validate_percentile
 from aimet_tf.quantization.graph_statistics import GraphStatistics, NonFiniteWatch
 from aimet_tf.quantization.quantizers import Quantizer, traced_state
 from aimet_tf.quantization.registry import get_layer_spec
@@ -93,7 +93,12 @@ class QuantizationSimModel:
         in_place: AIMET's flag; only False is supported (the original model is never modified).
         config_file: hardware config: None/"default", "htp", a JSON path, or a parsed dict.
         default_data_type: "int" (float simulation is not supported).
-        percentile: percentile for the "percentile" scheme.
+        percentile: percentile for the "percentile" scheme, a number in [90, 100].
+
+    Raises:
+        ValueError: for invalid arguments; a config that gives the model no quantizer at all
+            (e.g. ``config_file={}``); ``supported_kernels`` in the config that exclude
+            ``(default_output_bw, default_param_bw)`` (``HardwareConfigError``).
 
     Raises:
         ValueError: for a half-precision dtype policy (``mixed_float16``, ``bfloat16``...),
@@ -131,10 +136,11 @@ class QuantizationSimModel:
         self.quant_scheme = parse_quant_scheme(quant_scheme)
         self.default_output_bw = validate_bitwidth(default_output_bw)
         self.default_param_bw = validate_bitwidth(default_param_bw)
-        self.percentile = float(percentile)
+        self.percentile = validate_percentile(percentile)
         self.config = hw_config.load_config(config_file)
         self._original = model
         self.model = self._build(model, is_top=True)
+        self._check_against_config(config_file)
         # Calibration state kept across compute_encodings calls (see _calibration_step).
         self._graph_stats: dict[tuple, GraphStatistics] = {}
         self._calibration_steps: dict[tuple, Callable] = {}
@@ -143,6 +149,23 @@ class QuantizationSimModel:
         self.model.build(self.model.input_shape) if not self.model.built else None
 
     # -- construction --------------------------------------------------------------------------
+
+    def _check_against_config(self, config_file: Any) -> None:
+        """Raises when the config quantizes nothing in this model, or its supported kernels
+        exclude the sim's bitwidths (both are almost surely mistakes that would pass silently)."""
+        op_types = [hw_config.onnx_op_type(w.layer) for w in self.wrappers()]
+        self.config.check_bitwidths(self.default_output_bw, self.default_param_bw, op_types)
+        if not self.activation_quantizers() and not self.param_quantizers():
+            shown = repr(config_file)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ValueError(
+                "The config quantizes nothing in this model: the simulation would have 0 "
+                "quantizers and compute exactly the float model. Expected a config that enables "
+                "some quantizers (e.g. config_file=None for AIMET's default, 'htp' or 'tflite'). "
+                f"Received: config_file={shown} on model {self._original.name!r} "
+                f"({len(self.wrappers())} layers). To compare against float, run the original "
+                "model, or sim.quantizers_disabled()."
+            )
 
     def _activation_quantizer(self, name: str, rule: hw_config.OpRule) -> Quantizer:
         return Quantizer(
@@ -452,36 +475,52 @@ class QuantizationSimModel:
     # -- encodings I/O -------------------------------------------------------------------------
 
     def get_encodings_dict(self, version: str = "0.6.1") -> dict:
-        """The AIMET encodings of this sim as a JSON-ready dict (version "0.6.1" or "1.0.0")."""
-        acts = {n: q for n, q in self.activation_quantizers() if q.enabled and q.is_initialized}
-        params = {
-            n: (q, v) for n, q, v in self.param_quantizers() if q.enabled and q.is_initialized
-        }
+        """The AIMET encodings of this sim as a JSON-ready dict (version "0.6.1" or "1.0.0").
+
+        The header's ``activation_bitwidth`` / ``param_bitwidth`` are the bitwidth every
+        exported encoding of that kind has (e.g. 4 after loading 4-bit parameter encodings into
+        an 8-bit sim); when they differ (mixed precision) it is the sim's default, and each
+        entry's own ``bitwidth`` tells its grid.
+        """
+        acts = {n: q.get_encoding() for n, q in self.activation_quantizers() if q.enabled and q.is_initialized}
+        params = {n: q for n, q, _ in self.param_quantizers() if q.enabled and q.is_initialized}
+        param_encs = {n: q.get_encoding() for n, q in params.items()}
         return encodings_io.to_dict(
-            {n: q.get_encoding() for n, q in acts.items()},
-            {n: q.get_encoding() for n, (q, _) in params.items()},
+            acts,
+            param_encs,
             version=version,
             quantizer_args={
-                "activation_bitwidth": self.default_output_bw,
-                "param_bitwidth": self.default_param_bw,
+                "activation_bitwidth": _shared_bitwidth(acts.values(), self.default_output_bw),
+                "param_bitwidth": _shared_bitwidth(param_encs.values(), self.default_param_bw),
                 "quant_scheme": self.quant_scheme.value,
                 "dtype": "int",
-                "per_channel_quantization": any(q.per_channel for q, _ in params.values()),
+                "per_channel_quantization": any(q.per_channel for q in params.values()),
             },
         )
 
     def export(self, path: str | os.PathLike, filename_prefix: str, encoding_version: str = "0.6.1") -> dict:
         """Writes ``{prefix}.encodings`` (AIMET JSON) and ``{prefix}.keras`` (the float model).
 
-        Files are written to a temporary name and renamed, so no half-written file remains.
+        The two files are written as one unit (``aimet_tf.files.write_bundle``) together with
+        ``{prefix}.manifest.json``, the sha256 of each: a reader sees the previous export or
+        this one, never a mix, even if the process is killed at any point. Leftovers of killed
+        exports are cleaned up. ``load_encodings_to_sim`` checks the pair against the manifest.
+        Files get the mode a plain open() gives (the umask applies).
+
+        Args:
+            path: target folder (created if missing).
+            filename_prefix: a bare, non-empty file name (no '/', '..' or leading '.').
+            encoding_version: "0.6.1" or "1.0.0".
 
         Returns:
-            {"encodings": path, "model": path}.
+            {"encodings": path, "model": path, "manifest": path}.
 
         Raises:
             RuntimeError: if an enabled quantizer has no encoding (compute_encodings first).
-            ValueError: if a parameter or an encoding holds NaN/Inf (nothing is written).
+            ValueError: if a parameter or an encoding holds NaN/Inf (nothing is written), for a
+                prefix that is not a plain file name, or an unknown version.
         """
+        files.check_file_name(filename_prefix, "filename_prefix")
         self._check_finite_state()
         missing = self.uncalibrated_quantizers()
         if missing:
@@ -489,20 +528,17 @@ class QuantizationSimModel:
                 f"Cannot export: {len(missing)} enabled quantizers have no encoding (e.g. "
                 f"{missing[0]!r}). Call sim.compute_encodings(...) first."
             )
-        os.makedirs(path, exist_ok=True)
-        enc_path = os.path.join(path, f"{filename_prefix}.encodings")
-        model_path = os.path.join(path, f"{filename_prefix}.keras")
-        encodings_io.write_json_atomic(self.get_encodings_dict(encoding_version), enc_path)
+        encodings = self.get_encodings_dict(encoding_version)
         float_model = self.float_model()
-        fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path)
-        os.close(fd)
-        try:
-            float_model.save(tmp)
-            os.replace(tmp, model_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return {"encodings": enc_path, "model": model_path}
+        written = files.write_bundle(
+            path,
+            filename_prefix,
+            {
+                ".encodings": lambda target: encodings_io.write_json(encodings, target),
+                ".keras": float_model.save,
+            },
+        )
+        return {"encodings": written[".encodings"], "model": written[".keras"], "manifest": written["manifest"]}
 
     def float_model(self) -> keras.Model:
         """The model without quantizers, with the sim's current (possibly trained) float weights."""
@@ -524,9 +560,16 @@ class QuantizationSimModel:
             strict: if True, every enabled quantizer must have an encoding in the file; if False,
                 quantizers without one are disabled.
 
+        Each quantizer takes the file's bitwidth and symmetry (as in AIMET), so 4-bit parameter
+        encodings make 4-bit quantizers and the next export's header says so. The encodings of
+        a ``sim.export`` are first checked, with the .keras file beside them, against the
+        export's manifest (an interrupted export is finished first).
+
         Raises:
             ValueError: unknown tensor names, shapes/bitwidths that do not fit, or (strict) missing
-                encodings. Nothing changes in the sim on error.
+                encodings; ``EncodingsFormatError`` for a malformed file or a scale/offset that
+                contradicts min/max; ``aimet_tf.files.BundleError`` for export files that do not
+                match their manifest. Nothing changes in the sim on error.
         """
         acts, params = encodings_io.from_dict(encodings_io.read_json(encodings))
         targets = {n: q for n, q in self.activation_quantizers()}
@@ -537,7 +580,8 @@ class QuantizationSimModel:
         """Loads parameter encodings (e.g. AdaRound's output) and freezes those quantizers.
 
         Raises:
-            ValueError: unknown parameter names or encodings that do not fit.
+            ValueError: unknown parameter names or encodings that do not fit, malformed files,
+                or export files that do not match their manifest (as ``load_encodings_to_sim``).
         """
         data = encodings_io.read_json(encodings)
         if "param_encodings" not in data:
@@ -595,6 +639,12 @@ class QuantizationSimModel:
         """Temporarily disables every quantizer (the sim then computes exact float)."""
         with _disabled([q for w in self.wrappers() for q in w.quantizers()]):
             yield
+
+
+def _shared_bitwidth(encodings: Iterable, default: int) -> int:
+    """The one bitwidth all ``encodings`` have, else (none, or several) ``default``."""
+    bitwidths = {enc.bitwidth for enc in encodings}
+    return bitwidths.pop() if len(bitwidths) == 1 else default
 
 
 def _retrace_on_quantizer_changes(model: keras.Model) -> None:

@@ -228,6 +228,28 @@ def test_write_is_atomic(cnn_w8_w4, tmp_path, monkeypatch):
     assert os.stat(path).st_mode & 0o044  # readable like any file written with open()
 
 
+@pytest.mark.parametrize("name, reason", [("", "empty"), (".hidden.tflite", "starts with '.'"),
+                                          ("..", "names a folder")])
+def test_bad_file_name_rejected_before_converting(cnn_w8_w4, tmp_path, monkeypatch, name, reason):
+    import aimet_tf.export.tflite as tflite_module
+
+    monkeypatch.setattr(tflite_module, "_convert", lambda *a: pytest.fail("converted anyway"))
+    target = os.path.join(str(tmp_path), name) if name else str(tmp_path) + os.sep
+    with pytest.raises(ValueError, match=rf"Expected the file name of path to be a plain file name.*{reason}"):
+        export_tflite(cnn_w8_w4[8][0], target)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_exported_file_mode_follows_umask(cnn_w8_w4, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = export_tflite(cnn_w8_w4[8][0], str(tmp_path / "model.tflite"))
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_prepare_is_idempotent_and_keeps_float_exactness():
     model = prepare_model_for_tflite(_cnn())
     sim = QuantizationSimModel(model, quant_scheme="tf", config_file=TFLITE_CONFIG)

@@ -7,9 +7,13 @@ import pathlib
 
 import keras
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from aimet_tf.quantization import config as config_lib
+from aimet_tf.testing import fuzzing
 from aimet_tf.quantization.config import (
+    KNOWN_OP_TYPES,
+    PRESETS,
     HardwareConfig,
     HardwareConfigError,
     OpRule,
@@ -431,3 +435,107 @@ def test_onnx_op_type(make_layer, expected):
 def test_onnx_op_type_of_keras_ops_nodes(apply, expected):
     output = apply(keras.Input((3,)))
     assert onnx_op_type(output._keras_history.operation) == expected
+
+
+# --- names, kernels and fuzzing (issue 12) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"op_type": {"Cnov": {"is_output_quantized": "False"}}},
+         r"Unknown op type 'Cnov' in op_type\. Expected an ONNX op name .*Received: 'Cnov'\. "
+         r"Did you mean 'Conv'\?"),
+        ({"op_type": {"conv": {}}}, r"Unknown op type 'conv' in op_type\. .*Did you mean 'Conv'"),
+        ({"params": {"wieght": {"is_quantized": "False"}}},
+         r"Unknown parameter type 'wieght' in params\. Expected one of \['alpha', 'beta', 'bias', "
+         r".*Received: 'wieght'\. Did you mean 'weight'\?"),
+        ({"op_type": {"Conv": {"params": {"bais": {"is_quantized": "True"}}}}},
+         r"Unknown parameter type 'bais' in op_type\.Conv\.params\. .*Did you mean 'bias'\?"),
+        ({"supergroups": [{"op_list": ["Conv", "Rleu"]}]},
+         r"Unknown op type 'Rleu' in supergroups\[0\]\.op_list\[1\]\. .*Did you mean 'Relu'"),
+        ({"op_type": {"Zzzzzz": {}}},
+         r"Received: 'Zzzzzz'\. Check the spelling\. .*load_config\(config, extra_op_types=\[name\]\)"),
+    ],
+)
+def test_misspelt_names_are_errors_with_a_suggestion(raw, match):
+    with pytest.raises(HardwareConfigError, match=match):
+        load_config(raw)
+
+
+def test_extra_op_types_accept_a_custom_op_name():
+    raw = {"op_type": {"MyNpuOp": {"is_output_quantized": "True"}},
+           "supergroups": [{"op_list": ["Conv", "MyNpuOp"]}]}
+    with pytest.raises(HardwareConfigError, match="MyNpuOp"):
+        load_config(raw)
+    config = load_config(raw, extra_op_types=["MyNpuOp"])
+    assert config.op_rule("MyNpuOp").output_quantized is True
+    assert config.supergroups == (("Conv", "MyNpuOp"),)
+
+
+def test_every_name_the_presets_and_layer_mapping_use_is_known():
+    for name in PRESETS:
+        raw = json.loads((PRESET_DIR / f"{name}.json").read_text())
+        used = set(raw.get("op_type", {})) | {op for g in raw.get("supergroups", []) for op in g["op_list"]}
+        assert used <= KNOWN_OP_TYPES, used - KNOWN_OP_TYPES
+    mapped = {op for _, op in config_lib._LAYER_OP_TYPES}
+    mapped |= set(config_lib._ACTIVATION_OP_TYPES.values()) | set(config_lib._KERAS_OP_TYPES.values())
+    assert mapped <= KNOWN_OP_TYPES, mapped - KNOWN_OP_TYPES
+
+
+def test_op_supported_kernels_are_kept_and_checked():
+    kernels = [{"activation": {"bitwidth": 16, "dtype": "int"}}]
+    config = load_config({"op_type": {"Softmax": {"supported_kernels": kernels}},
+                          "defaults": {"supported_kernels": [
+                              {"activation": {"bitwidth": 8, "dtype": "int"},
+                               "param": {"bitwidth": 4, "dtype": "int"}}]}})
+    assert config.op_supported_kernels["Softmax"] == ((16, None),)
+    config.check_bitwidths(8, 4, ["Conv", None])  # no Softmax in the model: allowed
+    with pytest.raises(HardwareConfigError, match=r"'Softmax' layers.*Received: default_output_bw=8"):
+        config.check_bitwidths(8, 4, ["Softmax"])
+    with pytest.raises(HardwareConfigError, match=r"Expected \(default_output_bw, default_param_bw\) "
+                                                   r"in defaults\.supported_kernels \[\(8, 4\)\]\. "
+                                                   r"Received: default_output_bw=8, default_param_bw=8"):
+        config.check_bitwidths(8, 8)
+    load_config({}).check_bitwidths(16, 2, ["Softmax"])  # no kernels listed: anything goes
+
+
+_JSON = fuzzing.json_values(
+    scalars=["True", "False", "Conv", "Relu", "weight", "bias", "int", "float", "", 4, 8, 16],
+    keys=["ops", "params", "op_type", "supergroups", "op_list", "defaults", "is_quantized",
+          "is_symmetric", "supported_kernels", "activation", "param", "bitwidth", "dtype", "Conv",
+          "weight", "model_input", "is_input_quantized", "encoding_constraints", "min",
+          "hw_version"],
+    max_leaves=14,
+)
+_PRESET_DOCS = [json.loads((PRESET_DIR / f"{name}.json").read_text()) for name in PRESETS]
+
+
+def _load_or_own_error(raw, folder: pathlib.Path) -> None:
+    """Loads ``raw`` as the content of a JSON config file; only HardwareConfigError may leave."""
+    path = folder / "fuzzed.json"
+    path.write_text(json.dumps(raw))
+    try:
+        config = load_config(path)
+    except HardwareConfigError as error:
+        assert str(error)
+        return
+    config.check_bitwidths(8, 8, ["Conv", "Softmax", None])  # may raise HardwareConfigError
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fuzzing.mutated(_PRESET_DOCS, _JSON))
+def test_fuzzed_configs_end_in_own_error_type(tmp_path_factory, raw):
+    try:
+        _load_or_own_error(raw, tmp_path_factory.getbasetemp())
+    except HardwareConfigError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(_JSON)
+def test_random_json_configs_end_in_own_error_type(tmp_path_factory, raw):
+    try:
+        _load_or_own_error(raw, tmp_path_factory.getbasetemp())
+    except HardwareConfigError:
+        pass

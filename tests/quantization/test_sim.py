@@ -396,3 +396,66 @@ def test_export_refuses_non_finite_state(tmp_path, where):
     with pytest.raises(ValueError, match="Expected finite parameters and encodings to export. " + pattern):
         sim.export(tmp_path / "out", "model")
     assert not (tmp_path / "out").exists()
+
+
+# --- construction checks and weights round trip (issue 12) ---------------------------------------
+
+
+@pytest.mark.parametrize("config", [{}, {"defaults": {"ops": {}, "params": {"is_quantized": "False"}}}])
+def test_config_that_quantizes_nothing_is_rejected(config):
+    with pytest.raises(ValueError, match=r"The config quantizes nothing in this model: the "
+                                         r"simulation would have 0 quantizers.*Received: config_file="):
+        QuantizationSimModel(models.dense_model(), config_file=config)
+
+
+@pytest.mark.parametrize("percentile", ["abc", None, True, 80.0])
+def test_bad_percentile_names_the_argument(percentile):
+    with pytest.raises(ValueError, match=r"Expected a percentile in \[90, 100\], as a number\. "
+                                         rf"Received: percentile={percentile!r}"):
+        QuantizationSimModel(models.dense_model(), quant_scheme="percentile", percentile=percentile)
+
+
+def _kernel(activation: int, param: int) -> dict:
+    return {"activation": {"bitwidth": activation, "dtype": "int"},
+            "param": {"bitwidth": param, "dtype": "int"}}
+
+
+def test_supported_kernels_that_exclude_the_sim_bitwidths_are_rejected():
+    from aimet_tf.quantization.config import HardwareConfigError
+
+    raw = json.loads(open(aimet_tf.quantization.config._PRESET_DIR + "/default.json").read())
+    raw["defaults"]["supported_kernels"] = [_kernel(8, 4), _kernel(16, 8)]
+    with pytest.raises(HardwareConfigError, match=r"Received: default_output_bw=8, default_param_bw=8"):
+        QuantizationSimModel(models.dense_model(), config_file=raw)
+    sim = QuantizationSimModel(models.dense_model(), config_file=raw, default_param_bw=4)
+    assert {q.bitwidth for _, q, _ in sim.param_quantizers()} == {4}
+    raw["op_type"]["Gemm"] = {"supported_kernels": [{"activation": {"bitwidth": 16, "dtype": "int"}}]}
+    with pytest.raises(HardwareConfigError, match=r"'Gemm' layers"):
+        QuantizationSimModel(models.dense_model(), config_file=raw, default_param_bw=4)
+
+
+def test_save_weights_load_weights_into_fresh_sim_keeps_calibration(tmp_path):
+    x = models.random_images(64, shape=(10,))
+    sim = QuantizationSimModel(models.dense_model(), quant_scheme="tf_enhanced", config_file="htp")
+    sim.compute_encodings(x)
+    path = tmp_path / "sim.weights.h5"
+    sim.model.save_weights(path)
+    fresh = QuantizationSimModel(models.dense_model(seed=7), quant_scheme="tf_enhanced", config_file="htp")
+    assert fresh.uncalibrated_quantizers()
+    fresh.model.load_weights(path)
+    assert fresh.uncalibrated_quantizers() == []
+    np.testing.assert_array_equal(fresh.model.predict(x, verbose=0), sim.model.predict(x, verbose=0))
+    assert fresh.get_encodings_dict() == sim.get_encodings_dict()
+
+
+def test_load_weights_of_an_uncalibrated_sim_leaves_quantizers_uncalibrated(tmp_path):
+    path = tmp_path / "raw.weights.h5"
+    QuantizationSimModel(models.dense_model()).model.save_weights(path)
+    sim = QuantizationSimModel(models.dense_model())
+    sim.compute_encodings(models.random_images(32, shape=(10,)))
+    sim.model.load_weights(path)
+    assert sorted(sim.uncalibrated_quantizers()) == sorted(
+        [n for n, _ in sim.activation_quantizers()] + [n for n, _, _ in sim.param_quantizers()]
+    )
+    with pytest.raises(RuntimeError, match="has no encoding"):
+        sim.model(models.random_images(2, shape=(10,)))
