@@ -25,7 +25,6 @@ import contextlib
 import io
 import os
 import re
-import tempfile
 import warnings
 from typing import Iterator
 
