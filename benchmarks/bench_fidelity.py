@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-from aimet_tf.export import export_tflite, prepare_model_for_tflite, run_tflite, verify_tflite
+from aimet_tf.export import export_tflite, prepare_model_for_tflite, prepare_sim_for_tflite, run_tflite, verify_tflite
+from aimet_tf.kernels import FIXED_POINT_DSP, TFLITE_REFERENCE, TFLITE_SINGLE_ROUNDING, IntegerExecutor
 from aimet_tf.quantization import QuantizationSimModel
 from aimet_tf.testing.fuzz import check_fidelity
 from benchmarks.mltk_models import load_mltk_model
@@ -35,6 +36,7 @@ from benchmarks.real_inputs import _opencv_data_dir
 _MODELS = {"resnet8": 32, "vww_mobilenetv1": 96}
 _FUZZ_SEEDS = {8: range(50_000, 50_150), 4: range(60_000, 60_150)}
 _FUZZ_PACK = 10
+_DSP_TARGETS = (TFLITE_REFERENCE, TFLITE_SINGLE_ROUNDING, FIXED_POINT_DSP)
 
 
 def load_photos(opencv_doc: str | None = None) -> list[np.ndarray]:
@@ -87,6 +89,10 @@ def _mltk_rows(photos: list[np.ndarray]) -> list[str]:
         "| model | weights | scored inputs | kernels (delegate) | top-1 agreement sim vs .tflite % | outputs identical % | within one step % | max steps apart |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    dsp_rows = [
+        "| model | weights | DspTarget | sim vs aimet_tf.kernels.IntegerExecutor: outputs identical % | max steps apart |",
+        "|---|---|---|---|---|",
+    ]
     peer_rows = [
         "| model | weights | default (XNNPACK) vs reference kernels, same file: outputs identical % | max steps apart |",
         "|---|---|---|---|",
@@ -109,11 +115,20 @@ def _mltk_rows(photos: list[np.ndarray]) -> list[str]:
                         f"{100 * report.top1_agreement:.2f} | {100 * report.exact_fraction:.3f} | "
                         f"{100 * report.within_one_step:.3f} | {report.max_step_difference:.0f} |"
                     )
+                for target in _DSP_TARGETS:
+                    prepare_sim_for_tflite(sim, target)
+                    expected = sim.model.predict(x_eval, batch_size=64, verbose=0)
+                    executor = IntegerExecutor(str(path), target=target, backend="numpy")
+                    out = np.concatenate([executor.run(x_eval[k:k + 64]) for k in range(0, len(x_eval), 64)])
+                    got = out.astype(np.float64)  # the file's DEQUANTIZE gives float outputs
+                    apart = np.abs(got - expected) / reports["default"].output_step
+                    dsp_rows.append(f"| {name} | int{bw} | {target.name} | {100 * np.mean(apart < 0.5):.3f} | {apart.max():.0f} |")
                 default = run_tflite(path, x_eval, batch_size=64, kernels="default")[0]
                 ref = run_tflite(path, x_eval, batch_size=64, kernels="reference")[0]
                 apart = np.abs(default.astype(np.float64) - ref) / reports["default"].output_step
                 peer_rows.append(f"| {name} | int{bw} | {100 * np.mean(apart < 0.5):.3f} | {apart.max():.0f} |")
-    return rows + ["", "Peer in the same run: two LiteRT kernel paths against each other on the same file and inputs.", "", *peer_rows]
+    return rows + ["", "The sim prepared for a `DspTarget` against the integer executor (numpy golden model) running the same file with that target:", "", *dsp_rows,
+                   "", "Peer in the same run: two LiteRT kernel paths against each other on the same file and inputs.", "", *peer_rows]
 
 
 def _fuzz_rows() -> list[str]:

@@ -316,6 +316,30 @@ def _quiet() -> Iterator[None]:
         logging.set_verbosity(verbosity)
 
 
+_REQUANTIZING_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "ADD", "MEAN"})
+
+
+def undelegated_layers(content: bytes) -> set[str]:
+    """Layers whose requantizing op LiteRT's default resolver leaves to its builtin kernels.
+
+    XNNPACK declines some ops (measured: a FULLY_CONNECTED after a batch-dynamic Flatten with int4
+    weights stored as int8); those run with TFLite's fixed-point arithmetic instead. With every
+    tensor preserved, the delegate takes each op it accepts as its own partition, so an op is
+    delegated exactly when a DELEGATE node produces its output.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
+        interpreter = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    delegated = {i for op in ops if op["op_name"] == "DELEGATE" for i in op["outputs"]}
+    return {names[op["outputs"][0]].split("/")[0] for op in ops
+            if op["op_name"] in _REQUANTIZING_OPS and op["outputs"] and op["outputs"][0] not in delegated}
+
+
 def _frozen_function(model: keras.Model):
     """The model's inference function with its variables folded in, traced once at batch None.
 
