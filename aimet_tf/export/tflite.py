@@ -336,8 +336,14 @@ def undelegated_layers(content: bytes) -> set[str]:
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()
     delegated = {i for op in ops if op["op_name"] == "DELEGATE" for i in op["outputs"]}
-    return {names[op["outputs"][0]].split("/")[0] for op in ops
-            if op["op_name"] in _REQUANTIZING_OPS and op["outputs"] and op["outputs"][0] not in delegated}
+    layers = set()
+    for op in ops:
+        if op["op_name"] not in _REQUANTIZING_OPS or not op["outputs"] or op["outputs"][0] in delegated:
+            continue
+        # A model output keeps its signature name: name the layer by its weights where it has some.
+        tensor = op["inputs"][1] if op["op_name"] not in ("ADD", "MEAN") and len(op["inputs"]) > 1 else op["outputs"][0]
+        layers.add(names[tensor].split("/")[0])
+    return layers
 
 
 def _frozen_function(model: keras.Model):
