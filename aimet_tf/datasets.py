@@ -45,6 +45,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_SPLITS",
     "DEBIAN_FASHION_MNIST_DIR",
+    "THIRD_PARTY_DIR",
     "bundled_data_dir",
     "bundled_model_metadata",
     "bundled_model_path",
@@ -71,8 +72,11 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
 FASHION_MNIST_SPLITS: tuple[str, ...] = ("test", "calibration", "train")
 """Splits accepted by :func:`load_fashion_mnist`."""
 
-DEBIAN_FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
-"""Where the Debian package ``dataset-fashion-mnist`` installs the full data set."""
+DEBIAN_FASHION_MNIST_DIR = pathlib.Path(
+    os.environ.get("AIMET_TF_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+)
+"""Where the full data set is read from: the Debian package ``dataset-fashion-mnist``'s folder,
+or ``$AIMET_TF_FASHION_MNIST_DIR`` (read at import) if set."""
 
 # File name prefixes (before "-images-idx3-ubyte.gz" / "-labels-idx1-ubyte.gz").
 _SPLIT_PREFIX = {"test": "t10k", "calibration": "calib", "train": "train"}
@@ -94,6 +98,11 @@ _NUM_CLASSES = 10
 
 def _repo_root() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parents[1]
+
+
+THIRD_PARTY_DIR = _repo_root() / "third_party"
+"""The repository's ``third_party/`` folder: the data and models that ship with the source tree
+(Fashion-MNIST subsets, OpenCV photos, speech features, MLTK models), not with the wheel."""
 
 
 def bundled_data_dir() -> pathlib.Path:
