@@ -265,7 +265,8 @@ def _split_files(split: str) -> tuple[pathlib.Path, pathlib.Path]:
                 "The Fashion-MNIST train split is not bundled; it comes from the "
                 f"Debian package dataset-fashion-mnist. Expected {images} and "
                 f"{labels}. Received: missing. Fix: `apt-get install -y "
-                "dataset-fashion-mnist`, or use split='calibration' (2,000 bundled "
+                "dataset-fashion-mnist` (or set $AIMET_TF_FASHION_MNIST_DIR to a folder "
+                "holding these files), or use split='calibration' (2,000 bundled "
                 "train images)."
             )
         return images, labels
