@@ -137,10 +137,11 @@ def _sha256(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _verified(lib: pathlib.Path) -> bool:
+def _verified(lib: pathlib.Path, warn: bool = True) -> bool:
     """True if `lib` and its recorded sha256 exist, are private to us and agree.
 
-    Returns False (rebuild) when either file is missing or the hashes differ.
+    Returns False (rebuild) when either file is missing or the hashes differ (logged if `warn`:
+    outside the build lock a mismatch may only be another process publishing its build).
 
     Raises:
         UntrustedCacheError: if either file exists but is not private to the current user.
@@ -151,11 +152,10 @@ def _verified(lib: pathlib.Path) -> bool:
     _check_private(lib, "library")
     _check_private(record, "library hash record")
     recorded, actual = record.read_text(encoding="ascii").strip(), _sha256(lib)
-    if recorded != actual:
+    if recorded != actual and warn:
         logging.warning("Rebuilding %s: expected sha256 %s (recorded at build time). Received: sha256=%s.",
                         lib, recorded, actual)
-        return False
-    return True
+    return recorded == actual
 
 
 def _write_private_atomic(path: pathlib.Path, text: str) -> None:
@@ -206,7 +206,7 @@ def _cached_or_built(folder: pathlib.Path) -> pathlib.Path:
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     _check_private(folder, "cache folder")
     lib = folder / _LIB_NAME
-    if _verified(lib):
+    if _verified(lib, warn=False):
         return lib
     with _file_lock(folder / ".lock"):
         if not _verified(lib):  # else another process built it while we waited for the lock
