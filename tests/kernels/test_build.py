@@ -6,6 +6,7 @@ import pathlib
 import stat
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -72,7 +73,9 @@ _OTHER_UID = 4242
 @pytest.fixture
 def fake_build(monkeypatch, tmp_path):
     """A cache in tmp_path/cache whose "compiler" writes b"built\\n" and counts its runs."""
-    cache, runs = tmp_path / "cache", tmp_path / "runs"
+    cache, runs, private = tmp_path / "cache", tmp_path / "runs", tmp_path / "private"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))  # fresh private folders land here, not in /tmp
     monkeypatch.setenv("AIMET_TF_KERNELS_CACHE", str(cache))
     monkeypatch.setattr(
         build, "build_command", lambda out: ["sh", "-c", f"printf 'built\\n' > '{out}'; echo run >> '{runs}'"]
@@ -121,7 +124,7 @@ def test_a_world_writable_cache_folder_is_not_used(fake_build):
     os.chmod(folder, 0o777)
     lib = build.library_path()
     assert lib.read_bytes() == b"built\n" and runs() == 1
-    assert folder not in lib.parents and not str(lib).startswith(str(folder))
+    assert folder not in lib.parents and lib.parent.parent == folder.parents[1] / "private"
     assert stat.S_IMODE(lib.parent.stat().st_mode) == 0o700 and lib.parent.stat().st_uid == os.geteuid()
     assert planted.read_bytes() == b"planted"  # left alone
 
