@@ -47,6 +47,7 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_SPLITS",
     "DEBIAN_FASHION_MNIST_DIR",
+    "THIRD_PARTY_DIR",
     "bundled_data_dir",
     "bundled_model_metadata",
     "bundled_model_path",
@@ -73,8 +74,11 @@ FASHION_MNIST_CLASSES: tuple[str, ...] = (
 FASHION_MNIST_SPLITS: tuple[str, ...] = ("test", "calibration", "train")
 """Splits accepted by :func:`load_fashion_mnist`."""
 
-DEBIAN_FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
-"""Where the Debian package ``dataset-fashion-mnist`` installs the full data set."""
+DEBIAN_FASHION_MNIST_DIR = pathlib.Path(
+    os.environ.get("AIMET_TF_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+)
+"""Where the full data set is read from: the Debian package ``dataset-fashion-mnist``'s folder,
+or ``$AIMET_TF_FASHION_MNIST_DIR`` (read at import) if set."""
 
 # File name prefixes (before "-images-idx3-ubyte.gz" / "-labels-idx1-ubyte.gz").
 _SPLIT_PREFIX = {"test": "t10k", "calibration": "calib", "train": "train"}
@@ -96,6 +100,11 @@ _NUM_CLASSES = 10
 
 def _repo_root() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parents[1]
+
+
+THIRD_PARTY_DIR = _repo_root() / "third_party"
+"""The repository's ``third_party/`` folder: the data and models that ship with the source tree
+(Fashion-MNIST subsets, OpenCV photos, speech features, MLTK models), not with the wheel."""
 
 
 def bundled_data_dir() -> pathlib.Path:
@@ -252,7 +261,8 @@ def _split_files(split: str) -> tuple[pathlib.Path, pathlib.Path]:
                 "The Fashion-MNIST train split is not bundled; it comes from the "
                 f"Debian package dataset-fashion-mnist. Expected {images} and "
                 f"{labels}. Received: missing. Fix: `apt-get install -y "
-                "dataset-fashion-mnist`, or use split='calibration' (2,000 bundled "
+                "dataset-fashion-mnist` (or set $AIMET_TF_FASHION_MNIST_DIR to a folder "
+                "holding these files), or use split='calibration' (2,000 bundled "
                 "train images)."
             )
         return images, labels

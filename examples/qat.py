@@ -2,7 +2,8 @@ r"""Quantization-aware training of the bundled Fashion-MNIST CNN with plain ``mo
 
 Builds a ``QuantizationSimModel`` of the bundled FP32 model, calibrates it on the bundled
 calibration images (post-training quantization), fine-tunes it on the 60,000-image train split
-with ``sim.model.fit`` and the aimet_tf.qat callbacks, and reports test accuracy of FP32, PTQ and
+(Debian package ``dataset-fashion-mnist``; ``--train_split=calibration`` trains on the 2,000
+bundled train images instead) with ``sim.model.fit`` and the aimet_tf.qat callbacks, and reports test accuracy of FP32, PTQ and
 QAT. Then it exports the AIMET encodings (and with ``--tflite`` a full-integer .tflite file
 straight from the trained sim, checked against the simulation with LiteRT).
 
@@ -11,6 +12,7 @@ straight from the trained sim, checked against the simulation with LiteRT).
     python examples/qat.py --norange_learning --tensorboard_dir=/tmp/qat_logs
     python examples/qat.py --tflite --param_bw=8 --output_bw=8   # TFLite config, .tflite export
     python examples/qat.py --batch_norms=fold_first               # AIMET's flow: fold, then train
+    python examples/qat.py --train_split=calibration              # no Debian package: bundled images
 
 ``--batch_norms`` picks what happens to the batch norms: ``fold_after`` (default) trains with them,
 optionally re-estimates their statistics (``--bn_reestimation_batches``), then folds them into the
@@ -62,6 +64,11 @@ flags.DEFINE_enum(
     "batch_norms", "fold_after", ["fold_after", "fold_first", "keep"],
     "Batch norms: train with them and fold them into the grids afterwards, fold before QAT, or keep.",
 )
+flags.DEFINE_enum(
+    "train_split", "train", ["train", "calibration"],
+    "QAT data: the 60,000-image train split (apt-get install -y dataset-fashion-mnist) or the 2,000 "
+    "bundled train images that calibration also uses.",
+)
 flags.DEFINE_integer("max_train_images", 0, "If > 0, train on only this many images (smoke runs).")
 flags.DEFINE_integer("seed", 0, "Seed for shuffling and Keras randomness.")
 
@@ -74,7 +81,7 @@ def main(argv):
     del argv
     keras.utils.set_random_seed(FLAGS.seed)
     model = datasets.load_bundled_model()
-    x_train, y_train = datasets.load_fashion_mnist("train")
+    x_train, y_train = datasets.load_fashion_mnist(FLAGS.train_split)
     x_test, y_test = datasets.load_fashion_mnist("test")
     x_cal, _ = datasets.load_fashion_mnist("calibration")
     if FLAGS.max_train_images > 0:

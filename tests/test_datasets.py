@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import os
 import pathlib
 import re
 
@@ -62,6 +63,7 @@ def test_bundled_files_match_readme_sha256() -> None:
         "calib-labels-idx1-ubyte.gz",
         "t10k-images-idx3-ubyte.gz",
         "t10k-labels-idx1-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
     ]
     for name, (size, sha) in table.items():
         data = (_DATA_DIR / name).read_bytes()
@@ -69,20 +71,61 @@ def test_bundled_files_match_readme_sha256() -> None:
         assert hashlib.sha256(data).hexdigest() == sha, name
 
 
+def _make_bundle_module():
+    spec = importlib.util.spec_from_file_location("make_bundle", _DATA_DIR / "make_bundle.py")
+    make_bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_bundle)
+    return make_bundle
+
+
 def test_calibration_subset_is_the_documented_train_images() -> None:
+    # Uses the bundled train labels (byte for byte the Debian package's file, sha256 checked
+    # above and recorded in make_bundle.SOURCE_SHA256), not the 26 MB train images.
     indices = _readme_calibration_indices()
     assert indices.shape == (2_000,)
     assert np.all(np.diff(indices) > 0) and indices[0] >= 0 and indices[-1] < 60_000
 
-    spec = importlib.util.spec_from_file_location("make_bundle", _DATA_DIR / "make_bundle.py")
-    make_bundle = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_bundle)
-
-    train_x, train_y = datasets.load_fashion_mnist("train")
-    calib_x, calib_y = datasets.load_fashion_mnist("calibration")
+    make_bundle = _make_bundle_module()
+    labels_file = _DATA_DIR / "train-labels-idx1-ubyte.gz"
+    assert (
+        hashlib.sha256(labels_file.read_bytes()).hexdigest()
+        == make_bundle.SOURCE_SHA256["train-labels-idx1-ubyte.gz"]
+    )
+    train_y = datasets.read_idx(labels_file)
+    assert train_y.shape == (60_000,)
+    np.testing.assert_array_equal(np.bincount(train_y, minlength=10), np.full(10, 6_000))
+    _, calib_y = datasets.load_fashion_mnist("calibration")
     np.testing.assert_array_equal(make_bundle.calibration_indices(train_y), indices)
-    np.testing.assert_array_equal(train_x[indices], calib_x)
     np.testing.assert_array_equal(train_y[indices], calib_y)
+
+
+def test_make_bundle_takes_the_calibration_images_from_the_train_split(tmp_path: pathlib.Path) -> None:
+    # A synthetic source folder with the Debian package's file names: each train image is filled
+    # with its own index (mod 256), so the bundle shows exactly which images it took.
+    make_bundle = _make_bundle_module()
+    source, out = tmp_path / "source", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    train_y = np.repeat(np.arange(10, dtype=np.uint8), 300)
+    rng.shuffle(train_y)
+    train_x = np.broadcast_to((np.arange(3_000) % 256).astype(np.uint8)[:, None, None], (3_000, 28, 28))
+    datasets.write_idx(source / "train-images-idx3-ubyte.gz", np.ascontiguousarray(train_x))
+    datasets.write_idx(source / "train-labels-idx1-ubyte.gz", train_y)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (source / name).write_bytes((_DATA_DIR / name).read_bytes())
+
+    indices = make_bundle.build(source, out)
+    np.testing.assert_array_equal(indices, make_bundle.calibration_indices(train_y))
+    calib_x = datasets.read_idx(out / "calib-images-idx3-ubyte.gz")
+    np.testing.assert_array_equal(calib_x, train_x[indices])
+    np.testing.assert_array_equal(datasets.read_idx(out / "calib-labels-idx1-ubyte.gz"), train_y[indices])
+    np.testing.assert_array_equal(np.bincount(train_y[indices], minlength=10), np.full(10, 200))
+    for name in make_bundle.COPIED:
+        assert (out / name).read_bytes() == (source / name).read_bytes(), name
+
+    with pytest.raises(ValueError, match=r"Expected sha256 b0564c3e.*Received: sha256="):
+        make_bundle.check_source(source)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
@@ -146,6 +189,15 @@ def test_missing_bundled_folder_says_editable_install(
     monkeypatch.setattr(datasets, "_repo_root", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match=r"pip install -e \."):
         datasets.load_fashion_mnist("test")
+
+
+def test_the_tests_never_read_the_debian_train_split() -> None:
+    # tests/conftest.py points the full data set's folder at a missing path, so a test that
+    # needs the 60k train split fails on this machine too, not only on a fresh one.
+    assert not datasets.DEBIAN_FASHION_MNIST_DIR.exists()
+    assert str(datasets.DEBIAN_FASHION_MNIST_DIR) == os.environ["AIMET_TF_FASHION_MNIST_DIR"]
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        datasets.load_fashion_mnist("train")
 
 
 def test_missing_debian_package_names_apt_get(

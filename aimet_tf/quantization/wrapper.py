@@ -16,7 +16,14 @@ import keras
 
 from aimet_tf.quantization.quantizers import Quantizer, Requantizer, _TracedState
 
-__all__ = ["QuantizationWrapper", "get_param_variable"]
+__all__ = ["LOAD_HINT", "QuantizationWrapper", "get_param_variable"]
+
+LOAD_HINT = (
+    "Saved by aimet_tf: run `import aimet_tf` before keras.models.load_model(...) so that Keras "
+    "knows QuantizationWrapper and the quantizers."
+)
+"""Written into every saved QuantizationWrapper config; Keras shows it when aimet_tf is not imported."""
+_LOAD_HINT_KEY = "aimet_tf_load_hint"
 
 
 def get_param_variable(layer: keras.layers.Layer, path: str) -> keras.Variable:
@@ -250,7 +257,9 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
     # -- serialization -------------------------------------------------------------------------
 
     def get_config(self) -> dict:
-        config = super().get_config()
+        # First key of the saved config: Keras prints the config of a class it cannot find, so a
+        # process that loads a saved sim without importing aimet_tf is told what to do.
+        config = {_LOAD_HINT_KEY: LOAD_HINT, **super().get_config()}
         config.update(
             layer=keras.saving.serialize_keras_object(self.layer),
             input_quantizers=[_serialize(q) for q in self.input_quantizers],
@@ -263,6 +272,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        config.pop(_LOAD_HINT_KEY, None)  # absent in sims saved before it was added
         layer = keras.saving.deserialize_keras_object(config.pop("layer"))
         inputs = [_deserialize(c) for c in config.pop("input_quantizers")]
         outputs = [_deserialize(c) for c in config.pop("output_quantizers")]

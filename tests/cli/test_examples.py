@@ -42,7 +42,7 @@ def test_bias_correction_example():
 @pytest.mark.slow
 def test_qat_example_folds_batch_norms_after_training(tmp_path):
     out = _run(
-        "qat.py", "--max_train_images=1024", "--epochs=1", "--param_bw=8", "--output_bw=8",
+        "qat.py", "--train_split=calibration", "--max_train_images=1024", "--epochs=1", "--param_bw=8", "--output_bw=8",
         f"--output_dir={tmp_path}",
     )
     assert "batch norms folded into the grids" in out

@@ -1,9 +1,12 @@
 """Building the kernel library: cached, safe when processes build at once, clear errors."""
 
+import hashlib
 import os
 import pathlib
+import stat
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -57,3 +60,110 @@ def test_two_processes_building_at_once_share_one_build(tmp_path):
     assert len(paths) == 1
     libraries = list(tmp_path.rglob("*.so"))
     assert [p.name for p in libraries] == ["aimet_dsp_kernels.so"]  # one library, no leftover temporaries
+
+
+# --------------------------------------------------------------------------------------------
+# Planting: a cache folder or library that is not private to us, or a library that does not
+# match its recorded sha256, is never returned. A fake "compiler" (a shell command writing known
+# bytes) keeps these tests fast; `library_path` decides what is loaded, `load_ops` only loads it.
+
+_OTHER_UID = 4242
+
+
+@pytest.fixture
+def fake_build(monkeypatch, tmp_path):
+    """A cache in tmp_path/cache whose "compiler" writes b"built\\n" and counts its runs."""
+    cache, runs, private = tmp_path / "cache", tmp_path / "runs", tmp_path / "private"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))  # fresh private folders land here, not in /tmp
+    monkeypatch.setenv("AIMET_TF_KERNELS_CACHE", str(cache))
+    monkeypatch.setattr(
+        build, "build_command", lambda out: ["sh", "-c", f"printf 'built\\n' > '{out}'; echo run >> '{runs}'"]
+    )
+    key = build._build_key()
+
+    def count() -> int:
+        return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+    return cache / key, count
+
+
+def _plant(folder: pathlib.Path, content: bytes, recorded: bytes | None = None) -> pathlib.Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lib = folder / "aimet_dsp_kernels.so"
+    lib.write_bytes(content)
+    if recorded is not None:
+        (folder / "aimet_dsp_kernels.so.sha256").write_text(hashlib.sha256(recorded).hexdigest() + "\n")
+    return lib
+
+
+def test_a_build_records_its_sha256_privately_and_is_reused(fake_build):
+    folder, runs = fake_build
+    lib = build.library_path()
+    assert lib == folder / "aimet_dsp_kernels.so" and lib.read_bytes() == b"built\n"
+    record = folder / "aimet_dsp_kernels.so.sha256"
+    assert record.read_text().strip() == hashlib.sha256(b"built\n").hexdigest()
+    for path in (folder, lib, record):
+        assert path.stat().st_uid == os.geteuid() and not path.stat().st_mode & 0o022, path
+    assert build.library_path() == lib and runs() == 1  # verified, not rebuilt
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "aimet_dsp_kernels.so",
+                                                        "aimet_dsp_kernels.so.sha256"]
+
+
+@pytest.mark.parametrize("recorded", [None, b"the real library"], ids=["no-record", "wrong-hash"])
+def test_a_planted_library_in_our_folder_is_rebuilt(fake_build, recorded):
+    folder, runs = fake_build
+    planted = _plant(folder, b"planted", recorded)
+    lib = build.library_path()
+    assert lib == planted and lib.read_bytes() == b"built\n" and runs() == 1
+
+
+def test_a_world_writable_cache_folder_is_not_used(fake_build):
+    folder, runs = fake_build
+    planted = _plant(folder, b"planted", b"planted")  # even with a matching record
+    os.chmod(folder, 0o777)
+    lib = build.library_path()
+    assert lib.read_bytes() == b"built\n" and runs() == 1
+    assert folder not in lib.parents and lib.parent.parent == folder.parents[1] / "private"
+    assert stat.S_IMODE(lib.parent.stat().st_mode) == 0o700 and lib.parent.stat().st_uid == os.geteuid()
+    assert planted.read_bytes() == b"planted"  # left alone
+
+
+def test_a_group_writable_library_is_not_used(fake_build):
+    folder, runs = fake_build
+    planted = _plant(folder, b"planted", b"planted")
+    os.chmod(planted, 0o664)
+    lib = build.library_path()
+    assert lib != planted and lib.read_bytes() == b"built\n" and runs() == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="os.chown to another uid needs root")
+@pytest.mark.parametrize("owned_by_other", ["folder", "library", "record"])
+def test_files_owned_by_another_user_are_not_used(fake_build, owned_by_other):
+    folder, runs = fake_build
+    planted = _plant(folder, b"planted", b"planted")
+    target = {"folder": folder, "library": planted, "record": folder / "aimet_dsp_kernels.so.sha256"}
+    os.chown(target[owned_by_other], _OTHER_UID, _OTHER_UID)
+    lib = build.library_path()
+    assert lib != planted and lib.read_bytes() == b"built\n" and runs() == 1
+    assert planted.read_bytes() == b"planted"
+
+
+def test_untrusted_folder_error_says_what_was_wrong(fake_build):
+    folder, _ = fake_build
+    folder.mkdir(parents=True)
+    os.chmod(folder, 0o777)
+    with pytest.raises(build.UntrustedCacheError,
+                       match=r"Expected a real cache folder owned by the current user \(uid=\d+\).*"
+                             r"Received: mode=0o777 \(group- or world-writable\)"):
+        build._check_private(folder, "cache folder")
+
+
+def test_a_symlinked_cache_folder_is_not_used(fake_build, tmp_path):
+    folder, runs = fake_build
+    elsewhere = tmp_path / "elsewhere"
+    _plant(elsewhere, b"planted", b"planted")
+    folder.parent.mkdir(parents=True)
+    folder.symlink_to(elsewhere)
+    lib = build.library_path()
+    assert elsewhere not in lib.parents and lib.read_bytes() == b"built\n" and runs() == 1

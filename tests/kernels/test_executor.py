@@ -142,8 +142,8 @@ def test_widened_model_has_the_same_values_as_int8(int4_model):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet8", "ds_cnn", "vww_mobilenetv1", "mobilenetv2_kws"])
 def test_mltk_models_are_bit_exact_on_their_real_inputs(name):
-    from benchmarks.mltk_models import load_mltk_model
-    from benchmarks.real_inputs import real_inputs
+    from aimet_tf.testing.mltk_models import load_mltk_model
+    from aimet_tf.testing.real_inputs import real_inputs
 
     executor = IntegerExecutor(load_mltk_model(name).tflite_bytes)
     x = real_inputs(name)

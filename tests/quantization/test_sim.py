@@ -1,6 +1,9 @@
 """QuantizationSimModel end to end on tiny models: wrapping, calibration, save/load, encodings."""
 
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -9,7 +12,7 @@ import tensorflow as tf
 
 import aimet_tf.quantization.quantizers
 from aimet_tf import QuantizationSimModel, Quantizer
-from aimet_tf.quantization.wrapper import QuantizationWrapper
+from aimet_tf.quantization.wrapper import LOAD_HINT, QuantizationWrapper
 from aimet_tf.testing import models
 
 
@@ -85,6 +88,36 @@ def test_save_and_reload_identical(calibrated, tmp_path):
     sim.model.save(path)
     reloaded = keras.models.load_model(path)
     np.testing.assert_array_equal(reloaded.predict(data, verbose=0), sim.model.predict(data, verbose=0))
+
+
+def test_reload_without_importing_aimet_tf_says_import_aimet_tf(calibrated, tmp_path):
+    # A user loads a saved sim with plain Keras in a fresh process: Keras cannot know aimet_tf's
+    # classes, and its error must tell them what to do.
+    _, sim, _ = calibrated
+    path = tmp_path / "sim.keras"
+    sim.model.save(path)
+    script = (
+        "import sys, keras\n"
+        f"try:\n    keras.models.load_model({str(path)!r})\n"
+        "except TypeError as exc:\n    print('ERROR', 'aimet_tf' in sys.modules, str(exc))\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("ERROR False "), result.stdout[:500]  # aimet_tf never imported
+    assert "run `import aimet_tf` before keras.models.load_model" in result.stdout
+    assert LOAD_HINT in result.stdout
+
+
+def test_sim_saved_without_the_load_hint_still_loads(calibrated):
+    _, sim, data = calibrated
+    wrapper = next(l for l in sim.model.layers if isinstance(l, QuantizationWrapper))
+    config = wrapper.get_config()
+    assert next(iter(config)) == "aimet_tf_load_hint" and config["aimet_tf_load_hint"] == LOAD_HINT
+    del config["aimet_tf_load_hint"]
+    clone = QuantizationWrapper.from_config(config)
+    assert clone.name == wrapper.name and len(clone.quantizers()) == len(wrapper.quantizers())
 
 
 @pytest.mark.parametrize("version", ["0.6.1", "1.0.0"])
