@@ -54,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from aimet_tf import files
 from aimet_tf.ptq import adaround_checkpoint
 from aimet_tf.quantization import calibration_data, encodings_io, graph, primitives
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
@@ -657,6 +658,7 @@ def apply_adaround(
         )
 
     if path is not None:
+        files.check_file_name(filename_prefix, "filename_prefix")
         path = adaround_checkpoint.check_writable_folder(path)
     samples = _collect_samples(data, model, params.num_batches, params.batch_size)
     checkpoint = None
@@ -747,7 +749,7 @@ def apply_adaround(
 
     encodings = _param_encodings(sim)
     if checkpoint is not None:
-        target = os.path.join(path, f"{filename_prefix}.encodings")
+        target = files.output_path(path, filename_prefix, ".encodings")
         checkpoint.publish(encodings, target)
         logging.info("apply_adaround: wrote parameter encodings to %s", target)
         if not stopped:

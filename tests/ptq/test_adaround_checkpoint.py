@@ -182,3 +182,15 @@ def test_sigkill_leaves_old_or_new_complete_output_and_resumes(tmp_path):
     assert child.communicate(timeout=600)[0].strip().endswith("DONE")
     assert sorted(os.listdir(folder)) == ["m.encodings"]
     assert _read(folder / "m.encodings") == new
+
+
+@pytest.mark.parametrize("prefix", ["../m", "a/m", "", ".m"])
+def test_prefix_outside_the_folder_fails_before_optimising(tmp_path, prefix):
+    recorder = _Recorder()
+    params = AdaroundParameters(models.random_images(16, seed=1), num_batches=1, default_num_iterations=10,
+                                batch_size=16)
+    with pytest.raises(ValueError, match="filename_prefix"):
+        apply_adaround(models.conv_bn_relu_model(), None, params, path=str(tmp_path / "out"),
+                       filename_prefix=prefix, verbose=0, callbacks=[recorder])
+    assert recorder.began == 0
+    assert not (tmp_path / "m.encodings").exists() and not (tmp_path / "out").exists()
