@@ -805,6 +805,8 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
             requantizer = _ensure_requantizer(wrapper, _output_channels(layer))
             requantizer.mode = mode
             requantizer.target = target
+            activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
+            requantizer.activation_cap = 6.0 if activation == "relu6" else None
             requantizer.enabled = True
             requantizer.link(input_q, weight_q, output_q)
             requantizer.snapshot()

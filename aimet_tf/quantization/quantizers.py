@@ -703,6 +703,8 @@ class Requantizer(_TracedState, keras.layers.Layer):
         mode: one of ``REQUANTIZATION_MODES``.
         count: number of elements averaged (modes "mean", "dsp_mean").
         target: the `DspTarget` (or its field dict, or a preset name) of the "dsp_*" modes.
+        activation_cap: 6.0 when the layer itself applies ReLU6 (its kernel clamps the level at
+            round(6 / s_out)); None otherwise.
         enabled: False makes it an identity.
         initialized: whether the snapshot variables hold values.
     """
@@ -715,6 +717,7 @@ class Requantizer(_TracedState, keras.layers.Layer):
         enabled: bool = True,
         initialized: bool = False,
         target: DspTarget | dict | str | None = None,
+        activation_cap: float | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -722,6 +725,7 @@ class Requantizer(_TracedState, keras.layers.Layer):
         self.count = int(count)
         self.mode = mode
         self.target = target
+        self.activation_cap = None if activation_cap is None else float(activation_cap)
         self.enabled = bool(enabled)
         self._initialized = bool(initialized)
         self._links = _Links()
@@ -871,7 +875,17 @@ class Requantizer(_TracedState, keras.layers.Layer):
             level = primitives.requantize_fixed_point(
                 acc, multiplier, ties_away=mode == "fixed_point_ties_away"
             )
-        return level * s_out
+        return self._cap(x, level, s_out) * s_out
+
+    def _cap(self, x, level, s_out):
+        """A ReLU6 fused into the layer: the kernel clamps its level at q6 = round(6 / s_out) (ties
+        away), computed from the full accumulator; the layer's output ``x`` is already clamped at
+        6, so where it sits at the cap the accumulator is unknown and the level is q6."""
+        if self.activation_cap is None:
+            return level
+        cap_level = primitives.round_half_away_from_zero(tf.cast(self.activation_cap, tf.float32) / s_out)
+        capped = tf.minimum(level, cap_level)
+        return tf.where(x >= self.activation_cap, cap_level + (level - tf.stop_gradient(level)), capped)
 
     def _dsp_call(self, x, operands, scales):
         """The "dsp_*" modes: integers recovered in TF, requantized by the target in numpy."""
@@ -903,7 +917,10 @@ class Requantizer(_TracedState, keras.layers.Layer):
             [tf.cast(a, tf.float32) for a in args], tf.float32, stateful=False, name=mode,
         )
         levels = tf.ensure_shape(levels, exact.shape)
-        return (exact + tf.stop_gradient(levels - exact)) * s_out
+        levels = exact + tf.stop_gradient(levels - exact)
+        if mode in ("dsp_conv", "dsp_fully_connected"):
+            levels = self._cap(x, levels, s_out)
+        return levels * s_out
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -920,6 +937,7 @@ class Requantizer(_TracedState, keras.layers.Layer):
             enabled=self.enabled,
             initialized=self._initialized,
             target=dataclasses.asdict(self._target),
+            activation_cap=self.activation_cap,
         )
         return config
 

@@ -1,6 +1,8 @@
 """Kernel paths: the simulation reproduces the QUANTIZE rounding and the requantization of the
 LiteRT resolver (or DspTarget) it is prepared for."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -101,3 +103,41 @@ def test_verify_all_kernels_names_the_runtime_and_restores_the_sim(tmp_path):
     assert "delegate XNNPACK" in reports["default"].summary()
     # Without kernels=..., the file runs on the path the sim reproduces.
     assert verify_tflite(sim, path, score).kernels == "reference"
+
+
+def _executor_models(count):
+    """The first ``count`` fuzz seeds whose exported file the integer executor can run (no Flatten
+    of a batch-dynamic shape), with their sims calibrated."""
+    from aimet_tf.kernels import IntegerExecutor, UnsupportedOperatorError
+
+    found, seed = [], 300
+    while len(found) < count:
+        model = prepare_model_for_tflite(random_model(seed))
+        cal, score = input_distributions(seed, model.input_shape[1:])
+        sim = QuantizationSimModel(model, quant_scheme="tf", config_file="tflite",
+                                   default_param_bw=8 if seed % 2 else 4)
+        sim.compute_encodings(cal)
+        content = export_tflite(sim, f"/tmp/aimet_tf_executor_{os.getpid()}_{seed}.tflite")
+        try:
+            IntegerExecutor(content)
+            found.append((seed, sim, content, score))
+        except UnsupportedOperatorError:
+            os.remove(content)
+        seed += 1
+    return found
+
+
+@pytest.mark.slow
+def test_simulation_equals_the_integer_executor_for_every_dsp_target():
+    from aimet_tf.kernels import FIXED_POINT_DSP, TFLITE_SINGLE_ROUNDING, IntegerExecutor
+
+    for seed, sim, path, score in _executor_models(4):
+        try:
+            for target in (TFLITE_REFERENCE, TFLITE_SINGLE_ROUNDING, FIXED_POINT_DSP):
+                prepare_sim_for_tflite(sim, target)
+                expected = np.asarray(sim.model(score, training=False), np.float64)
+                got = IntegerExecutor(path, target=target, backend="numpy").run(score).astype(np.float64)
+                step = np.min(np.diff(np.unique(np.concatenate([expected.ravel(), got.ravel()]))))
+                assert np.max(np.abs(got - expected)) < 0.5 * step, f"seed {seed}, target {target.name}"
+        finally:
+            os.remove(path)
