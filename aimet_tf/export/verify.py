@@ -21,7 +21,7 @@ import numpy as np
 
 from aimet_tf.metrics import sqnr_db
 
-__all__ = ["KERNELS", "FidelityReport", "verify_tflite", "run_tflite", "measure_latency"]
+__all__ = ["KERNELS", "FidelityReport", "verify_tflite", "run_tflite", "measure_latency", "output_steps"]
 
 KERNELS = ("default", "builtin", "reference")
 """Op resolvers: "default" (builtin kernels + the XNNPACK delegate, what an app gets),
@@ -187,7 +187,7 @@ def run_tflite(
     return [np.concatenate(parts) for parts in outputs]
 
 
-def _output_steps(tflite_path: str) -> list[float]:
+def output_steps(tflite_path: str) -> list[float]:
     """Scale of each model output's integer tensor (before a final DEQUANTIZE, if any)."""
     interpreter = _interpreter(tflite_path, "builtin")
     interpreter.allocate_tensors()
@@ -307,7 +307,7 @@ def verify_tflite(
     expected = sim.model.predict(data, batch_size=batch_size, verbose=0)
     expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
     actual = run_tflite(tflite_path, data, batch_size=batch_size, kernels=kernels)
-    steps = _output_steps(tflite_path)
+    steps = output_steps(tflite_path)
     diffs = []
     for e, a, step in zip(expected, actual, steps):
         step = step if math.isfinite(step) and step > 0 else float(np.finfo(np.float32).eps)
