@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from aimet_tf import files  # noqa: E402
 from benchmarks import (  # noqa: E402
     bench_adaround,
     bench_cle,
@@ -58,18 +58,6 @@ def _existing_sections(path: str) -> dict[str, str]:
     return {m.group(1): m.group(0) for m in _SECTION.finditer(text)}
 
 
-def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".md", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def main(argv):
     del argv
     unknown = sorted(set(FLAGS.only) - set(BENCHMARKS))
@@ -102,7 +90,7 @@ def _write_document(path: str, sections: dict[str, str]) -> None:
         "",
     ]
     ordered = [sections[n] for n in BENCHMARKS if n in sections]
-    _write_atomic(path, "\n".join(header) + "\n".join(ordered))
+    files.atomic_write(path, "\n".join(header) + "\n".join(ordered))
 
 
 if __name__ == "__main__":

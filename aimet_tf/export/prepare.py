@@ -570,6 +570,13 @@ def _weight_quantizer(wrapper: QuantizationWrapper) -> tuple[str, Quantizer] | N
     return (weights[0], q) if _active(q) else None
 
 
+def _own_activation(layer: keras.layers.Layer) -> str | None:
+    """The activation a conv / dense layer applies itself, if its TFLite kernel fuses it
+    ("linear", "relu", "relu6"); None for any other (the requantization is then not modelled)."""
+    activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
+    return activation if activation in ("linear", "relu", "relu6") else None
+
+
 def _requantization_mode(wrapper: QuantizationWrapper, weight_q: Quantizer) -> str | None:
     """How the layer's TFLite kernel requantizes under LiteRT's default op resolver.
 
@@ -580,8 +587,7 @@ def _requantization_mode(wrapper: QuantizationWrapper, weight_q: Quantizer) -> s
     inside the layer that TFLite would not fuse).
     """
     layer = wrapper.layer
-    activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
-    if activation not in ("linear", "relu", "relu6"):
+    if _own_activation(layer) is None:
         return None
     if isinstance(layer, _TRANSPOSED):
         return "fixed_point_ties_away"
@@ -593,8 +599,7 @@ def _requantization_mode(wrapper: QuantizationWrapper, weight_q: Quantizer) -> s
 def _builtin_mode(wrapper: QuantizationWrapper) -> str | None:
     """How LiteRT's optimized builtin kernels (no delegate) requantize a conv / dense layer."""
     layer = wrapper.layer
-    activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
-    if activation not in ("linear", "relu", "relu6"):
+    if _own_activation(layer) is None:
         return None
     if isinstance(layer, _TRANSPOSED):
         return "fixed_point_ties_away"
@@ -636,8 +641,7 @@ def model_input_quantizers(sim) -> dict[int, list[Quantizer]]:
 
 
 def _dsp_accumulator_mode(layer: keras.layers.Layer) -> str | None:
-    activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
-    if activation not in ("linear", "relu", "relu6"):
+    if _own_activation(layer) is None:
         return None
     return "dsp_fully_connected" if isinstance(layer, _L.Dense) else "dsp_conv"
 
@@ -805,8 +809,7 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
             requantizer = _ensure_requantizer(wrapper, _output_channels(layer))
             requantizer.mode = mode
             requantizer.target = target
-            activation = getattr(getattr(layer, "activation", None), "__name__", "linear")
-            requantizer.activation_cap = 6.0 if activation == "relu6" else None
+            requantizer.activation_cap = 6.0 if _own_activation(layer) == "relu6" else None
             requantizer.enabled = True
             requantizer.link(input_q, weight_q, output_q)
             requantizer.snapshot()
