@@ -29,7 +29,7 @@ import platform
 import sys
 import tempfile
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -138,9 +138,9 @@ TRAINED = {
         ZooModel("plain_cnn", _plain_cnn, epochs=6, learning_rate=2e-3,
                  description="Conv+ReLU, MaxPool, Flatten, Dense; no batch norm"),
         ZooModel("mlp", _mlp, epochs=10, learning_rate=2e-3, description="three Dense layers"),
-        ZooModel("ds_residual", _ds_residual, epochs=8, learning_rate=4e-3,
+        ZooModel("ds_residual", _ds_residual, epochs=3, learning_rate=4e-3,
                  description="depthwise-separable blocks with residual Adds, BN, ReLU"),
-        ZooModel("mobilenet_v2", _mobilenet_v2, epochs=8, learning_rate=4e-3, pad=2,
+        ZooModel("mobilenet_v2", _mobilenet_v2, epochs=3, learning_rate=4e-3, pad=2,
                  description="inverted residuals, depthwise 3x3 and 5x5, BN, ReLU6, 32x32 input"),
     )
 }
@@ -168,6 +168,56 @@ def load(name: str) -> tuple[keras.Model, Callable[[np.ndarray], np.ndarray]]:
             f"Expected the trained model {path}. Received: missing. Fix: python -m benchmarks.zoo --train={name}"
         )
     return keras.saving.load_model(path, compile=False), TRAINED[name].prepare
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark model with its data: calibrate on ``x_cal``, score on ``x_test``.
+
+    ``y_test`` is None where no labels exist (MLTK models on real inputs): scores are then the
+    top-1 agreement with the FP32 model.
+    """
+
+    name: str
+    model: keras.Model
+    x_cal: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray | None
+    description: str
+
+
+def cases(names: Sequence[str] | None = None) -> list[Case]:
+    """The benchmark set (default: the five Fashion-MNIST models, then the four MLTK models).
+
+    Fashion-MNIST: 2,000 bundled calibration images, the 10,000-image test split. MLTK: their real
+    inputs (``aimet_tf.testing.real_inputs``), even indices calibrate and odd ones score.
+    """
+    from aimet_tf.testing.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
+    from aimet_tf.testing.real_inputs import describe_inputs, real_inputs
+
+    names = list(names) if names is not None else [*FASHION_MNIST_MODELS, *MLTK_MODEL_NAMES]
+    unknown = sorted(set(names) - set(FASHION_MNIST_MODELS) - set(MLTK_MODEL_NAMES))
+    if unknown:
+        raise ValueError(
+            f"Unknown benchmark models {unknown}. Expected names from {[*FASHION_MNIST_MODELS, *MLTK_MODEL_NAMES]}."
+        )
+    out = []
+    x_cal = x_test = y_test = None
+    for name in names:
+        if name in FASHION_MNIST_MODELS:
+            if x_cal is None:
+                x_cal, _ = datasets.load_fashion_mnist("calibration")
+                x_test, y_test = datasets.load_fashion_mnist("test")
+            model, prepare = load(name)
+            description = TRAINED[name].description if name in TRAINED else "the bundled model (MobileNet-style, BN, ReLU6, Adds)"
+            out.append(Case(name, model, prepare(x_cal), prepare(x_test), y_test,
+                            f"{description}; {model.count_params():,} parameters; Fashion-MNIST"))
+        else:
+            mltk = load_mltk_model(name)
+            x = real_inputs(name)
+            out.append(Case(name, mltk.keras_model, x[0::2], x[1::2], None,
+                            f"MLTK, {mltk.keras_model.count_params():,} parameters; {describe_inputs(name)}"))
+    return out
 
 
 def train(name: str, seed: int = 0, batch_size: int = 128) -> dict:

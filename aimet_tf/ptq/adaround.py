@@ -597,7 +597,7 @@ def apply_adaround(
             writes no file and keeps no checkpoint.
         filename_prefix: file name stem.
         default_param_bw: weight bitwidth (AIMET's default 4).
-        default_quant_scheme: "tf" or "tf_enhanced" (how weight/activation ranges are picked).
+        default_quant_scheme: "tf", "tf_enhanced", "mse" or "auto" (how weight/activation ranges are picked).
         default_config_file: hardware config (None = default preset, "htp", a JSON path, a dict).
         default_output_bw: activation bitwidth of the simulation feeding later layers.
         quantize_activations: feed each layer activations quantized to ``default_output_bw``
@@ -636,9 +636,11 @@ def apply_adaround(
             f"Expected params to be an AdaroundParameters. Received: {type(params).__name__}"
         )
     scheme = parse_quant_scheme(default_quant_scheme)
-    if scheme not in (QuantScheme.post_training_tf, QuantScheme.post_training_tf_enhanced):
+    accepted = (QuantScheme.post_training_tf, QuantScheme.post_training_tf_enhanced,
+                QuantScheme.post_training_mse, QuantScheme.post_training_auto)
+    if scheme not in accepted:
         raise ValueError(
-            "Expected default_quant_scheme 'tf' or 'tf_enhanced' for AdaRound. Received: "
+            f"Expected default_quant_scheme in {[s.value for s in accepted]} for AdaRound. Received: "
             f"default_quant_scheme={default_quant_scheme!r}"
         )
     if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:

@@ -56,6 +56,7 @@ __all__ = [
     "RangeAnalyzer",
     "MinMaxAnalyzer",
     "SqnrAnalyzer",
+    "MseAnalyzer",
     "PercentileAnalyzer",
     "make_analyzer",
     "validate_percentile",
@@ -76,6 +77,18 @@ class QuantScheme(enum.Enum):
         training_range_learning_with_tf_init: ranges trained in QAT, initialised like ``tf``.
         training_range_learning_with_tf_enhanced_init: ranges trained in QAT, initialised like
             ``tf_enhanced``.
+
+    aimet_tf adds (AIMET's names above keep AIMET's meaning):
+        post_training_mse: the lowest exact quantization MSE on the observed values, never above
+            min/max's (``MseAnalyzer``; for parameters).
+        post_training_output_mse: for a layer's kernel, the grid with the lowest error in the
+            layer's output on calibration inputs (``output_mse``), never above that of min/max or
+            tf_enhanced; ``mse`` where the sim cannot reach the layer's inputs.
+        post_training_auto: a scheme per tensor kind, the best measured over the benchmark set
+            (BENCHMARKS.md, "Default range scheme"): parameters ``output_mse``, activations
+            ``tf_enhanced``. The sim's default.
+        training_range_learning_with_mse_init, training_range_learning_with_auto_init: the same
+            initialisations, then ranges trained in QAT.
     """
 
     post_training_tf = "tf"
@@ -83,6 +96,11 @@ class QuantScheme(enum.Enum):
     post_training_percentile = "percentile"
     training_range_learning_with_tf_init = "tf_range_learning"
     training_range_learning_with_tf_enhanced_init = "tf_enhanced_range_learning"
+    post_training_mse = "mse"
+    post_training_output_mse = "output_mse"
+    post_training_auto = "auto"
+    training_range_learning_with_mse_init = "mse_range_learning"
+    training_range_learning_with_auto_init = "auto_range_learning"
 
     @property
     def is_range_learning(self) -> bool:
@@ -94,10 +112,36 @@ class QuantScheme(enum.Enum):
         """The post-training scheme that sets the initial range (``self`` if not range learning)."""
         return _RANGE_LEARNING_INIT.get(self, self)
 
+    @property
+    def is_per_tensor_kind(self) -> bool:
+        """Whether this scheme stands for one scheme for parameters and another for activations."""
+        return self in _PER_KIND
+
+    @property
+    def for_parameters(self) -> QuantScheme:
+        """The scheme a parameter (weight, bias) quantizer uses under this scheme."""
+        return _PER_KIND.get(self, (self, self))[0]
+
+    @property
+    def for_activations(self) -> QuantScheme:
+        """The scheme an activation (input/output) quantizer uses under this scheme."""
+        return _PER_KIND.get(self, (self, self))[1]
+
 
 _RANGE_LEARNING_INIT = {
     QuantScheme.training_range_learning_with_tf_init: QuantScheme.post_training_tf,
     QuantScheme.training_range_learning_with_tf_enhanced_init: QuantScheme.post_training_tf_enhanced,
+    QuantScheme.training_range_learning_with_mse_init: QuantScheme.post_training_mse,
+    QuantScheme.training_range_learning_with_auto_init: QuantScheme.post_training_auto,
+}
+
+# (parameters, activations) of the per-tensor-kind schemes.
+_PER_KIND = {
+    QuantScheme.post_training_auto: (QuantScheme.post_training_output_mse, QuantScheme.post_training_tf_enhanced),
+    QuantScheme.training_range_learning_with_auto_init: (
+        QuantScheme.training_range_learning_with_mse_init,
+        QuantScheme.training_range_learning_with_tf_enhanced_init,
+    ),
 }
 
 
@@ -800,6 +844,99 @@ class SqnrAnalyzer(_HistogramAnalyzer):
 
 
 # ----------------------------------------------------------------------------------------------
+# MSE on the exact values (for parameters)
+
+_MSE_SHRINK_CANDIDATES = 80
+_MSE_ASYMMETRIC_SIDE_CANDIDATES = 12
+# Default cap on the values an MseAnalyzer keeps (float32): 2^24 values = 64 MiB.
+_MSE_MAX_VALUES = 1 << 24
+
+
+class MseAnalyzer(RangeAnalyzer):
+    """The grid with the lowest quantization MSE on the exact observed values (meant for weights).
+
+    Unlike ``tf_enhanced``, which estimates the noise from a histogram and weights clipping by
+    gamma = 3, this scheme keeps every observed value and measures, for each candidate range, the
+    exact squared error of quantize-dequantize through the very encoding ``compute_encoding``
+    would build (nudging included). Candidates, per channel, with [min, max] the observed range:
+
+    * symmetric (and unsigned symmetric): [-f * absmax, f * absmax] (unsigned: [0, f * max]) for
+      f = 1, 1 - 1/80, ..., 1/80;
+    * asymmetric: [a * min, b * max] for a, b in {1, 11/12, ..., 1/12}.
+
+    f = 1 (a = b = 1) is exactly the ``tf`` (min/max) grid, and ties go to the wider grid, so the
+    chosen grid's error on the observed values is never above min/max's.
+
+    Every value is kept until ``compute_range``, so the scheme is for tensors seen whole once
+    (parameters), not for activations streamed over many batches.
+
+    Args:
+        channel_axis: see ``RangeAnalyzer``.
+        max_values: most values kept; observing more raises ``ValueError``.
+
+    Raises:
+        ValueError: if ``max_values`` is not a positive integer.
+    """
+
+    def __init__(self, channel_axis: int | tuple[int, ...] | None = None, max_values: int = _MSE_MAX_VALUES) -> None:
+        if isinstance(max_values, (bool, np.bool_)) or not isinstance(max_values, (int, np.integer)) or max_values < 1:
+            raise ValueError(f"Expected a positive integer max_values. Received: max_values={max_values!r}")
+        self._max_values = int(max_values)
+        super().__init__(channel_axis)
+
+    def _reset_statistics(self) -> None:
+        self._values: list[np.ndarray] = []
+        self._num_values = 0
+
+    def _update_statistics(self, x, axes, num_channels, batch_min, batch_max) -> None:
+        if self._num_values + x.size > self._max_values:
+            raise ValueError(
+                f"MseAnalyzer keeps every observed value; expected at most {self._max_values} in all. "
+                f"Received: {self._num_values} kept plus a batch of {x.size} (shape={x.shape}). "
+                "Fix: use the 'mse' scheme for parameters only; activations use 'tf_enhanced' "
+                "(the 'auto' scheme does this per tensor kind)."
+            )
+        self._values.append(np.asarray(_rows(x, axes, num_channels), dtype=np.float32).copy())
+        self._num_values += x.size
+
+    def _candidate_ranges(self, symmetric: bool, unsigned: bool) -> tuple[np.ndarray, np.ndarray]:
+        """[K, C] candidate (min, max), the min/max grid first."""
+        mn, mx = self._data_min, self._data_max
+        if symmetric:
+            f = np.arange(_MSE_SHRINK_CANDIDATES, 0, -1)[:, None] / _MSE_SHRINK_CANDIDATES
+            if unsigned:
+                return np.zeros((f.shape[0], mx.shape[0])), f * np.maximum(mx, 0.0)[None, :]
+            absmax = np.maximum(np.abs(mn), np.abs(mx))[None, :]
+            return -f * absmax, f * absmax
+        side = np.arange(_MSE_ASYMMETRIC_SIDE_CANDIDATES, 0, -1) / _MSE_ASYMMETRIC_SIDE_CANDIDATES
+        a, b = np.meshgrid(side, side, indexing="ij")
+        a, b = a.reshape(-1, 1), b.reshape(-1, 1)
+        return a * np.minimum(mn, 0.0)[None, :], b * np.maximum(mx, 0.0)[None, :]
+
+    def _compute_range(self, bitwidth, symmetric, strict, unsigned):
+        from aimet_tf.quantization.primitives import compute_encoding, nudge
+
+        rows = np.concatenate(self._values, axis=1)  # [C, N]
+        lows, highs = self._candidate_ranges(symmetric, unsigned)
+        best_err = np.full(rows.shape[0], np.inf)
+        best_lo = np.zeros(rows.shape[0])
+        best_hi = np.zeros(rows.shape[0])
+        for lo, hi in zip(lows, highs):
+            enc = compute_encoding(lo, hi, bitwidth, symmetric, strict, unsigned_symmetric=unsigned)
+            qmin, qmax, scale, _ = nudge(enc.min, enc.max, enc.bitwidth, enc.strict)
+            qmin, qmax, scale = (np.asarray(v, np.float32)[:, None] for v in (qmin, qmax, scale))
+            clamped = np.minimum(np.maximum(rows, qmin), qmax)
+            levels = np.floor((clamped - qmin) / scale + np.float32(0.5))
+            err = np.sum(np.square(levels * scale + qmin - rows, dtype=np.float64), axis=1)
+            # Strictly lower only: candidates go from wide to narrow, so ties keep the wider grid.
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_lo = np.where(better, lo, best_lo)
+            best_hi = np.where(better, hi, best_hi)
+        return _range_for_grid(best_lo, best_hi, symmetric, unsigned)
+
+
+# ----------------------------------------------------------------------------------------------
 # Percentile
 
 
@@ -881,6 +1018,9 @@ _ANALYZERS: dict[QuantScheme, type[RangeAnalyzer]] = {
     QuantScheme.post_training_tf: MinMaxAnalyzer,
     QuantScheme.post_training_tf_enhanced: SqnrAnalyzer,
     QuantScheme.post_training_percentile: PercentileAnalyzer,
+    QuantScheme.post_training_mse: MseAnalyzer,
+    # The sim refines output_mse kernels from their layer inputs; alone it is plain mse.
+    QuantScheme.post_training_output_mse: MseAnalyzer,
 }
 
 
@@ -909,6 +1049,12 @@ def make_analyzer(
         >>> make_analyzer("percentile", percentile=99.9)
     """
     resolved = parse_quant_scheme(scheme).init_scheme
+    if resolved.is_per_tensor_kind:
+        raise ValueError(
+            f"Expected one tensor's scheme. Received: {resolved.value!r}, which picks a scheme per "
+            f"tensor kind (parameters {resolved.for_parameters.value!r}, activations "
+            f"{resolved.for_activations.value!r}). Fix: pass the scheme of this tensor's kind."
+        )
     cls = _ANALYZERS[resolved]
     accepted = [
         name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "channel_axis")

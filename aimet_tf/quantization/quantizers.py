@@ -120,6 +120,18 @@ class _Links:
     operands: tuple = ()
 
 
+def _tensor_scheme(value: str | QuantScheme) -> QuantScheme:
+    """``parse_quant_scheme``, refusing schemes that only a sim can resolve per tensor kind."""
+    scheme = parse_quant_scheme(value)
+    if scheme.is_per_tensor_kind:
+        raise ValueError(
+            f"Expected one quantizer's scheme. Received: quant_scheme={scheme.value!r}, which picks a "
+            f"scheme per tensor kind. Fix: use {scheme.for_parameters.value!r} for a parameter "
+            f"quantizer or {scheme.for_activations.value!r} for an activation quantizer."
+        )
+    return scheme
+
+
 @keras.saving.register_keras_serializable(package="aimet_tf")
 class Quantizer(_TracedState, keras.layers.Layer):
     """Simulates the quantization of one tensor.
@@ -135,7 +147,8 @@ class Quantizer(_TracedState, keras.layers.Layer):
         channel_axis: None for per-tensor, or the axis (or axes, flattened together) that carry one
             encoding each.
         quant_scheme: how ``compute_encodings`` picks the range ("tf", "tf_enhanced", "percentile",
-            or a range-learning scheme, which also makes the range trainable).
+            "mse", or a range-learning scheme, which also makes the range trainable). Not a
+            per-tensor-kind scheme such as "auto": the sim resolves those for each quantizer.
         enabled: False makes the quantizer an identity.
         percentile: the percentile used by the "percentile" scheme.
         rounding: how values are rounded onto a per-tensor grid (``primitives.INPUT_ROUNDINGS``):
@@ -172,7 +185,7 @@ class Quantizer(_TracedState, keras.layers.Layer):
         if channel_axis is not None and not isinstance(channel_axis, int):
             channel_axis = tuple(int(a) for a in channel_axis)
         self.channel_axis = channel_axis
-        self._quant_scheme = parse_quant_scheme(quant_scheme)
+        self._quant_scheme = _tensor_scheme(quant_scheme)
         self.enabled = bool(enabled)
         self.percentile = float(percentile)
         self._frozen = bool(frozen)
@@ -216,7 +229,7 @@ class Quantizer(_TracedState, keras.layers.Layer):
 
     @quant_scheme.setter
     def quant_scheme(self, value: str | QuantScheme) -> None:
-        self._quant_scheme = parse_quant_scheme(value)
+        self._quant_scheme = _tensor_scheme(value)
         self._sync_trainable()
 
     @property

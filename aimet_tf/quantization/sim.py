@@ -22,6 +22,7 @@ from absl import logging
 from aimet_tf import files
 from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization import calibration_data, encodings_io, graph
+from aimet_tf.quantization import output_mse
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme, validate_percentile
 from aimet_tf.quantization.graph_statistics import GraphStatistics, NonFiniteWatch
 from aimet_tf.quantization.quantizers import Quantizer, traced_state
@@ -173,7 +174,7 @@ class QuantizationSimModel:
             symmetric=rule.symmetric,
             strict=False,
             unsigned_symmetric=self.config.unsigned_symmetric,
-            quant_scheme=self.quant_scheme,
+            quant_scheme=self.quant_scheme.for_activations,
             percentile=self.percentile,
             name=name,
         )
@@ -248,7 +249,7 @@ class QuantizationSimModel:
                 strict=self.config.strict_symmetric and prule.symmetric,
                 unsigned_symmetric=False,
                 channel_axis=pspec.channel_axes if prule.per_channel else None,
-                quant_scheme=self.quant_scheme,
+                quant_scheme=self.quant_scheme.for_parameters,
                 percentile=self.percentile,
                 name=f"{name}_{path.replace('.', '_').lstrip('_')}_quantizer",
             )
@@ -409,17 +410,61 @@ class QuantizationSimModel:
                 f"{', '.join(unseen[:10])}{' ...' if len(unseen) > 10 else ''}. The forward pass "
                 "must run sim.model on calibration data (every branch of the model)."
             )
+        searched = {} if callback is not None else self._output_mse_ranges(forward_pass_callback, batch_size)
         new = []
         for _, q in act:
             new.append((q, q.encoding_from_range(*q.compute_range(analyzers[id(q)]))))
         for _, q, var in self.param_quantizers():
             if q.enabled and not q.frozen:
+                if id(q) in searched:
+                    new.append((q, q.encoding_from_range(*searched[id(q)])))
+                    continue
                 analyzer = q.make_analyzer()
                 analyzer.observe(np.asarray(var.numpy()))
                 new.append((q, q.encoding_from_range(*q.compute_range(analyzer))))
         for q, enc in new:
             q.set_encoding(enc)
         logging.info("compute_encodings: %d encodings computed", len(new))
+
+    def _output_mse_ranges(self, data: Any, batch_size: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """(min, max) of each ``output_mse`` kernel quantizer the sim can feed with layer inputs,
+        by id of the quantizer (see ``output_mse``); the others fall back to their analyzer."""
+        targets = []
+        top_level = {id(layer) for layer in self.model.layers}
+        for w in self.wrappers():
+            q = w.param_quantizers.get("kernel")
+            if (
+                isinstance(q, Quantizer) and q.enabled and not q.frozen
+                and q.quant_scheme is QuantScheme.post_training_output_mse
+                and id(w) in top_level and output_mse.supports(w.layer)
+            ):
+                targets.append((w, q))
+        if not targets:
+            return {}
+        inputs = calibration_data.model_inputs(self.model)
+        batches, count = [], 0
+        for batch in calibration_data.iterate_batches(data, inputs, batch_size):
+            batches.append(batch)
+            count += len(batch[0])
+            if count >= output_mse.SEARCH_SAMPLES:
+                break
+        model_inputs = self.model.inputs[0] if len(self.model.inputs) == 1 else self.model.inputs
+        probe = keras.Model(model_inputs, [w.input for w, _ in targets])
+        layer_inputs: list[list[np.ndarray]] = [[] for _ in targets]
+        with self.quantizers_disabled():
+            for batch in batches:
+                outs = probe(calibration_data.as_model_input(batch), training=False)
+                outs = outs if isinstance(outs, (list, tuple)) else [outs]
+                for i, out in enumerate(outs):
+                    layer_inputs[i].append(np.asarray(out))
+        ranges = {}
+        for (w, q), xs in zip(targets, layer_inputs):
+            x = np.concatenate(xs)[: output_mse.SEARCH_SAMPLES]
+            moment = output_mse.input_moment(w.layer, x)
+            ranges[id(q)] = output_mse.choose_range(
+                w.layer.kernel.numpy(), moment, q.bitwidth, q.symmetric, q.strict, q.per_channel
+            )
+        return ranges
 
     def _graph_statistics(self, quantizer: Quantizer, analyzer) -> GraphStatistics | None:
         """The quantizer's in-graph statistics variables for this analyzer, reset; reused across

@@ -491,3 +491,71 @@ def test_channel_axis_out_of_range_or_repeated_for_the_batch(channel_axis):
 def test_every_analyzer_is_a_range_analyzer():
     for factory in ANALYZER_FACTORIES.values():
         assert isinstance(factory(), RangeAnalyzer)
+
+
+# ----------------------------------------------------------------------------------------------
+# MSE (exact values) and the per-tensor-kind "auto" scheme
+
+
+def _exact_mse(x: np.ndarray, lo, hi, bitwidth: int, symmetric: bool) -> float:
+    return float(np.mean((_qdq(x, lo, hi, bitwidth, symmetric) - x) ** 2))
+
+
+@pytest.mark.parametrize("bitwidth", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("distribution", ["normal", "laplace", "uniform", "outlier"])
+def test_mse_never_loses_to_minmax_on_the_observed_values(bitwidth, symmetric, distribution):
+    rng = np.random.default_rng(bitwidth * 7 + symmetric)
+    x = {
+        "normal": lambda: rng.normal(0.1, 1.0, (64, 3)),
+        "laplace": lambda: rng.laplace(0.0, 0.5, (64, 3)),
+        "uniform": lambda: rng.uniform(-0.2, 1.0, (64, 3)),
+        "outlier": lambda: np.concatenate([rng.normal(0, 0.05, (4095, 3)), np.full((1, 3), 2.0)]),
+    }[distribution]().astype(np.float32)
+    mse, minmax = analyzers.MseAnalyzer(channel_axis=-1), MinMaxAnalyzer(channel_axis=-1)
+    mse.observe(x)
+    minmax.observe(x)
+    mse_lo, mse_hi = mse.compute_range(bitwidth, symmetric, unsigned_symmetric=False)
+    mm_lo, mm_hi = minmax.compute_range(bitwidth, symmetric, unsigned_symmetric=False)
+    for c in range(3):
+        chosen = _exact_mse(x[:, c], mse_lo[c], mse_hi[c], bitwidth, symmetric)
+        reference = _exact_mse(x[:, c], mm_lo[c], mm_hi[c], bitwidth, symmetric)
+        assert chosen <= reference * (1 + 1e-6) + 1e-12
+    if distribution == "outlier" and bitwidth == 4:
+        # One far value among many small ones: clipping it is much better at 4 bits.
+        assert np.all(mse_hi < mm_hi)
+
+
+def test_mse_chooses_the_exhaustive_best_among_its_symmetric_candidates():
+    rng = np.random.default_rng(3)
+    x = rng.standard_t(3, 500).astype(np.float32)
+    analyzer = analyzers.MseAnalyzer()
+    analyzer.observe(x)
+    lo, hi = analyzer.compute_range(4, symmetric=True, unsigned_symmetric=False)
+    absmax = float(np.max(np.abs(x)))
+    errors = {f: _exact_mse(x, -f * absmax, f * absmax, 4, True) for f in np.arange(80, 0, -1) / 80}
+    best = min(errors.values())
+    assert _exact_mse(x, lo, hi, 4, True) <= best * (1 + 1e-5)
+    assert float(hi) < absmax  # heavy tails: the search clips
+
+
+def test_mse_refuses_more_values_than_it_may_keep():
+    analyzer = analyzers.MseAnalyzer(max_values=100)
+    analyzer.observe(np.zeros(60, np.float32))
+    with pytest.raises(ValueError, match="at most 100.*activations use 'tf_enhanced'"):
+        analyzer.observe(np.zeros(60, np.float32))
+    assert analyzer.num_batches == 1
+
+
+def test_auto_scheme_resolves_per_tensor_kind_and_cannot_build_one_analyzer():
+    auto = parse_quant_scheme("auto")
+    assert auto.for_parameters is QuantScheme.post_training_output_mse
+    assert auto.for_activations is QuantScheme.post_training_tf_enhanced
+    learning = parse_quant_scheme("auto_range_learning")
+    assert learning.is_range_learning and learning.init_scheme is auto
+    assert learning.for_parameters is QuantScheme.training_range_learning_with_mse_init
+    assert learning.for_activations is QuantScheme.training_range_learning_with_tf_enhanced_init
+    assert QuantScheme.post_training_tf.for_parameters is QuantScheme.post_training_tf
+    assert type(make_analyzer("mse_range_learning")) is analyzers.MseAnalyzer
+    with pytest.raises(ValueError, match="per tensor kind"):
+        make_analyzer("auto")

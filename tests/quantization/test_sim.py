@@ -492,3 +492,35 @@ def test_load_weights_of_an_uncalibrated_sim_leaves_quantizers_uncalibrated(tmp_
     )
     with pytest.raises(RuntimeError, match="has no encoding"):
         sim.model(models.random_images(2, shape=(10,)))
+
+
+def test_auto_scheme_gives_weights_output_mse_and_activations_sqnr():
+    model = models.conv_bn_relu_model()
+    data = models.random_images(32)
+    sim = QuantizationSimModel(model, quant_scheme="auto", default_param_bw=4, config_file="htp")
+    assert sim.quant_scheme.value == "auto"
+    params = [q for _, q, _ in sim.param_quantizers()]
+    assert params and all(q.quant_scheme.value == "output_mse" for q in params)
+    assert all(q.quant_scheme.value == "tf_enhanced" for _, q in sim.activation_quantizers())
+    sim.compute_encodings(data)
+    # Per weight tensor, the weight error stays close to min/max's (the search minimises the
+    # layer-output error instead; test_output_mse pins that guarantee).
+    for name, q, variable in sim.param_quantizers():
+        if not q.enabled:
+            continue
+        w = variable.numpy()
+        axis = q.channel_axis
+        minmax = Quantizer(bitwidth=4, symmetric=q.symmetric, strict=q.strict, unsigned_symmetric=False,
+                           channel_axis=axis, quant_scheme="tf")
+        minmax.build(w.shape)
+        analyzer = minmax.make_analyzer()
+        analyzer.observe(w)
+        minmax.set_encoding(minmax.encoding_from_range(*minmax.compute_range(analyzer)))
+        err_auto = float(np.sum((q(tf.constant(w)).numpy() - w) ** 2))
+        err_minmax = float(np.sum((minmax(tf.constant(w)).numpy() - w) ** 2))
+        assert err_auto <= err_minmax * 4 + 1e-9, name
+
+
+def test_a_quantizer_refuses_a_per_kind_scheme():
+    with pytest.raises(ValueError, match="'output_mse' for a parameter quantizer or 'tf_enhanced'"):
+        Quantizer(quant_scheme="auto")
