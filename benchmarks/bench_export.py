@@ -103,7 +103,7 @@ def run() -> str:
         "## TFLite export: the .tflite reproduces the simulation (issue 4)",
         "",
         "Sim built on `prepare_model_for_tflite(model)` (BNs folded), `tf_enhanced`, `tflite` config "
-        "(per-channel int8/int4 conv weights, per-tensor Dense), exported with `export_tflite` and run "
+        "(per-channel int8/int4 conv and Dense weights), exported with `export_tflite` and run "
         "in ai-edge-litert's default kernels. Fashion-MNIST: 1,000 calibration images, 10k test "
         "images. MLTK models: their real inputs, even indices calibrate, odd indices score. Unseen "
         "inputs come from another distribution than calibration: fresh random crops of the OpenCV "

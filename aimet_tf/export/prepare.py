@@ -67,8 +67,9 @@ TFLITE_CONFIG: str = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "quantization", "presets", "tflite.json"
 )
 """Path of the hardware config that describes TFLite's int8 scheme (pass it as ``config_file``):
-per-channel strict-symmetric weights for convolutions, per-tensor for Dense and transposed
-convolutions, asymmetric 8-bit activations, fused Conv/Dense/Add + ReLU/ReLU6."""
+per-channel strict-symmetric weights for convolutions and Dense (as TFLite's own PTQ writes
+them), per-tensor for transposed convolutions and MatMul, asymmetric 8-bit activations, fused
+Conv/Dense/Add + ReLU/ReLU6."""
 
 _L = keras.layers
 

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -37,7 +38,7 @@ from tensorflow.python.framework import convert_to_constants
 from aimet_tf import files
 from aimet_tf.export.prepare import kernel_target_of, prepare_sim_for_tflite, set_undelegated_layers
 from aimet_tf.quantization import primitives
-from aimet_tf.quantization.quantizers import Quantizer
+from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer
 from aimet_tf.quantization.registry import get_layer_spec
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
@@ -52,8 +53,12 @@ _NOT_INT4_PACKABLE = (_L.DepthwiseConv2D, _L.Conv2DTranspose)
 # Per-channel weights do not convert for these: TFLite keeps their filters as [out, ..., in] and
 # the converter's transpose of a per-channel tensor fails ("mismatched quantized axes").
 _PER_TENSOR_ONLY = (
-    _L.Dense, _L.EinsumDense, _L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose,
+    _L.EinsumDense, _L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose,
 )
+# Dense hits the same converter error, but FULLY_CONNECTED takes per-channel filters (axis 0 of
+# [out, in], what TFLite's own PTQ writes): a per-channel Dense is converted with a per-tensor
+# stand-in quantizer and its filter and bias are rewritten per channel in the flatbuffer.
+_PER_CHANNEL_REWRITTEN = (_L.Dense,)
 _UNFOLDED = (_L.BatchNormalization,)
 _UNSPLIT = (_L.SeparableConv1D, _L.SeparableConv2D)
 # Op names that may legitimately produce float tensors in a full-integer model.
@@ -137,6 +142,13 @@ def check_tflite_exportable(sim) -> list[str]:
                     f"{where} has {q.bitwidth}-bit weights; TFLite integer kernels take at "
                     "most 8. Expected default_param_bw <= 8."
                 )
+            if q.per_channel and isinstance(layer, _PER_CHANNEL_REWRITTEN) and q.num_channels not in (
+                None, int(layer.kernel.shape[-1])
+            ):
+                problems.append(
+                    f"{where} is per-channel along another axis than its output units; TFLite's "
+                    "FULLY_CONNECTED takes one scale per output unit. Expected channel axis -1."
+                )
             if q.per_channel and isinstance(layer, _PER_TENSOR_ONLY):
                 problems.append(
                     f"{where} is per-channel; the TFLite converter rejects per-channel weights "
@@ -161,9 +173,64 @@ def _low_bit_int8_storage(wrapper: QuantizationWrapper, q: Quantizer) -> bool:
     return not (packable and q.bitwidth == 4)
 
 
+@dataclasses.dataclass
+class _ChannelFilter:
+    """What a per-channel Dense's FULLY_CONNECTED gets written after conversion.
+
+    Attributes:
+        levels: the filter's integers, [units, inputs] (FULLY_CONNECTED's layout).
+        scales: one weight step per unit, float32.
+        bias: the bias as the sim adds it (on its int32 grid when ``bias_scales`` is set), or None.
+        bias_scales: the sim's bias steps s_in * s_w, float32; None: derived from the file's input
+            scale.
+    """
+
+    levels: np.ndarray
+    scales: np.ndarray
+    bias: np.ndarray | None
+    bias_scales: np.ndarray | None
+
+
+def _channel_filter(wrapper: QuantizationWrapper, path: str, q: Quantizer, var) -> _ChannelFilter:
+    """The integers and steps of a per-channel Dense weight (and its bias) as the sim uses them."""
+    scales = np.asarray(q.scale_tensor().numpy(), np.float32)
+    snapped = q(var.value).numpy()
+    levels = np.round(snapped / scales).astype(np.int64)
+    bias, bias_scales = None, None
+    bias_var = get_param_variable(wrapper.layer, "bias") if "bias" in wrapper.param_names else None
+    if bias_var is not None:
+        bias = bias_var.numpy().astype(np.float32)
+        bias_q = wrapper.param_quantizers.get("bias")
+        if isinstance(bias_q, BiasQuantizer) and bias_q.enabled:
+            scale = bias_q.current_scale()
+            if scale is not None:
+                bias = bias_q(bias_var.value).numpy()
+                bias_scales = np.broadcast_to(np.asarray(scale.numpy(), np.float32), bias.shape).copy()
+    return _ChannelFilter(levels.T.copy(), scales, bias, bias_scales)
+
+
+def _per_tensor_stand_in(wrapper: QuantizationWrapper, q: Quantizer, var, int8_storage: bool) -> Quantizer:
+    """A per-tensor quantizer for the converter's view of a per-channel Dense weight.
+
+    Its grid (the largest channel step) only has to make the converter write a quantized
+    FULLY_CONNECTED filter of the right type: the values are replaced afterwards.
+    """
+    bits = 8 if int8_storage else q.bitwidth
+    largest = float(np.max(q.scale_tensor().numpy()))
+    top = 2 ** (bits - 1) - 1
+    stand_in = Quantizer(bitwidth=bits, symmetric=True, strict=True, name=f"{wrapper.name}_export_weight")
+    stand_in.build(tuple(var.shape))
+    stand_in.set_encoding(primitives.Encoding(-top * largest, top * largest, bits, True, True))
+    return stand_in
+
+
 @contextlib.contextmanager
-def _export_view(sim) -> Iterator[bool]:
-    """Temporarily puts the sim in its export form; yields whether int4 packing is needed."""
+def _export_view(sim) -> Iterator[tuple[bool, dict[str, _ChannelFilter]]]:
+    """Temporarily puts the sim in its export form.
+
+    Yields whether int4 packing is needed, and the per-channel Dense filters to write into the
+    converted file (by layer name).
+    """
     requantizers = [w.requantizer for w in sim.wrappers() if w.requantizer is not None]
     states = [r.enabled for r in requantizers]
     # Kernel-style input rounding is simulation only: the converter must see the plain fake-quant.
@@ -171,6 +238,8 @@ def _export_view(sim) -> Iterator[bool]:
                if isinstance(q, Quantizer) and q.rounding != "fake_quant"]
     roundings = [q.rounding for q in rounded]
     swapped = []
+    stand_ins = []
+    channel_filters: dict[str, _ChannelFilter] = {}
     pack_int4 = False
     try:
         for r in requantizers:
@@ -184,6 +253,13 @@ def _export_view(sim) -> Iterator[bool]:
                 var = get_param_variable(wrapper.layer, path)
                 if var is None:
                     continue
+                if q.per_channel and isinstance(wrapper.layer, _PER_CHANNEL_REWRITTEN):
+                    int8_storage = _low_bit_int8_storage(wrapper, q)
+                    pack_int4 = pack_int4 or (q.bitwidth == 4 and not int8_storage)
+                    channel_filters[wrapper.name] = _channel_filter(wrapper, path, q, var)
+                    wrapper.replace_quantizer("param", path, _per_tensor_stand_in(wrapper, q, var, int8_storage))
+                    stand_ins.append((wrapper, path, q))
+                    continue
                 if not _low_bit_int8_storage(wrapper, q):
                     pack_int4 = pack_int4 or q.bitwidth == 4
                     continue
@@ -196,8 +272,10 @@ def _export_view(sim) -> Iterator[bool]:
                 var.assign(snapped)
                 q.set_encoding(primitives.Encoding(-127.0 * step, 127.0 * step, 8, True, True))
                 swapped.append((var, original, q, encoding))
-        yield pack_int4
+        yield pack_int4, channel_filters
     finally:
+        for wrapper, path, q in reversed(stand_ins):
+            wrapper.replace_quantizer("param", path, q)
         for var, original, q, encoding in reversed(swapped):
             var.assign(original)
             q.set_encoding(encoding)
@@ -275,6 +353,102 @@ def _short_tensor_names(content: bytes, layer_names: list[str]) -> bytes:
         for index, name in new.items():
             if index not in keep:
                 subgraph.tensors[index].name = name.encode()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _pack_int4(levels: np.ndarray) -> np.ndarray:
+    """Two 4-bit integers a byte, the first in the low nibble (TFLite's packed INT4 buffers)."""
+    flat = levels.reshape(-1).astype(np.int64) & 0xF
+    if flat.size % 2:
+        flat = np.append(flat, 0)
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+
+
+def _write_channel_filters(content: bytes, channel_filters: dict[str, _ChannelFilter]) -> bytes:
+    """Writes per-channel filters and biases into the FULLY_CONNECTED ops of named Dense layers.
+
+    The filter gets the sim's integers with one scale per unit (quantized dimension 0), the bias
+    int32 levels on s_in * s_w[c], s_in being the op's input scale in the file. A buffer that
+    another tensor shares is left to it (the rewritten tensor gets a new one).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    written: set[str] = set()
+
+    def quantization(scales: np.ndarray):
+        params = schema.QuantizationParametersT()
+        params.scale = [float(v) for v in scales]
+        params.zeroPoint = [0] * len(scales)
+        params.quantizedDimension = 0
+        return params
+
+    users: dict[int, int] = {}
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
+
+    def set_data(tensor, data: np.ndarray) -> None:
+        raw = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+        if tensor.buffer > 0 and users.get(tensor.buffer) == 1:
+            model.buffers[tensor.buffer].data = raw
+            return
+        buffer = schema.BufferT()
+        buffer.data = raw
+        model.buffers.append(buffer)
+        tensor.buffer = len(model.buffers) - 1
+
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) != "FULLY_CONNECTED":
+                continue
+            weight = subgraph.tensors[op.inputs[1]]
+            name = weight.name.decode() if isinstance(weight.name, bytes) else str(weight.name)
+            layer = name[: -len("/weights")] if name.endswith("/weights") else None
+            spec = channel_filters.get(layer)
+            if spec is None:
+                continue
+            if list(weight.shape) != list(spec.levels.shape):
+                raise TfliteExportError(
+                    f"Layer {layer!r}: the converted FULLY_CONNECTED filter has shape "
+                    f"{list(weight.shape)}, expected {list(spec.levels.shape)} ([units, inputs]); "
+                    "cannot write its per-channel weights. Use per-tensor Dense weights "
+                    "(per_channel_quantization False for Gemm in the config)."
+                )
+            if weight.type == schema.TensorType.INT4:
+                set_data(weight, _pack_int4(spec.levels))
+            else:
+                set_data(weight, spec.levels.astype(np.int8))
+            weight.quantization = quantization(spec.scales)
+            has_bias = len(op.inputs) > 2 and op.inputs[2] >= 0
+            if not has_bias and spec.bias is not None and np.any(spec.bias):
+                raise TfliteExportError(
+                    f"Layer {layer!r}: the converted FULLY_CONNECTED has no bias input for a "
+                    "non-zero bias; cannot write its per-channel weights. Use per-tensor Dense "
+                    "weights (per_channel_quantization False for Gemm in the config)."
+                )
+            if has_bias and spec.bias is not None:
+                bias = subgraph.tensors[op.inputs[2]]
+                scales = spec.bias_scales
+                if scales is None:
+                    s_in = np.float32(subgraph.tensors[op.inputs[0]].quantization.scale[0])
+                    scales = (s_in * spec.scales).astype(np.float32)
+                ratio = spec.bias.astype(np.float64) / scales.astype(np.float64)
+                levels = np.sign(ratio) * np.floor(np.abs(ratio) + 0.5)  # as quantize_bias rounds
+                levels = np.clip(levels, -(2**31 - 1), 2**31 - 1).astype(np.int32)
+                bias.type = schema.TensorType.INT32
+                set_data(bias, levels)
+                bias.quantization = quantization(scales)
+            written.add(layer)
+    missing = sorted(set(channel_filters) - written)
+    if missing:
+        raise TfliteExportError(
+            f"Per-channel Dense layer(s) {', '.join(repr(n) for n in missing)} have no "
+            "FULLY_CONNECTED op with a bias-capable filter in the converted model; cannot write "
+            "their per-channel weights. Use per-tensor Dense weights (per_channel_quantization "
+            "False for Gemm in the config)."
+        )
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -435,7 +609,7 @@ def export_tflite(
             + "\n  - ".join(problems)
         )
     layer_names = [w.name for w in sim.wrappers()]
-    with _export_view(sim) as pack_int4:
+    with _export_view(sim) as (pack_int4, channel_filters):
         try:
             content = _convert(sim, input_type, output_type, pack_int4)
         except Exception as error:  # the converter raises several unrelated types
@@ -449,6 +623,8 @@ def export_tflite(
                 "from the model."
             ) from error
     content = _short_tensor_names(content, layer_names)
+    if channel_filters:
+        content = _write_channel_filters(content, channel_filters)
     float_ops = _float_ops(content, layer_names)
     if float_ops:
         raise TfliteExportError(

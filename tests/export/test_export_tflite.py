@@ -171,11 +171,75 @@ def test_unsplit_separable_conv_named(tmp_path):
         export_tflite(sim, str(tmp_path / "sep.tflite"))
 
 
-def test_per_channel_dense_rejected_with_fix(tmp_path):
-    config = _tflite_config(Gemm={"per_channel_quantization": "True"})
-    sim, _ = _calibrated(models.dense_model(), config=config)
-    with pytest.raises(TfliteExportError, match=r"'d1'.*per-channel.*per-tensor"):
-        export_tflite(sim, str(tmp_path / "dense.tflite"))
+def _fully_connected_tensors(path) -> dict[str, tuple]:
+    """Per Dense layer: (input, filter, bias) tensor details of its FULLY_CONNECTED op."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    out = {}
+    for op in interpreter._get_ops_details():
+        if op["op_name"] == "FULLY_CONNECTED":
+            x, w, b = (tensors.get(i) for i in op["inputs"][:3])  # a zero bias may be dropped
+            out[w["name"].split("/")[0]] = (x, w, b)
+    return out
+
+
+def test_tflite_config_quantizes_dense_weights_per_channel():
+    # TFLite's own PTQ writes per-channel FULLY_CONNECTED filters; per-tensor ones cost accuracy.
+    sim = QuantizationSimModel(models.dense_model(), config_file=TFLITE_CONFIG)
+    for name in ("d1", "d2", "d3"):
+        q = sim.model.get_layer(name).param_quantizers["kernel"]
+        assert q.per_channel and q.channel_axis in (-1, (-1,), 1, (1,)), (name, q.channel_axis)
+
+
+@pytest.mark.parametrize("param_bw", [8, 4, 3])
+def test_per_channel_dense_written_per_channel_and_bit_exact(tmp_path, param_bw):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12,))
+    x = L.Dense(16, activation="relu", name="fc1")(inp)
+    out = L.Dense(8, name="fc2")(x)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(0)
+    for layer in model.layers[1:]:
+        # Units of very different magnitudes: one step per unit matters.
+        layer.kernel.assign(layer.kernel.numpy() * rng.uniform(0.02, 3.0, (1, layer.units)))
+        layer.bias.assign(rng.normal(0, 0.5, layer.units))
+    sim, data = _calibrated(model, param_bw=param_bw)
+    path = export_tflite(sim, str(tmp_path / "fc.tflite"))
+    for name, (x_t, w_t, b_t) in _fully_connected_tensors(path).items():
+        wrapper = sim.model.get_layer(name)
+        s_w = wrapper.param_quantizers["kernel"].scale_tensor().numpy()
+        w_q, b_q = w_t["quantization_parameters"], b_t["quantization_parameters"]
+        assert len(w_q["scales"]) == wrapper.layer.units and w_q["quantized_dimension"] == 0
+        np.testing.assert_array_equal(w_q["scales"], s_w.astype(np.float32))
+        assert not np.any(w_q["zero_points"])
+        s_in = x_t["quantization_parameters"]["scales"][0]
+        np.testing.assert_allclose(b_q["scales"], s_in * s_w, rtol=1e-6)
+        assert b_t["dtype"] == np.int32
+    for kernels in ("default", "reference"):
+        report = verify_tflite(sim, path, _snap(sim, data), kernels=kernels)
+        assert report.exact_fraction == 1.0, (kernels, report.summary())
+
+
+def test_per_tensor_dense_still_exports(tmp_path):
+    config = _tflite_config(Gemm={"per_channel_quantization": "False"})
+    sim, data = _calibrated(models.dense_model(), config=config)
+    path = export_tflite(sim, str(tmp_path / "dense.tflite"))
+    for _, w_t, _ in _fully_connected_tensors(path).values():
+        assert len(w_t["quantization_parameters"]["scales"]) == 1
+    report = verify_tflite(sim, path, _snap(sim, data))
+    assert report.exact_fraction >= 0.999, report.summary()
+
+
+def test_per_channel_transposed_conv_rejected_with_fix(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    out = L.Conv2DTranspose(4, 3, name="up")(inp)
+    config = _tflite_config(ConvTranspose={"per_channel_quantization": "True"})
+    sim, _ = _calibrated(keras.Model(inp, out), config=config)
+    with pytest.raises(TfliteExportError, match=r"'up'.*per-channel.*per-tensor"):
+        export_tflite(sim, str(tmp_path / "up.tflite"))
 
 
 def test_asymmetric_weights_and_16_bit_activations_rejected(tmp_path):
