@@ -3,7 +3,7 @@
 In one run: FP32 vs W4A8 nearest rounding vs W4A8 AdaRound (default config: per-tensor symmetric
 4-bit weights, 8-bit asymmetric activations, tf_enhanced) on the 10k test split, AdaRound's wall
 time per layer, and the same with aimet-onnx 2.42 in its own virtual environment
-(benchmarks/peers/setup_aimet.sh, benchmarks/peers/aimet_adaround.py) on the same BN-folded model
+(benchmarks/peers/setup_aimet.sh, benchmarks/peers/aimet_peer.py) on the same BN-folded model
 exported to ONNX, with the same iterations and the same 2,000 calibration images.
 
 ADAROUND_BENCH_ITERATIONS (default "2000,10000") sets our iteration counts,
@@ -27,10 +27,9 @@ from aimet_tf import datasets, metrics
 from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
 from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
 from aimet_tf.quantization import QuantizationSimModel
+from benchmarks.peers.aimet_runner import run_aimet_peer
 
 BATCH = 256
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PEER_DIR = os.path.join(REPO, "benchmarks", "peers")
 
 
 class _LayerTimer(keras.callbacks.Callback):
@@ -42,61 +41,6 @@ class _LayerTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.layers.append(dict(logs or {}))
-
-
-def export_for_peer(folded: keras.Model, workdir: str, x_cal, x_test, y_test, fp32_logits) -> None:
-    """Writes graph.json / weights.npz / data.npz for benchmarks/peers/aimet_adaround.py."""
-    layers, weights = [], {}
-    input_name = folded.inputs[0]._keras_history[0].name
-    for layer in folded.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        node = layer._inbound_nodes[0]
-        inputs = [t._keras_history[0].name for t in node.input_tensors]
-        config = {k: v for k, v in layer.get_config().items() if k in (
-            "kernel_size", "strides", "dilation_rate", "padding", "activation", "max_value",
-            "negative_slope", "threshold", "units",
-        )}
-        if "activation" in config and not isinstance(config["activation"], str):
-            config["activation"] = getattr(layer.activation, "__name__", str(config["activation"]))
-        layers.append({"name": layer.name, "class": type(layer).__name__, "inputs": inputs, "config": config})
-        for var_name in ("kernel", "bias"):
-            var = getattr(layer, var_name, None)
-            if isinstance(var, keras.Variable):
-                weights[f"{layer.name}/{var_name}"] = np.asarray(var.numpy())
-    graph = {"input_name": input_name, "input_shape": list(folded.input_shape[1:]), "layers": layers}
-    with open(os.path.join(workdir, "graph.json"), "w", encoding="utf-8") as f:
-        json.dump(graph, f)
-    np.savez(os.path.join(workdir, "weights.npz"), **weights)
-    np.savez(os.path.join(workdir, "data.npz"), x_cal=x_cal, x_test=x_test, y_test=y_test, fp32_logits=fp32_logits)
-
-
-def _peer_python() -> tuple[str | None, str]:
-    """The AIMET venv's python, creating the venv with setup_aimet.sh if needed."""
-    venv = os.environ.get("AIMET_VENV", "/tmp/aimet_venv")
-    python = os.path.join(venv, "bin", "python")
-    setup = subprocess.run(
-        ["bash", os.path.join(PEER_DIR, "setup_aimet.sh"), venv], capture_output=True, text=True, timeout=1800
-    )
-    if setup.returncode != 0:
-        return None, f"setup_aimet.sh failed: {(setup.stderr or setup.stdout).strip()[-400:]}"
-    return python, setup.stdout.strip().splitlines()[-1] if setup.stdout.strip() else ""
-
-
-def _run_peer(python: str, workdir: str, iterations: int) -> tuple[dict | None, str]:
-    out = os.path.join(workdir, f"aimet_{iterations}.json")
-    load = os.getloadavg()[0]
-    proc = subprocess.run(
-        [python, os.path.join(PEER_DIR, "aimet_adaround.py"), "--workdir", workdir,
-         "--iterations", str(iterations), "--output", out],
-        capture_output=True, text=True, timeout=7200,
-    )
-    if proc.returncode != 0 or not os.path.exists(out):
-        return None, f"aimet_adaround.py exited with {proc.returncode}: {proc.stderr.strip()[-600:]}"
-    with open(out, encoding="utf-8") as f:
-        result = json.load(f)
-    result["load_before"] = load
-    return result, ""
 
 
 def per_channel_default_config() -> dict:
@@ -174,14 +118,20 @@ def run() -> str:
     nearest_pt, _ = _sim_accuracy(folded, x_cal, x_test, y_test, None)
 
     workdir = tempfile.mkdtemp(prefix="adaround_bench_")
-    export_for_peer(folded, workdir, x_cal, x_test, y_test, fp32_logits)
-    python, peer_note = _peer_python()
+    # AIMET: W4A8 tf_enhanced nearest, then AdaRound at each shared iteration count, in one peer call.
+    peer_configs = [{"param_bw": 4, "act_bw": 8, "quant_scheme": "tf_enhanced", "adaround_iterations": n}
+                    for n in [0, *(n for n in iterations if n in peer_iterations)]]
+    try:
+        peer = run_aimet_peer(folded, x_cal, x_test, y_test, peer_configs, workdir=os.path.join(workdir, "peer"))
+        peer_runs, peer_note = {r["adaround_iterations"]: r for r in peer["runs"]}, ""
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        peer, peer_runs, peer_note = None, {}, str(error)[-600:]
 
     rows = [
         ("FP32 Keras (BN folded)", "", fp32_acc),
         ("W4A8 nearest, aimet_tf", "per-channel", nearest_pc),
     ]
-    timing_rows, peer_rows = [], []
+    timing_rows = []
     for n in iterations:
         ada, seconds, layers, load = _adaround(model, x_cal, n, per_channel, workdir, f"ours_pc_{n}")
         acc, _ = _sim_accuracy(ada, x_cal, x_test, y_test, per_channel, os.path.join(workdir, f"ours_pc_{n}.encodings"))
@@ -192,30 +142,26 @@ def run() -> str:
             f"| {n:,} | {len(layers)} | {seconds:.1f} s (load {load:.1f}) | {np.mean(per_layer):.2f} s "
             f"(max {np.max(per_layer):.2f} s) | {better}/{len(layers)} |"
         )
-        if python is None:
-            peer, error = None, peer_note
-        elif n not in peer_iterations:
-            peer, error = None, (
-                f"not run at {n:,} iterations (ADAROUND_BENCH_PEER_ITERATIONS={','.join(map(str, peer_iterations))}; "
-                "its 2,000-iteration run alone takes 15-30 min here)"
-            )
-        else:
-            peer, error = _run_peer(python, workdir, n)
-        if peer is not None:
-            peer_rows.append(peer)
-            rows.append((f"W4A8 AdaRound {n:,} it/layer, AIMET (aimet-onnx {peer['aimet_onnx']})", "per-channel",
-                         peer["adaround_accuracy"]))
+        if n in peer_runs:
+            peer_run = peer_runs[n]
+            rows.append((f"W4A8 AdaRound {n:,} it/layer, AIMET (aimet-onnx {peer['versions']['aimet_onnx']})",
+                         "per-channel", peer_run["accuracy"]))
+            peer_seconds = peer_run["adaround_seconds"]
             timing += (
-                f" {peer['adaround_seconds']:.1f} s (load {peer['load_before']:.1f}) | "
-                f"{peer['adaround_seconds'] / peer['layers']:.2f} s | **{peer['adaround_seconds'] / seconds:.2f}x** |"
+                f" {peer_seconds:.1f} s (load {peer['load_before']:.1f} before the peer) | "
+                f"{peer_seconds / peer['layers']:.2f} s | **{peer_seconds / seconds:.2f}x** |"
             )
+        elif peer is None:
+            timing += f" missing: {peer_note} | - | - |"
         else:
-            timing += f" missing: {error} | - | - |"
+            timing += (
+                f" not run at {n:,} iterations (ADAROUND_BENCH_PEER_ITERATIONS={','.join(map(str, peer_iterations))}; "
+                "its 2,000-iteration run alone takes 15-30 min here) | - | - |"
+            )
         timing_rows.append(timing)
-    if peer_rows:
-        p = peer_rows[0]
-        rows.insert(2, (f"W4A8 nearest, AIMET (aimet-onnx {p['aimet_onnx']}; its FP32 {100 * p['fp32_accuracy']:.2f})",
-                        "per-channel", p["nearest_accuracy"]))
+    if peer is not None:
+        rows.insert(2, (f"W4A8 nearest, AIMET (aimet-onnx {peer['versions']['aimet_onnx']}; its FP32 "
+                        f"{100 * peer['fp32']['accuracy']:.2f})", "per-channel", peer_runs[0]["accuracy"]))
     # Per-tensor 4-bit weights (AIMET's default_config for AdaRound): where rounding matters most.
     rows.append(("W4A8 nearest, aimet_tf", "per-tensor", nearest_pt))
     ada, pt_seconds, _, _ = _adaround(model, x_cal, iterations[0], None, workdir, f"ours_pt_{iterations[0]}")
@@ -250,15 +196,16 @@ def run() -> str:
         "|---|---|---|---|---|---|---|---|",
         *timing_rows,
     ]
-    if peer_rows:
-        p = peer_rows[0]
+    if peer is not None:
+        versions = peer["versions"]
         lines += [
             "",
-            f"AIMET peer: aimet-onnx {p['aimet_onnx']}, torch {p['torch']} ({p['torch_threads']} threads), "
-            f"onnxruntime {p['onnxruntime']}, in its own venv (`benchmarks/peers/setup_aimet.sh`). The folded "
-            f"model exported to ONNX reproduces the Keras FP32 logits to max |diff| {p['export_max_abs_diff']:.1e}. "
-            "Both run one after the other on the same 2 shared cores; 'load' is the machine's 1-minute load "
-            "average when each started (other jobs share the machine, so absolute times drift).",
+            f"AIMET peer: aimet-onnx {versions['aimet_onnx']}, torch {versions['torch']} ({peer['torch_threads']} "
+            f"threads), onnxruntime {versions['onnxruntime']}, in its own venv (`benchmarks/peers/setup_aimet.sh`). "
+            f"The folded model exported to ONNX reproduces the Keras FP32 logits to max |diff| "
+            f"{peer['fp32']['max_abs_diff']:.1e}. Both run one after the other on the same 2 shared cores; 'load' is "
+            "the machine's 1-minute load average when each started (other jobs share the machine, so absolute "
+            "times drift).",
         ]
     else:
         lines += ["", f"AIMET peer missing: {peer_note}"]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Creates the AIMET peer environment used by benchmarks/bench_adaround.py.
+# Creates the AIMET peer environment (used by benchmarks/bench_adaround.py and the peer benchmarks).
 #
 # AIMET's own AdaRound (aimet-onnx 2.42, on PyTorch 2.13 CPU) conflicts with the TensorFlow/Keras 3
 # environment aimet_tf runs in, so it lives in its own virtual environment and the benchmark runs
-# benchmarks/peers/aimet_adaround.py there as a subprocess, on the same model exported to ONNX.
+# benchmarks/peers/aimet_peer.py there as a subprocess (driven by benchmarks/peers/aimet_runner.py), on
+# the same model handed over by benchmarks/peers/keras_to_peer.py and rebuilt in ONNX.
 # torch 2.13.0 CPU installs from a wheel already cached on these machines; another torch version
 # would download several GB.
 #

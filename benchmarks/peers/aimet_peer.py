@@ -1,0 +1,397 @@
+"""AIMET's own PTQ (aimet-onnx) on a Keras model handed over as files; runs in the AIMET peer venv.
+
+``benchmarks/peers/keras_to_peer.py`` (our env) writes a work folder with ``graph.json``,
+``weights.npz`` and ``data.npz`` (see its docstring). This script, which needs only numpy, onnx,
+onnxruntime, torch and aimet-onnx (venv made by ``benchmarks/peers/setup_aimet.sh``):
+
+1. builds the same network as an ONNX graph (opset 13, NCHW: 4-D tensors are transposed to
+   channels-first at the input, kernels are rearranged, channel axes remapped, and a Flatten or
+   Reshape of a 4-D tensor goes through channels-last again so that it orders values like Keras);
+2. checks that onnxruntime reproduces the Keras FP32 outputs (fails if the largest difference is
+   above 1e-3 of the largest output magnitude);
+3. for each run of ``--configs`` (a JSON list of ``{"param_bw", "act_bw", "quant_scheme",
+   "adaround_iterations"}``; quant_scheme as aimet-onnx 2.42 spells it: "min_max",
+   "tf_enhanced", "percentile"), makes a ``QuantizationSimModel`` with aimet-onnx's default config
+   (per-channel weights), optionally runs ``apply_adaround`` (aimet-onnx defaults apart from the
+   iteration count), then ``compute_encodings`` on the calibration images in batches of 32, and
+   scores the test images: accuracy when labels were given, top-1 agreement with the Keras FP32
+   outputs always, and the fraction of predictions that differ from FP32.
+
+The results go to ``--output`` as JSON, rewritten atomically after every run (``"complete"``
+turns true at the end).
+
+Supported Keras layers: InputLayer, Conv2D and DepthwiseConv2D (fused linear / relu / relu6,
+padding same / valid, strides, dilation, groups, depth multiplier), Dense (fused linear / relu /
+relu6 / softmax), ReLU (plain, max_value, negative_slope), Activation (relu, relu6, softmax,
+sigmoid, tanh, linear), Add, Concatenate, MaxPooling2D, AveragePooling2D (Keras' "same" average
+excludes the padding, as ONNX count_include_pad=0 does), GlobalAveragePooling2D,
+GlobalMaxPooling2D, Flatten, Reshape, ZeroPadding2D, Softmax, Dropout (identity). Anything else,
+BatchNormalization included (fold it first), stops the script with the layer's name.
+
+Usage (inside the venv made by setup_aimet.sh):
+    /tmp/aimet_venv/bin/python benchmarks/peers/aimet_peer.py --workdir DIR --output DIR/aimet.json \
+        --configs '[{"param_bw": 4, "act_bw": 8, "quant_scheme": "tf_enhanced", "adaround_iterations": 0}]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+BATCH = 32
+PREDICT_BATCH = 500
+FP32_TOLERANCE = 1e-3  # of the largest |output|
+NHWC_TO_NCHW_AXIS = {0: 0, 1: 2, 2: 3, 3: 1}
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer of graph.json that this script cannot express in ONNX."""
+
+
+def _same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF "SAME" padding along one axis: the odd pixel goes at the end."""
+    effective = (kernel - 1) * dilation + 1
+    total = max((-(-size // stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+class _Builder:
+    """Turns the graph.json layer list into ONNX nodes, keeping each layer's output tensor name."""
+
+    def __init__(self, graph: dict, weights: dict[str, np.ndarray]):
+        self.graph, self.weights = graph, weights
+        self.nodes: list = []
+        self.initializers: list = []
+        self.tensor: dict[str, str] = {}  # layer name -> ONNX tensor holding its output
+        self.shape: dict[str, list[int]] = {}  # layer name -> Keras output shape (no batch)
+
+    # ---- helpers
+    def const(self, name: str, array, dtype=np.float32) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, name: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
+        return output
+
+    def activation(self, kind: str, x: str, out: str, layer: str, rank: int) -> str:
+        """Applies a Keras activation by name; "linear" adds no node and returns ``x``."""
+        if kind == "linear":
+            return x
+        if kind == "relu":
+            return self.node("Relu", [x], out, f"{layer}_relu")
+        if kind == "relu6":
+            return self.node("Clip", [x, self.const(f"{layer}.min", 0.0), self.const(f"{layer}.max", 6.0)], out,
+                             f"{layer}_relu6")
+        if kind == "softmax":
+            return self.node("Softmax", [x], out, f"{layer}_softmax", axis=1 if rank == 4 else -1)
+        if kind == "sigmoid":
+            return self.node("Sigmoid", [x], out, f"{layer}_sigmoid")
+        if kind == "tanh":
+            return self.node("Tanh", [x], out, f"{layer}_tanh")
+        raise UnsupportedLayerError(f"Layer {layer!r}: activation {kind!r} is not supported by the AIMET peer.")
+
+    def to_nhwc(self, x: str, layer: str) -> str:
+        return self.node("Transpose", [x], f"{layer}_nhwc", f"{layer}_to_nhwc", perm=[0, 2, 3, 1])
+
+    @staticmethod
+    def channel_axis(axis: int, rank: int) -> int:
+        axis = axis + rank if axis < 0 else axis
+        return NHWC_TO_NCHW_AXIS[axis] if rank == 4 else axis
+
+    # ---- layers
+    def conv(self, layer: dict, x: str, in_shape: list[int]) -> str:
+        name, cfg = layer["name"], layer["config"]
+        kernel = self.weights[f"{name}/kernel"]
+        kh, kw = cfg["kernel_size"]
+        sh, sw = cfg["strides"]
+        dh, dw = cfg["dilation_rate"]
+        hin, win, cin = in_shape
+        if layer["class"] == "Conv2D":
+            onnx_kernel = kernel.transpose(3, 2, 0, 1)  # [kh, kw, in/g, out] -> [out, in/g, kh, kw]
+            group = int(cfg.get("groups", 1))
+        else:  # [kh, kw, in, mult] -> [in*mult, 1, kh, kw]: output channel c*mult + m, as in Keras
+            onnx_kernel = kernel.transpose(2, 3, 0, 1).reshape(cin * kernel.shape[3], 1, kh, kw)
+            group = cin
+        if cfg["padding"] == "same":
+            if hin is None or win is None:
+                raise UnsupportedLayerError(f"Layer {name!r}: 'same' padding needs a static input size.")
+            (top, bottom), (left, right) = _same_pads(hin, kh, sh, dh), _same_pads(win, kw, sw, dw)
+        elif cfg["padding"] == "valid":
+            top = bottom = left = right = 0
+        else:
+            raise UnsupportedLayerError(f"Layer {name!r}: padding {cfg['padding']!r} is not supported.")
+        cout = onnx_kernel.shape[0]
+        bias = self.weights.get(f"{name}/bias", np.zeros(cout, np.float32))
+        act = cfg.get("activation", "linear")
+        out = self.node(
+            "Conv", [x, self.const(f"{name}.weight", onnx_kernel), self.const(f"{name}.bias", bias)],
+            name if act == "linear" else f"{name}_preact", name,
+            kernel_shape=[kh, kw], strides=[sh, sw], dilations=[dh, dw], pads=[top, left, bottom, right], group=group,
+        )
+        return self.activation(act, out, name, name, 4)
+
+    def dense(self, layer: dict, x: str, rank: int) -> str:
+        name, cfg = layer["name"], layer["config"]
+        if rank != 2:
+            raise UnsupportedLayerError(
+                f"Layer {name!r}: Dense on a rank-{rank} tensor is not supported (rank 2 only)."
+            )
+        kernel = self.weights[f"{name}/kernel"]
+        bias = self.weights.get(f"{name}/bias", np.zeros(kernel.shape[1], np.float32))
+        act = cfg.get("activation", "linear")
+        out = self.node(
+            "Gemm", [x, self.const(f"{name}.weight", kernel.T), self.const(f"{name}.bias", bias)],
+            name if act == "linear" else f"{name}_preact", name, transB=1,
+        )
+        return self.activation(act, out, name, name, 2)
+
+    def pool(self, layer: dict, x: str, in_shape: list[int]) -> str:
+        name, cfg = layer["name"], layer["config"]
+        kh, kw = cfg["pool_size"]
+        sh, sw = cfg["strides"] or cfg["pool_size"]
+        if cfg["padding"] == "same":
+            (top, bottom), (left, right) = _same_pads(in_shape[0], kh, sh), _same_pads(in_shape[1], kw, sw)
+        else:
+            top = bottom = left = right = 0
+        attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[top, left, bottom, right])
+        if layer["class"] == "AveragePooling2D":
+            return self.node("AveragePool", [x], name, name, count_include_pad=0, **attrs)
+        return self.node("MaxPool", [x], name, name, **attrs)
+
+    def layer(self, layer: dict) -> str:
+        """Adds ``layer``'s nodes; returns the ONNX tensor that holds its output."""
+        name, cls, cfg = layer["name"], layer["class"], layer["config"]
+        if cfg.get("data_format", "channels_last") != "channels_last":
+            raise UnsupportedLayerError(f"Layer {name!r} ({cls}): only channels_last is supported.")
+        ins = [self.tensor[i] for i in layer["inputs"]]
+        in_shapes = [self.shape[i] for i in layer["inputs"]]
+        rank = len(in_shapes[0]) + 1 if in_shapes else len(layer["output_shape"]) + 1
+        out_rank = len(layer["output_shape"]) + 1
+        if cls == "BatchNormalization":
+            raise UnsupportedLayerError(
+                f"Layer {name!r} is a BatchNormalization: fold batch norms first "
+                "(aimet_tf.ptq.batch_norm_fold.fold_batch_norms)."
+            )
+        if cls in ("Conv2D", "DepthwiseConv2D"):
+            return self.conv(layer, ins[0], in_shapes[0])
+        if cls == "Dense":
+            return self.dense(layer, ins[0], rank)
+        if cls == "ReLU":
+            slope, threshold = cfg.get("negative_slope") or 0.0, cfg.get("threshold") or 0.0
+            max_value = cfg.get("max_value")
+            if threshold:
+                raise UnsupportedLayerError(f"Layer {name!r}: ReLU with threshold={threshold} is not supported.")
+            if slope and max_value is not None:
+                raise UnsupportedLayerError(
+                    f"Layer {name!r}: ReLU with both negative_slope and max_value is not supported."
+                )
+            if slope:
+                return self.node("LeakyRelu", ins, name, name, alpha=float(slope))
+            if max_value is None:
+                return self.node("Relu", ins, name, name)
+            return self.node("Clip", [ins[0], self.const(f"{name}.min", 0.0), self.const(f"{name}.max", max_value)],
+                             name, name)
+        if cls == "Activation":
+            return self.activation(cfg["activation"], ins[0], name, name, rank)
+        if cls == "Softmax":
+            axis = cfg.get("axis", -1)
+            axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+            if not isinstance(axis, int):
+                raise UnsupportedLayerError(f"Layer {name!r}: Softmax over several axes {axis} is not supported.")
+            return self.node("Softmax", ins, name, name, axis=self.channel_axis(axis, rank))
+        if cls == "Add":
+            out = ins[0]  # ONNX Add takes two inputs: a chain, the last one named after the layer
+            for k, other in enumerate(ins[1:], start=1):
+                last = k == len(ins) - 1
+                out = self.node("Add", [out, other], name if last else f"{name}_{k}", name if last else f"{name}_{k}")
+            return out
+        if cls == "Concatenate":
+            return self.node("Concat", ins, name, name, axis=self.channel_axis(cfg.get("axis", -1), rank))
+        if cls in ("MaxPooling2D", "AveragePooling2D"):
+            return self.pool(layer, ins[0], in_shapes[0])
+        if cls in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+            op = "GlobalAveragePool" if cls == "GlobalAveragePooling2D" else "GlobalMaxPool"
+            if cfg.get("keepdims"):
+                return self.node(op, ins, name, name)
+            pooled = self.node(op, ins, f"{name}_4d", name)
+            return self.node("Flatten", [pooled], name, f"{name}_flatten", axis=1)
+        if cls == "Flatten":
+            x = ins[0]
+            if rank == 4 and in_shapes[0][2] != 1 and in_shapes[0][:2] != [1, 1]:
+                x = self.to_nhwc(x, name)  # Keras flattens channels-last (same order if C == 1 or H = W = 1)
+            return self.node("Flatten", [x], name, name, axis=1)
+        if cls == "Reshape":
+            x = self.to_nhwc(ins[0], name) if rank == 4 else ins[0]
+            shape = self.const(f"{name}.shape", [0, *cfg["target_shape"]], np.int64)
+            if out_rank != 4:
+                return self.node("Reshape", [x, shape], name, name)
+            y = self.node("Reshape", [x, shape], f"{name}_nhwc_out", name)
+            return self.node("Transpose", [y], name, f"{name}_to_nchw", perm=[0, 3, 1, 2])
+        if cls == "ZeroPadding2D":
+            (top, bottom), (left, right) = cfg["padding"]
+            pads = self.const(f"{name}.pads", [0, 0, top, left, 0, 0, bottom, right], np.int64)
+            return self.node("Pad", [ins[0], pads], name, name, mode="constant")
+        if cls == "Dropout":
+            return ins[0]
+        raise UnsupportedLayerError(f"Layer {name!r} of class {cls} is not supported by the AIMET peer.")
+
+    def build(self) -> onnx.ModelProto:
+        source = self.graph["input"]
+        input_name, input_shape = source["name"], source["shape"]
+        onnx_input_shape = to_onnx_layout_shape(input_shape)
+        for layer in self.graph["layers"]:
+            if layer["class"] == "InputLayer":
+                if layer["name"] != input_name:
+                    raise UnsupportedLayerError(f"Layer {layer['name']!r}: only one model input is supported.")
+                self.tensor[input_name] = input_name
+            else:
+                self.tensor[layer["name"]] = self.layer(layer)
+            self.shape[layer["name"]] = layer["output_shape"]
+        output = self.graph["output"]
+        if self.tensor[output] == input_name:
+            self.tensor[output] = self.node("Identity", [input_name], output, output)
+        onnx_graph = helper.make_graph(
+            self.nodes, self.graph.get("name", "model"),
+            [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", *onnx_input_shape])],
+            [helper.make_tensor_value_info(self.tensor[output], TensorProto.FLOAT,
+                                           ["N", *to_onnx_layout_shape(self.shape[output])])],
+            initializer=self.initializers,
+        )
+        model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def to_onnx_layout_shape(shape: list) -> list:
+    """A Keras per-sample shape in the ONNX layout (H, W, C -> C, H, W; other ranks unchanged)."""
+    shape = [d if d is not None else f"d{i}" for i, d in enumerate(shape)]
+    return [shape[2], shape[0], shape[1]] if len(shape) == 3 else shape
+
+
+def to_onnx_layout(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else np.ascontiguousarray(x)
+
+
+def to_keras_layout(x: np.ndarray) -> np.ndarray:
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
+def build_onnx(graph: dict, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The graph.json layer list as an ONNX (opset 13, NCHW) model."""
+    return _Builder(graph, weights).build()
+
+
+def predict(session, x: np.ndarray, input_name: str) -> np.ndarray:
+    """Runs ``session`` on ``x`` (ONNX layout) in batches; returns the outputs in Keras layout."""
+    outputs = [session.run(None, {input_name: x[i : i + PREDICT_BATCH]})[0] for i in range(0, len(x), PREDICT_BATCH)]
+    return to_keras_layout(np.concatenate(outputs))
+
+
+def score(outputs: np.ndarray, fp32_outputs: np.ndarray, labels: np.ndarray | None) -> dict:
+    predictions = np.argmax(outputs, -1)
+    agreement = float(np.mean(predictions == np.argmax(fp32_outputs, -1)))
+    result = {"agreement": agreement, "differ_fraction": 1.0 - agreement}
+    if labels is not None:
+        result["accuracy"] = float(np.mean(predictions == labels))
+    return result
+
+
+def _write_json(path: str, result: dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="folder written by keras_to_peer.export_for_peer")
+    parser.add_argument("--configs", required=True, help="JSON list of runs")
+    parser.add_argument("--output", required=True, help="JSON results file")
+    args = parser.parse_args(argv)
+    configs = json.loads(args.configs)
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise ValueError(f"--configs must be a JSON list of objects. Received: {args.configs}")
+
+    import onnxruntime as ort
+    import torch
+
+    import aimet_onnx
+    from aimet_onnx import QuantizationSimModel, apply_adaround
+
+    with open(os.path.join(args.workdir, "graph.json"), encoding="utf-8") as f:
+        graph = json.load(f)
+    weights = dict(np.load(os.path.join(args.workdir, "weights.npz")))
+    data = np.load(os.path.join(args.workdir, "data.npz"))
+    x_cal, x_test = to_onnx_layout(data["x_cal"]), to_onnx_layout(data["x_test"])
+    fp32_keras = data["fp32_outputs"]
+    labels = data["y_test"] if "y_test" in data.files else None
+    input_name = graph["input"]["name"]
+    model = build_onnx(graph, weights)
+
+    fp32_session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    fp32_onnx = predict(fp32_session, x_test, input_name)
+    max_abs_diff = float(np.max(np.abs(fp32_onnx - fp32_keras)))
+    scale = float(np.max(np.abs(fp32_keras)))
+    relative = max_abs_diff / max(scale, 1e-12)
+    if relative > FP32_TOLERANCE:
+        raise RuntimeError(
+            f"onnxruntime does not reproduce the Keras FP32 outputs of {graph.get('name')!r}: max |diff| "
+            f"{max_abs_diff:.3g} is {relative:.3g} of the largest |output| {scale:.3g} (tolerance {FP32_TOLERANCE})."
+        )
+    result = {
+        "model": graph.get("name"),
+        "versions": {"aimet_onnx": aimet_onnx.__version__, "torch": torch.__version__, "onnxruntime": ort.__version__},
+        "torch_threads": torch.get_num_threads(),
+        "layers": sum(1 for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")),
+        "onnx_nodes": len(model.graph.node),
+        "calibration_images": int(len(x_cal)),
+        "calibration_batch": BATCH,
+        "test_images": int(len(x_test)),
+        "labels": labels is not None,
+        "fp32": {"max_abs_diff": max_abs_diff, "max_abs_output": scale, "relative_diff": relative,
+                 **score(fp32_onnx, fp32_keras, labels)},
+        "runs": [],
+        "complete": False,
+    }
+    calibration = [{input_name: x_cal[i : i + BATCH]} for i in range(0, len(x_cal), BATCH)]
+    for config in configs:
+        run = {"param_bw": int(config.get("param_bw", 8)), "act_bw": int(config.get("act_bw", 8)),
+               "quant_scheme": config.get("quant_scheme", "min_max"),
+               "adaround_iterations": int(config.get("adaround_iterations", 0))}
+        print(f"aimet_peer: {graph.get('name')} {run}", file=sys.stderr, flush=True)
+        torch.manual_seed(0)
+        np.random.seed(0)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        sim = QuantizationSimModel(
+            copy, param_type=f"int{run['param_bw']}", activation_type=f"int{run['act_bw']}",
+            quant_scheme=run["quant_scheme"], providers=["CPUExecutionProvider"],
+        )
+        run["adaround_seconds"] = 0.0
+        if run["adaround_iterations"] > 0:
+            start = time.perf_counter()
+            apply_adaround(sim, calibration, num_iterations=run["adaround_iterations"])
+            run["adaround_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        sim.compute_encodings(calibration)
+        run["compute_encodings_seconds"] = time.perf_counter() - start
+        run.update(score(predict(sim.session, x_test, input_name), fp32_keras, labels))
+        result["runs"].append(run)
+        _write_json(args.output, result)
+    result["complete"] = True
+    _write_json(args.output, result)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
