@@ -23,10 +23,12 @@ from aimet_tf import files  # noqa: E402
 from benchmarks import (  # noqa: E402
     bench_adaround,
     bench_cle,
+    bench_defaults,
     bench_export,
     bench_fidelity,
     bench_kernels,
     bench_mltk,
+    bench_peers,
     bench_qat,
     bench_quantsim,
     common,
@@ -41,6 +43,8 @@ BENCHMARKS = {
     "cle": bench_cle.run,
     "adaround": bench_adaround.run,
     "qat": bench_qat.run,
+    "defaults": bench_defaults.run,
+    "peers": bench_peers.run,
 }
 
 FLAGS = flags.FLAGS

@@ -299,7 +299,8 @@ def predict(session, x: np.ndarray, input_name: str) -> np.ndarray:
 def score(outputs: np.ndarray, fp32_outputs: np.ndarray, labels: np.ndarray | None) -> dict:
     predictions = np.argmax(outputs, -1)
     agreement = float(np.mean(predictions == np.argmax(fp32_outputs, -1)))
-    result = {"agreement": agreement, "differ_fraction": 1.0 - agreement}
+    result = {"agreement": agreement, "differ_fraction": 1.0 - agreement,
+              "predictions": predictions.astype(int).tolist()}
     if labels is not None:
         result["accuracy"] = float(np.mean(predictions == labels))
     return result
