@@ -86,6 +86,8 @@ def run() -> str:
     lines = [
         "## Default range scheme: chosen over the whole benchmark set (issue 13)",
         "",
+        f"Models: {', '.join(r[0] for r in model_rows)}.",
+        "",
         "Every model of the benchmark set (`benchmarks/zoo.py`), batch norms folded first. Each pair is "
         "(parameter scheme / activation scheme); `tf` = min/max, `tf_enhanced` = AIMET's SQNR histogram "
         "search (gamma 3), `mse` = the lowest exact quantization MSE on the weight's own values (never "

@@ -45,6 +45,7 @@ BENCHMARKS = {
     "qat": bench_qat.run,
     "defaults": bench_defaults.run,
     "peers": bench_peers.run,
+    "peers_adaround": bench_peers.run_adaround,
 }
 
 FLAGS = flags.FLAGS
@@ -67,7 +68,7 @@ def main(argv):
     unknown = sorted(set(FLAGS.only) - set(BENCHMARKS))
     if unknown:
         raise app.UsageError(f"Unknown benchmarks {unknown}. Expected names from {sorted(BENCHMARKS)}.")
-    sections = _existing_sections(FLAGS.output)
+    produced: dict[str, str] = {}
     for name in FLAGS.only:
         logging.info("Running benchmark %s", name)
         t = time.perf_counter()
@@ -76,10 +77,11 @@ def main(argv):
             f"_Produced by `python -m benchmarks.run --only={name}` (or the full run) on "
             f"{common.today()} in {time.perf_counter() - t:.0f} s._"
         )
-        sections[name] = f"<!-- bench:{name} -->\n{body}\n\n{stamp}\n<!-- /bench:{name} -->\n"
+        produced[name] = f"<!-- bench:{name} -->\n{body}\n\n{stamp}\n<!-- /bench:{name} -->\n"
         print(body, flush=True)
-        # Written after every section, so a later failure keeps what was measured.
-        _write_document(FLAGS.output, sections)
+        # Written after every section, so a later failure keeps what was measured. The file is
+        # re-read each time, so sections another run wrote meanwhile are kept.
+        _write_document(FLAGS.output, {**_existing_sections(FLAGS.output), **produced})
 
 
 def _write_document(path: str, sections: dict[str, str]) -> None:
