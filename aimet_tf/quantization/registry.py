@@ -18,6 +18,8 @@ from typing import Callable, Mapping
 
 import keras
 
+from aimet_tf.quantization.fused_batch_norm import fused_batch_norm_training
+
 __all__ = ["ParamSpec", "LayerSpec", "register_layer", "get_layer_spec", "registered_classes"]
 
 
@@ -48,11 +50,16 @@ class LayerSpec:
         passthrough: the output only moves/selects input values (Reshape, MaxPool, Dropout...), so
             it keeps its input's grid and gets no output quantizer by default.
         quantize_output: False for layers whose output is never quantized by default.
+        forward: optional replacement of the layer's own call inside its ``QuantizationWrapper``:
+            ``forward(layer, args, kwargs, training)`` returns the outputs, or None to let the
+            wrapper call the layer (e.g. BatchNormalization's training pass through TF's fused
+            kernel, ``aimet_tf.quantization.fused_batch_norm``).
     """
 
     params: Mapping[str, ParamSpec] = dataclasses.field(default_factory=dict)
     passthrough: bool = False
     quantize_output: bool = True
+    forward: Callable[..., object] | None = None
 
 
 _REGISTRY: dict[type, LayerSpec] = {}
@@ -64,6 +71,7 @@ def register_layer(
     params: Mapping[str, ParamSpec] | None = None,
     passthrough: bool = False,
     quantize_output: bool = True,
+    forward: Callable[..., object] | None = None,
 ) -> Callable[[type], type] | type:
     """Registers how a Keras layer class is quantized. Usable as a decorator or a call.
 
@@ -72,11 +80,13 @@ def register_layer(
         params: attribute path -> ParamSpec for the parameters to quantize.
         passthrough: output reuses the input grid (no output quantizer by default).
         quantize_output: whether the output is quantized by default.
+        forward: optional ``forward(layer, args, kwargs, training) -> outputs or None`` that the
+            wrapper runs instead of the layer's call (None result: the layer's call runs).
 
     Returns:
         The class (decorator form) unchanged.
     """
-    spec = LayerSpec(dict(params or {}), passthrough, quantize_output)
+    spec = LayerSpec(dict(params or {}), passthrough, quantize_output, forward)
 
     def _register(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
@@ -137,7 +147,7 @@ for _cls in (L.SeparableConv1D, L.SeparableConv2D):
         },
     )
 register_layer(L.EinsumDense, params=_kernel_bias((-1,)))
-register_layer(L.BatchNormalization, params={})
+register_layer(L.BatchNormalization, params={}, forward=fused_batch_norm_training)
 register_layer(L.LayerNormalization, params={"gamma": ParamSpec("weight"), "beta": ParamSpec("bias")})
 register_layer(L.Embedding, params={"embeddings": ParamSpec("weight", (0,))})
 register_layer(L.PReLU, params={"alpha": ParamSpec("weight", (-1,))})

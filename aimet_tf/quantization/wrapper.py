@@ -15,6 +15,7 @@ from typing import Iterator, Mapping, Sequence
 import keras
 
 from aimet_tf.quantization.quantizers import Quantizer, Requantizer, _TracedState
+from aimet_tf.quantization.registry import get_layer_spec
 
 __all__ = ["LOAD_HINT", "QuantizationWrapper", "get_param_variable"]
 
@@ -217,7 +218,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
                 mapping.append((var, q(var.value)))
         if mapping:
             with keras.StatelessScope(state_mapping=mapping) as scope:
-                outputs = self.layer(*args, **kwargs)
+                outputs = self._call_layer(args, kwargs)
             mapped = {id(v) for v, _ in mapping}
             # State updates inside a stateless scope are only recorded (e.g. BatchNormalization's
             # moving statistics in training): apply them for real.
@@ -228,7 +229,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
                 if new_value is not None:
                     var.assign(new_value)
         else:
-            outputs = self.layer(*args, **kwargs)
+            outputs = self._call_layer(args, kwargs)
         if self._finite_watch is not None:
             outputs = self._finite_watch.watch(outputs)
         if self.requantizer is not None and not isinstance(outputs, (list, tuple)):
@@ -237,6 +238,23 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             operands = (list(args[0]) if isinstance(args[0], (list, tuple)) else [args[0]]) if args else None
             outputs = self.requantizer(outputs, operands=operands)
         return self._quantize_outputs(outputs)
+
+    def _call_layer(self, args, kwargs):
+        # The layer's registered forward (e.g. BatchNormalization's fused training pass) if it
+        # applies to this call, else the layer's own call.
+        try:
+            forward = get_layer_spec(self.layer).forward
+        except NotImplementedError:
+            forward = None
+        if forward is not None:
+            training = kwargs.get("training")
+            if training is None:
+                # Resolved by Keras from the outer call (model.fit passes training=True).
+                training = self._get_call_context().training
+            outputs = forward(self.layer, args, kwargs, training)
+            if outputs is not None:
+                return outputs
+        return self.layer(*args, **kwargs)
 
     def _quantize_outputs(self, outputs):
         if not any(q is not None for q in self.output_quantizers):
