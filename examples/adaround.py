@@ -35,7 +35,7 @@ flags.DEFINE_integer("num_iterations", 2000, "AdaRound iterations per layer (AIM
 flags.DEFINE_integer("num_batches", 63, "Calibration batches of 32 images (63 = all 2,000 bundled ones).")
 flags.DEFINE_integer("param_bw", 4, "Weight bitwidth.")
 flags.DEFINE_integer("output_bw", 8, "Activation bitwidth.")
-flags.DEFINE_string("quant_scheme", "tf_enhanced", "Range scheme: tf or tf_enhanced.")
+flags.DEFINE_string("quant_scheme", "auto", "Range scheme: auto (the default), tf, tf_enhanced or mse.")
 flags.DEFINE_string("config", "default", "Hardware config: default, htp or a JSON path.")
 flags.DEFINE_bool("per_channel", False, "Force per-channel weight encodings on top of --config.")
 flags.DEFINE_string("output_dir", "/tmp/aimet_tf_adaround", "Where the encodings and the AdaRounded model go.")

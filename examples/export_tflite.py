@@ -41,7 +41,7 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("num_calibration", 1000, "Calibration inputs to use.")
     flags.DEFINE_enum("param_bw", "8", ["8", "4"], "Weight bitwidth (4: int4-packed conv/dense weights).")
-    flags.DEFINE_string("quant_scheme", "tf_enhanced", "Range scheme: tf, tf_enhanced or percentile.")
+    flags.DEFINE_string("quant_scheme", "auto", "Range scheme: auto (the default: output_mse weights, tf_enhanced activations), tf, tf_enhanced, mse, output_mse or percentile.")
     flags.DEFINE_string("config", None, "Hardware config (preset name or JSON path); default: TFLite's.")
     flags.DEFINE_string("output", None, "Output .tflite path; default: <model>_w<bw>a8.tflite.")
     flags.DEFINE_enum("input_type", "float32", ["float32", "int8"], "Model input type.")
@@ -115,7 +115,7 @@ def run(
     calibration: str = "auto",
     num_calibration: int = 1000,
     param_bw: int = 8,
-    quant_scheme: str = "tf_enhanced",
+    quant_scheme: str = "auto",
     config: str | None = None,
     output: str | None = None,
     input_type: str = "float32",

@@ -32,7 +32,7 @@ from aimet_tf.quantization import QuantizationSimModel  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "quickstart_out", "Where encodings are written.")
 flags.DEFINE_string("config", "tflite", "Hardware config: 'tflite', 'htp', 'default' or a JSON path.")
-flags.DEFINE_string("quant_scheme", "tf_enhanced", "Range scheme: tf, tf_enhanced or percentile.")
+flags.DEFINE_string("quant_scheme", "auto", "Range scheme: auto (the default: output_mse weights, tf_enhanced activations), tf, tf_enhanced, mse, output_mse or percentile.")
 flags.DEFINE_integer("calibration_images", 2000, "How many calibration images to use (<= 2000).")
 flags.DEFINE_integer("batch_size", 256, "Batch size for evaluation and calibration.")
 flags.DEFINE_integer("adaround_iterations", 1000, "AdaRound iterations per layer for the W4A8 AdaRound row (0: skip it).")
@@ -79,7 +79,7 @@ def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, batch_s
 def run_quickstart(
     output_dir: str,
     config: str = "tflite",
-    quant_scheme: str = "tf_enhanced",
+    quant_scheme: str = "auto",
     calibration_images: int = 2000,
     batch_size: int = 256,
     adaround_iterations: int = 1000,

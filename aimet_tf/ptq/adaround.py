@@ -563,7 +563,7 @@ def apply_adaround(
     path: str | os.PathLike | None = None,
     filename_prefix: str = "adaround",
     default_param_bw: int = 4,
-    default_quant_scheme: str | QuantScheme = "tf_enhanced",
+    default_quant_scheme: str | QuantScheme = "auto",
     default_config_file: Any = None,
     default_output_bw: int = 8,
     quantize_activations: bool = True,
@@ -597,7 +597,8 @@ def apply_adaround(
             writes no file and keeps no checkpoint.
         filename_prefix: file name stem.
         default_param_bw: weight bitwidth (AIMET's default 4).
-        default_quant_scheme: "tf", "tf_enhanced", "mse" or "auto" (how weight/activation ranges are picked).
+        default_quant_scheme: "auto" (the sim's default: weights ``output_mse``, activations
+            ``tf_enhanced``), "tf", "tf_enhanced" or "mse" (how weight/activation ranges are picked).
         default_config_file: hardware config (None = default preset, "htp", a JSON path, a dict).
         default_output_bw: activation bitwidth of the simulation feeding later layers.
         quantize_activations: feed each layer activations quantized to ``default_output_bw``

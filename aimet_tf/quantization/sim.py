@@ -86,8 +86,10 @@ class QuantizationSimModel:
 
     Args:
         model: a Functional or Sequential Keras model (nested models allowed). It is not modified.
-        quant_scheme: "tf" (min/max), "tf_enhanced" (SQNR search), "percentile", or a
-            range-learning scheme (``QuantScheme``).
+        quant_scheme: "auto" (the default: weights ``output_mse``, activations ``tf_enhanced``;
+            chosen over the benchmark set, see BENCHMARKS.md "Default range scheme"), AIMET's
+            "tf" (min/max), "tf_enhanced" (SQNR search) or "percentile", "mse", "output_mse", or a
+            range-learning scheme (``QuantScheme``). AIMET's own default is "tf_enhanced".
         rounding_mode: "nearest" (the only mode TF's kernels implement).
         default_output_bw: bitwidth of activation quantizers.
         default_param_bw: bitwidth of parameter quantizers.
@@ -112,7 +114,7 @@ class QuantizationSimModel:
     def __init__(
         self,
         model: keras.Model,
-        quant_scheme: str | QuantScheme = QuantScheme.post_training_tf_enhanced,
+        quant_scheme: str | QuantScheme = QuantScheme.post_training_auto,
         rounding_mode: str = "nearest",
         default_output_bw: int = 8,
         default_param_bw: int = 8,

@@ -58,7 +58,7 @@ def test_cle_example():
 @pytest.mark.slow
 def test_adaround_example(tmp_path):
     out = _run("adaround.py", "--num_iterations=50", "--num_batches=2", f"--output_dir={tmp_path}")
-    nearest = _accuracy_of(out, "W4A8 (default, tf_enhanced), nearest rounding")
-    adarounded = _accuracy_of(out, "W4A8 (default, tf_enhanced), AdaRound 50 it/layer")
+    nearest = _accuracy_of(out, "W4A8 (default, auto), nearest rounding")
+    adarounded = _accuracy_of(out, "W4A8 (default, auto), AdaRound 50 it/layer")
     assert adarounded > nearest  # even 50 iterations per layer beat nearest rounding here
     assert (tmp_path / "adaround.encodings").exists()

@@ -278,7 +278,7 @@ def test_bad_parameters_are_rejected(kwargs, match):
         (lambda m, d: apply_adaround(m, d, AdaroundParameters(None, 99), verbose=0), ValueError, "num_batches=99"),
         (lambda m, d: apply_adaround(m, d, {"num_batches": 2}, verbose=0), TypeError, "AdaroundParameters"),
         (lambda m, d: apply_adaround(m, d, AdaroundParameters(None, 2), default_quant_scheme="percentile"),
-         ValueError, "'tf' or 'tf_enhanced'"),
+         ValueError, r"\['tf', 'tf_enhanced', 'mse', 'auto'\]"),
         (lambda m, d: apply_adaround(m, d * np.nan, AdaroundParameters(None, 2), verbose=0), ValueError, "finite"),
         (lambda m, d: apply_adaround(m, d, AdaroundParameters(None, 2), steps_per_call=0), ValueError, "steps_per_call"),
     ],
