@@ -914,7 +914,7 @@ class MseAnalyzer(RangeAnalyzer):
         return a * np.minimum(mn, 0.0)[None, :], b * np.maximum(mx, 0.0)[None, :]
 
     def _compute_range(self, bitwidth, symmetric, strict, unsigned):
-        from aimet_tf.quantization.primitives import compute_encoding, nudge
+        from aimet_tf.quantization.primitives import quantize_dequantize_rows
 
         rows = np.concatenate(self._values, axis=1)  # [C, N]
         lows, highs = self._candidate_ranges(symmetric, unsigned)
@@ -922,12 +922,8 @@ class MseAnalyzer(RangeAnalyzer):
         best_lo = np.zeros(rows.shape[0])
         best_hi = np.zeros(rows.shape[0])
         for lo, hi in zip(lows, highs):
-            enc = compute_encoding(lo, hi, bitwidth, symmetric, strict, unsigned_symmetric=unsigned)
-            qmin, qmax, scale, _ = nudge(enc.min, enc.max, enc.bitwidth, enc.strict)
-            qmin, qmax, scale = (np.asarray(v, np.float32)[:, None] for v in (qmin, qmax, scale))
-            clamped = np.minimum(np.maximum(rows, qmin), qmax)
-            levels = np.floor((clamped - qmin) / scale + np.float32(0.5))
-            err = np.sum(np.square(levels * scale + qmin - rows, dtype=np.float64), axis=1)
+            restored = quantize_dequantize_rows(rows, lo, hi, bitwidth, symmetric, strict, unsigned)
+            err = np.sum(np.square(restored - rows, dtype=np.float64), axis=1)
             # Strictly lower only: candidates go from wide to narrow, so ties keep the wider grid.
             better = err < best_err
             best_err = np.where(better, err, best_err)

@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from aimet_tf.quantization.analyzers import MseAnalyzer, SqnrAnalyzer
-from aimet_tf.quantization.primitives import compute_encoding, nudge
+from aimet_tf.quantization.primitives import quantize_dequantize_rows
 
-__all__ = ["SEARCH_SAMPLES", "MAX_ROWS", "SHRINK_FACTORS", "supports", "input_moment", "choose_range", "quantize_rows"]
+__all__ = ["SEARCH_SAMPLES", "MAX_ROWS", "SHRINK_FACTORS", "supports", "input_moment", "choose_range"]
 
 SEARCH_SAMPLES = 256  # calibration samples whose layer inputs build H
 MAX_ROWS = 16384  # rows (input rows / patches) of X used for H
@@ -83,15 +83,6 @@ def input_moment(layer: keras.layers.Layer, x: np.ndarray) -> InputMoment:
     return InputMoment(flat.T @ flat, depthwise=False)
 
 
-def quantize_rows(rows: np.ndarray, lo, hi, bitwidth: int, symmetric: bool, strict: bool, unsigned: bool) -> np.ndarray:
-    """Quantize-dequantize of [C, N] rows on the grid ``compute_encoding`` builds per row from (lo, hi)."""
-    enc = compute_encoding(lo, hi, bitwidth, symmetric, strict, unsigned_symmetric=unsigned)
-    qmin, qmax, scale, _ = nudge(enc.min, enc.max, enc.bitwidth, enc.strict)
-    qmin, qmax, scale = (np.asarray(v, np.float32).reshape(-1, 1) for v in (qmin, qmax, scale))
-    clamped = np.minimum(np.maximum(rows, qmin), qmax)
-    return np.floor((clamped - qmin) / scale + np.float32(0.5)) * scale + qmin
-
-
 def _output_errors(delta: np.ndarray, moment: InputMoment, kernel_shape: tuple[int, ...]) -> np.ndarray:
     """e_c for kernel errors ``delta`` given as [C, D] rows in the quantizer's channel order."""
     delta = delta.astype(np.float64)
@@ -140,7 +131,7 @@ def choose_range(
     best_err = np.full(num_channels, np.inf)
     best_lo, best_hi = np.zeros(num_channels), np.zeros(num_channels)
     for lo, hi in candidates:
-        delta = quantize_rows(rows, lo, hi, bitwidth, symmetric, strict, unsigned) - rows
+        delta = quantize_dequantize_rows(rows, lo, hi, bitwidth, symmetric, strict, unsigned) - rows
         err = _output_errors(delta, moment, kernel.shape)
         if not per_channel:
             err = np.full(num_channels, err.sum())

@@ -408,6 +408,18 @@ def quantize_dequantize(
     return restore(y) if restore is not None else y
 
 
+def quantize_dequantize_rows(
+    rows: np.ndarray, min_val, max_val, bitwidth: int, symmetric: bool, strict: bool, unsigned_symmetric: bool
+) -> np.ndarray:
+    """Quantize-dequantize of [C, N] float32 rows, each on the grid ``compute_encoding`` builds from
+    its (min, max) (nudged as TF does; rounding half-up, as ``quantize``)."""
+    enc = compute_encoding(min_val, max_val, bitwidth, symmetric, strict, unsigned_symmetric=unsigned_symmetric)
+    qmin, qmax, scale, _ = nudge(enc.min, enc.max, enc.bitwidth, enc.strict)
+    qmin, qmax, scale = (np.asarray(v, np.float32).reshape(-1, 1) for v in (qmin, qmax, scale))
+    clamped = np.minimum(np.maximum(rows, qmin), qmax)
+    return np.floor((clamped - qmin) / scale + np.float32(0.5)) * scale + qmin
+
+
 def quantize(x: np.ndarray | tf.Tensor, encoding: Encoding, channel_axis: ChannelAxis = None) -> np.ndarray:
     """Float -> integer levels q in [0, steps]: q = clamp(round(x / scale) - offset, 0, steps).
 

@@ -8,7 +8,7 @@ import pytest
 
 from aimet_tf import QuantizationSimModel
 from aimet_tf.quantization import output_mse
-from aimet_tf.quantization.primitives import compute_encoding, nudge
+from aimet_tf.quantization.primitives import quantize_dequantize_rows
 
 
 def _layer(kind: str) -> tuple[keras.layers.Layer, np.ndarray]:
@@ -36,9 +36,7 @@ def _quantized_kernel(kernel: np.ndarray, lo, hi, depthwise: bool) -> np.ndarray
         rows = np.moveaxis(kernel.reshape(-1, kernel.shape[-1]), 1, 0)
     lo = np.broadcast_to(lo, (rows.shape[0],))
     hi = np.broadcast_to(hi, (rows.shape[0],))
-    q = output_mse.quantize_rows(rows, lo, hi, 4, True, False, False)
-    if depthwise:
-        return np.moveaxis(q, 0, 1).reshape(kernel.shape)
+    q = quantize_dequantize_rows(rows, lo, hi, 4, True, False, False)
     return np.moveaxis(q, 0, 1).reshape(kernel.shape)
 
 
