@@ -2,7 +2,7 @@
 
 For each model of ``benchmarks.zoo.cases()`` (batch norms folded first, as AIMET's flow does):
 
-* W8A8: our sim (default scheme, ``htp`` config: per-channel weights), our exported int8 .tflite
+* W8A8: our sim (default scheme, ``default_per_channel`` config, as aimet-onnx's default), our exported int8 .tflite
   (``TFLITE_CONFIG``, run in LiteRT), TFLite's own full-integer PTQ, and aimet-onnx with both of its
   schemes (``min_max``, ``tf_enhanced``; its default config: per-channel weights);
 * W4A8 nearest (per-channel): ours with the default scheme and with AIMET's two, against aimet-onnx's
@@ -32,10 +32,13 @@ from aimet_tf.export.baselines import tflite_ptq_int8
 from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
 from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
 from aimet_tf.quantization import QuantizationSimModel
-from benchmarks import zoo
+from benchmarks import bench_qat, zoo
 
 BATCH = 256
 DEFAULT = "auto"  # the sim's default scheme; spelled out so the table says what ran
+# aimet-onnx's default config is AIMET's default_config_per_channel.json; ours is the same preset, so
+# that both sides quantize the same tensors at the same granularity (``htp`` would keep Dense per-tensor).
+PEER_CONFIG = "default_per_channel"
 
 
 def _correct(case: zoo.Case, fp32: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -72,9 +75,9 @@ def _adaround(folded, case: zoo.Case, iterations: int, workdir: str) -> tuple[np
     params = AdaroundParameters(case.x_cal, num_batches=-(-len(case.x_cal) // 32), default_num_iterations=iterations)
     t = time.perf_counter()
     ada = apply_adaround(folded, None, params, path=workdir, filename_prefix=f"{case.name}_ada", default_param_bw=4,
-                         default_quant_scheme=DEFAULT, default_config_file="htp", verbose=0)
+                         default_quant_scheme=DEFAULT, default_config_file=PEER_CONFIG, verbose=0)
     seconds = time.perf_counter() - t
-    sim = QuantizationSimModel(ada, quant_scheme=DEFAULT, default_param_bw=4, config_file="htp")
+    sim = QuantizationSimModel(ada, quant_scheme=DEFAULT, default_param_bw=4, config_file=PEER_CONFIG)
     sim.set_and_freeze_param_encodings(os.path.join(workdir, f"{case.name}_ada.encodings"))
     sim.compute_encodings(case.x_cal, batch_size=BATCH)
     return _predict(sim, case), seconds
@@ -103,7 +106,7 @@ def run() -> str:
         truth = case.y_test if case.y_test is not None else np.argmax(fp32, -1)
         peer = {(r["param_bw"], r["quant_scheme"]): np.asarray(r["predictions"]) == truth for r in aimet["runs"]}
 
-        w8_sim = ok(_predict(_sim(folded, case, 8, DEFAULT, "htp"), case))
+        w8_sim = ok(_predict(_sim(folded, case, 8, DEFAULT, PEER_CONFIG), case))
         w8_export = ok(_export(case, workdir))
         ptq = ok(run_tflite(tflite_ptq_int8(case.model, case.x_cal), case.x_test, batch_size=BATCH)[0])
         w8_rows.append(
@@ -111,7 +114,7 @@ def run() -> str:
             f"{_cell(w8_export, ptq)} | {_cell(w8_sim, peer[(8, 'min_max')])} | {_cell(w8_sim, peer[(8, 'tf_enhanced')])} |"
         )
 
-        w4 = {s: ok(_predict(_sim(folded, case, 4, s, "htp"), case)) for s in (DEFAULT, "tf", "tf_enhanced")}
+        w4 = {s: ok(_predict(_sim(folded, case, 4, s, PEER_CONFIG), case)) for s in (DEFAULT, "tf", "tf_enhanced")}
         best_peer = max(("min_max", "tf_enhanced"), key=lambda s: peer[(4, s)].mean())
         w4_rows.append(
             f"| {case.name} | {100 * fp32_ok.mean():.2f} | **{100 * w4[DEFAULT].mean():.2f}** | "
@@ -131,11 +134,12 @@ def run() -> str:
         "weights `output_mse`, activations `tf_enhanced`). Peer cells: the peer's score, then (+a/-b) = scored "
         "inputs only ours / only the peer gets right. AIMET = aimet-onnx in its own venv "
         f"({versions or 'versions not reported'}), its default config (per-channel weights), same folded "
-        "model (exported to ONNX), same calibration inputs.",
+        "model (exported to ONNX), same calibration inputs. Our sims use the same config "
+        f"(`{PEER_CONFIG}`, AIMET's default_config_per_channel.json); our .tflite uses the `tflite` config.",
         "",
         "### W8A8",
         "",
-        "| model | FP32 | ours sim (htp) | ours .tflite (LiteRT) | TFLite PTQ int8 vs our .tflite | AIMET min_max vs our sim | AIMET tf_enhanced vs our sim |",
+        f"| model | FP32 | ours sim (`{PEER_CONFIG}`) | ours .tflite (LiteRT) | TFLite PTQ int8 vs our .tflite | AIMET min_max vs our sim | AIMET tf_enhanced vs our sim |",
         "|---|---|---|---|---|---|---|",
         *w8_rows,
         "",
@@ -182,13 +186,93 @@ def run_adaround() -> str:
         "",
         f"Per-channel 4-bit weights, 8-bit activations, batch norms folded first, {iterations:,} iterations per "
         "layer, AIMET's AdaRound defaults on both sides, the same calibration inputs (batches of 32). Ours: "
-        f"`apply_adaround(..., default_quant_scheme='{DEFAULT}', default_config_file='htp')`. AIMET (aimet-onnx, "
+        f"`apply_adaround(..., default_quant_scheme='{DEFAULT}', default_config_file='{PEER_CONFIG}')`. AIMET (aimet-onnx, "
         "its default config) runs AdaRound with whichever of its two schemes scored higher at W4A8 nearest. "
         "Scores as in the peers section; (+a/-b) = scored inputs only ours / only AIMET gets right. Wall "
         "times on this shared 2-core machine, one after the other (AIMET first).",
         "",
         "| model | FP32 | ours | AIMET vs ours | ours >= AIMET | ours time | AIMET time | AIMET time / ours |",
         "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *notes,
+    ])
+
+
+QAT_EPOCHS = 1
+QAT_VARIANTS = (
+    # (label, scheme, batch norms folded first)
+    ("static grid (STE)", DEFAULT, True),
+    ("range learning", "auto_range_learning", True),
+)
+
+
+def _qat_accuracy(model, x_train, y_train, x_test, y_test) -> tuple[float, float]:
+    """Fine-tunes ``model`` in place as bench_qat does; returns (test top-1, seconds)."""
+    bench_qat._compile(model)
+    t = time.perf_counter()
+    model.fit(x_train, y_train, batch_size=bench_qat.BATCH, epochs=QAT_EPOCHS, shuffle=False, verbose=0)
+    seconds = time.perf_counter() - t
+    return metrics.top1_accuracy(model.predict(x_test, batch_size=512, verbose=0), y_test), seconds
+
+
+def run_qat() -> str:
+    """W4A8 QAT (1 epoch) against the same model's float fine-tune, and TFMOT's QAT, per model."""
+    import keras
+
+    from aimet_tf import datasets
+
+    names = [n for n in os.environ.get("PEERS_BENCH_MODELS", "").split(",") if n] or list(zoo.FASHION_MNIST_MODELS)
+    x_train_raw, y_train = datasets.load_fashion_mnist("train")
+    order = np.random.default_rng(bench_qat.SEED).permutation(len(x_train_raw))
+    x_train_raw, y_train = x_train_raw[order], y_train[order]
+    rows, notes, versions = [], [], None
+    for case in zoo.cases([n for n in names if n in zoo.FASHION_MNIST_MODELS]):
+        t0 = time.perf_counter()
+        _, prepare = zoo.load(case.name)
+        x_train = prepare(x_train_raw)
+        keras.utils.set_random_seed(bench_qat.SEED)
+        fp32 = metrics.top1_accuracy(case.model.predict(case.x_test, batch_size=512, verbose=0), case.y_test)
+        float_ft = keras.models.clone_model(case.model)
+        float_ft.set_weights(case.model.get_weights())
+        ft_acc, ft_s = _qat_accuracy(float_ft, x_train, y_train, case.x_test, case.y_test)
+        folded = fold_batch_norms(case.model)
+        ptq = metrics.top1_accuracy(_predict(_sim(folded, case, 4, DEFAULT, "htp"), case), case.y_test)
+        cells = []
+        for label, scheme, fold in QAT_VARIANTS:
+            keras.utils.set_random_seed(bench_qat.SEED)
+            sim = _sim(folded if fold else case.model, case, 4, scheme, "htp")
+            acc, seconds = _qat_accuracy(sim.model, x_train, y_train, case.x_test, case.y_test)
+            gap = 100 * (acc - ft_acc)
+            cells.append(f"{100 * acc:.2f} ({gap:+.2f}{'' if gap >= -0.5 else ' **>0.5 below**'}; {seconds:.0f} s)")
+        peer = bench_qat.run_tfmot_peer(case.model, x_train, y_train, case.x_test, case.y_test,
+                                        timing_batches=5, timing_repeats=1)
+        if "error" in peer:
+            peer_cell = f"not measured: {peer['error'][:200]}"
+        else:
+            versions = peer["versions"]
+            peer_cell = (f"{100 * peer['qat_accuracy']:.2f} ({100 * (peer['qat_accuracy'] - peer['float_finetune_accuracy']):+.2f} "
+                         f"vs its float fine-tune {100 * peer['float_finetune_accuracy']:.2f}; {peer['qat_seconds']:.0f} s)")
+        rows.append(f"| {case.name} | {100 * fp32:.2f} | {100 * ft_acc:.2f} ({ft_s:.0f} s) | {100 * ptq:.2f} | "
+                    f"{' | '.join(cells)} | {peer_cell} |")
+        notes.append(f"- `{case.name}`: {case.description}; {time.perf_counter() - t0:.0f} s for this model")
+    variant_heads = " | ".join(f"ours W4A8 QAT, {label}" for label, _, _ in QAT_VARIANTS)
+    return "\n".join([
+        "## W4A8 QAT on every Fashion-MNIST benchmark model, beside the float fine-tune and TFMOT (issue 13)",
+        "",
+        f"Every trained variant: {QAT_EPOCHS} epoch over the 60,000-image train split in one fixed shuffled order, "
+        f"batch {bench_qat.BATCH}, Adam lr {bench_qat.LEARNING_RATE:g}, `sim.model.fit`. The control is the same "
+        "training without quantization (float fine-tune); a QAT cell gives its top-1 %, then (its change against "
+        "the float fine-tune; the goal is within 0.5 points) and its wall time. Our sims: per-channel 4-bit weights, "
+        f"8-bit activations (`htp` config), batch norms folded first (AIMET's QAT flow), calibrated with `{DEFAULT}` "
+        "on the 2,000 calibration images; `static grid` trains the weights through fixed grids (straight-through "
+        "estimator), `range learning` (`auto_range_learning`) also trains the ranges. TFMOT: its default 8-bit QAT "
+        "(it has no 4-bit default) on the same weights rebuilt in tf_keras, same data order and settings, in its own "
+        f"venv ({', '.join(f'{k} {v}' for k, v in (versions or {}).items()) or 'versions not reported'}). "
+        "Top-1 % on the 10,000 test images.",
+        "",
+        f"| model | FP32 | float fine-tune | W4A8 PTQ ({DEFAULT}) | {variant_heads} | TFMOT W8A8 QAT |",
+        "|---|---|---|---|" + "---|" * len(QAT_VARIANTS) + "---|",
         *rows,
         "",
         *notes,

@@ -32,6 +32,7 @@ from aimet_tf import datasets, metrics
 from aimet_tf.ptq import fold_all_batch_norms, fold_all_batch_norms_to_scale
 from aimet_tf.qat import reestimate_bn_stats
 from aimet_tf.quantization import QuantizationSimModel
+from aimet_tf.quantization.graph import layer_edges
 
 EPOCHS = 1
 BATCH = 128
@@ -130,26 +131,22 @@ def export_architecture(model: keras.Model, folder: str) -> tuple[str, str]:
     Only plain config values are kept (initializers, dtype policies and other nested objects are
     Keras-3-specific and irrelevant once the trained weights are loaded).
     """
+    producers, consumers = layer_edges(model)
     layers = []
     inputs = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             inputs.append({"name": layer.name, "shape": list(layer.batch_shape[1:])})
             continue
-        node = layer._inbound_nodes[0]
         config = {
             k: v for k, v in layer.get_config().items()
             if k != "dtype" and (v is None or isinstance(v, (str, int, float, bool, list, tuple)))
         }
         layers.append(
-            {
-                "class_name": type(layer).__name__,
-                "name": layer.name,
-                "config": config,
-                "inbound": [t._keras_history[0].name for t in node.input_tensors],
-            }
+            {"class_name": type(layer).__name__, "name": layer.name, "config": config,
+             "inbound": producers[layer.name]}
         )
-    arch = {"inputs": inputs, "layers": layers, "outputs": [t._keras_history[0].name for t in model.outputs]}
+    arch = {"inputs": inputs, "layers": layers, "outputs": [name for name, c in consumers.items() if not c]}
     arch_path = os.path.join(folder, "arch.json")
     weights_path = os.path.join(folder, "weights.npz")
     with open(arch_path, "w", encoding="utf-8") as f:
@@ -170,7 +167,10 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def run_tfmot_peer(model, x_train, y_train, x_test, y_test) -> dict:
+def run_tfmot_peer(
+    model, x_train, y_train, x_test, y_test, timing_batches: int = TIMING_BATCHES,
+    timing_repeats: int = TIMING_REPEATS,
+) -> dict:
     """Runs benchmarks/peers/tfmot_qat.py in the TFMOT venv and returns its JSON result.
 
     Returns {"error": message} if the peer environment cannot be set up or the run fails.
@@ -191,8 +191,8 @@ def run_tfmot_peer(model, x_train, y_train, x_test, y_test) -> dict:
         command = [
             python, _PEER_SCRIPT, f"--arch={arch_path}", f"--weights={weights_path}", f"--data={data_path}",
             f"--output={out_path}", f"--epochs={EPOCHS}", f"--batch_size={BATCH}",
-            f"--learning_rate={LEARNING_RATE}", f"--timing_batches={TIMING_BATCHES}",
-            f"--timing_repeats={TIMING_REPEATS}", f"--seed={SEED}",
+            f"--learning_rate={LEARNING_RATE}", f"--timing_batches={timing_batches}",
+            f"--timing_repeats={timing_repeats}", f"--seed={SEED}",
         ]
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
         logging.info("TFMOT peer: %s", " ".join(command))

@@ -24,6 +24,7 @@ from benchmarks import (  # noqa: E402
     bench_adaround,
     bench_cle,
     bench_defaults,
+    bench_depthwise,
     bench_export,
     bench_fidelity,
     bench_kernels,
@@ -46,6 +47,8 @@ BENCHMARKS = {
     "defaults": bench_defaults.run,
     "peers": bench_peers.run,
     "peers_adaround": bench_peers.run_adaround,
+    "peers_qat": bench_peers.run_qat,
+    "depthwise": bench_depthwise.run,
 }
 
 FLAGS = flags.FLAGS

@@ -87,8 +87,10 @@ class QuantScheme(enum.Enum):
         post_training_auto: a scheme per tensor kind, the best measured over the benchmark set
             (BENCHMARKS.md, "Default range scheme"): parameters ``output_mse``, activations
             ``tf_enhanced``. The sim's default.
-        training_range_learning_with_mse_init, training_range_learning_with_auto_init: the same
-            initialisations, then ranges trained in QAT.
+        training_range_learning_with_mse_init, training_range_learning_with_output_mse_init,
+        training_range_learning_with_auto_init: the same initialisations, then ranges trained in
+            QAT (``auto_range_learning``: parameters ``output_mse_range_learning``, activations
+            ``tf_enhanced_range_learning``).
     """
 
     post_training_tf = "tf"
@@ -101,6 +103,7 @@ class QuantScheme(enum.Enum):
     post_training_auto = "auto"
     training_range_learning_with_mse_init = "mse_range_learning"
     training_range_learning_with_auto_init = "auto_range_learning"
+    training_range_learning_with_output_mse_init = "output_mse_range_learning"
 
     @property
     def is_range_learning(self) -> bool:
@@ -133,13 +136,14 @@ _RANGE_LEARNING_INIT = {
     QuantScheme.training_range_learning_with_tf_enhanced_init: QuantScheme.post_training_tf_enhanced,
     QuantScheme.training_range_learning_with_mse_init: QuantScheme.post_training_mse,
     QuantScheme.training_range_learning_with_auto_init: QuantScheme.post_training_auto,
+    QuantScheme.training_range_learning_with_output_mse_init: QuantScheme.post_training_output_mse,
 }
 
 # (parameters, activations) of the per-tensor-kind schemes.
 _PER_KIND = {
     QuantScheme.post_training_auto: (QuantScheme.post_training_output_mse, QuantScheme.post_training_tf_enhanced),
     QuantScheme.training_range_learning_with_auto_init: (
-        QuantScheme.training_range_learning_with_mse_init,
+        QuantScheme.training_range_learning_with_output_mse_init,
         QuantScheme.training_range_learning_with_tf_enhanced_init,
     ),
 }

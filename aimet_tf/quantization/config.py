@@ -68,7 +68,7 @@ __all__ = [
     "onnx_op_type",
 ]
 
-PRESETS: tuple[str, ...] = ("default", "htp", "tflite")
+PRESETS: tuple[str, ...] = ("default", "default_per_channel", "htp", "tflite")
 """Names of the built-in configs shipped in ``aimet_tf/quantization/presets/``."""
 
 _PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")

@@ -437,7 +437,7 @@ class QuantizationSimModel:
             q = w.param_quantizers.get("kernel")
             if (
                 isinstance(q, Quantizer) and q.enabled and not q.frozen
-                and q.quant_scheme is QuantScheme.post_training_output_mse
+                and q.quant_scheme.init_scheme is QuantScheme.post_training_output_mse
                 and id(w) in top_level and output_mse.supports(w.layer)
             ):
                 targets.append((w, q))

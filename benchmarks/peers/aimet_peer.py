@@ -12,7 +12,9 @@ onnxruntime, torch and aimet-onnx (venv made by ``benchmarks/peers/setup_aimet.s
 3. for each run of ``--configs`` (a JSON list of ``{"param_bw", "act_bw", "quant_scheme",
    "adaround_iterations"}``; quant_scheme as aimet-onnx 2.42 spells it: "min_max",
    "tf_enhanced", "percentile"), makes a ``QuantizationSimModel`` with aimet-onnx's default config
-   (per-channel weights), optionally runs ``apply_adaround`` (aimet-onnx defaults apart from the
+   (per-channel weights; ``"per_channel": false`` takes its per-tensor default_config.json),
+   optionally equalizes first (``"cle": true``: aimet-onnx's ``equalize_model``, which folds,
+   replaces ReLU6 by ReLU, scales and high-bias folds), optionally runs ``apply_adaround`` (aimet-onnx defaults apart from the
    iteration count), then ``compute_encodings`` on the calibration images in batches of 32, and
    scores the test images: accuracy when labels were given, top-1 agreement with the Keras FP32
    outputs always, and the fraction of predictions that differ from FP32.
@@ -328,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import aimet_onnx
     from aimet_onnx import QuantizationSimModel, apply_adaround
+    from aimet_onnx.cross_layer_equalization import equalize_model
 
     with open(os.path.join(args.workdir, "graph.json"), encoding="utf-8") as f:
         graph = json.load(f)
@@ -368,15 +371,21 @@ def main(argv: list[str] | None = None) -> None:
     for config in configs:
         run = {"param_bw": int(config.get("param_bw", 8)), "act_bw": int(config.get("act_bw", 8)),
                "quant_scheme": config.get("quant_scheme", "min_max"),
-               "adaround_iterations": int(config.get("adaround_iterations", 0))}
+               "adaround_iterations": int(config.get("adaround_iterations", 0)),
+               "per_channel": bool(config.get("per_channel", True)), "cle": bool(config.get("cle", False))}
         print(f"aimet_peer: {graph.get('name')} {run}", file=sys.stderr, flush=True)
         torch.manual_seed(0)
         np.random.seed(0)
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
+        if run["cle"]:
+            equalize_model(copy)
         sim = QuantizationSimModel(
             copy, param_type=f"int{run['param_bw']}", activation_type=f"int{run['act_bw']}",
             quant_scheme=run["quant_scheme"], providers=["CPUExecutionProvider"],
+            # aimet-onnx's own configs: "default" has per-channel weights, default_config.json
+            # is the same with per-tensor weights.
+            config_file="default" if run["per_channel"] else "default_config.json",
         )
         run["adaround_seconds"] = 0.0
         if run["adaround_iterations"] > 0:

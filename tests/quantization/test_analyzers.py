@@ -553,7 +553,8 @@ def test_auto_scheme_resolves_per_tensor_kind_and_cannot_build_one_analyzer():
     assert auto.for_activations is QuantScheme.post_training_tf_enhanced
     learning = parse_quant_scheme("auto_range_learning")
     assert learning.is_range_learning and learning.init_scheme is auto
-    assert learning.for_parameters is QuantScheme.training_range_learning_with_mse_init
+    assert learning.for_parameters is QuantScheme.training_range_learning_with_output_mse_init
+    assert learning.for_parameters.init_scheme is QuantScheme.post_training_output_mse
     assert learning.for_activations is QuantScheme.training_range_learning_with_tf_enhanced_init
     assert QuantScheme.post_training_tf.for_parameters is QuantScheme.post_training_tf
     assert type(make_analyzer("mse_range_learning")) is analyzers.MseAnalyzer

@@ -78,6 +78,19 @@ def test_default_preset_has_aimet_defaults(spec):
         assert group in config.supergroups
 
 
+def test_default_per_channel_preset_is_aimets_per_channel_default():
+    """AIMET's default_config_per_channel.json: the default, with per-channel weights for these op
+    types only (other layers' weights and everything else as in ``default``)."""
+    base, config = load_config("default"), load_config("default_per_channel")
+    for op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "PRelu"):
+        assert config.op_rule(op_type).params["weight"].per_channel is True, op_type
+        assert base.op_rule(op_type).params["weight"].per_channel is False, op_type
+    for op_type in (None, "LayerNormalization", "BatchNormalization", "Pad", "Mean", "Relu"):
+        assert config.op_rule(op_type) == base.op_rule(op_type), op_type
+    assert config.supergroups == base.supergroups
+    assert config.model_input_quantized is base.model_input_quantized
+
+
 @pytest.mark.parametrize("spec", ["htp", str(PRESET_DIR / "htp.json")])
 def test_htp_preset_is_per_channel(spec):
     config = load_config(spec)
@@ -313,7 +326,7 @@ def test_invalid_config_names_the_problem(raw, match):
 
 def test_missing_file_names_presets():
     with pytest.raises(FileNotFoundError,
-                       match=r"Expected a preset name \('default', 'htp', 'tflite'\).*config='htp_v99'"):
+                       match=r"Expected a preset name \('default', 'default_per_channel', 'htp', 'tflite'\).*config='htp_v99'"):
         load_config("htp_v99")
 
 

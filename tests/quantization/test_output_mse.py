@@ -89,15 +89,20 @@ def test_chosen_range_never_loses_to_minmax_or_sqnr_in_the_layer_output(kind, pe
             assert chosen.sum() <= other.sum() * (1 + 1e-3) + 1e-6, cls.__name__
 
 
-def test_sim_auto_searches_kernels_from_data_and_falls_back_with_a_callback():
+def _conv_dw_dense_with_unequal_inputs() -> tuple[keras.Model, np.ndarray]:
+    """Conv -> depthwise -> Dense, and inputs whose three channels differ in scale by 50x."""
     rng = np.random.default_rng(1)
     inp = keras.Input((8, 8, 3))
     y = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inp)
     y = keras.layers.DepthwiseConv2D(3, name="dw")(y)
     y = keras.layers.Flatten()(y)
     out = keras.layers.Dense(4, name="fc")(y)
-    model = keras.Model(inp, out)
     x = rng.normal(size=(64, 8, 8, 3)).astype(np.float32) * np.array([0.1, 1.0, 5.0], np.float32)
+    return keras.Model(inp, out), x
+
+
+def test_sim_auto_searches_kernels_from_data_and_falls_back_with_a_callback():
+    model, x = _conv_dw_dense_with_unequal_inputs()
     from_data = QuantizationSimModel(model, quant_scheme="auto", default_param_bw=4, config_file="htp")
     from_data.compute_encodings(x, batch_size=16)
     from_callback = QuantizationSimModel(model, quant_scheme="auto", default_param_bw=4, config_file="htp")
@@ -113,3 +118,19 @@ def test_sim_auto_searches_kernels_from_data_and_falls_back_with_a_callback():
         np.testing.assert_array_equal(fallback[name], plain[name])  # callback: weight-only mse
     # With data, the conv kernel's ranges follow its very unequal input channels, not only the weights.
     assert any(not np.array_equal(searched[n], plain[n]) for n in searched)
+
+
+def test_auto_range_learning_starts_from_the_output_mse_kernel_grids():
+    model, x = _conv_dw_dense_with_unequal_inputs()
+    sims = {}
+    for scheme in ("auto", "auto_range_learning", "mse_range_learning"):
+        sims[scheme] = QuantizationSimModel(model, quant_scheme=scheme, default_param_bw=4, config_file="htp")
+        sims[scheme].compute_encodings(x, batch_size=16)
+    kernels = {s: {n: q.get_encoding().max for n, q, _ in sim.param_quantizers() if "kernel" in n}
+               for s, sim in sims.items()}
+    assert len(kernels["auto"]) == 3
+    for name, ptq in kernels["auto"].items():
+        np.testing.assert_allclose(kernels["auto_range_learning"][name], ptq, rtol=1e-6)
+    # The searched grids differ from a weight-only mse start on this input.
+    assert any(not np.allclose(kernels["mse_range_learning"][n], kernels["auto"][n]) for n in kernels["auto"])
+    assert all(q.range_learning for _, q, _ in sims["auto_range_learning"].param_quantizers())
