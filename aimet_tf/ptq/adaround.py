@@ -605,15 +605,16 @@ def apply_adaround(
             (AIMET's own AdaRound disables activation quantizers instead: pass False for that).
         callbacks: Keras callbacks. Each layer is an "epoch": ``on_epoch_end(layer_index, logs)``
             gets loss, iterations, recon_error_nearest and recon_error_adaround (reconstruction
-            loss of both roundings on the cached samples), changed_fraction (weights rounded
-            differently from nearest), seconds (the layer, caching included),
+            loss of both roundings on the cached samples), kept_nearest (the learned rounding
+            reconstructed worse than nearest rounding there, so the layer keeps nearest),
+            changed_fraction (weights rounded differently from nearest), seconds (the layer, caching included),
             optimization_seconds and first_call_seconds (tracing); a layer taken from the
             checkpoint reports its stored values plus resumed=1. Each call of
             ``steps_per_call`` steps is a "batch": ``on_train_batch_end(call_index, logs)`` with
             the call's mean loss, recon_loss, round_loss and the iteration reached.
             ``callback.model`` is the internal simulation's Keras model; setting its
             ``stop_training = True`` stops AdaRound: the current layer takes the hard rounding
-            reached so far, the remaining layers keep their float weights (nearest rounding once
+            reached so far (or nearest, if that reconstructs better), the remaining layers keep their float weights (nearest rounding once
             the exported encodings are applied).
         verbose: 1 shows a progress bar per layer, 0 is silent.
         steps_per_call: optimisation steps per compiled call (progress/callback granularity).
@@ -866,14 +867,25 @@ def _adaround_layer(
     on_grid = optimizer.hard_kernel_levels() * grid.scale + grid.minimum
     # Through the quantizer itself, so the stored weight is exactly what the sim reproduces.
     adarounded = task.quantizer(tf.constant(on_grid.astype(np.float32)))
+    error_nearest = optimizer.reconstruction_error(xs, ys, nearest)
+    error_adaround = optimizer.reconstruction_error(xs, ys, adarounded)
+    # The learned rounding is kept only where it reconstructs the layer's float output better than
+    # nearest rounding on the cached samples (the annealed regulariser can end worse on small layers).
+    kept_nearest = not error_adaround <= error_nearest
     stats = {
         "loss": loss,
         "iterations": done,
-        "recon_error_nearest": optimizer.reconstruction_error(xs, ys, nearest),
-        "recon_error_adaround": optimizer.reconstruction_error(xs, ys, adarounded),
-        "changed_fraction": float(np.mean(adarounded.numpy() != nearest.numpy())),
+        "recon_error_nearest": error_nearest,
+        "recon_error_adaround": error_adaround,
+        "kept_nearest": kept_nearest,
+        "changed_fraction": 0.0 if kept_nearest else float(np.mean(adarounded.numpy() != nearest.numpy())),
         "optimization_seconds": optimization_seconds,
         "first_call_seconds": first_call,
     }
-    kernel.assign(adarounded)
+    if kept_nearest:
+        logging.info(
+            "apply_adaround: %s keeps nearest rounding (reconstruction error %.6g, AdaRound's %.6g)",
+            name, error_nearest, error_adaround,
+        )
+    kernel.assign(nearest if kept_nearest else adarounded)
     return stats, stopped

@@ -205,6 +205,32 @@ def test_callback_can_stop_it(tmp_path):
     assert (tmp_path / "adaround.encodings").exists()
 
 
+def test_each_layer_keeps_the_rounding_that_reconstructs_better(result):
+    for logs in result["recorder"].layer_logs:
+        assert logs["kept_nearest"] == (logs["recon_error_adaround"] > logs["recon_error_nearest"])
+        assert logs["kept_nearest"] or logs["changed_fraction"] > 0
+
+
+def test_a_learned_rounding_worse_than_nearest_is_not_kept(tmp_path, monkeypatch):
+    # Force the learned rounding to "always round down": worse than nearest on every layer.
+    monkeypatch.setattr(adaround._LayerOptimizer, "hard_kernel_levels", lambda self: np.clip(self.floor.numpy(), 0.0, self.steps))
+    model = _model()
+    data = _images(64, seed=2)
+    recorder = _Recorder()
+    params = AdaroundParameters(data, num_batches=2, default_num_iterations=20)
+    ada = apply_adaround(model, None, params, path=str(tmp_path), filename_prefix="floor", default_param_bw=4,
+                         default_quant_scheme="tf", verbose=0, callbacks=[recorder], steps_per_call=20)
+    assert [logs["kept_nearest"] for logs in recorder.layer_logs] == [True] * len(ADAROUNDED)
+    with open(tmp_path / "floor.encodings", encoding="utf-8") as f:
+        encodings = json.load(f)
+    folded = fold_batch_norms(model)
+    for name in ADAROUNDED:
+        original = folded.get_layer(name).kernel.numpy()
+        scale, nmin, steps = _grid(encodings, name, original, (2, 3) if name == "dw" else (3,))
+        nearest = np.clip(np.round((original - nmin) / scale), 0, steps) * scale + nmin
+        np.testing.assert_allclose(ada.get_layer(name).kernel.numpy(), nearest, atol=1e-6, err_msg=name)
+
+
 @pytest.mark.parametrize(
     "kind", ["conv1d", "conv2d_transpose", "dense_relu", "sequential_mlp"],
 )
