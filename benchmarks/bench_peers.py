@@ -181,6 +181,7 @@ def run_adaround() -> str:
             f"**{peer['adaround_seconds'] / ours_s:.2f}x** |"
         )
         notes.append(f"- `{case.name}`: {time.perf_counter() - t0:.0f} s for this model")
+        print(rows[-1], flush=True)  # a row as soon as it is measured (the section is written at the end)
     return "\n".join([
         f"## W4A8 AdaRound beside aimet-onnx on every benchmark model, {iterations:,} iterations per layer (issue 13)",
         "",
