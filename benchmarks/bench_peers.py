@@ -257,6 +257,7 @@ def run_qat() -> str:
         rows.append(f"| {case.name} | {100 * fp32:.2f} | {100 * ft_acc:.2f} ({ft_s:.0f} s) | {100 * ptq:.2f} | "
                     f"{' | '.join(cells)} | {peer_cell} |")
         notes.append(f"- `{case.name}`: {case.description}; {time.perf_counter() - t0:.0f} s for this model")
+        print(rows[-1], flush=True)  # a row as soon as it is measured (the section is written at the end)
     variant_heads = " | ".join(f"ours W4A8 QAT, {label}" for label, _, _ in QAT_VARIANTS)
     return "\n".join([
         "## W4A8 QAT on every Fashion-MNIST benchmark model, beside the float fine-tune and TFMOT (issue 13)",
