@@ -379,7 +379,14 @@ def main(argv: list[str] | None = None) -> None:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         if run["cle"]:
+            before = {t.name: numpy_helper.to_array(t).copy() for t in copy.graph.initializer}
             equalize_model(copy)
+            # Whether aimet-onnx's CLE did anything on this export (it can find no pair to scale).
+            run["cle_changed_initializers"] = sum(
+                1 for t in copy.graph.initializer
+                if t.name in before and (before[t.name].shape != numpy_helper.to_array(t).shape
+                                         or not np.array_equal(before[t.name], numpy_helper.to_array(t)))
+            )
         sim = QuantizationSimModel(
             copy, param_type=f"int{run['param_bw']}", activation_type=f"int{run['act_bw']}",
             quant_scheme=run["quant_scheme"], providers=["CPUExecutionProvider"],
