@@ -28,20 +28,14 @@ import time
 import keras
 import numpy as np
 
-from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
 from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
 from aimet_tf.ptq.cle import equalize_model
 from aimet_tf.quantization import QuantizationSimModel
-from benchmarks import zoo
+from benchmarks import bench_peers, zoo
 
 BATCH = 256
 MODELS = ("mobilenet_v2", "ds_residual", "bundled_cnn", "vww_mobilenetv1", "mobilenetv2_kws")
 GRANULARITIES = (("per-tensor", "default", False), ("per-channel", "default_per_channel", True))
-
-
-def _correct(case: zoo.Case, fp32: np.ndarray, out: np.ndarray) -> np.ndarray:
-    truth = case.y_test if case.y_test is not None else np.argmax(fp32, -1)
-    return np.argmax(out, -1) == truth
 
 
 def depthwise_share(model: keras.Model) -> float:
@@ -69,19 +63,6 @@ def _sim(model, case, scheme: str, config: str, depthwise_bw: int | None = None)
     return sim
 
 
-def _adaround(model, case, config: str, iterations: int, workdir: str) -> tuple[QuantizationSimModel, float]:
-    params = AdaroundParameters(case.x_cal, num_batches=-(-len(case.x_cal) // 32), default_num_iterations=iterations)
-    prefix = f"{case.name}_{config}"
-    t = time.perf_counter()
-    rounded = apply_adaround(model, None, params, path=workdir, filename_prefix=prefix, default_param_bw=4,
-                             default_quant_scheme="auto", default_config_file=config, verbose=0)
-    seconds = time.perf_counter() - t
-    sim = QuantizationSimModel(rounded, quant_scheme="auto", default_param_bw=4, config_file=config)
-    sim.set_and_freeze_param_encodings(os.path.join(workdir, f"{prefix}.encodings"))
-    sim.compute_encodings(case.x_cal, batch_size=BATCH)
-    return sim, seconds
-
-
 def run() -> str:
     from benchmarks.peers.aimet_runner import run_aimet_peer
 
@@ -94,10 +75,10 @@ def run() -> str:
         folded = fold_batch_norms(case.model)
         equalized, report = equalize_model(folded)
         fp32 = folded.predict(case.x_test, batch_size=BATCH, verbose=0)
-        fp32_score = 100 * _correct(case, fp32, fp32).mean()
+        fp32_score = 100 * bench_peers._correct(case, fp32, fp32).mean()
 
         def score(sim) -> float:
-            return 100 * _correct(case, fp32, sim.model.predict(case.x_test, batch_size=BATCH, verbose=0)).mean()
+            return 100 * bench_peers._correct(case, fp32, sim.model.predict(case.x_test, batch_size=BATCH, verbose=0)).mean()
 
         rows: dict[str, dict[str, str]] = {}
         for column, config, _ in GRANULARITIES:
@@ -111,7 +92,7 @@ def run() -> str:
             put("ours, CLE + `auto`, depthwise kernels at 8 bits", f"{score(_sim(equalized, case, 'auto', config, 8)):.2f}")
             if iterations:
                 base, label = (equalized, "CLE + ") if config == "default" else (folded, "")
-                sim, seconds = _adaround(base, case, config, iterations, workdir)
+                sim, seconds = bench_peers._adaround(base, case, iterations, workdir, config)
                 put(f"ours, {label}AdaRound ({iterations:,} it/layer), `auto`", f"{score(sim):.2f} ({seconds:.0f} s)")
 
         configs = [{"param_bw": 4, "act_bw": 8, "quant_scheme": s, "adaround_iterations": 0, "per_channel": pc, "cle": cle}

@@ -71,16 +71,18 @@ def _export(case: zoo.Case, workdir: str) -> np.ndarray:
     return run_tflite(path, case.x_test, batch_size=BATCH)[0]
 
 
-def _adaround(folded, case: zoo.Case, iterations: int, workdir: str) -> tuple[np.ndarray, float]:
+def _adaround(model, case: zoo.Case, iterations: int, workdir: str, config: str = PEER_CONFIG) -> tuple[QuantizationSimModel, float]:
+    """W4A8 AdaRound with the default scheme on ``config``; the sim with its encodings frozen, and seconds."""
     params = AdaroundParameters(case.x_cal, num_batches=-(-len(case.x_cal) // 32), default_num_iterations=iterations)
+    prefix = f"{case.name}_{config}_ada"
     t = time.perf_counter()
-    ada = apply_adaround(folded, None, params, path=workdir, filename_prefix=f"{case.name}_ada", default_param_bw=4,
-                         default_quant_scheme=DEFAULT, default_config_file=PEER_CONFIG, verbose=0)
+    ada = apply_adaround(model, None, params, path=workdir, filename_prefix=prefix, default_param_bw=4,
+                         default_quant_scheme=DEFAULT, default_config_file=config, verbose=0)
     seconds = time.perf_counter() - t
-    sim = QuantizationSimModel(ada, quant_scheme=DEFAULT, default_param_bw=4, config_file=PEER_CONFIG)
-    sim.set_and_freeze_param_encodings(os.path.join(workdir, f"{case.name}_ada.encodings"))
+    sim = QuantizationSimModel(ada, quant_scheme=DEFAULT, default_param_bw=4, config_file=config)
+    sim.set_and_freeze_param_encodings(os.path.join(workdir, f"{prefix}.encodings"))
     sim.compute_encodings(case.x_cal, batch_size=BATCH)
-    return _predict(sim, case), seconds
+    return sim, seconds
 
 
 def run() -> str:
@@ -172,7 +174,8 @@ def run_adaround() -> str:
         peer = run_aimet_peer(folded, case.x_cal, case.x_test, case.y_test, [
             {"param_bw": 4, "act_bw": 8, "quant_scheme": best, "adaround_iterations": iterations}])["runs"][0]
         theirs = np.asarray(peer["predictions"]) == truth
-        ours_out, ours_s = _adaround(folded, case, iterations, workdir)
+        ours_sim, ours_s = _adaround(folded, case, iterations, workdir)
+        ours_out = _predict(ours_sim, case)
         ours = np.argmax(ours_out, -1) == truth
         fp32_ok = np.argmax(fp32, -1) == truth
         rows.append(
