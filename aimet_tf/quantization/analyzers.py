@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from aimet_tf.quantization.graph_statistics import GraphStatisticsSpec, GraphStatisticsValues
-from aimet_tf.quantization.primitives import MIN_RANGE_WIDTH, validate_bitwidth
+from aimet_tf.quantization.primitives import MIN_RANGE_WIDTH, num_steps, validate_bitwidth
 
 __all__ = [
     "QuantScheme",
@@ -83,7 +83,13 @@ class QuantScheme(enum.Enum):
             min/max's (``MseAnalyzer``; for parameters).
         post_training_output_mse: for a layer's kernel, the grid with the lowest error in the
             layer's output on calibration inputs (``output_mse``), never above that of min/max or
-            tf_enhanced; ``mse`` where the sim cannot reach the layer's inputs.
+            tf_enhanced; ``mse`` where the sim cannot reach the layer's inputs. Then, for the whole
+            model, these grids are kept only if the model's output error on those calibration inputs
+            is below that with every such parameter on its min/max grid; else min/max is kept
+            (``sim.output_mse_choice`` says which).
+        ``mse`` and ``output_mse`` use tight symmetric grids (``primitives.compute_encoding``'s
+        ``tight``, AIMET 2's weight rule: the extra negative level is used and tiny weights keep
+        their own scale); AIMET's schemes keep AIMET 1's (-absmax, absmax) grids.
         post_training_auto: a scheme per tensor kind, the best measured over the benchmark set
             (BENCHMARKS.md, "Default range scheme"): parameters ``output_mse``, activations
             ``tf_enhanced``. The sim's default.
@@ -463,15 +469,28 @@ class RangeAnalyzer(abc.ABC):
 
 
 def _range_for_grid(
-    lo: np.ndarray, hi: np.ndarray, symmetric: bool, unsigned: bool
+    lo: np.ndarray, hi: np.ndarray, symmetric: bool, unsigned: bool, tight: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Maps an observed/clipped range to the (min, max) that encodes the intended grid."""
+    """Maps an observed/clipped range to the (min, max) that encodes the intended grid.
+
+    Symmetric grids are kept as (-absmax, absmax), except ``tight`` ones (``compute_encoding``'s
+    ``tight``), whose scale depends on which side is wider."""
     if unsigned:
         return np.zeros_like(hi), np.maximum(hi, 0.0)
-    if symmetric:
+    if symmetric and not tight:
         absmax = np.maximum(np.abs(lo), np.abs(hi))
         return -absmax, absmax
     return lo, hi
+
+
+def tight_symmetric_candidates(
+    mn: np.ndarray, mx: np.ndarray, steps: int, factors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """[K, C] (min, max) of the tight symmetric grids (``compute_encoding``'s ``tight``) with scale
+    f * max(max / floor(steps / 2), -min / ceil(steps / 2)) for each f of ``factors`` ([K, 1])."""
+    pos, neg = steps // 2, -(-steps // 2)
+    scale = np.maximum(np.maximum(mx, 0.0) / pos, -np.minimum(mn, 0.0) / neg)[None, :] * factors
+    return -neg * scale, pos * scale
 
 
 # ----------------------------------------------------------------------------------------------
@@ -865,10 +884,11 @@ class MseAnalyzer(RangeAnalyzer):
     would build (nudging included). Candidates, per channel, with [min, max] the observed range:
 
     * symmetric (and unsigned symmetric): [-f * absmax, f * absmax] (unsigned: [0, f * max]) for
-      f = 1, 1 - 1/80, ..., 1/80;
+      f = 1, 1 - 1/80, ..., 1/80; then the tight grids (``compute_encoding``'s ``tight``, which the
+      scheme's encodings use) with scale f * max(max / floor(steps / 2), -min / ceil(steps / 2));
     * asymmetric: [a * min, b * max] for a, b in {1, 11/12, ..., 1/12}.
 
-    f = 1 (a = b = 1) is exactly the ``tf`` (min/max) grid, and ties go to the wider grid, so the
+    f = 1 (a = b = 1) is exactly the ``tf`` (min/max) grid, and ties go to the earlier grid, so the
     chosen grid's error on the observed values is never above min/max's.
 
     Every value is kept until ``compute_range``, so the scheme is for tensors seen whole once
@@ -903,7 +923,7 @@ class MseAnalyzer(RangeAnalyzer):
         self._values.append(np.asarray(_rows(x, axes, num_channels), dtype=np.float32).copy())
         self._num_values += x.size
 
-    def _candidate_ranges(self, symmetric: bool, unsigned: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _candidate_ranges(self, symmetric: bool, unsigned: bool, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """[K, C] candidate (min, max), the min/max grid first."""
         mn, mx = self._data_min, self._data_max
         if symmetric:
@@ -911,7 +931,8 @@ class MseAnalyzer(RangeAnalyzer):
             if unsigned:
                 return np.zeros((f.shape[0], mx.shape[0])), f * np.maximum(mx, 0.0)[None, :]
             absmax = np.maximum(np.abs(mn), np.abs(mx))[None, :]
-            return -f * absmax, f * absmax
+            lo, hi = tight_symmetric_candidates(mn, mx, steps, f)
+            return np.concatenate([-f * absmax, lo]), np.concatenate([f * absmax, hi])
         side = np.arange(_MSE_ASYMMETRIC_SIDE_CANDIDATES, 0, -1) / _MSE_ASYMMETRIC_SIDE_CANDIDATES
         a, b = np.meshgrid(side, side, indexing="ij")
         a, b = a.reshape(-1, 1), b.reshape(-1, 1)
@@ -921,19 +942,19 @@ class MseAnalyzer(RangeAnalyzer):
         from aimet_tf.quantization.primitives import quantize_dequantize_rows
 
         rows = np.concatenate(self._values, axis=1)  # [C, N]
-        lows, highs = self._candidate_ranges(symmetric, unsigned)
+        lows, highs = self._candidate_ranges(symmetric, unsigned, num_steps(bitwidth, strict))
         best_err = np.full(rows.shape[0], np.inf)
         best_lo = np.zeros(rows.shape[0])
         best_hi = np.zeros(rows.shape[0])
         for lo, hi in zip(lows, highs):
-            restored = quantize_dequantize_rows(rows, lo, hi, bitwidth, symmetric, strict, unsigned)
+            restored = quantize_dequantize_rows(rows, lo, hi, bitwidth, symmetric, strict, unsigned, tight=True)
             err = np.sum(np.square(restored - rows, dtype=np.float64), axis=1)
             # Strictly lower only: candidates go from wide to narrow, so ties keep the wider grid.
             better = err < best_err
             best_err = np.where(better, err, best_err)
             best_lo = np.where(better, lo, best_lo)
             best_hi = np.where(better, hi, best_hi)
-        return _range_for_grid(best_lo, best_hi, symmetric, unsigned)
+        return _range_for_grid(best_lo, best_hi, symmetric, unsigned, tight=True)
 
 
 # ----------------------------------------------------------------------------------------------

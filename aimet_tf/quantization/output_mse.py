@@ -7,7 +7,8 @@ output by dW x, so the output error of output channel c over the inputs X is
 
 ``output_mse`` evaluates e_c for a set of candidate grids per channel and keeps, per channel (per
 tensor: in total), the candidate with the lowest e. The candidates are the min/max grid, the
-``tf_enhanced`` grid and min/max shrunk by f = 0.975, 0.95, ..., 0.3 (symmetric weights), so the
+``tf_enhanced`` grid and min/max shrunk by f = 0.975, 0.95, ..., 0.3 (symmetric weights; also the tight
+grids of ``compute_encoding``, which this scheme uses, shrunk the same way), so the
 chosen grid's output error on these inputs is never above that of min/max or of tf_enhanced.
 Plain weight MSE (``mse``) is the special case H = identity; it ignores that weights multiplying
 large inputs matter more, which is why it can lose to min/max in accuracy.
@@ -25,8 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aimet_tf.quantization.analyzers import MseAnalyzer, SqnrAnalyzer
-from aimet_tf.quantization.primitives import quantize_dequantize_rows
+from aimet_tf.quantization.analyzers import MseAnalyzer, SqnrAnalyzer, tight_symmetric_candidates
+from aimet_tf.quantization.primitives import num_steps, quantize_dequantize_rows
 
 __all__ = ["SEARCH_SAMPLES", "MAX_ROWS", "SHRINK_FACTORS", "supports", "input_moment", "choose_range"]
 
@@ -37,10 +38,13 @@ SHRINK_FACTORS = tuple(np.round(np.arange(1.0, 0.2999, -0.025), 4))
 
 def supports(layer: keras.layers.Layer) -> bool:
     """Whether ``layer``'s kernel output error can be written as dW^T H dW here."""
-    if type(layer) is keras.layers.Dense:
+    # Subclasses count only when they keep the base class's computation (e.g. a loader's subclass
+    # that only reads older configs).
+    if isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call:
         return True
-    if type(layer) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D):
-        return layer.data_format == "channels_last" and getattr(layer, "groups", 1) == 1
+    for base in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D):
+        if isinstance(layer, base) and type(layer).call is base.call:
+            return layer.data_format == "channels_last" and getattr(layer, "groups", 1) == 1
     return False
 
 
@@ -73,11 +77,11 @@ class InputMoment:
 def input_moment(layer: keras.layers.Layer, x: np.ndarray) -> InputMoment:
     """H = X^T X of ``layer``'s calibration inputs ``x`` (float32 array, batch first)."""
     x = np.asarray(x, np.float32)
-    if type(layer) is keras.layers.Dense:
+    if isinstance(layer, keras.layers.Dense):
         rows = _rows_of(x.reshape(-1, x.shape[-1]), MAX_ROWS).astype(np.float64)
         return InputMoment(rows.T @ rows, depthwise=False)
     patches = _rows_of(_patches(layer, x), MAX_ROWS).astype(np.float64)
-    if type(layer) is keras.layers.DepthwiseConv2D:
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
         return InputMoment(np.einsum("pkc,plc->ckl", patches, patches), depthwise=True)
     flat = patches.reshape(len(patches), -1)
     return InputMoment(flat.T @ flat, depthwise=False)
@@ -122,6 +126,8 @@ def choose_range(
     if symmetric:
         absmax = np.maximum(np.abs(mn), np.abs(mx))
         candidates += [(-f * absmax, f * absmax) for f in SHRINK_FACTORS]
+        steps = num_steps(bitwidth, strict)
+        candidates += list(zip(*tight_symmetric_candidates(mn, mx, steps, np.asarray(SHRINK_FACTORS)[:, None])))
     else:
         candidates.append((mn, mx))
     for analyzer in (SqnrAnalyzer(channel_axis if per_channel else None), MseAnalyzer(channel_axis if per_channel else None)):
@@ -131,7 +137,7 @@ def choose_range(
     best_err = np.full(num_channels, np.inf)
     best_lo, best_hi = np.zeros(num_channels), np.zeros(num_channels)
     for lo, hi in candidates:
-        delta = quantize_dequantize_rows(rows, lo, hi, bitwidth, symmetric, strict, unsigned) - rows
+        delta = quantize_dequantize_rows(rows, lo, hi, bitwidth, symmetric, strict, unsigned, tight=True) - rows
         err = _output_errors(delta, moment, kernel.shape)
         if not per_channel:
             err = np.full(num_channels, err.sum())

@@ -217,6 +217,7 @@ def compute_encoding(
     symmetric: bool,
     strict: bool = False,
     unsigned_symmetric: bool = False,
+    tight: bool = False,
 ) -> Encoding:
     """Builds an AIMET encoding from an observed range.
 
@@ -229,6 +230,14 @@ def compute_encoding(
     * unsigned symmetric (symmetric, ``unsigned_symmetric`` and min >= 0): offset 0,
       scale = max / steps.
 
+    With ``tight`` (aimet_tf's own weight schemes, and AIMET 2's rule for weights), a symmetric grid is
+    sized by the side that needs it: scale = max(max / floor(steps / 2), -min / ceil(steps / 2)), so
+    a tensor whose largest magnitude is negative uses the grid's extra negative level (4 bits: -8)
+    and gets a 1/8 finer grid; the offset is unchanged. The range then needs no minimum width unless
+    it is exactly 0: a layer fed raw 0..255 inputs has weights far below 0.01, which the minimum
+    width would quantize on a grid several times too coarse. ``tight`` is idempotent: the encoding's
+    own (min, max) gives the same encoding back.
+
     The returned encoding holds the nudged range scale*offset .. scale*(offset + steps), so 0 is
     exactly representable.
 
@@ -239,6 +248,7 @@ def compute_encoding(
         symmetric: symmetric grid.
         strict: strict symmetric (narrow range); only meaningful with ``symmetric``.
         unsigned_symmetric: use the unsigned grid when the data is non-negative.
+        tight: size symmetric grids by the side that needs them, without the minimum width (above).
 
     Returns:
         The ``Encoding``.
@@ -256,11 +266,17 @@ def compute_encoding(
     all_non_negative = np.all(mn >= 0)
     mn = np.minimum(mn, 0.0).astype(np.float32)
     mx = np.maximum(mx, 0.0).astype(np.float32)
-    mx = np.maximum(mx, mn + np.float32(MIN_RANGE_WIDTH)).astype(np.float32)
+    if tight and symmetric:
+        mx = np.where(mx > mn, mx, mn + np.float32(MIN_RANGE_WIDTH)).astype(np.float32)
+    else:
+        mx = np.maximum(mx, mn + np.float32(MIN_RANGE_WIDTH)).astype(np.float32)
     steps = num_steps(bitwidth, strict)
     if symmetric and unsigned_symmetric and all_non_negative:
         scale = mx / np.float32(steps)
         offset = np.zeros_like(scale)
+    elif symmetric and tight:
+        scale = np.maximum(mx / np.float32(steps // 2), -mn / np.float32(math.ceil(steps / 2)))
+        offset = np.full_like(scale, -math.ceil(steps / 2))
     elif symmetric:
         absmax = np.maximum(np.abs(mn), np.abs(mx))
         scale = absmax / np.float32(steps // 2)
@@ -409,11 +425,13 @@ def quantize_dequantize(
 
 
 def quantize_dequantize_rows(
-    rows: np.ndarray, min_val, max_val, bitwidth: int, symmetric: bool, strict: bool, unsigned_symmetric: bool
+    rows: np.ndarray, min_val, max_val, bitwidth: int, symmetric: bool, strict: bool, unsigned_symmetric: bool,
+    tight: bool = False,
 ) -> np.ndarray:
     """Quantize-dequantize of [C, N] float32 rows, each on the grid ``compute_encoding`` builds from
     its (min, max) (nudged as TF does; rounding half-up, as ``quantize``)."""
-    enc = compute_encoding(min_val, max_val, bitwidth, symmetric, strict, unsigned_symmetric=unsigned_symmetric)
+    enc = compute_encoding(min_val, max_val, bitwidth, symmetric, strict, unsigned_symmetric=unsigned_symmetric,
+                           tight=tight)
     qmin, qmax, scale, _ = nudge(enc.min, enc.max, enc.bitwidth, enc.strict)
     qmin, qmax, scale = (np.asarray(v, np.float32).reshape(-1, 1) for v in (qmin, qmax, scale))
     clamped = np.minimum(np.maximum(rows, qmin), qmax)

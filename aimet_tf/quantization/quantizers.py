@@ -132,6 +132,9 @@ def _tensor_scheme(value: str | QuantScheme) -> QuantScheme:
     return scheme
 
 
+_TIGHT_SCHEMES = (QuantScheme.post_training_mse, QuantScheme.post_training_output_mse)
+
+
 @keras.saving.register_keras_serializable(package="aimet_tf")
 class Quantizer(_TracedState, keras.layers.Layer):
     """Simulates the quantization of one tensor.
@@ -235,6 +238,13 @@ class Quantizer(_TracedState, keras.layers.Layer):
     @property
     def range_learning(self) -> bool:
         return self._quant_scheme.is_range_learning
+
+    @property
+    def tight(self) -> bool:
+        """Whether encodings use tight symmetric grids (``primitives.compute_encoding``'s ``tight``):
+        symmetric quantizers under aimet_tf's own weight schemes (``mse``, ``output_mse`` and the
+        schemes built on them). AIMET's schemes keep AIMET's (-absmax, absmax) grids."""
+        return self.symmetric and self._quant_scheme.init_scheme in _TIGHT_SCHEMES
 
     @property
     def frozen(self) -> bool:
@@ -400,7 +410,16 @@ class Quantizer(_TracedState, keras.layers.Layer):
             self.symmetric,
             self.strict,
             self.unsigned_symmetric,
+            tight=self.tight,
         )
+
+    def min_max_encoding(self, values: np.ndarray) -> primitives.Encoding:
+        """The encoding of the min/max grid of ``values`` (no search) under this quantizer's
+        settings: bitwidth, symmetry, granularity and tightness."""
+        analyzer = make_analyzer(QuantScheme.post_training_tf, channel_axis=self._axes)
+        analyzer.observe(values)
+        lo, hi = analyzer.compute_range(self._bitwidth, symmetric=False, unsigned_symmetric=False)  # the raw range
+        return self.encoding_from_range(lo, hi)
 
     def make_analyzer(self) -> RangeAnalyzer:
         """A fresh analyzer for this quantizer's scheme and granularity."""

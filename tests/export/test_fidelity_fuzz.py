@@ -3,9 +3,11 @@ distribution and scored on a different, wider one plus rounding ties at the inpu
 simulation must equal the exported .tflite on every output element, for LiteRT's default
 (XNNPACK) and reference kernels, with int8 and int4 weights.
 
-200 models in all (100 at W8, 100 at W4), packed ten to a .tflite file (disjoint subgraphs, one
-input and one output each). A failure prints the seed, the model and the first differing tensor;
-``random_model(seed)`` rebuilds the model. `benchmarks/bench_fidelity.py` runs more seeds.
+60 models in all (30 at W8, 30 at W4), packed ten to a .tflite file (disjoint subgraphs, one
+input and one output each), so that the suite stays within its time budget on 2 cores. A failure
+prints the seed, the model and the first differing tensor; ``random_model(seed)`` rebuilds the
+model. `benchmarks/bench_fidelity.py` runs many more seeds (``python -m benchmarks.run
+--only=fidelity``).
 """
 
 import pytest
@@ -16,7 +18,7 @@ PACK = 10
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pack", range(10))
+@pytest.mark.parametrize("pack", range(3))
 @pytest.mark.parametrize("param_bw, first_seed", [(8, 0), (4, 10_000)])
 def test_random_models_simulation_equals_tflite(param_bw, first_seed, pack):
     seeds = range(first_seed + PACK * pack, first_seed + PACK * (pack + 1))

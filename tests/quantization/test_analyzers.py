@@ -26,24 +26,29 @@ ANALYZER_FACTORIES = {
 }
 
 
-def _grid(min_val, max_val, bitwidth: int, symmetric: bool, strict: bool = False) -> tuple[float, float, int]:
-    """(scale, offset, steps) of AIMET's encoding for a range (REFERENCE section 2)."""
+def _grid(min_val, max_val, bitwidth: int, symmetric: bool, strict: bool = False,
+          tight: bool = False) -> tuple[float, float, int]:
+    """(scale, offset, steps) of AIMET's encoding for a range (REFERENCE section 2); ``tight``: the
+    symmetric scale is max(max / floor(steps / 2), -min / ceil(steps / 2)), no minimum width."""
     mn, mx = float(min_val), float(max_val)
     non_negative = mn >= 0
     mn, mx = min(mn, 0.0), max(mx, 0.0)
-    mx = max(mx, mn + 0.01)
+    mx = max(mx, mn + 0.01) if not (tight and symmetric) or mx == mn else mx
     steps = 2**bitwidth - 1 - int(strict and symmetric)
     if symmetric and non_negative:
         return mx / steps, 0.0, steps
+    if symmetric and tight:
+        return max(mx / (steps // 2), -mn / math.ceil(steps / 2)), -math.ceil(steps / 2), steps
     if symmetric:
         return max(-mn, mx) / (steps // 2), -math.ceil(steps / 2), steps
     scale = (mx - mn) / steps
     return scale, -round(-mn / scale), steps
 
 
-def _qdq(x: np.ndarray, min_val, max_val, bitwidth: int, symmetric: bool, strict: bool = False) -> np.ndarray:
+def _qdq(x: np.ndarray, min_val, max_val, bitwidth: int, symmetric: bool, strict: bool = False,
+         tight: bool = False) -> np.ndarray:
     """Reference quantize-dequantize: q = clamp(round(x / scale) - offset, 0, steps)."""
-    scale, offset, steps = _grid(min_val, max_val, bitwidth, symmetric, strict)
+    scale, offset, steps = _grid(min_val, max_val, bitwidth, symmetric, strict, tight)
     q = np.clip(np.round(x / scale) - offset, 0, steps)
     return scale * (q + offset)
 
@@ -497,8 +502,8 @@ def test_every_analyzer_is_a_range_analyzer():
 # MSE (exact values) and the per-tensor-kind "auto" scheme
 
 
-def _exact_mse(x: np.ndarray, lo, hi, bitwidth: int, symmetric: bool) -> float:
-    return float(np.mean((_qdq(x, lo, hi, bitwidth, symmetric) - x) ** 2))
+def _exact_mse(x: np.ndarray, lo, hi, bitwidth: int, symmetric: bool, tight: bool = False) -> float:
+    return float(np.mean((_qdq(x, lo, hi, bitwidth, symmetric, tight=tight) - x) ** 2))
 
 
 @pytest.mark.parametrize("bitwidth", [4, 8])
@@ -518,7 +523,7 @@ def test_mse_never_loses_to_minmax_on_the_observed_values(bitwidth, symmetric, d
     mse_lo, mse_hi = mse.compute_range(bitwidth, symmetric, unsigned_symmetric=False)
     mm_lo, mm_hi = minmax.compute_range(bitwidth, symmetric, unsigned_symmetric=False)
     for c in range(3):
-        chosen = _exact_mse(x[:, c], mse_lo[c], mse_hi[c], bitwidth, symmetric)
+        chosen = _exact_mse(x[:, c], mse_lo[c], mse_hi[c], bitwidth, symmetric, tight=True)
         reference = _exact_mse(x[:, c], mm_lo[c], mm_hi[c], bitwidth, symmetric)
         assert chosen <= reference * (1 + 1e-6) + 1e-12
     if distribution == "outlier" and bitwidth == 4:
@@ -535,7 +540,7 @@ def test_mse_chooses_the_exhaustive_best_among_its_symmetric_candidates():
     absmax = float(np.max(np.abs(x)))
     errors = {f: _exact_mse(x, -f * absmax, f * absmax, 4, True) for f in np.arange(80, 0, -1) / 80}
     best = min(errors.values())
-    assert _exact_mse(x, lo, hi, 4, True) <= best * (1 + 1e-5)
+    assert _exact_mse(x, lo, hi, 4, True, tight=True) <= best * (1 + 1e-5)
     assert float(hi) < absmax  # heavy tails: the search clips
 
 
@@ -560,3 +565,21 @@ def test_auto_scheme_resolves_per_tensor_kind_and_cannot_build_one_analyzer():
     assert type(make_analyzer("mse_range_learning")) is analyzers.MseAnalyzer
     with pytest.raises(ValueError, match="per tensor kind"):
         make_analyzer("auto")
+
+
+def test_mse_scheme_quantizers_use_tight_grids_and_aimet_schemes_do_not():
+    from aimet_tf.quantization import Quantizer
+
+    for scheme, tight in [("mse", True), ("output_mse", True), ("output_mse_range_learning", True),
+                          ("tf", False), ("tf_enhanced", False), ("tf_range_learning", False)]:
+        assert Quantizer(4, symmetric=True, quant_scheme=scheme).tight is tight, scheme
+    assert not Quantizer(8, symmetric=False, quant_scheme="mse").tight  # only symmetric grids
+    # A channel whose largest magnitude is negative: the mse scheme finds a grid at least as good as
+    # the tight min/max grid (scale 1/8 here), which the (-absmax, absmax) rule cannot express.
+    x = np.array([-1.0, -0.6, -0.25, 0.0, 0.3, 0.5], np.float32)
+    analyzer = analyzers.MseAnalyzer()
+    analyzer.observe(x)
+    lo, hi = analyzer.compute_range(4, symmetric=True, unsigned_symmetric=False)
+    assert _grid(-1.0, 0.5, 4, True, tight=True)[0] == pytest.approx(1 / 8)
+    assert _exact_mse(x, lo, hi, 4, True, tight=True) <= _exact_mse(x, -1.0, 0.5, 4, True, tight=True) * (1 + 1e-6)
+    assert _exact_mse(x, -1.0, 0.5, 4, True, tight=True) < _exact_mse(x, -1.0, 0.5, 4, True)  # the finer grid helps

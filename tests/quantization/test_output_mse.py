@@ -28,15 +28,16 @@ def _layer(kind: str) -> tuple[keras.layers.Layer, np.ndarray]:
     return layer, x
 
 
-def _quantized_kernel(kernel: np.ndarray, lo, hi, depthwise: bool) -> np.ndarray:
-    """Symmetric 4-bit quantize-dequantize of ``kernel`` per output channel (range lo..hi)."""
+def _quantized_kernel(kernel: np.ndarray, lo, hi, depthwise: bool, tight: bool = False) -> np.ndarray:
+    """Symmetric 4-bit quantize-dequantize of ``kernel`` per output channel (range lo..hi; ``tight``:
+    the grid ``output_mse`` ranges are meant for, see ``compute_encoding``)."""
     if depthwise:
         rows = np.moveaxis(kernel.reshape(kernel.shape[0] * kernel.shape[1], -1), 0, 1)
     else:
         rows = np.moveaxis(kernel.reshape(-1, kernel.shape[-1]), 1, 0)
     lo = np.broadcast_to(lo, (rows.shape[0],))
     hi = np.broadcast_to(hi, (rows.shape[0],))
-    q = quantize_dequantize_rows(rows, lo, hi, 4, True, False, False)
+    q = quantize_dequantize_rows(rows, lo, hi, 4, True, False, False, tight=tight)
     return np.moveaxis(q, 0, 1).reshape(kernel.shape)
 
 
@@ -77,7 +78,7 @@ def test_chosen_range_never_loses_to_minmax_or_sqnr_in_the_layer_output(kind, pe
     depthwise = kind == "depthwise"
     axis = ((2, 3) if depthwise else kernel.ndim - 1) if per_channel else None
     lo, hi = output_mse.choose_range(kernel, output_mse.input_moment(layer, x), 4, True, False, per_channel)
-    chosen = _output_error(layer, x, _quantized_kernel(kernel, lo, hi, depthwise))
+    chosen = _output_error(layer, x, _quantized_kernel(kernel, lo, hi, depthwise, tight=True))
     for cls in (MinMaxAnalyzer, SqnrAnalyzer):
         analyzer = cls(axis)
         analyzer.observe(kernel)
@@ -134,3 +135,51 @@ def test_auto_range_learning_starts_from_the_output_mse_kernel_grids():
     # The searched grids differ from a weight-only mse start on this input.
     assert any(not np.allclose(kernels["mse_range_learning"][n], kernels["auto"][n]) for n in kernels["auto"])
     assert all(q.range_learning for _, q, _ in sims["auto_range_learning"].param_quantizers())
+
+
+def test_subclasses_are_searched_only_when_they_keep_the_base_computation():
+    class Compat(keras.layers.DepthwiseConv2D):  # a loader's subclass: same call
+        pass
+
+    class Scaled(keras.layers.DepthwiseConv2D):  # a different function: not expressible as dW^T H dW
+        def call(self, x):
+            return 2.0 * super().call(x)
+
+    assert output_mse.supports(Compat(3)) and not output_mse.supports(Scaled(3))
+    layer, x = _layer("depthwise")
+    compat = Compat(3, depth_multiplier=2, padding="same")
+    compat.build(x.shape)
+    assert output_mse.input_moment(compat, x).depthwise
+
+
+def _model_output_error(sim, x) -> float:
+    reference = sim.float_model()(x)
+    return float(np.sum((np.asarray(sim.model(x)) - np.asarray(reference)) ** 2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auto_keeps_whichever_of_searched_and_min_max_grids_gives_the_lower_model_output_error(seed):
+    model, x = _conv_dw_dense_with_unequal_inputs()
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:  # heavy-tailed kernels, different per seed
+        if hasattr(layer, "kernel"):
+            layer.kernel.assign((rng.standard_t(2, layer.kernel.shape) * 0.2).astype(np.float32))
+    sim = QuantizationSimModel(model, quant_scheme="auto", default_param_bw=4, config_file="htp")
+    sim.compute_encodings(x, batch_size=16)
+    assert sim.output_mse_choice in ("output_mse", "min_max")
+    kept = _model_output_error(sim, x)
+    kernels = [(q, var) for _, q, var in sim.param_quantizers()]
+    chosen = [q.get_encoding() for q, _ in kernels]
+    for q, var in kernels:
+        q.set_encoding(q.min_max_encoding(np.asarray(var.numpy())))
+    min_max = _model_output_error(sim, x)
+    if sim.output_mse_choice == "min_max":
+        np.testing.assert_allclose(kept, min_max, rtol=1e-6)
+    else:
+        assert kept <= min_max
+    # The tight min/max grid: scale max(max / 7, -min / 8) per output channel (4 bits, offset -8).
+    q, var = kernels[0]
+    w = np.asarray(var.numpy()).reshape(-1, q.num_channels)
+    np.testing.assert_allclose(q.get_encoding().scale, np.maximum(w.max(0) / 7, -w.min(0) / 8), rtol=1e-5)
+    for q, enc in zip([q for q, _ in kernels], chosen):
+        q.set_encoding(enc)

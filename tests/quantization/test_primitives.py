@@ -158,3 +158,32 @@ def test_encoding_validates_range():
         P.Encoding(np.float32(0.5), np.float32(1.0), 8, False)
     with pytest.raises(ValueError, match="same shape"):
         P.Encoding(np.zeros(2, np.float32), np.ones(3, np.float32), 8, False)
+
+
+def test_tight_symmetric_grid_is_sized_by_the_side_that_needs_it():
+    # 4 bits, grid [-8, 7] * scale. Negative side wider: scale = 1/8, the -8 level reaches -1 exactly;
+    # positive side wider: scale = 1/7, as the (-absmax, absmax) rule gives.
+    enc = P.compute_encoding([-1.0, -0.5], [0.5, 1.0], 4, symmetric=True, tight=True)
+    np.testing.assert_allclose(enc.scale, [1 / 8, 1 / 7], rtol=1e-6)
+    np.testing.assert_array_equal(enc.offset, [-8, -8])
+    np.testing.assert_allclose(enc.min, [-1.0, -8 / 7], rtol=1e-6)
+    np.testing.assert_allclose(enc.max, [7 / 8, 1.0], rtol=1e-6)
+    untight = P.compute_encoding([-1.0, -0.5], [0.5, 1.0], 4, symmetric=True)
+    np.testing.assert_allclose(untight.scale, [1 / 7, 1 / 7], rtol=1e-6)
+    # Strict (narrow range) grids are symmetric in their levels: tight changes nothing.
+    strict = P.compute_encoding(-1.0, 0.5, 8, symmetric=True, strict=True, tight=True)
+    np.testing.assert_allclose(strict.scale, 1 / 127, rtol=1e-6)
+
+
+def test_tight_encoding_is_idempotent_and_keeps_tiny_ranges():
+    enc = P.compute_encoding([-0.004, -0.3, 0.0], [0.003, 0.7, 0.0], 4, symmetric=True, tight=True)
+    again = P.compute_encoding(enc.min, enc.max, 4, symmetric=True, tight=True)
+    np.testing.assert_allclose(again.scale, enc.scale, rtol=1e-6)
+    np.testing.assert_array_equal(again.offset, enc.offset)
+    # A weight channel of absmax 0.004 (a layer fed raw 0..255 inputs) keeps its own scale 0.004/8;
+    # AIMET's 0.01 minimum width would make it 0.006/7, 1.7x coarser. A zero range still gets 0.01.
+    np.testing.assert_allclose(enc.scale[0], 0.004 / 8, rtol=1e-6)
+    np.testing.assert_allclose(P.compute_encoding(-0.004, 0.003, 4, symmetric=True).scale, 0.006 / 7, rtol=1e-6)
+    np.testing.assert_allclose(enc.max[2], 0.01, rtol=1e-6)
+    # The grid covers the observed range without clipping.
+    assert np.all(enc.min <= np.float32([-0.004, -0.3, 0.0])) and np.all(enc.max >= np.float32([0.003, 0.7, 0.0]))
