@@ -133,7 +133,8 @@ def run() -> str:
         "## Peers on every benchmark model (issue 13)",
         "",
         f"Scores: {score}. Batch norms folded first. `default` = the sim's default scheme (`{DEFAULT}`: "
-        "weights `output_mse`, activations `tf_enhanced`). Peer cells: the peer's score, then (+a/-b) = scored "
+        "weights `output_mse` on tight grids, kept over min/max grids only where the model's output error on the "
+        "calibration inputs says so; activations `tf_enhanced`). Peer cells: the peer's score, then (+a/-b) = scored "
         "inputs only ours / only the peer gets right. AIMET = aimet-onnx in its own venv "
         f"({versions or 'versions not reported'}), its default config (per-channel weights), same folded "
         "model (exported to ONNX), same calibration inputs. Our sims use the same config "
