@@ -15,18 +15,20 @@ Scores: top-1 % on Fashion-MNIST's 10,000 test images; top-1 agreement % with FP
 models' real inputs. "+a/-b" beside a peer counts scored inputs that only ours / only the peer
 gets right (agreement sets: agrees with FP32).
 
-ENV: PEERS_BENCH_MODELS (comma list of zoo names), PEERS_BENCH_ADAROUND, AIMET_VENV.
+ENV: PEERS_BENCH_MODELS (comma list of zoo names), PEERS_BENCH_ADAROUND, PEERS_BENCH_FRESH (run_adaround: 1 remeasures
+models kept in benchmarks/results), AIMET_VENV.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 
 import numpy as np
 
-from aimet_tf import metrics
+from aimet_tf import files, metrics
 from aimet_tf.export import TFLITE_CONFIG, export_tflite, prepare_model_for_tflite, run_tflite
 from aimet_tf.export.baselines import tflite_ptq_int8
 from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
@@ -156,14 +158,39 @@ def run() -> str:
     return "\n".join(lines)
 
 
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _adaround_cache_path(iterations: int) -> str:
+    return os.path.join(RESULTS_DIR, f"peers_adaround_{iterations}.json")
+
+
+def _load_adaround_cache(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def run_adaround() -> str:
-    """W4A8 AdaRound (per-channel weights), ours with the default scheme against aimet-onnx's."""
+    """W4A8 AdaRound (per-channel weights), ours with the default scheme against aimet-onnx's.
+
+    One model takes tens of minutes on this machine (AIMET's AdaRound most of it), so each model's row
+    is kept, as soon as it is measured, in ``benchmarks/results/peers_adaround_<iterations>.json``
+    (written atomically) with its date; a rerun measures only the models not in it
+    (``PEERS_BENCH_FRESH=1`` measures them all again) and writes the section from every kept row.
+    """
     from benchmarks.peers.aimet_runner import run_aimet_peer
 
     names = [n for n in os.environ.get("PEERS_BENCH_MODELS", "").split(",") if n] or None
     iterations = int(os.environ.get("PEERS_BENCH_ADAROUND", "2000"))
-    rows, notes = [], []
-    for case in zoo.cases(names):
+    cache_path = _adaround_cache_path(iterations)
+    cache = {} if os.environ.get("PEERS_BENCH_FRESH") == "1" else _load_adaround_cache(cache_path)
+    from aimet_tf.testing.mltk_models import MLTK_MODEL_NAMES
+
+    every = [*zoo.FASHION_MNIST_MODELS, *MLTK_MODEL_NAMES]
+    todo = [n for n in (names or every) if n not in cache]
+    for case in zoo.cases(todo) if todo else ():
         t0 = time.perf_counter()
         workdir = tempfile.mkdtemp(prefix=f"peers_ada_{case.name}_")
         folded = fold_batch_norms(case.model)
@@ -172,29 +199,47 @@ def run_adaround() -> str:
         nearest = run_aimet_peer(folded, case.x_cal, case.x_test, case.y_test, [
             {"param_bw": 4, "act_bw": 8, "quant_scheme": s, "adaround_iterations": 0} for s in ("min_max", "tf_enhanced")])
         best = max(nearest["runs"], key=lambda r: np.mean(np.asarray(r["predictions"]) == truth))["quant_scheme"]
-        peer = run_aimet_peer(folded, case.x_cal, case.x_test, case.y_test, [
-            {"param_bw": 4, "act_bw": 8, "quant_scheme": best, "adaround_iterations": iterations}])["runs"][0]
+        peer_run = run_aimet_peer(folded, case.x_cal, case.x_test, case.y_test, [
+            {"param_bw": 4, "act_bw": 8, "quant_scheme": best, "adaround_iterations": iterations}])
+        peer = peer_run["runs"][0]
         theirs = np.asarray(peer["predictions"]) == truth
         ours_sim, ours_s = _adaround(folded, case, iterations, workdir)
-        ours_out = _predict(ours_sim, case)
-        ours = np.argmax(ours_out, -1) == truth
+        ours = np.argmax(_predict(ours_sim, case), -1) == truth
         fp32_ok = np.argmax(fp32, -1) == truth
+        cache[case.name] = {
+            "fp32": 100 * float(fp32_ok.mean()), "ours": 100 * float(ours.mean()), "aimet": 100 * float(theirs.mean()),
+            "only_ours": int(np.sum(ours & ~theirs)), "only_aimet": int(np.sum(theirs & ~ours)),
+            "aimet_scheme": best, "ours_seconds": ours_s, "aimet_seconds": float(peer["adaround_seconds"]),
+            "model_seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d"),
+            "versions": peer_run.get("versions"),
+        }
+        files.atomic_write(cache_path, json.dumps(cache, indent=1, sort_keys=True))
+        print(case.name, cache[case.name], flush=True)
+    rows, notes = [], []
+    for name in every:
+        if name not in cache:
+            rows.append(f"| {name} | not measured yet | | | | | | |")
+            continue
+        r = cache[name]
         rows.append(
-            f"| {case.name} | {100 * fp32_ok.mean():.2f} | {100 * ours.mean():.2f} | {_cell(ours, theirs)} ({best}) | "
-            f"{'yes' if ours.mean() >= theirs.mean() else '**no**'} | {ours_s:.0f} s | {peer['adaround_seconds']:.0f} s | "
-            f"**{peer['adaround_seconds'] / ours_s:.2f}x** |"
+            f"| {name} | {r['fp32']:.2f} | {r['ours']:.2f} | {r['aimet']:.2f} (+{r['only_ours']}/-{r['only_aimet']}) "
+            f"({r['aimet_scheme']}) | {'yes' if r['ours'] >= r['aimet'] else '**no**'} | {r['ours_seconds']:.0f} s | "
+            f"{r['aimet_seconds']:.0f} s | **{r['aimet_seconds'] / r['ours_seconds']:.2f}x** |"
         )
-        notes.append(f"- `{case.name}`: {time.perf_counter() - t0:.0f} s for this model")
-        print(rows[-1], flush=True)  # a row as soon as it is measured (the section is written at the end)
+        notes.append(f"- `{name}`: measured {r['date']}, {r['model_seconds']:.0f} s for this model")
+    versions = next((r["versions"] for r in cache.values() if r.get("versions")), None)
+    versions = ", ".join(f"{k} {v}" for k, v in versions.items()) if isinstance(versions, dict) else versions
     return "\n".join([
         f"## W4A8 AdaRound beside aimet-onnx on every benchmark model, {iterations:,} iterations per layer (issue 13)",
         "",
         f"Per-channel 4-bit weights, 8-bit activations, batch norms folded first, {iterations:,} iterations per "
         "layer, AIMET's AdaRound defaults on both sides, the same calibration inputs (batches of 32). Ours: "
-        f"`apply_adaround(..., default_quant_scheme='{DEFAULT}', default_config_file='{PEER_CONFIG}')`. AIMET (aimet-onnx, "
-        "its default config) runs AdaRound with whichever of its two schemes scored higher at W4A8 nearest. "
-        "Scores as in the peers section; (+a/-b) = scored inputs only ours / only AIMET gets right. Wall "
-        "times on this shared 2-core machine, one after the other (AIMET first).",
+        f"`apply_adaround(..., default_quant_scheme='{DEFAULT}', default_config_file='{PEER_CONFIG}')`. AIMET (aimet-onnx"
+        + (f" in its own venv: {versions}" if versions else "") + "; its default config) runs AdaRound with whichever of its two schemes "
+        "scored higher at W4A8 nearest. Scores as in the peers section; (+a/-b) = scored inputs only ours / only "
+        "AIMET gets right. Wall times on this shared 2-core machine, one after the other (AIMET first). Both sides "
+        f"of a row come from the same run; rows are kept in `benchmarks/results/peers_adaround_{iterations}.json` "
+        "and a rerun measures only the models missing there (`PEERS_BENCH_FRESH=1` remeasures all).",
         "",
         "| model | FP32 | ours | AIMET vs ours | ours >= AIMET | ours time | AIMET time | AIMET time / ours |",
         "|---|---|---|---|---|---|---|---|",
