@@ -44,7 +44,7 @@ from absl import logging
 
 from aimet_tf.kernels.target import TFLITE_REFERENCE, DspTarget
 from aimet_tf.ptq.batch_norm_fold import fold_all_batch_norms
-from aimet_tf.quantization.graph import as_functional
+from aimet_tf.graph import ModelGraph, as_functional
 from aimet_tf.quantization.primitives import Encoding
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer
 from aimet_tf.quantization.registry import get_layer_spec
@@ -323,38 +323,25 @@ class _SimGraph:
                 self.model_outputs.add(id(src.wrapper))
 
     def _visit(self, model: keras.Model, outer: list[_Source | None]) -> list[_Source | None]:
-        functional = as_functional(model, "TFLite preparation")
-        inputs = {id(t): k for k, t in enumerate(functional.inputs)}
-        produced: dict[int, _Source | None] = {}
-        for t, src in zip(functional.inputs, outer):
-            produced[id(t)] = src
-        for depth in sorted(functional._nodes_by_depth, reverse=True):
-            for node in functional._nodes_by_depth[depth]:
-                op = node.operation
-                if op is None or isinstance(op, _L.InputLayer):
-                    continue
-                srcs = []
-                for t in node.input_tensors:
-                    if id(t) in produced:
-                        srcs.append(produced[id(t)])
-                    elif id(t) in inputs:
-                        srcs.append(outer[inputs[id(t)]])
-                    else:
-                        srcs.append(None)
-                if isinstance(op, keras.Model):
-                    outs = self._visit(op, srcs)
-                elif isinstance(op, QuantizationWrapper):
-                    self.order.append(op)
-                    self.sources[id(op)] = srcs
-                    for i, src in enumerate(srcs):
-                        if src is not None and src.wrapper is not None:
-                            self.consumers.setdefault(id(src.wrapper), []).append((op, i))
-                    outs = [_Source(op, k) for k in range(len(node.outputs))]
-                else:
-                    outs = [None] * len(node.outputs)
-                for t, src in zip(node.outputs, outs):
-                    produced[id(t)] = src
-        return [produced.get(id(t)) for t in functional.outputs]
+        g = ModelGraph(model, "TFLite preparation")
+        produced: dict[str, _Source | None] = dict(zip(g.input_names, outer))
+        for node in g.nodes:
+            op = node.operation
+            srcs = [produced.get(t) for t in node.inputs]
+            if isinstance(op, keras.Model):
+                outs = self._visit(op, srcs)
+            elif isinstance(op, QuantizationWrapper):
+                self.order.append(op)
+                self.sources[id(op)] = srcs
+                for i, src in enumerate(srcs):
+                    if src is not None and src.wrapper is not None:
+                        self.consumers.setdefault(id(src.wrapper), []).append((op, i))
+                outs = [_Source(op, k) for k in range(len(node.outputs))]
+            else:
+                outs = [None] * len(node.outputs)
+            for t, src in zip(node.outputs, outs):
+                produced[t] = src
+        return [produced.get(t) for t in g.output_names]
 
 
 # A slot holding a quantizer: (wrapper, "input" | "output", index).

@@ -47,7 +47,7 @@ import logging as pylogging
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -55,6 +55,7 @@ import tensorflow as tf
 from absl import logging
 
 from aimet_tf import files
+from aimet_tf.graph import GraphRunner, ModelGraph, activation_kind
 from aimet_tf.ptq import adaround_checkpoint
 from aimet_tf.quantization import calibration_data, encodings_io, graph, primitives
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
@@ -92,8 +93,7 @@ ADAROUND_LAYERS: tuple[type, ...] = (
     _L.Conv2DTranspose,
 )
 # An activation layer that is a layer's only consumer is part of f() (AIMET's module/activation
-# pairs). Activation layers with a "linear" function are not.
-_ACTIVATION_LAYERS: tuple[type, ...] = (_L.ReLU, _L.LeakyReLU, _L.ELU, _L.PReLU, _L.Softmax, _L.Activation)
+# pairs), softmax included; activation layers with a "linear" function are not.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,71 +255,6 @@ def _predict(fn: Callable[[tf.Tensor], tf.Tensor], x: np.ndarray, batch_size: in
     )
 
 
-class _GraphRunner:
-    """Runs a Functional model node by node over cached samples, keeping only live tensors.
-
-    Layers are AdaRounded in graph order, so each layer's inputs (and the float model's targets)
-    are found by running the graph forward from where the previous layer left off: one pass over
-    the model in total instead of one pass per layer.
-    """
-
-    def __init__(self, model: keras.Model, samples: np.ndarray, keep: Iterable[str] = (), batch_size: int = 500):
-        self.batch_size = batch_size
-        nodes = [n for depth in sorted(model._nodes_by_depth, reverse=True) for n in model._nodes_by_depth[depth]]
-        self.nodes = [n for n in nodes if not isinstance(n.operation, keras.layers.InputLayer)]
-        self.position = 0
-        self.values: dict[int, np.ndarray] = {id(model.inputs[0]): samples}
-        self.uses: dict[int, int] = {}
-        for node in self.nodes:
-            for tensor in node.input_tensors:
-                self.uses[id(tensor)] = self.uses.get(id(tensor), 0) + 1
-        keep = set(keep)
-        # Outputs of these layers are never freed (targets asked for later).
-        self.pinned = {id(t) for n in self.nodes if n.operation.name in keep for t in n.outputs}
-
-    def _node_index(self, name: str) -> int:
-        for index, node in enumerate(self.nodes):
-            if node.operation.name == name:
-                return index
-        raise KeyError(f"Layer {name!r} is not in the model graph.")
-
-    def _run(self, node) -> None:
-        args, kwargs = node.arguments.fill_in(self.values)
-        count = len(keras.tree.flatten(args)[0])
-        chunks = []
-        for start in range(0, count, self.batch_size):
-            part = keras.tree.map_structure(
-                lambda v: v[start : start + self.batch_size] if isinstance(v, np.ndarray) else v, args
-            )
-            chunks.append(keras.tree.map_structure(np.asarray, node.operation(*part, **kwargs)))
-        outputs = keras.tree.map_structure(lambda *parts: np.concatenate(parts, axis=0), *chunks)
-        for tensor, value in zip(node.outputs, keras.tree.flatten(outputs)):
-            self.values[id(tensor)] = value
-        for tensor in node.input_tensors:
-            key = id(tensor)
-            self.uses[key] -= 1
-            if self.uses[key] == 0 and key not in self.pinned:
-                self.values.pop(key, None)
-
-    def inputs_of(self, name: str) -> np.ndarray:
-        """The (single) input of layer ``name``, computed with the model's current weights."""
-        index = self._node_index(name)
-        if index < self.position:
-            raise RuntimeError(f"Layer {name!r} was already run; layers must be asked for in graph order.")
-        while self.position < index:
-            self._run(self.nodes[self.position])
-            self.position += 1
-        return self.values[id(self.nodes[index].input_tensors[0])]
-
-    def output_of(self, name: str) -> np.ndarray:
-        """The (single) output of layer ``name``."""
-        index = self._node_index(name)
-        while self.position <= index:
-            self._run(self.nodes[self.position])
-            self.position += 1
-        return self.values[id(self.nodes[index].outputs[0])]
-
-
 # ----------------------------------------------------------------------------------------------
 # Model preparation
 
@@ -347,16 +282,13 @@ class _LayerTask:
 
 
 def _is_activation(layer: keras.layers.Layer) -> bool:
-    if not isinstance(layer, _ACTIVATION_LAYERS):
-        return False
-    if isinstance(layer, _L.Activation):
-        return getattr(layer.activation, "__name__", None) != "linear"
-    return True
+    return activation_kind(layer) is not None
 
 
 def _plan(float_model: keras.Model, sim: QuantizationSimModel) -> list[_LayerTask]:
     _, consumers = graph.layer_edges(float_model)
-    outputs = {t._keras_history[0].name for t in float_model.outputs}
+    float_graph = ModelGraph(float_model, "AdaRound")
+    outputs = {float_graph.producer(t).operation.name for t in float_graph.output_names if float_graph.producer(t)}
     top_level = {layer.name for layer in sim.model.layers}
     tasks = []
     for wrapper in sim.wrappers():
@@ -711,8 +643,8 @@ def apply_adaround(
     sim.model.stop_training = False
     rng = np.random.default_rng(seed)
     callback_list.on_train_begin({"num_layers": len(tasks)})
-    quantized = _GraphRunner(sim.model, samples)
-    reference = _GraphRunner(float_model, samples, keep=[t.target_layer for t in tasks])
+    quantized = GraphRunner(sim.model, samples)
+    reference = GraphRunner(float_model, samples, keep=[t.target_layer for t in tasks])
     resumed = _resumable(checkpoint, tasks)
     finished, stopped = 0, False
     for index, task in enumerate(tasks):
@@ -813,7 +745,7 @@ def _param_encodings(sim: QuantizationSimModel) -> dict:
     )
 
 
-def _layer_data(task: _LayerTask, quantized: _GraphRunner, reference: _GraphRunner):
+def _layer_data(task: _LayerTask, quantized: GraphRunner, reference: GraphRunner):
     """(quantized-model inputs after the layer's input quantizer, float-model targets) of a layer."""
     inputs = quantized.inputs_of(task.wrapper.name)
     quantizer = task.wrapper.input_quantizers[0] if task.wrapper.input_quantizers else None

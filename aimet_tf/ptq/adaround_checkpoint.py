@@ -33,6 +33,7 @@ import keras
 import numpy as np
 from absl import logging
 
+from aimet_tf.graph.model_graph import all_layers
 from aimet_tf.quantization import encodings_io
 
 __all__ = ["CHECKPOINT_SUFFIX", "LayerCheckpoint", "check_writable_folder", "run_fingerprint"]
@@ -72,7 +73,7 @@ def run_fingerprint(model: keras.Model, samples: np.ndarray, settings: dict[str,
     """sha256 over the model's layers and weights, the calibration samples and ``settings``."""
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True, default=repr).encode())
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model):
         digest.update(f"{layer.name}:{type(layer).__name__};".encode())
     for weight in model.weights:
         value = np.ascontiguousarray(weight.numpy())

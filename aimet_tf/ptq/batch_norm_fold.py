@@ -36,7 +36,8 @@ import keras
 import numpy as np
 from absl import logging
 
-from aimet_tf.quantization.graph import _build_graph, as_functional, clone_layer
+from aimet_tf.graph import all_layers, as_functional, bn_folds_backward, clone_layer, is_graph_model, layer_graph
+from aimet_tf.graph.catalogue import OUTPUT_CHANNEL_AXIS
 
 __all__ = [
     "FOLDABLE_LAYERS",
@@ -50,25 +51,8 @@ __all__ = [
 
 _L = keras.layers
 
-# Layer class -> output-channel axis of its (last) kernel. Depthwise kernels [k.., in, mult]
-# carry one output channel per (in, mult) pair: axis None marks that layout.
-FOLDABLE_LAYERS: dict[type, int | None] = {
-    _L.Conv1D: -1,
-    _L.Conv2D: -1,
-    _L.Conv3D: -1,
-    _L.Dense: -1,
-    _L.SeparableConv1D: -1,
-    _L.SeparableConv2D: -1,
-    _L.DepthwiseConv1D: None,
-    _L.DepthwiseConv2D: None,
-    # Transposed conv kernels are [k.., out, in].
-    _L.Conv1DTranspose: -2,
-    _L.Conv2DTranspose: -2,
-    _L.Conv3DTranspose: -2,
-}
-
-# Layers a preceding batch norm can fold into (input-channel axis -2 of the kernel in all of them).
-_BACKWARD_FOLDABLE = (_L.Conv1D, _L.Conv2D, _L.Conv3D, _L.Dense, _L.DepthwiseConv1D, _L.DepthwiseConv2D)
+# Layer class -> output-channel axis of its (last) kernel: the graph catalogue's table.
+FOLDABLE_LAYERS = OUTPUT_CHANNEL_AXIS
 
 
 class FoldedPair(NamedTuple):
@@ -127,7 +111,7 @@ def find_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
         (layer name, batch norm name) pairs in graph order.
     """
     functional = as_functional(model, "batch-norm folding")
-    g = _build_graph(functional)
+    g = layer_graph(functional, "batch-norm folding")
     pairs = []
     for layer in functional.layers:
         if not isinstance(layer, _L.BatchNormalization):
@@ -159,7 +143,7 @@ def find_backward_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
     a batch norm that is already folded into its producer is not listed.
     """
     functional = as_functional(model, "batch-norm folding")
-    g = _build_graph(functional)
+    g = layer_graph(functional, "batch-norm folding")
     forward = {bn for _, bn in find_foldable_pairs(functional)}
     pairs = []
     for layer in functional.layers:
@@ -173,7 +157,7 @@ def find_backward_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
         consumer = g.operations[name] if name is not None else None
         if (
             consumer is None
-            or not isinstance(consumer, _BACKWARD_FOLDABLE)
+            or not bn_folds_backward(consumer)
             or g.call_count[name] != 1
             or not _reads_no_padding(consumer)
             or getattr(consumer, "groups", 1) != 1
@@ -258,9 +242,7 @@ def _fold(model: keras.Model, prefix: str = "", backward: bool = True) -> tuple[
     skipped: set[int] = set()
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, keras.Model) and (
-            isinstance(layer, keras.Sequential) or hasattr(layer, "_nodes_by_depth")
-        ):
+        if is_graph_model(layer):
             inner, inner_pairs = _fold(layer, prefix + layer.name + "/", backward)
             pairs.extend(inner_pairs)
             return inner
@@ -385,7 +367,7 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
     if not pairs:
         return []
     # Sim tensor names use the bare layer names, also inside nested models.
-    layers = {layer.name: layer for layer in float_model._flatten_layers()}
+    layers = {layer.name: layer for layer in all_layers(float_model)}
     after = {p.layer.rpartition("/")[2]: layers[p.batch_norm.rpartition("/")[2]] for p in pairs}
     factors = {name: _bn_scale_shift(bn)[0] for name, bn in after.items()}
     new = QuantizationSimModel(

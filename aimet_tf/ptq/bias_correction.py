@@ -28,8 +28,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from aimet_tf.graph import ModelGraph, activation_kind, clone_layer
 from aimet_tf.quantization import calibration_data, graph
-from aimet_tf.quantization.graph import clone_layer
 from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.sim import QuantizationSimModel
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
@@ -106,17 +106,17 @@ class BiasCorrectionReport:
         return self.summary()
 
 
-def _node_in(model: keras.Model, layer: keras.layers.Layer):
-    """The node of ``layer`` that belongs to ``model``'s graph."""
-    nodes = {id(n) for ns in model._nodes_by_depth.values() for n in ns}
-    for node in layer._inbound_nodes:
-        if id(node) in nodes:
-            return node
-    raise ValueError(
-        f"Expected layer {layer.name!r} to be called in model {model.name!r}. Received: a layer "
-        "of that name outside its graph. Pass the model the sim was built from (or float_model="
-        "None)."
-    )
+def _input_tensor(model: keras.Model, layer: keras.layers.Layer):
+    """The symbolic (first) input of ``layer``'s call in ``model``'s graph."""
+    g = ModelGraph(model, "bias correction")
+    nodes = g.nodes_of(layer)
+    if not nodes:
+        raise ValueError(
+            f"Expected layer {layer.name!r} to be called in model {model.name!r}. Received: a layer "
+            "of that name outside its graph. Pass the model the sim was built from (or float_model="
+            "None)."
+        )
+    return g.keras_tensor(nodes[0].inputs[0])
 
 
 def _single(inputs: list):
@@ -200,7 +200,7 @@ def _check_ready(sim: QuantizationSimModel) -> None:
 
 def _reference_means(float_model, float_layers, targets, batches, references) -> None:
     """Adds every target's FP32 pre-activation output (on FP32 inputs) to its running mean."""
-    probe_inputs = [_node_in(float_model, float_layers[w.name]).input_tensors[0] for w in targets]
+    probe_inputs = [_input_tensor(float_model, float_layers[w.name]) for w in targets]
     probe = keras.Model(_single(float_model.inputs), probe_inputs)
     float_linear = [_linear_copy(float_layers[w.name]) for w in targets]
     # One trace per function: the batch dimension is left open for the last, smaller batch.
@@ -216,16 +216,12 @@ def _reference_means(float_model, float_layers, targets, batches, references) ->
 
 def _input_function(model: keras.Model, layer: keras.layers.Layer):
     """A traced function from the model inputs to ``layer``'s input tensor."""
-    prefix = keras.Model(_single(model.inputs), _node_in(model, layer).input_tensors[0])
+    prefix = keras.Model(_single(model.inputs), _input_tensor(model, layer))
     return tf.function(
         lambda x: prefix(x, training=False),
         input_signature=[tf.nest.map_structure(_open_batch_spec, _single(model.inputs))],
         autograph=False,
     )
-
-
-# Layers that apply a channel-wise nonlinearity and nothing else.
-_ACTIVATION_LAYERS = (_L.ReLU, _L.Activation, _L.LeakyReLU, _L.ELU, _L.PReLU)
 
 
 # Activations that mix channels: a per-channel decision about them would not be per channel.
@@ -244,8 +240,7 @@ def _following_activation(wrapper: QuantizationWrapper, consumers: dict, model: 
     if len(readers) == 1:
         reader = model.get_layer(readers[0])
         layer = reader.layer if isinstance(reader, QuantizationWrapper) else reader
-        inner = getattr(getattr(layer, "activation", None), "__name__", "")
-        if isinstance(layer, _ACTIVATION_LAYERS) and inner not in _CROSS_CHANNEL:
+        if activation_kind(layer) == "channelwise":
             return lambda y: layer(y)
     return None
 

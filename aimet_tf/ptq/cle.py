@@ -55,7 +55,7 @@ import numpy as np
 from absl import logging
 
 from aimet_tf.ptq import batch_norm_fold
-from aimet_tf.quantization import graph as graph_lib
+from aimet_tf import graph as graph_lib
 
 __all__ = [
     "EqualizationReport",
@@ -436,7 +436,7 @@ class _Link:
 def _find_links(
     model: keras.Model, replace_relu6: bool
 ) -> tuple[list[_Link], list[SkippedCandidate], list[str]]:
-    g = graph_lib._build_graph(model)
+    g = graph_lib.layer_graph(model, "cross-layer equalization")
     links: list[_Link] = []
     skipped: list[SkippedCandidate] = []
     nested: list[str] = []
@@ -532,8 +532,7 @@ def _map_channels(g, op, source: str, rows: np.ndarray) -> np.ndarray | str:
     the channel axis, or channels-last Flatten), or the reason they cannot be followed."""
     if g.call_count[op.name] != 1:
         return f"{op.name!r} is called {g.call_count[op.name]} times (shared layer)"
-    node = op._inbound_nodes[0]
-    shapes = [tuple(t.shape) for t in node.input_tensors]
+    shapes = g.input_shapes[op.name]
     if isinstance(op, _L.Flatten):
         shape = shapes[0]
         if getattr(op, "data_format", "channels_last") != "channels_last":
@@ -673,7 +672,7 @@ def equalize_model(
     if graph_lib.has_nested_models(original):
         # Pairs inside or across nested models only show on one graph level.
         report.flattened_models = [l.name for l in original.layers if isinstance(l, keras.Model)]
-        original = graph_lib.flatten_nested_models(original)
+        original = graph_lib.inline_nested_models(original)
     bn_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if fold_batch_norms:
         folded, pairs = batch_norm_fold.fold_all_batch_norms(original)

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from aimet_tf.graph.model_graph import all_layers
 from aimet_tf.kernels import reference as kernel_reference
 from aimet_tf.kernels import requantize as kernel_requantize
 from aimet_tf.kernels.target import DspTarget, resolve_target
@@ -101,7 +102,7 @@ def traced_state(model: keras.Model) -> tuple:
     entered and left, and the new encodings go into variables."""
     return tuple(
         (_Same(layer), layer.traced_key())
-        for layer in model._flatten_layers()
+        for layer in all_layers(model)
         if isinstance(layer, _TracedState)
     )
 

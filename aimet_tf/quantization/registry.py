@@ -18,6 +18,8 @@ from typing import Callable, Mapping
 
 import keras
 
+from aimet_tf.graph.op_layer import DataMovementOpLayer, OpLayer
+from aimet_tf.graph.prepare import mark_atomic
 from aimet_tf.quantization.fused_batch_norm import fused_batch_norm_training
 
 __all__ = ["ParamSpec", "LayerSpec", "register_layer", "get_layer_spec", "registered_classes"]
@@ -92,6 +94,7 @@ def register_layer(
         if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
             raise TypeError(f"Expected a keras.layers.Layer subclass. Received: {cls!r}")
         _REGISTRY[cls] = spec
+        mark_atomic(cls)  # prepare_model keeps a registered layer whole, even if it holds layers
         return cls
 
     if layer_cls is None:
@@ -164,7 +167,7 @@ for _cls in (
     L.Add, L.Subtract, L.Multiply, L.Concatenate, L.Average, L.Maximum, L.Minimum,
     L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
     L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D,
+    L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, OpLayer, L.Rescaling, L.Normalization, L.Resizing,
 ):
     register_layer(_cls, params={})
 for _cls in (
@@ -172,7 +175,7 @@ for _cls in (
     L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
     L.Flatten, L.Reshape, L.Permute, L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
     L.Cropping1D, L.Cropping2D, L.Cropping3D, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
-    L.GaussianNoise, L.GaussianDropout, L.Identity, L.RepeatVector,
+    L.GaussianNoise, L.GaussianDropout, L.Identity, L.RepeatVector, DataMovementOpLayer, L.CenterCrop,
 ):
     register_layer(_cls, params={}, passthrough=True)
 del L, _cls

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from aimet_tf import files
+from aimet_tf.graph import ModelGraph, all_layers, is_subclassed_model, needs_preparing
 from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization import calibration_data, encodings_io, graph
 from aimet_tf.quantization import output_mse
@@ -49,7 +50,7 @@ def _check_dtype_policies(model: keras.Model) -> None:
             f"policy={policy.name!r}. Fix: keras.config.set_dtype_policy('float32') before building "
             "the sim."
         )
-    for layer in model._flatten_layers(include_self=True):
+    for layer in all_layers(model, include_self=True):
         layer_policy = getattr(layer, "dtype_policy", None)
         if layer_policy is not None and layer_policy.compute_dtype in _HALF_DTYPES:
             raise ValueError(
@@ -60,25 +61,23 @@ def _check_dtype_policies(model: keras.Model) -> None:
             )
 
 
-def _check_model(model: keras.Model) -> keras.Model:
-    """Returns a Functional view of ``model``; raises for what cannot be simulated."""
-    model = graph.as_functional(model, "the quantization simulation")
-    counts: dict[int, int] = {}
-    for layer in model.layers:
-        counts[id(layer)] = 0
-    for nodes in model._nodes_by_depth.values():
-        for node in nodes:
-            op = node.operation
-            if id(op) in counts:
-                counts[id(op)] += 1
-    for layer in model.layers:
-        if counts.get(id(layer), 0) > 1:
-            raise ValueError(
-                f"Layer {layer.name!r} is called at {counts[id(layer)]} places in model "
-                f"{model.name!r}. A shared layer would need one set of quantizers per call site. "
-                "Give each call site its own layer (same config, copied weights) and retry."
-            )
-    return model
+def _check_model(model: keras.Model) -> ModelGraph:
+    """The graph of ``model``; raises for what cannot be simulated before ``prepare_model``."""
+    if is_subclassed_model(model):
+        raise TypeError(
+            f"Model {model.name!r} is a subclassed keras.Model ({type(model).__name__}); the quantization "
+            "simulation needs its layer graph. Fix: model = aimet_tf.graph.prepare_model(model) traces call() "
+            "into an equivalent Functional model."
+        )
+    g = ModelGraph(model, "the quantization simulation")
+    reasons = needs_preparing(g.model)
+    if reasons:
+        raise ValueError(
+            f"Model {model.name!r} must be prepared before it can be simulated: " + "; ".join(reasons) + ". "
+            "Each call site and each computation needs its own layer to carry quantizers. Fix: model = "
+            "aimet_tf.graph.prepare_model(model) (same function, one layer per computation and call site)."
+        )
+    return g
 
 
 class QuantizationSimModel:
@@ -182,12 +181,13 @@ class QuantizationSimModel:
         )
 
     def _build(self, model: keras.Model, is_top: bool) -> keras.Model:
-        functional = _check_model(model)
-        producers, consumers = graph.layer_edges(functional)
+        g = _check_model(model)
+        functional = g.model
+        producers, consumers = g.layer_edges()
         fused_heads: set[str] = set()
         for group in graph.find_supergroups(functional, self.config):
             fused_heads.update(group[:-1])
-        output_layers = {t._keras_history[0].name for t in functional.outputs}
+        output_layers = {g.producer(t).operation.name for t in g.output_names if g.producer(t) is not None}
         input_layer_names = {l.name for l in functional.layers if isinstance(l, keras.layers.InputLayer)}
 
         def clone(layer: keras.layers.Layer):
@@ -195,6 +195,7 @@ class QuantizationSimModel:
                 return self._build(layer, is_top=False)
             return self._wrap(
                 layer,
+                model_graph=g,
                 producers=producers.get(layer.name, []),
                 fused=layer.name in fused_heads,
                 is_model_output=is_top and layer.name in output_layers,
@@ -203,7 +204,7 @@ class QuantizationSimModel:
 
         return keras.models.clone_model(functional, clone_function=clone)
 
-    def _wrap(self, layer, producers, fused, is_model_output, model_inputs) -> QuantizationWrapper:
+    def _wrap(self, layer, model_graph: ModelGraph, producers, fused, is_model_output, model_inputs) -> QuantizationWrapper:
         spec = get_layer_spec(layer)
         op_type = hw_config.onnx_op_type(layer)
         rule = self.config.op_rule(op_type)
@@ -211,12 +212,12 @@ class QuantizationSimModel:
         name = layer.name
 
         input_quantizers: list[Quantizer | None] = []
-        node = layer._inbound_nodes[0]
-        for i, tensor in enumerate(node.input_tensors):
+        (node,) = model_graph.nodes_of(layer)
+        for i, (_, dtype) in enumerate(model_graph.input_specs(node.name)):
             producer = producers[i] if i < len(producers) else None
             from_model_input = producer in model_inputs
             wanted = (from_model_input and self.config.model_input_quantized) or rule.input_quantized
-            is_float = tensor.dtype in ("float32", "float16", "bfloat16", "float64")
+            is_float = dtype in ("float32", "float16", "bfloat16", "float64")
             input_quantizers.append(
                 self._activation_quantizer(f"{name}_input_{i}", rule) if wanted and is_float else None
             )
@@ -228,8 +229,8 @@ class QuantizationSimModel:
         if is_model_output and self.config.model_output_quantized:
             # A model output is consumed by no fused successor: it always gets its own grid.
             quantize_output = True
-        for i, tensor in enumerate(node.output_tensors):
-            is_float = tensor.dtype in ("float32", "float16", "bfloat16", "float64")
+        for i, (_, dtype) in enumerate(model_graph.output_specs(node.name)):
+            is_float = dtype in ("float32", "float16", "bfloat16", "float64")
             output_quantizers.append(
                 self._activation_quantizer(f"{name}_output_{i}", rule)
                 if quantize_output and is_float

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from aimet_tf.quantization import config as config_lib
+from aimet_tf.graph import catalogue
 from aimet_tf.testing import fuzzing
 from aimet_tf.quantization.config import (
     KNOWN_OP_TYPES,
@@ -491,8 +492,8 @@ def test_every_name_the_presets_and_layer_mapping_use_is_known():
         raw = json.loads((PRESET_DIR / f"{name}.json").read_text())
         used = set(raw.get("op_type", {})) | {op for g in raw.get("supergroups", []) for op in g["op_list"]}
         assert used <= KNOWN_OP_TYPES, used - KNOWN_OP_TYPES
-    mapped = {op for _, op in config_lib._LAYER_OP_TYPES}
-    mapped |= set(config_lib._ACTIVATION_OP_TYPES.values()) | set(config_lib._KERAS_OP_TYPES.values())
+    mapped = {op for _, op in catalogue._LAYER_OP_TYPES}
+    mapped |= set(catalogue._ACTIVATION_OP_TYPES.values()) | set(catalogue._KERAS_OP_TYPES.values())
     assert mapped <= KNOWN_OP_TYPES, mapped - KNOWN_OP_TYPES
 
 

@@ -191,15 +191,21 @@ def test_subclassed_model_rejected_with_advice():
 
     m = Sub()
     m(np.zeros((1, 3), np.float32))
-    with pytest.raises(TypeError, match="Functional API"):
+    with pytest.raises(TypeError, match=r"subclassed keras.Model .*aimet_tf.graph.prepare_model\(model\)"):
         QuantizationSimModel(m)
+    # Following the advice works: the prepared model simulates.
+    from aimet_tf.graph import prepare_model
+
+    sim = QuantizationSimModel(prepare_model(m))
+    sim.compute_encodings(np.ones((4, 3), np.float32))
+    assert sim.model(np.ones((1, 3), np.float32)).shape == (1, 2)
 
 
 def test_shared_layer_rejected():
     shared = keras.layers.Dense(4, name="shared")
     a, b = keras.Input((4,)), keras.Input((4,))
     out = keras.layers.Add()([shared(a), shared(b)])
-    with pytest.raises(ValueError, match="shared"):
+    with pytest.raises(ValueError, match="layer 'shared' is shared by 2 call sites.*prepare_model"):
         QuantizationSimModel(keras.Model([a, b], out))
 
 

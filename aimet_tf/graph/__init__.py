@@ -1,0 +1,49 @@
+"""The model graph under every pass: nodes and tensors, the layer catalogue, rewrites, preparation.
+
+Only this package reads Keras' private graph attributes (a test checks it). Passes read graphs
+through :class:`ModelGraph`, ask :mod:`~aimet_tf.graph.catalogue` what a layer is, and change models
+through the rewrite primitives of :mod:`~aimet_tf.graph.rewrite`, each of which returns a new model.
+"""
+
+from aimet_tf.graph.catalogue import (
+    activation_kind,
+    bn_folds_backward,
+    bn_folds_forward,
+    commutes_with_channel_scaling,
+    onnx_op_type,
+    output_channel_axis,
+)
+from aimet_tf.graph.model_graph import (
+    GraphNode,
+    GraphRunner,
+    LayerGraph,
+    ModelGraph,
+    all_layers,
+    as_functional,
+    is_graph_model,
+    is_subclassed_model,
+    layer_graph,
+    tensor_name,
+)
+from aimet_tf.graph.op_layer import DataMovementOpLayer, OpLayer
+from aimet_tf.graph.prepare import PrepareReport, needs_preparing, prepare_model, prepare_model_with_report
+from aimet_tf.graph.rewrite import (
+    clone_layer,
+    clone_model_graph,
+    has_nested_models,
+    inline_nested_models,
+    insert_after,
+    remove_layer,
+    replace_layer,
+    replace_with_chain,
+    split_activations,
+)
+
+__all__ = [
+    "DataMovementOpLayer", "GraphNode", "GraphRunner", "LayerGraph", "ModelGraph", "OpLayer", "PrepareReport", "activation_kind", "all_layers",
+    "as_functional", "bn_folds_backward", "bn_folds_forward", "clone_layer", "clone_model_graph",
+    "commutes_with_channel_scaling", "has_nested_models", "inline_nested_models", "insert_after",
+    "is_graph_model", "is_subclassed_model", "layer_graph", "needs_preparing", "onnx_op_type", "output_channel_axis",
+    "prepare_model", "prepare_model_with_report", "remove_layer", "replace_layer", "replace_with_chain",
+    "split_activations", "tensor_name",
+]
