@@ -427,7 +427,7 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
             _copy_quantizer_state(old, q, _encoding_of(old, var) if old.is_initialized else None)
         elif q.enabled:
             q.set_encoding(_encoding_of(q, var))
-    sim._adopt(new)
+    sim.adopt(new)
     for pair in pairs:
         logging.info("fold_all_batch_norms_to_scale: folded %s into %s", pair.batch_norm, pair.layer)
     return pairs

@@ -719,9 +719,10 @@ class QuantizationSimModel:
             for name in missing:
                 targets[name].enabled = False
 
-    def _adopt(self, other: "QuantizationSimModel") -> None:
-        """Takes over ``other``'s model and quantizers (used by passes that must rebuild the graph,
-        such as folding batch norms into quantizer scales)."""
+    def adopt(self, other: "QuantizationSimModel") -> None:
+        """Takes over ``other``'s model and quantizers: the public way for a pass that must rebuild the
+        sim's graph (such as folding batch norms into quantizer scales) to change this sim in place.
+        ``other`` must be built from the same original model."""
         self.model = other.model  # already hooked by other's constructor
         self._original = other._original
         self.config = other.config
