@@ -44,7 +44,7 @@ from absl import logging
 
 from aimet_tf.kernels.target import TFLITE_REFERENCE, DspTarget
 from aimet_tf.ptq.batch_norm_fold import fold_all_batch_norms
-from aimet_tf.graph import ModelGraph, as_functional
+from aimet_tf.graph import ModelGraph, as_functional, replace_with_subgraph
 from aimet_tf.quantization.primitives import Encoding
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer
 from aimet_tf.quantization.registry import get_layer_spec
@@ -226,6 +226,83 @@ def split_separable_convs(model: keras.Model) -> keras.Model:
     return keras.models.clone_model(functional, clone_function=clone, call_function=call)
 
 
+def _affine_of(layer: keras.layers.Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(a, c) with layer(x) = a * x + c per channel (last axis) at inference, or None."""
+    if isinstance(layer, _L.Rescaling):
+        scale = np.broadcast_to(np.asarray(layer.scale, np.float64), (channels,))
+        offset = np.broadcast_to(np.asarray(layer.offset, np.float64), (channels,))
+        return scale, offset
+    if isinstance(layer, _L.Normalization) and not layer.invert and layer.axis in ((-1,), (3,)):
+        mean = np.asarray(layer.mean, np.float64).reshape(-1)
+        var = np.asarray(layer.variance, np.float64).reshape(-1)
+        if mean.size not in (1, channels):
+            return None
+        std = np.maximum(np.sqrt(var), keras.backend.epsilon())
+        return np.broadcast_to(1.0 / std, (channels,)), np.broadcast_to(-mean / std, (channels,))
+    if isinstance(layer, _L.BatchNormalization) and layer.axis in (-1, 3):
+        mean = np.asarray(layer.moving_mean.numpy(), np.float64)
+        a = np.asarray(layer.gamma.numpy(), np.float64) if layer.scale else np.ones_like(mean)
+        a = a / np.sqrt(np.asarray(layer.moving_variance.numpy(), np.float64) + float(layer.epsilon))
+        beta = np.asarray(layer.beta.numpy(), np.float64) if layer.center else np.zeros_like(mean)
+        return a, beta - mean * a
+    return None
+
+
+def affine_layers_as_depthwise(model: keras.Model, batch_norms: bool = True) -> keras.Model:
+    """Returns a copy of ``model`` where per-channel affine layers on images are 1x1 depthwise convs.
+
+    ``Rescaling`` (x * scale + offset), ``Normalization`` ((x - mean) / std) and a
+    ``BatchNormalization`` that nothing could fold into compute a * x + c per channel. TFLite would
+    run them as MUL/ADD with float constants; as ``DepthwiseConv2D(1)`` with kernel a and bias c
+    (same name) they run in int8 like any depthwise conv, each channel's weight exactly on its
+    per-channel grid. Only rank-4 channels-last inputs are rewritten; ``batch_norms=False`` leaves
+    batch norms alone.
+    """
+    kinds = (_L.Rescaling, _L.Normalization) + ((_L.BatchNormalization,) if batch_norms else ())
+    g = ModelGraph(model, "TFLite preparation")
+    builders = {}
+    for node in g.nodes:
+        layer = node.operation
+        if not isinstance(layer, kinds) or len(node.inputs) != 1 or g.call_count(layer) != 1:
+            continue
+        (shape, dtype), = g.input_specs(node.name)
+        if len(shape) != 4 or shape[-1] is None or not dtype.startswith("float"):
+            continue
+        affine = _affine_of(layer, int(shape[-1]))
+        if affine is None:
+            continue
+        a, c = affine
+        conv = _L.DepthwiseConv2D(1, use_bias=True, name=layer.name)
+        conv.build(shape)
+        conv.set_weights([a.reshape(1, 1, -1, 1).astype(np.float32), c.astype(np.float32)])
+        builders[node.name] = lambda args, kwargs, conv=conv: conv(keras.tree.flatten(args)[0])
+    return replace_with_subgraph(model, builders) if builders else model
+
+
+def silu_as_sigmoid_times_input(model: keras.Model) -> keras.Model:
+    """Returns a copy of ``model`` where each ``Activation("silu")`` is ``Multiply()([x, sigmoid(x)])``.
+
+    TFLite has no int8 SiLU: it runs LOGISTIC, whose output sits on the fixed 1/256 grid, then MUL.
+    As two layers the simulation quantizes the sigmoid output on that grid too, so it computes what
+    the file computes. The Multiply keeps the layer's name; the sigmoid is ``"<name>_sigmoid"``.
+    """
+    def build(name):
+        def silu(args, kwargs):
+            x = keras.tree.flatten(args)[0]
+            return _L.Multiply(name=name)([x, _L.Activation("sigmoid", name=f"{name}_sigmoid")(x)])
+
+        return silu
+
+    g = ModelGraph(model, "TFLite preparation")
+    builders = {
+        node.name: build(node.name)
+        for node in g.nodes
+        if isinstance(node.operation, _L.Activation)
+        and getattr(node.operation.activation, "__name__", None) in ("silu", "swish")
+    }
+    return replace_with_subgraph(model, builders) if builders else model
+
+
 def separate_activations(model: keras.Model) -> keras.Model:
     """Returns a copy of ``model`` where a Conv/Dense activation TFLite cannot fuse is a layer.
 
@@ -279,7 +356,9 @@ def prepare_model_for_tflite(model: keras.Model, fold_batch_norms: bool = True) 
 
     W' = W * gamma / sigma, b' = beta + (b - mu) * gamma / sigma for every foldable
     (layer, BatchNormalization) pair (``aimet_tf.ptq.fold_all_batch_norms``), then
-    ``split_separable_convs`` and ``separate_activations``. The model computes the same function
+    ``affine_layers_as_depthwise`` (Rescaling, Normalization and unfoldable batch norms on images become
+    1x1 depthwise convs), ``split_separable_convs``, ``separate_activations`` and
+    ``silu_as_sigmoid_times_input``. The model computes the same function
     up to float rounding; build the simulation on the result.
 
     Args:
@@ -294,7 +373,9 @@ def prepare_model_for_tflite(model: keras.Model, fold_batch_norms: bool = True) 
     """
     if fold_batch_norms:
         model = fold_all_batch_norms(model)[0]
-    return separate_activations(split_separable_convs(model))
+    # Kept batch norms (QAT with batch norms in place) train; only the others become convs.
+    model = affine_layers_as_depthwise(model, batch_norms=fold_batch_norms)
+    return silu_as_sigmoid_times_input(separate_activations(split_separable_convs(model)))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from aimet_tf.graph.rewrite import (
     remove_layer,
     replace_layer,
     replace_with_chain,
+    replace_with_subgraph,
     split_activations,
 )
 
@@ -44,6 +45,6 @@ __all__ = [
     "as_functional", "bn_folds_backward", "bn_folds_forward", "clone_layer", "clone_model_graph",
     "commutes_with_channel_scaling", "has_nested_models", "inline_nested_models", "insert_after",
     "is_graph_model", "is_subclassed_model", "layer_graph", "needs_preparing", "onnx_op_type", "output_channel_axis",
-    "prepare_model", "prepare_model_with_report", "remove_layer", "replace_layer", "replace_with_chain",
+    "prepare_model", "prepare_model_with_report", "remove_layer", "replace_layer", "replace_with_chain", "replace_with_subgraph",
     "split_activations", "tensor_name",
 ]

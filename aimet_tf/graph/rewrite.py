@@ -6,7 +6,8 @@ weights) unless a primitive says otherwise. All of them rerun the graph through
 ``keras.ops`` nodes are kept as they are.
 
 * :func:`clone_model_graph`: a copy, optionally with one layer per call site of shared layers;
-* :func:`replace_layer`, :func:`replace_with_chain`, :func:`remove_layer`, :func:`insert_after`;
+* :func:`replace_layer`, :func:`replace_with_chain`, :func:`replace_with_subgraph`, :func:`remove_layer`,
+  :func:`insert_after`;
 * :func:`inline_nested_models`: nested Functional/Sequential models become top-level layers;
 * :func:`split_activations`: ``Conv2D(activation="relu")`` becomes ``Conv2D`` + ``Activation("relu")``.
 
@@ -18,7 +19,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import inspect
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 
@@ -33,6 +35,7 @@ __all__ = [
     "remove_layer",
     "replace_layer",
     "replace_with_chain",
+    "replace_with_subgraph",
     "split_activations",
 ]
 
@@ -144,6 +147,25 @@ def _single_node(graph: ModelGraph, name: str, what: str) -> GraphNode:
     return node
 
 
+def replace_with_subgraph(
+    model: keras.Model, name: str | Mapping[str, Callable[[tuple, dict], Any]], build: Callable | None = None
+) -> keras.Model:
+    """``model`` with layer ``name``'s call replaced by ``build(args, kwargs)``.
+
+    ``build`` gets the replaced call's (symbolic) arguments and returns the output, calling new
+    layers of its own (e.g. ``x * sigmoid(x)`` as an ``Activation`` and a ``Multiply``). Pass a
+    mapping ``{name: build}`` instead to replace many layers in one rebuild.
+    """
+    builders = dict(name) if isinstance(name, Mapping) else {name: build}
+    graph = ModelGraph(model, "replacing a layer")
+    targets = {_single_node(graph, n, "replace_with_subgraph").name: b for n, b in builders.items()}
+
+    def replace(node, args, kwargs, default):
+        return targets[node.name](args, kwargs) if node.name in targets else None
+
+    return _rebuild(model, "replacing a layer", replace)
+
+
 def replace_layer(model: keras.Model, name: str, new_layer: keras.layers.Layer) -> keras.Model:
     """``model`` with layer ``name`` replaced by ``new_layer`` (called on the same arguments).
 
@@ -170,12 +192,21 @@ def replace_with_chain(model: keras.Model, name: str, layers: Sequence[keras.lay
     def replace(node, args, kwargs, default):
         if node.name != target.name:
             return None
-        out = layers[0](*args, **kwargs)
+        out = layers[0](*args, **_accepted(layers[0], kwargs))
         for layer in layers[1:]:
             out = layer(out)
         return out
 
     return _rebuild(model, "replacing a layer", replace)
+
+
+def _accepted(layer: keras.layers.Layer, kwargs: dict) -> dict:
+    """The keyword arguments of a replaced call that ``layer``'s call takes (``mask``, ``training``...
+    are dropped where it has no such parameter)."""
+    parameters = inspect.signature(layer.call).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in parameters}
 
 
 def remove_layer(model: keras.Model, name: str) -> keras.Model:

@@ -11,7 +11,10 @@ model inputs, never at shapes, so no form can be read two ways:
   arrays, and a tuple of exactly n arrays is read as those n inputs. Labels and weights are dropped.
 * **list, tf.data.Dataset, generator, keras PyDataset or other iterable**: a sequence of batches.
   Each batch is read with the tuple rule above (a list batch like a tuple batch). A list is
-  therefore never ``(x, y)``: ``[batch_a, batch_b]`` is two batches.
+  therefore never ``(x, y)``: ``[batch_a, batch_b]`` is two batches. One exception, which cannot
+  be read two ways: for a model with n >= 2 inputs, a list of exactly n arrays is those n inputs
+  (``[x_image, x_extra]``, as ``model.predict`` takes them), since a batch of such a model is never
+  a single array.
 * **forward-pass callback** (AIMET): ``(fn, args)`` with a callable ``fn``, or an object with
   ``func`` and ``func_callback_args`` (AIMET's ``CallbackFunc``). Only ``compute_encodings`` can
   use one (see ``as_forward_pass_callback``); the passes that need the inputs themselves raise.
@@ -162,8 +165,12 @@ def _check_positive(name: str, value: Any) -> None:
 
 def _raw_batches(data: Any, inputs: list[InputSpec], batch_size: int) -> Iterator[list]:
     """The unchecked batches of ``data``, each split into one value per model input."""
-    if _is_array(data) or isinstance(data, (tuple, Mapping)):
-        arrays = _split(data, inputs, "the data", whole=True)
+    # A list of exactly n arrays for an n-input model (n >= 2) can only be the n inputs: a batch of
+    # such a model holds n arrays, so a single array is never one of its batches.
+    n = len(inputs)
+    inputs_list = isinstance(data, list) and n > 1 and len(data) == n and all(_is_array(e) for e in data)
+    if _is_array(data) or isinstance(data, (tuple, Mapping)) or inputs_list:
+        arrays = _split(tuple(data) if inputs_list else data, inputs, "the data", whole=True)
         total = _leading_dim(arrays, inputs, "the data")
         for start in range(0, total, batch_size):
             yield [a[start : start + batch_size] for a in arrays]

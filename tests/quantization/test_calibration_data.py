@@ -110,8 +110,13 @@ def test_multi_input_model_calibrates_from_every_form():
     reference = QuantizationSimModel(model, quant_scheme="tf")
     reference.compute_encodings(lambda m, args: m([args[0], args[1]], training=False), (a, b))
     expected = reference.get_encodings_dict()
-    for data in ((a, b), {"image": a, "extra": b}, [(a[:5], b[:5]), (a[5:], b[5:])],
-                 tf.data.Dataset.from_tensor_slices(((a, b), np.zeros(12))).batch(4)):
+    labels = np.zeros(12)
+    for data in ((a, b), [a, b], ((a, b), labels), {"image": a, "extra": b}, [(a[:5], b[:5]), (a[5:], b[5:])],
+                 [[a[:5], b[:5]], [a[5:], b[5:]]], (((a[:k], b[:k]), labels[:k]) for k in (12,)),
+                 tf.data.Dataset.from_tensor_slices(((a, b), labels)).batch(4),
+                 tf.data.Dataset.from_tensor_slices((a, b)).batch(5),
+                 tf.data.Dataset.from_tensor_slices({"image": a, "extra": b}).batch(7),
+                 (lambda m, args: m(list(args), training=False), (a, b))):
         sim = QuantizationSimModel(model, quant_scheme="tf")
         sim.compute_encodings(data)
         assert sim.get_encodings_dict() == expected
