@@ -40,7 +40,6 @@ __all__ = [
     "LayerGraph",
     "ModelGraph",
     "as_functional",
-    "functional_layers",
     "is_graph_model",
     "is_subclassed_model",
     "layer_graph",
@@ -128,11 +127,6 @@ def all_layers(layer: keras.layers.Layer, include_self: bool = False) -> list[ke
     return list(layer._flatten_layers(include_self=include_self, recursive=True))
 
 
-def functional_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers of ``model``'s graph (InputLayers included), in Keras' topological order."""
-    return list(as_functional(model, "reading the layer graph").layers)
-
-
 class ModelGraph:
     """Nodes, tensors, producers and consumers of one Functional (or built Sequential) model.
 
@@ -197,13 +191,15 @@ class ModelGraph:
             nodes.append(graph_node)
         self.nodes: list[GraphNode] = nodes
         self._by_name = {n.name: n for n in nodes}
+        self._calls: dict[int, list[GraphNode]] = {}
+        for n in nodes:
+            self._calls.setdefault(id(n.operation), []).append(n)
         self._producer = {t: n for n in nodes for t in n.outputs}
         self._consumers: dict[str, list[tuple[GraphNode, int]]] = {}
         for n in nodes:
             for i, t in enumerate(n.inputs):
                 self._consumers.setdefault(t, []).append((n, i))
         self.output_names: list[str] = [self._tensor_of_id[id(t)] for t in functional.outputs]
-        self._call_count = seen_calls
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -226,11 +222,11 @@ class ModelGraph:
 
     def nodes_of(self, operation: keras.Operation) -> list[GraphNode]:
         """Every node that calls ``operation``, in execution order."""
-        return [n for n in self.nodes if n.operation is operation]
+        return list(self._calls.get(id(operation), []))
 
     def call_count(self, operation: keras.Operation) -> int:
         """How many times ``operation`` is called in this graph (a shared layer: more than once)."""
-        return self._call_count.get(id(operation), 0)
+        return len(self._calls.get(id(operation), []))
 
     def producer(self, tensor: str) -> GraphNode | None:
         """The node that produces ``tensor``; None for a model input."""
@@ -241,10 +237,6 @@ class ModelGraph:
     def consumers(self, tensor: str) -> list[tuple[GraphNode, int]]:
         """``(node, input index)`` of every read of ``tensor``, in execution order."""
         return list(self._consumers.get(tensor, []))
-
-    def producer_nodes(self, name: str) -> list[GraphNode | None]:
-        """The producer of each input of node ``name`` (None where it is a model input)."""
-        return [self._producer.get(t) for t in self.node(name).inputs]
 
     def consumer_nodes(self, name: str) -> list[GraphNode]:
         """Every node reading an output of node ``name``, once each, in execution order."""
@@ -294,25 +286,16 @@ class ModelGraph:
                 consumers[src_name].add(node.operation.name)
         return producers, {name: sorted(consumers[name], key=position.__getitem__) for name in order}
 
-    def sub_model(self, inputs: Iterable[str], outputs: Iterable[str], name: str | None = None) -> keras.Model:
-        """A Functional model from tensors ``inputs`` (model inputs) to ``outputs``, sharing layers."""
-        ins = [self._keras_tensor[t] for t in inputs]
-        outs = [self._keras_tensor[t] for t in outputs]
-        return keras.Model(ins[0] if len(ins) == 1 else ins, outs[0] if len(outs) == 1 else outs, name=name)
-
     # -- running ---------------------------------------------------------------------------------
 
-    def run_node(self, name: str, values: Mapping[str, Any], operation: keras.Operation | None = None) -> list[Any]:
-        """Calls node ``name`` (or ``operation`` in its place) on ``values`` (tensor name -> value).
+    def run_node(self, name: str, values: Mapping[str, Any]) -> list[Any]:
+        """Calls node ``name`` on ``values`` (tensor name -> value); returns its outputs as a list.
 
         The node's own call arguments (keyword arguments such as ``training`` included) are
-        reproduced, with each symbolic input replaced by its value. Returns the outputs as a list.
+        reproduced, with each symbolic input replaced by its value.
         """
-        node = self._keras_node[name]
-        by_id = {id(self._keras_tensor[t]): values[t] for t in self.node(name).inputs}
-        args, kwargs = node.arguments.fill_in(by_id)
-        out = (operation or node.operation)(*args, **kwargs)
-        return keras.tree.flatten(out)
+        args, kwargs = self.call_arguments(name, values)
+        return keras.tree.flatten(self.node(name).operation(*args, **kwargs))
 
     def call_arguments(self, name: str, values: Mapping[str, Any]) -> tuple[tuple, dict]:
         """The positional and keyword arguments of node ``name``'s call with ``values`` filled in."""

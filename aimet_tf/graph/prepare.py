@@ -30,7 +30,7 @@ import keras
 from absl import logging
 
 from aimet_tf.graph import rewrite
-from aimet_tf.graph.model_graph import GraphNode, ModelGraph, is_graph_model, is_subclassed_model
+from aimet_tf.graph.model_graph import GraphNode, ModelGraph, all_layers, is_graph_model, is_subclassed_model
 from aimet_tf.graph.op_layer import OpLayer, op_layer_for
 
 __all__ = ["PrepareReport", "mark_atomic", "needs_preparing", "prepare_model", "prepare_model_with_report"]
@@ -58,10 +58,6 @@ def _is_keras_builtin(layer: Any) -> bool:
     return type(layer).__module__.startswith("keras.")
 
 
-def _sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    return [l for l in layer._flatten_layers(include_self=False, recursive=True)]
-
-
 def _is_composite(op: Any) -> bool:
     """A layer whose call runs other layers (traced through) rather than computing itself."""
     if not isinstance(op, _L.Layer) or isinstance(op, OpLayer):
@@ -72,7 +68,7 @@ def _is_composite(op: Any) -> bool:
         return True
     if _is_keras_builtin(op):
         return False
-    return bool(_sublayers(op))
+    return bool(all_layers(op))
 
 
 # keras.ops classes with an equivalent Keras layer, for calls on tensors only.
@@ -105,7 +101,7 @@ def _ops_layer(op: keras.Operation, args: tuple, kwargs: dict, name: str) -> tup
 
 def _trace_call(op: keras.layers.Layer, args: tuple, kwargs: dict) -> Any:
     """Runs ``op``'s own call (not ``__call__``) on symbolic tensors, so its layers become nodes."""
-    before = {id(l) for l in _sublayers(op)} if not is_graph_model(op) else None
+    before = {id(l) for l in all_layers(op)} if not is_graph_model(op) else None
     try:
         if isinstance(op, _L.Lambda):
             out = op.function(*args, **{k: v for k, v in kwargs.items() if k != "mask"}, **op.arguments)
@@ -121,10 +117,10 @@ def _trace_call(op: keras.layers.Layer, args: tuple, kwargs: dict) -> Any:
             "keras.ops (keras.ops.where, keras.ops.cond) or register the layer to be kept whole."
         ) from error
     if before is not None:
-        after = {id(l) for l in _sublayers(op)}
+        after = {id(l) for l in all_layers(op)}
         created = after - before
         if created:
-            names = [l.name for l in _sublayers(op) if id(l) in created]
+            names = [l.name for l in all_layers(op) if id(l) in created]
             raise ValueError(
                 f"prepare_model cannot trace layer {op.name!r} ({type(op).__name__}): its call() creates "
                 f"layers {names} each time it runs, so their weights are not the trained ones. Expected "

@@ -74,14 +74,12 @@ def _rebuild(
     purpose: str,
     replace: Callable[[GraphNode, tuple, dict, Callable], Any] | None = None,
     unshare: bool = False,
-    keep_layers: bool = False,
 ) -> keras.Model:
     """Reruns ``model``'s graph with copied layers.
 
     ``replace(node, args, kwargs, default)`` may return the node's new output (``default()``
     computes it with the copied layer). With ``unshare``, each call of a shared layer gets its own
-    copy, named ``"<layer>_<k>"`` for the k-th call (k >= 1). ``keep_layers`` reuses the original
-    layers instead of copies.
+    copy, named ``"<layer>_<k>"`` for the k-th call (k >= 1).
     """
     graph = ModelGraph(model, purpose)
     copies: dict[Any, Any] = {}
@@ -89,7 +87,7 @@ def _rebuild(
 
     def copy_of(node: GraphNode):
         op = node.operation
-        if not isinstance(op, _L.Layer) or keep_layers:
+        if not isinstance(op, _L.Layer):
             return op
         key = (id(op), node.call_index) if unshare else id(op)
         if key not in copies:

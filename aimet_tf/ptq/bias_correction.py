@@ -29,7 +29,7 @@ import tensorflow as tf
 from absl import logging
 
 from aimet_tf.graph import ModelGraph, activation_kind, clone_layer
-from aimet_tf.quantization import calibration_data, graph
+from aimet_tf.quantization import calibration_data
 from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.sim import QuantizationSimModel
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
@@ -106,9 +106,9 @@ class BiasCorrectionReport:
         return self.summary()
 
 
-def _input_tensor(model: keras.Model, layer: keras.layers.Layer):
-    """The symbolic (first) input of ``layer``'s call in ``model``'s graph."""
-    g = ModelGraph(model, "bias correction")
+def _input_tensor(g: ModelGraph, layer: keras.layers.Layer):
+    """The symbolic (first) input of ``layer``'s call in the graph ``g``."""
+    model = g.model
     nodes = g.nodes_of(layer)
     if not nodes:
         raise ValueError(
@@ -200,7 +200,8 @@ def _check_ready(sim: QuantizationSimModel) -> None:
 
 def _reference_means(float_model, float_layers, targets, batches, references) -> None:
     """Adds every target's FP32 pre-activation output (on FP32 inputs) to its running mean."""
-    probe_inputs = [_input_tensor(float_model, float_layers[w.name]) for w in targets]
+    float_graph = ModelGraph(float_model, "bias correction")
+    probe_inputs = [_input_tensor(float_graph, float_layers[w.name]) for w in targets]
     probe = keras.Model(_single(float_model.inputs), probe_inputs)
     float_linear = [_linear_copy(float_layers[w.name]) for w in targets]
     # One trace per function: the batch dimension is left open for the last, smaller batch.
@@ -214,9 +215,10 @@ def _reference_means(float_model, float_layers, targets, batches, references) ->
             ref.add(layer(x))
 
 
-def _input_function(model: keras.Model, layer: keras.layers.Layer):
+def _input_function(g: ModelGraph, layer: keras.layers.Layer):
     """A traced function from the model inputs to ``layer``'s input tensor."""
-    prefix = keras.Model(_single(model.inputs), _input_tensor(model, layer))
+    model = g.model
+    prefix = keras.Model(_single(model.inputs), _input_tensor(g, layer))
     return tf.function(
         lambda x: prefix(x, training=False),
         input_signature=[tf.nest.map_structure(_open_batch_spec, _single(model.inputs))],
@@ -269,10 +271,12 @@ def _correct_layers(
         _reference_means(float_model, float_layers, targets, batches, references)
 
     # Simulation side, layer by layer: each prefix runs through the corrected layers before it.
-    consumers = graph.layer_edges(sim.model)[1]
+    sim_graph = ModelGraph(sim.model, "bias correction")
+    float_graph = ModelGraph(float_model, "bias correction") if error == "total" else None
+    consumers = sim_graph.layer_edges()[1]
     progress = keras.utils.Progbar(len(targets), verbose=verbose, unit_name="layer")
     for i, (wrapper, ref) in enumerate(zip(targets, references)):
-        sim_input = _input_function(sim.model, wrapper)
+        sim_input = _input_function(sim_graph, wrapper)
         float_copy = _linear_copy(wrapper.layer)
         quantized = _linear_copy(wrapper.layer)
         for path, q in wrapper.param_quantizers.items():
@@ -302,7 +306,7 @@ def _correct_layers(
             # can raise it. Keep the shift only on channels whose activated output gets closer to
             # the reference.
             if error == "total":
-                float_input = _input_function(float_model, float_layers[wrapper.name])
+                float_input = _input_function(float_graph, float_layers[wrapper.name])
                 float_linear = _linear_copy(float_layers[wrapper.name])
             without, with_shift = 0.0, 0.0
             shift32 = tf.constant(shift, tf.float32)
