@@ -85,7 +85,7 @@ def check_tflite_exportable(sim) -> list[str]:
     """Lists why ``sim`` cannot be exported as an integer TFLite model (empty: it can).
 
     Checked: every enabled quantizer has an encoding; no BatchNormalization is left unfolded and
-    no SeparableConv unsplit (``prepare_model_for_tflite`` before building the sim); every
+    no SeparableConv unsplit; no layer quantizes tensors inside itself (recurrent layers) (``prepare_model_for_tflite`` before building the sim); every
     Conv/Dense-like layer has an enabled weight quantizer that is symmetric (TFLite weights have
     zero point 0), 2..8 bits, and per-tensor where TFLite needs it; activations are 8-bit.
 
@@ -113,6 +113,16 @@ def check_tflite_exportable(sim) -> list[str]:
                 "aimet_tf.export.prepare_model_for_tflite(model) (or aimet_tf.ptq."
                 "fold_batch_norms(model)); a batch norm that cannot fold (no Conv/Dense before "
                 "it) cannot be exported as integer."
+            )
+            continue
+        if wrapper.internal_names:
+            problems.append(
+                f"Layer {wrapper.name!r} ({kind}) quantizes tensors inside its own computation "
+                f"({', '.join(wrapper.internal_names[:4])}, ...): for a recurrent layer, in a loop over "
+                "time steps. The TFLite converter of TF 2.21 fails on that loop (tf.TensorListReserve "
+                "needs a static element shape), and its own integer LSTM kernel keeps 16-bit cell "
+                "states on scales it derives itself, so no file could reproduce the simulation. Expected no such layer in an int8 TFLite "
+                "export; sim.export() writes the AIMET encodings for other targets."
             )
             continue
         if isinstance(layer, _UNSPLIT):

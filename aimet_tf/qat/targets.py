@@ -93,10 +93,7 @@ def find_quantizers(
         if not isinstance(layer, QuantizationWrapper):
             continue
         if "activation" in kinds:
-            for i, q in enumerate(layer.input_quantizers):
-                pairs.append((encodings_io.activation_name(layer.name, "input", i), q))
-            for i, q in enumerate(layer.output_quantizers):
-                pairs.append((encodings_io.activation_name(layer.name, "output", i), q))
+            pairs.extend(layer.activation_slots())
         if "param" in kinds:
             for path, q in layer.param_quantizers.items():
                 pairs.append((encodings_io.param_name(layer.name, path), q))

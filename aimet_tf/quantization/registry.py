@@ -21,6 +21,7 @@ import keras
 from aimet_tf.graph.op_layer import DataMovementOpLayer, OpLayer
 from aimet_tf.graph.prepare import mark_atomic
 from aimet_tf.quantization.fused_batch_norm import fused_batch_norm_training
+from aimet_tf.quantization.recurrent import INTERNAL_TENSORS, recurrent_forward
 
 __all__ = ["ParamSpec", "LayerSpec", "register_layer", "get_layer_spec", "registered_classes"]
 
@@ -56,12 +57,24 @@ class LayerSpec:
             ``forward(layer, args, kwargs, training)`` returns the outputs, or None to let the
             wrapper call the layer (e.g. BatchNormalization's training pass through TF's fused
             kernel, ``aimet_tf.quantization.fused_batch_norm``).
+        internal: names of tensors computed inside the layer that get activation quantizers of
+            their own (e.g. an LSTM's gates). A layer with internal tensors needs a ``forward``,
+            which is then called with ``quantize=fn`` as well: ``fn(name, tensor)`` applies the
+            wrapper's quantizer of that name (identity for an empty slot).
     """
 
     params: Mapping[str, ParamSpec] = dataclasses.field(default_factory=dict)
     passthrough: bool = False
     quantize_output: bool = True
     forward: Callable[..., object] | None = None
+    internal: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.internal and self.forward is None:
+            raise ValueError(
+                "Expected a forward for a layer with internal tensors to quantize. Received: "
+                f"internal={self.internal!r}, forward=None"
+            )
 
 
 _REGISTRY: dict[type, LayerSpec] = {}
@@ -74,6 +87,7 @@ def register_layer(
     passthrough: bool = False,
     quantize_output: bool = True,
     forward: Callable[..., object] | None = None,
+    internal: tuple[str, ...] = (),
 ) -> Callable[[type], type] | type:
     """Registers how a Keras layer class is quantized. Usable as a decorator or a call.
 
@@ -84,11 +98,13 @@ def register_layer(
         quantize_output: whether the output is quantized by default.
         forward: optional ``forward(layer, args, kwargs, training) -> outputs or None`` that the
             wrapper runs instead of the layer's call (None result: the layer's call runs).
+        internal: names of intermediate tensors with activation quantizers of their own, which
+            ``forward(..., quantize=fn)`` passes through ``fn(name, tensor)``.
 
     Returns:
         The class (decorator form) unchanged.
     """
-    spec = LayerSpec(dict(params or {}), passthrough, quantize_output, forward)
+    spec = LayerSpec(dict(params or {}), passthrough, quantize_output, forward, tuple(internal))
 
     def _register(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
@@ -154,6 +170,21 @@ register_layer(L.BatchNormalization, params={}, forward=fused_batch_norm_trainin
 register_layer(L.LayerNormalization, params={"gamma": ParamSpec("weight"), "beta": ParamSpec("bias")})
 register_layer(L.Embedding, params={"embeddings": ParamSpec("weight", (0,))})
 register_layer(L.PReLU, params={"alpha": ParamSpec("weight", (-1,))})
+# Recurrent layers: input and recurrent kernels per output unit (4 gates x units for an LSTM), and
+# every gate tensor of the step quantized inside the recurrence (``recurrent.py``). The hidden state
+# is quantized in the loop, so the outputs are already on its grid.
+for _cls, _names in INTERNAL_TENSORS.items():
+    register_layer(
+        _cls,
+        params={
+            "cell.kernel": ParamSpec("weight", (-1,)),
+            "cell.recurrent_kernel": ParamSpec("weight", (-1,)),
+            "cell.bias": ParamSpec("bias", (-1,)),
+        },
+        quantize_output=False,
+        forward=recurrent_forward,
+        internal=_names,
+    )
 register_layer(
     L.MultiHeadAttention,
     params={
@@ -178,4 +209,4 @@ for _cls in (
     L.GaussianNoise, L.GaussianDropout, L.Identity, L.RepeatVector, DataMovementOpLayer, L.CenterCrop,
 ):
     register_layer(_cls, params={}, passthrough=True)
-del L, _cls
+del L, _cls, _names

@@ -108,6 +108,10 @@ class QuantizationSimModel:
 
     Attributes:
         model: the simulated ``keras.Model``; use it for predict/evaluate/fit.
+        preparations: steps that changed this sim for a target after it was built, by name
+            (``prepare_sim_for_tflite`` records itself as "tflite"). A pass that rebuilds the sim
+            (``fold_all_batch_norms_to_scale``) runs each on the new sim, so it needs no import of
+            the module that defined the step.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class QuantizationSimModel:
         self.config = hw_config.load_config(config_file)
         self._original = model
         self.model = self._build(model, is_top=True)
+        self.preparations: dict[str, Callable[[QuantizationSimModel], Any]] = {}
         self._check_against_config(config_file)
         # Calibration state kept across compute_encodings calls (see _calibration_step).
         self._graph_stats: dict[tuple, GraphStatistics] = {}
@@ -256,7 +261,13 @@ class QuantizationSimModel:
                 percentile=self.percentile,
                 name=f"{name}_{path.replace('.', '_').lstrip('_')}_quantizer",
             )
-        return QuantizationWrapper(new_layer, input_quantizers, output_quantizers, param_quantizers, name=name)
+        # Tensors inside the layer (an LSTM's gates) are activations of the layer's op type.
+        internal_quantizers = {
+            t: self._activation_quantizer(f"{name}_{t}", rule) if rule.output_quantized else None
+            for t in spec.internal
+        }
+        return QuantizationWrapper(new_layer, input_quantizers, output_quantizers, param_quantizers,
+                                   internal_quantizers=internal_quantizers, name=name)
 
     # -- introspection -------------------------------------------------------------------------
 
@@ -276,15 +287,7 @@ class QuantizationSimModel:
 
     def activation_quantizers(self) -> list[tuple[str, Quantizer]]:
         """(tensor name, quantizer) for every input/output quantizer slot that holds one."""
-        pairs = []
-        for w in self.wrappers():
-            for i, q in enumerate(w.input_quantizers):
-                if q is not None:
-                    pairs.append((encodings_io.activation_name(w.name, "input", i), q))
-            for i, q in enumerate(w.output_quantizers):
-                if q is not None:
-                    pairs.append((encodings_io.activation_name(w.name, "output", i), q))
-        return pairs
+        return [(name, q) for w in self.wrappers() for name, q in w.activation_slots() if q is not None]
 
     def param_quantizers(self) -> list[tuple[str, Quantizer, keras.Variable]]:
         """(param name, quantizer, variable) for every parameter quantizer slot that holds one.
@@ -726,6 +729,7 @@ class QuantizationSimModel:
         self.model = other.model  # already hooked by other's constructor
         self._original = other._original
         self.config = other.config
+        self.preparations = dict(other.preparations)
         self._graph_stats = {}
         self._calibration_steps = {}
         self._watches = {}

@@ -14,6 +14,7 @@ from typing import Iterator, Mapping, Sequence
 
 import keras
 
+from aimet_tf.quantization.encodings_io import activation_name
 from aimet_tf.quantization.quantizers import Quantizer, Requantizer, _TracedState
 from aimet_tf.quantization.registry import get_layer_spec
 
@@ -60,6 +61,9 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         param_quantizers: parameter attribute path -> Quantizer or None.
         requantizer: optional model of the integer kernel's requantization, applied to the
             layer's raw output before the output quantizers (None = float output).
+        internal_quantizers: tensor name -> Quantizer or None for the tensors computed inside
+            the layer that its registry entry lists (``LayerSpec.internal``, e.g. an LSTM's
+            gates); the layer's registered forward applies them.
 
     While ``compute_encodings`` runs, ``_finite_watch`` counts the batches whose layer output held
     NaN/Inf (None otherwise).
@@ -75,6 +79,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         output_quantizers: Sequence[Quantizer | None] = (),
         param_quantizers: Mapping[str, Quantizer | None] | None = None,
         requantizer: Requantizer | None = None,
+        internal_quantizers: Mapping[str, Quantizer | None] | None = None,
         **kwargs,
     ):
         kwargs.setdefault("name", layer.name)
@@ -89,6 +94,9 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         # Lists (not dicts) keep the saved variable order independent of dict handling.
         self.param_quantizer_list = [params[name] for name in self.param_names]
         self.requantizer = requantizer
+        internal = dict(internal_quantizers or {})
+        self.internal_names = list(internal)
+        self.internal_quantizer_list = [internal[name] for name in self.internal_names]
         self._finite_watch = None
         if layer.built:
             self._build_quantizers(None)
@@ -97,18 +105,32 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
     def param_quantizers(self) -> dict[str, Quantizer | None]:
         return dict(zip(self.param_names, self.param_quantizer_list))
 
+    @property
+    def internal_quantizers(self) -> dict[str, Quantizer | None]:
+        return dict(zip(self.internal_names, self.internal_quantizer_list))
+
+    def activation_slots(self) -> list[tuple[str, Quantizer | None]]:
+        """(tensor name, slot occupant) of every activation slot: inputs, internal tensors, outputs.
+
+        Names as in the encodings files: ``"<layer>/input:0"``, ``"<layer>/forget_gate:0"``,
+        ``"<layer>/output:0"``.
+        """
+        slots = [(activation_name(self.name, "input", i), q) for i, q in enumerate(self.input_quantizers)]
+        slots += [(activation_name(self.name, n, 0), q) for n, q in zip(self.internal_names, self.internal_quantizer_list)]
+        slots += [(activation_name(self.name, "output", i), q) for i, q in enumerate(self.output_quantizers)]
+        return slots
+
     def quantizers(self) -> list[Quantizer]:
-        """All quantizers of this wrapper (inputs, outputs, params, requantizer), skipping empty slots."""
-        slots = [*self.input_quantizers, *self.output_quantizers, *self.param_quantizer_list]
-        slots.append(self.requantizer)
-        return [q for q in slots if q is not None]
+        """All quantizers of this wrapper (inputs, internal, outputs, params, requantizer), skipping empty slots."""
+        return [q for q in self._slot_occupants() if q is not None]
 
     def replace_quantizer(self, kind: str, key: int | str, quantizer) -> None:
         """Puts ``quantizer`` into a slot of a built wrapper (Keras tracking kept consistent).
 
         Args:
-            kind: "input", "output" or "param".
-            key: slot index for inputs/outputs, parameter path for params.
+            kind: "input", "output", "internal" or "param".
+            key: slot index for inputs/outputs, parameter path for params, tensor name for
+                internal tensors.
             quantizer: the new occupant, e.g. a ``BiasQuantizer`` for a bias slot.
 
         Raises:
@@ -121,13 +143,20 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
                     f"{self.param_names}."
                 )
             slots, index = self.param_quantizer_list, self.param_names.index(key)
+        elif kind == "internal":
+            if key not in self.internal_names:
+                raise KeyError(
+                    f"Wrapper {self.name!r} has no internal tensor {key!r}. Expected one of "
+                    f"{self.internal_names}."
+                )
+            slots, index = self.internal_quantizer_list, self.internal_names.index(key)
         elif kind in ("input", "output"):
             slots = self.input_quantizers if kind == "input" else self.output_quantizers
             index = int(key)
             if not 0 <= index < len(slots):
                 raise KeyError(f"Wrapper {self.name!r} has no {kind} slot {key!r}.")
         else:
-            raise KeyError(f"Expected kind 'input', 'output' or 'param'. Received: kind={kind!r}")
+            raise KeyError(f"Expected kind 'input', 'output', 'internal' or 'param'. Received: kind={kind!r}")
         old = slots[index]
         # Item assignment on a tracked list bypasses Keras' tracker: update it by hand so that
         # saving and weight listing see the new occupant (and forget an orphaned old one).
@@ -144,8 +173,8 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             self.requantizer = requantizer
 
     def _slot_occupants(self) -> list:
-        return [*self.input_quantizers, *self.output_quantizers, *self.param_quantizer_list,
-                self.requantizer]
+        return [*self.input_quantizers, *self.internal_quantizer_list, *self.output_quantizers,
+                *self.param_quantizer_list, self.requantizer]
 
     @contextlib.contextmanager
     def _unlocked_tracker(self) -> Iterator[None]:
@@ -162,7 +191,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
     # -- building ------------------------------------------------------------------------------
 
     def _build_quantizers(self, input_shape) -> None:
-        for q in [*self.input_quantizers, *self.output_quantizers]:
+        for q in [*self.input_quantizers, *self.internal_quantizer_list, *self.output_quantizers]:
             if q is not None and not q.built:
                 q.build(())
         for name, q in zip(self.param_names, self.param_quantizer_list):
@@ -243,18 +272,23 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         # The layer's registered forward (e.g. BatchNormalization's fused training pass) if it
         # applies to this call, else the layer's own call.
         try:
-            forward = get_layer_spec(self.layer).forward
+            spec = get_layer_spec(self.layer)
         except NotImplementedError:
-            forward = None
-        if forward is not None:
+            spec = None
+        if spec is not None and spec.forward is not None:
             training = kwargs.get("training")
             if training is None:
                 # Resolved by Keras from the outer call (model.fit passes training=True).
                 training = self._get_call_context().training
-            outputs = forward(self.layer, args, kwargs, training)
+            extra = {"quantize": self._quantize_internal} if spec.internal else {}
+            outputs = spec.forward(self.layer, args, kwargs, training, **extra)
             if outputs is not None:
                 return outputs
         return self.layer(*args, **kwargs)
+
+    def _quantize_internal(self, name: str, tensor):
+        q = self.internal_quantizers.get(name)
+        return q(tensor) if q is not None else tensor
 
     def _quantize_outputs(self, outputs):
         if not any(q is not None for q in self.output_quantizers):
@@ -284,6 +318,8 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             output_quantizers=[_serialize(q) for q in self.output_quantizers],
             param_quantizers={n: _serialize(q) for n, q in self.param_quantizers.items()},
             requantizer=_serialize(self.requantizer),
+            # A list of pairs: the order of the internal tensors is the forward's.
+            internal_quantizers=[[n, _serialize(q)] for n, q in self.internal_quantizers.items()],
         )
         return config
 
@@ -296,7 +332,8 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         outputs = [_deserialize(c) for c in config.pop("output_quantizers")]
         params = {n: _deserialize(c) for n, c in config.pop("param_quantizers").items()}
         requantizer = _deserialize(config.pop("requantizer", None))
-        return cls(layer, inputs, outputs, params, requantizer, **config)
+        internal = {n: _deserialize(c) for n, c in config.pop("internal_quantizers", [])}
+        return cls(layer, inputs, outputs, params, requantizer, internal_quantizers=internal, **config)
 
     def __repr__(self) -> str:
         count = len(self.quantizers())

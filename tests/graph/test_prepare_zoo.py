@@ -77,6 +77,10 @@ TFLITE_REFUSED = {
     # Per-channel weights through the converter's Conv1D / EinsumDense reshapes.
     "conv1d_audio": "TFLite converter failed.*tfl.reshape",
     "attention": "TFLite converter failed.*tfl.reshape",
+    # Gates quantized inside the recurrence: a loop the converter cannot lower to integer ops.
+    "lstm_stack": "'lstm.*' \\(LSTM\\) quantizes tensors inside its own computation",
+    "subclassed_gru": "'gru.*' \\(GRU\\) quantizes tensors inside its own computation",
+    "simple_rnn_state": "\\(SimpleRNN\\) quantizes tensors inside its own computation",
 }
 
 

@@ -212,6 +212,33 @@ def _two_tower():
     return model
 
 
+def _lstm_stack():
+    x = keras.Input((12, 6))
+    y = L.LSTM(16, return_sequences=True)(x)
+    y = L.LSTM(8)(y)
+    return keras.Model(x, L.Dense(4, activation="softmax")(y), name="lstm_stack")
+
+
+class KeywordGru(keras.Model):
+    """A subclassed keyword spotter: Conv1D front end, GRU, classifier."""
+
+    def __init__(self):
+        super().__init__(name="subclassed_gru")
+        self.front = L.Conv1D(8, 3, padding="same", activation="relu")
+        self.gru = L.GRU(12)
+        self.head = L.Dense(5)
+
+    def call(self, x):
+        return self.head(self.gru(self.front(x)))
+
+
+def _simple_rnn_state():
+    x = keras.Input((9, 4))
+    sequence, state = L.SimpleRNN(10, return_sequences=True, return_state=True)(x)
+    pooled = L.GlobalAveragePooling1D()(sequence)
+    return keras.Model(x, L.Dense(3)(L.Concatenate()([pooled, state])), name="simple_rnn_state")
+
+
 def _application(fn, name):
     def build():
         model = fn(input_shape=(32, 32, 3), weights=None, classes=10)
@@ -239,6 +266,9 @@ ENTRIES = (
     Entry("attention", _attention, ((6, 8),)),
     Entry("reshape_transpose", _reshape_transpose, ((4, 6),)),
     Entry("subclassed_two_inputs", _two_tower, ((3,), (7,))),
+    Entry("lstm_stack", _lstm_stack, ((12, 6),)),
+    Entry("subclassed_gru", lambda: _built(KeywordGru(), (16, 5)), ((16, 5),)),
+    Entry("simple_rnn_state", _simple_rnn_state, ((9, 4),)),
     Entry("mobilenet_v3_small", _application(keras.applications.MobileNetV3Small, "mobilenet_v3_small"),
           ((32, 32, 3),), slow=True),
     Entry("efficientnet_v2_b0", _application(keras.applications.EfficientNetV2B0, "efficientnet_v2_b0"),
