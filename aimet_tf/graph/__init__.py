@@ -28,11 +28,14 @@ from aimet_tf.graph.model_graph import (
 from aimet_tf.graph.op_layer import DataMovementOpLayer, OpLayer
 from aimet_tf.graph.prepare import PrepareReport, needs_preparing, prepare_model, prepare_model_with_report
 from aimet_tf.graph.rewrite import (
+    ChannelGroup,
+    channel_group,
     clone_layer,
     clone_model_graph,
     has_nested_models,
     inline_nested_models,
     insert_after,
+    keep_channels,
     remove_layer,
     replace_layer,
     replace_with_chain,
@@ -41,10 +44,10 @@ from aimet_tf.graph.rewrite import (
 )
 
 __all__ = [
-    "DataMovementOpLayer", "GraphNode", "GraphRunner", "LayerGraph", "ModelGraph", "OpLayer", "PrepareReport", "activation_kind", "all_layers",
-    "as_functional", "bn_folds_backward", "bn_folds_forward", "clone_layer", "clone_model_graph",
+    "ChannelGroup", "DataMovementOpLayer", "GraphNode", "GraphRunner", "LayerGraph", "ModelGraph", "OpLayer", "PrepareReport", "activation_kind", "all_layers",
+    "as_functional", "bn_folds_backward", "bn_folds_forward", "channel_group", "clone_layer", "clone_model_graph",
     "commutes_with_channel_scaling", "has_nested_models", "inline_nested_models", "insert_after",
-    "is_graph_model", "is_subclassed_model", "layer_graph", "needs_preparing", "onnx_op_type", "output_channel_axis",
+    "is_graph_model", "is_subclassed_model", "keep_channels", "layer_graph", "needs_preparing", "onnx_op_type", "output_channel_axis",
     "prepare_model", "prepare_model_with_report", "remove_layer", "replace_layer", "replace_with_chain", "replace_with_subgraph",
     "split_activations", "tensor_name",
 ]

@@ -9,7 +9,9 @@ weights) unless a primitive says otherwise. All of them rerun the graph through
 * :func:`replace_layer`, :func:`replace_with_chain`, :func:`replace_with_subgraph`, :func:`remove_layer`,
   :func:`insert_after`;
 * :func:`inline_nested_models`: nested Functional/Sequential models become top-level layers;
-* :func:`split_activations`: ``Conv2D(activation="relu")`` becomes ``Conv2D`` + ``Activation("relu")``.
+* :func:`split_activations`: ``Conv2D(activation="relu")`` becomes ``Conv2D`` + ``Activation("relu")``;
+* :func:`keep_channels` (and :func:`channel_group`, what it would change): keep some output channels
+  of a producer and slice every layer that reads them to match (channel pruning).
 
 Example:
     >>> model = split_activations(model)[0]
@@ -19,19 +21,25 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Callable, Mapping, Sequence
 
 import keras
+import numpy as np
 
+from aimet_tf.graph.catalogue import activation_kind, output_channel_axis
 from aimet_tf.graph.model_graph import GraphNode, ModelGraph, as_functional, is_graph_model
 
 __all__ = [
+    "ChannelGroup",
+    "channel_group",
     "clone_layer",
     "clone_model_graph",
     "has_nested_models",
     "inline_nested_models",
     "insert_after",
+    "keep_channels",
     "remove_layer",
     "replace_layer",
     "replace_with_chain",
@@ -368,3 +376,453 @@ def split_activations(model: keras.Model) -> tuple[keras.Model, list[str]]:
         return act(bare(*args, **kwargs))
 
     return _rebuild(model, "splitting activations", replace), changes
+
+
+# --- channel counts: keep some output channels of a producer, slice its readers to match -----------
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelGroup:
+    """The layers that :func:`keep_channels` changes for one producer.
+
+    Attributes:
+        producer: the layer whose output channels are kept (Conv*, Dense, SeparableConv*,
+            Conv*Transpose).
+        channels: its output channel count.
+        through: layers between the producer and the consumers, in execution order. Their channels
+            are sliced (BatchNormalization, PReLU, DepthwiseConv*, Reshape) or passed through
+            (activations, pooling, padding, Dropout, Flatten, Permute, merges, Concatenate).
+        consumers: layers whose kernel's input axis is sliced (Conv*, Dense, SeparableConv*,
+            Conv*Transpose), in execution order.
+    """
+
+    producer: str
+    channels: int
+    through: tuple[str, ...]
+    consumers: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Channels:
+    """Which entries of a tensor survive: positions ``kept`` (increasing) of ``size`` along ``axis``.
+
+    ``axis`` counts the batch axis as 0. After a Flatten, the entries along the flat axis are
+    pixels x channels, and ``kept`` lists the positions that hold a kept channel.
+    """
+
+    axis: int
+    rank: int
+    kept: np.ndarray
+    size: int
+
+    def same_as(self, other: "_Channels") -> bool:
+        return (
+            self.axis - self.rank == other.axis - other.rank
+            and self.size == other.size
+            and np.array_equal(self.kept, other.kept)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Edit:
+    """How to rebuild one layer: config overrides, and per weight name (``var.name``) the
+    ``(axis, indices)`` to keep, or None to copy the weight unchanged."""
+
+    overrides: Mapping[str, Any]
+    slices: Mapping[str, tuple[int, np.ndarray] | None]
+
+
+class _Walk:
+    """The channel walk from one producer: the state of each tensor that carries its channels,
+    and the errors, which all name the producer, the layer and the reason."""
+
+    def __init__(self, graph: ModelGraph, producer: str):
+        self.graph = graph
+        self.producer = producer
+
+    def error(self, node: GraphNode, why: str, expected: str, received: str) -> ValueError:
+        layer = node.operation
+        return ValueError(
+            f"keep_channels({self.producer!r}): {why} at {type(layer).__name__} {node.name!r}. "
+            f"Expected {expected}. Received: {received}."
+        )
+
+    def edit(self, node: GraphNode, overrides: Mapping[str, Any] | None = None, **slices) -> _Edit:
+        """An edit of ``node``'s layer; every weight of the layer must be named in ``slices``."""
+        names = [v.name for v in node.operation.weights]
+        unknown = [n for n in names if n not in slices]
+        if unknown:
+            raise self.error(
+                node, "weights that cannot be sliced",
+                f"weights among {sorted(slices)} (a float layer, not quantized or LoRA-enabled)",
+                f"weights {names}",
+            )
+        return _Edit(dict(overrides or {}), slices)
+
+    def rank(self, tensor: str) -> int:
+        return len(self.graph.keras_tensor(tensor).shape)
+
+    def expect_channel_axis(self, node: GraphNode, state: _Channels) -> None:
+        """A layer with a ``data_format`` must read the carried channels as its channels."""
+        axis = _data_channel_axis(node.operation, state.rank)
+        if axis != state.axis:
+            raise self.error(
+                node, "channels mixed",
+                f"the channels of {self.producer!r} on the axis the layer treats as channels ({axis})",
+                f"them on axis {state.axis} (data_format={getattr(node.operation, 'data_format', None)!r})",
+            )
+
+
+def _data_channel_axis(layer: Any, rank: int) -> int:
+    return 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else rank - 1
+
+
+# Layers that act on each entry, or each channel, alone: the carried channels pass through.
+_ELEMENTWISE = (
+    _L.Dropout, _L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D, _L.GaussianNoise,
+    _L.GaussianDropout, _L.AlphaDropout, _L.ActivityRegularization, _L.Identity,
+)
+# Layers that move or pool pixels and keep channels on their data_format's axis.
+_SPATIAL = (
+    _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D, _L.AveragePooling1D, _L.AveragePooling2D,
+    _L.AveragePooling3D, _L.ZeroPadding1D, _L.ZeroPadding2D, _L.ZeroPadding3D, _L.Cropping1D,
+    _L.Cropping2D, _L.Cropping3D, _L.UpSampling1D, _L.UpSampling2D, _L.UpSampling3D,
+)
+_GLOBAL_POOLING = (
+    _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.GlobalAveragePooling3D,
+    _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D,
+)
+_ELEMENTWISE_MERGES = (_L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum)
+_DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
+_SEPARABLE = (_L.SeparableConv1D, _L.SeparableConv2D)
+_TRANSPOSED = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
+_CONVS = (_L.Conv1D, _L.Conv2D, _L.Conv3D)
+
+
+def _producer_edit(walk: _Walk, node: GraphNode, kept: Sequence[int] | None) -> tuple[_Edit, _Channels]:
+    layer = node.operation
+    groups = getattr(layer, "groups", 1)
+    not_a_producer = walk.error(
+        node, "no output channels of its own",
+        "a Conv1D/2D/3D (groups=1), Dense, SeparableConv1D/2D or Conv*Transpose producer",
+        type(layer).__name__ + (f" with groups={groups}" if groups != 1 else ""),
+    )
+    try:
+        kernel_axis = output_channel_axis(layer)
+    except KeyError:
+        raise not_a_producer from None
+    if groups != 1:
+        raise not_a_producer
+    if kernel_axis is None:
+        raise walk.error(
+            node, "output channels that follow its input channels",
+            "a producer whose output channels are its own; a depthwise conv has one per input channel "
+            "(times depth_multiplier), so prune the layer that feeds it",
+            type(layer).__name__,
+        )
+    if len(node.outputs) != 1:
+        raise walk.error(node, "several outputs", "a producer with one output", f"{len(node.outputs)} outputs")
+    activation = _builtin_activation(layer)
+    if activation in ("softmax", "log_softmax"):
+        raise walk.error(node, "channels mixed by the built-in activation", "an activation that acts per channel",
+                         f"activation={activation!r}")
+    tensor = node.outputs[0]
+    rank = walk.rank(tensor)
+    axis = _data_channel_axis(layer, rank)
+    size = int(walk.graph.keras_tensor(tensor).shape[axis])
+    indices = np.arange(size) if kept is None else _checked_kept(walk, node, kept, size)
+    count = "units" if "units" in layer.get_config() else "filters"
+    kernel = "pointwise_kernel" if isinstance(layer, _SEPARABLE) else "kernel"
+    edit = walk.edit(
+        node, {count: len(indices)},
+        **{kernel: (kernel_axis, indices), "bias": (0, indices), "depthwise_kernel": None},
+    )
+    return edit, _Channels(axis, rank, indices, size)
+
+
+def _checked_kept(walk: _Walk, node: GraphNode, kept: Sequence[int], size: int) -> np.ndarray:
+    values = np.asarray(list(kept))
+    valid = (
+        values.ndim == 1 and values.size > 0 and np.issubdtype(values.dtype, np.integer)
+        and values.min() >= 0 and values.max() < size and len(np.unique(values)) == values.size
+    )
+    if not valid:
+        raise walk.error(
+            node, "invalid kept channels", f"distinct integer channel indices in [0, {size}), at least one",
+            f"kept={list(kept)}",
+        )
+    return np.sort(values)
+
+
+def _step(walk: _Walk, node: GraphNode, states: list[_Channels | None]) -> tuple[str, _Edit, _Channels | None]:
+    """What ``node`` does with the carried channels: ``("through", edit, output state)`` or
+    ``("consumer", edit, None)``."""
+    layer = node.operation
+    if isinstance(layer, _ELEMENTWISE_MERGES):
+        return "through", walk.edit(node), _merged(walk, node, states)
+    if isinstance(layer, _L.Concatenate):
+        return "through", walk.edit(node), _concatenated(walk, node, states)
+    if len(states) != 1 or not isinstance(layer, _L.Layer) or is_graph_model(layer):
+        raise _unsupported(walk, node)
+    state = states[0]
+    if isinstance(layer, _ELEMENTWISE) or (isinstance(layer, _L.Activation) and activation_kind(layer) is None):
+        return "through", walk.edit(node), state
+    if activation_kind(layer) is not None:
+        if activation_kind(layer) == "cross_channel":
+            raise walk.error(node, "channels mixed by a cross-channel activation", "an activation that acts per channel",
+                             f"{type(layer).__name__}")
+        if isinstance(layer, _L.PReLU):
+            # alpha has the input's shape without the batch axis, 1 on shared axes.
+            shared = layer.alpha.shape[state.axis - 1] == 1
+            return "through", walk.edit(node, alpha=None if shared else (state.axis - 1, state.kept)), state
+        return "through", walk.edit(node), state
+    if isinstance(layer, _SPATIAL):
+        walk.expect_channel_axis(node, state)
+        return "through", walk.edit(node), state
+    if isinstance(layer, _GLOBAL_POOLING):
+        walk.expect_channel_axis(node, state)
+        return "through", walk.edit(node), state if layer.keepdims else _Channels(1, 2, state.kept, state.size)
+    if isinstance(layer, _L.BatchNormalization):
+        if layer.axis % state.rank != state.axis:
+            raise walk.error(node, "channels mixed", f"a batch norm over axis {state.axis}",
+                             f"axis={layer.axis}")
+        bn = (0, state.kept)
+        return "through", walk.edit(node, gamma=bn, beta=bn, moving_mean=bn, moving_variance=bn), state
+    if isinstance(layer, _DEPTHWISE):
+        walk.expect_channel_axis(node, state)
+        out = _multiplied(state, layer.depth_multiplier)
+        return "through", walk.edit(node, kernel=(-2, state.kept), bias=(0, out.kept)), out
+    if isinstance(layer, _L.Permute):
+        return "through", walk.edit(node), dataclasses.replace(state, axis=list(layer.dims).index(state.axis) + 1)
+    if isinstance(layer, (_L.Flatten, _L.Reshape)):
+        return _reshaped(walk, node, state)
+    return "consumer", _consumer_edit(walk, node, state), None
+
+
+def _multiplied(state: _Channels, multiplier: int) -> _Channels:
+    """Depthwise output channel ``c * multiplier + m`` comes from input channel ``c``."""
+    kept = (state.kept[:, None] * multiplier + np.arange(multiplier)).ravel()
+    return _Channels(state.axis, state.rank, kept, state.size * multiplier)
+
+
+def _consumer_edit(walk: _Walk, node: GraphNode, state: _Channels) -> _Edit:
+    layer = node.operation
+    if isinstance(layer, _L.Dense):
+        if state.axis != state.rank - 1:
+            raise walk.error(node, "channels mixed", f"the channels of {walk.producer!r} on the last axis",
+                             f"them on axis {state.axis}")
+        return walk.edit(node, kernel=(0, state.kept), bias=None)
+    if isinstance(layer, _CONVS + _TRANSPOSED + _SEPARABLE) and getattr(layer, "groups", 1) == 1:
+        walk.expect_channel_axis(node, state)
+        if isinstance(layer, _SEPARABLE):
+            pointwise = (-2, _multiplied(state, layer.depth_multiplier).kept)
+            return walk.edit(node, depthwise_kernel=(-2, state.kept), pointwise_kernel=pointwise, bias=None)
+        # Transposed conv kernels are [k.., out, in].
+        return walk.edit(node, kernel=(-1 if isinstance(layer, _TRANSPOSED) else -2, state.kept), bias=None)
+    raise _unsupported(walk, node)
+
+
+def _unsupported(walk: _Walk, node: GraphNode) -> ValueError:
+    layer = node.operation
+    groups = getattr(layer, "groups", 1)
+    if is_graph_model(layer):
+        fix = "inline_nested_models(model) first"
+    elif not isinstance(layer, _L.Layer):
+        fix = "prepare_model(model) first, which turns keras.ops calls into layers"
+    else:
+        fix = "prune another producer"
+    return walk.error(
+        node, f"channels of {walk.producer!r} read by a layer that keep_channels cannot slice",
+        "BatchNormalization, a per-channel activation, pooling, padding, cropping, upsampling, Dropout, "
+        "DepthwiseConv*, Flatten, Reshape, Permute, a merge, Concatenate, or a Conv*/Dense/SeparableConv*/"
+        f"Conv*Transpose (groups=1) consumer. Fix: {fix}",
+        type(layer).__name__ + (f" with groups={groups}" if groups != 1 else ""),
+    )
+
+
+def _merged(walk: _Walk, node: GraphNode, states: list[_Channels | None]) -> _Channels:
+    first = next(s for s in states if s is not None)
+    if all(s is not None and s.same_as(first) for s in states):
+        return first
+    received = ", ".join(
+        f"{t!r} " + ("(all channels stay)" if s is None else f"({s.size} -> {len(s.kept)} entries on axis {s.axis})")
+        for t, s in zip(node.inputs, states)
+    )
+    raise walk.error(
+        node, "channels tied",
+        f"every input of {node.name!r} to carry the same kept channels of {walk.producer!r}: slicing "
+        f"{walk.producer!r} alone would leave the other input(s) with channels that no longer line up. "
+        "Prune the tied producers together, or choose another producer",
+        f"inputs {received}",
+    )
+
+
+def _concatenated(walk: _Walk, node: GraphNode, states: list[_Channels | None]) -> _Channels:
+    """Along the carried axis, Concatenate offsets each input's kept positions; other inputs keep all."""
+    rank = walk.rank(node.outputs[0])
+    axis = node.operation.axis % rank
+    if any(s is not None and s.axis != axis for s in states):
+        return _merged(walk, node, states)
+    kept, offset = [], 0
+    for tensor, state in zip(node.inputs, states):
+        size = walk.graph.keras_tensor(tensor).shape[axis]
+        if size is None:
+            raise walk.error(node, "channels joined with an input of unknown size",
+                             f"inputs with a static size on the concatenation axis {axis}", f"{tensor!r} with None")
+        kept.append(offset + (np.arange(size) if state is None else state.kept))
+        offset += size
+    return _Channels(axis, rank, np.concatenate(kept), offset)
+
+
+def _reshaped(walk: _Walk, node: GraphNode, state: _Channels) -> tuple[str, _Edit, _Channels]:
+    """Flatten and Reshape: where each carried entry lands, followed on a per-sample index grid."""
+    layer = node.operation
+    in_shape = tuple(walk.graph.keras_tensor(node.inputs[0]).shape[1:])
+    out_shape = tuple(walk.graph.keras_tensor(node.outputs[0]).shape[1:])
+    is_flatten = isinstance(layer, _L.Flatten)
+    # A reshape that keeps the carried axis last, with its size, keeps channels whatever the other axes.
+    if not is_flatten and state.axis == len(in_shape) and out_shape and out_shape[-1] == state.size:
+        target = tuple(layer.target_shape)
+        target = target if target[-1] == -1 else target[:-1] + (len(state.kept),)
+        return "through", _Edit({"target_shape": target}, {}), _Channels(len(out_shape), len(out_shape) + 1, state.kept, state.size)
+    if None in in_shape or None in out_shape:
+        raise walk.error(node, "channels moved by a reshape of unknown size",
+                         "static per-sample shapes (to follow each channel's entries)",
+                         f"input shape {in_shape}, output shape {out_shape}")
+    entry = np.indices(in_shape)[state.axis - 1]
+    if is_flatten and layer.data_format == "channels_first" and len(in_shape) > 1:
+        entry = np.moveaxis(entry, 0, -1)  # Keras flattens channels_first inputs channels-last
+    entry = entry.reshape(out_shape)
+    varying = [a for a in range(entry.ndim) if (np.diff(entry, axis=a) != 0).any()]
+    if len(varying) != 1:
+        raise walk.error(
+            node, "channels mixed",
+            f"a {'Flatten' if is_flatten else 'Reshape'} after which the channels of {walk.producer!r} vary along one "
+            "axis only (flattening, or keeping the channel axis with its size)",
+            f"input shape {in_shape}, output shape {out_shape}",
+        )
+    axis = varying[0]
+    along = np.moveaxis(entry, axis, 0).reshape(out_shape[axis], -1)[:, 0]
+    kept = np.flatnonzero(np.isin(along, state.kept))
+    overrides = {} if is_flatten else {
+        "target_shape": out_shape[:axis] + (len(kept),) + out_shape[axis + 1:]
+    }
+    return "through", _Edit(overrides, {}), _Channels(axis + 1, len(out_shape) + 1, kept, out_shape[axis])
+
+
+def _channel_plan(model: keras.Model, producer: str, kept: Sequence[int] | None):
+    graph = ModelGraph(model, "changing channel counts")
+    walk = _Walk(graph, producer)
+    start = _single_node(graph, producer, "keep_channels")
+    edit, state = _producer_edit(walk, start, kept)
+    edits = {start.name: edit}
+    carried: dict[str, _Channels] = {}
+    through, consumers = [], []
+
+    def carry(node: GraphNode, tensor: str, value: _Channels) -> None:
+        if tensor in graph.output_names:
+            raise walk.error(
+                node, "channels reach a model output",
+                f"the channels of {producer!r} to be read only inside the model (its outputs keep their shapes)",
+                f"output {tensor!r} with {value.size} entries on axis {value.axis}",
+            )
+        carried[tensor] = value
+
+    carry(start, start.outputs[0], state)
+    for node in graph.nodes[graph.nodes.index(start) + 1:]:
+        states = [carried.get(t) for t in node.inputs]
+        if all(s is None for s in states):
+            continue
+        if isinstance(node.operation, _L.Layer) and graph.call_count(node.operation) != 1:
+            raise walk.error(
+                node, "a shared layer", "a layer called once. Fix: clone_model_graph(model, unshare=True) gives "
+                "each call its own layer", f"{graph.call_count(node.operation)} calls",
+            )
+        role, edits[node.name], out = _step(walk, node, states)
+        if role == "consumer":
+            consumers.append(node.name)
+        else:
+            through.append(node.name)
+            for tensor in node.outputs:
+                carry(node, tensor, out)
+    group = ChannelGroup(start.name, state.size, tuple(through), tuple(consumers))
+    return group, edits
+
+
+def channel_group(model: keras.Model, producer: str) -> ChannelGroup:
+    """The layers whose channels follow ``producer``'s output channels: what :func:`keep_channels`
+    would slice. Cheap (no model is built), so a pruning pass can list its candidates with it.
+
+    Raises:
+        ValueError: as :func:`keep_channels` does, for a producer whose channels cannot be sliced alone.
+    """
+    return _channel_plan(model, producer, None)[0]
+
+
+def keep_channels(model: keras.Model, producer: str, kept: Sequence[int]) -> keras.Model:
+    """``model`` with only the output channels ``kept`` of layer ``producer``, and every layer that
+    reads them sliced to match.
+
+    The walk starts at ``producer``'s output and follows the channels through the layers that keep
+    them apart, until layers that mix them (the consumers):
+
+    * through: BatchNormalization (gamma, beta, moving mean and variance sliced), PReLU (alpha
+      sliced unless shared on the channel axis), per-channel activations, pooling, padding,
+      cropping, upsampling, Dropout and noise layers, Permute; DepthwiseConv* (kernel input axis
+      and bias sliced: output channel ``c * depth_multiplier + m`` stays iff input channel ``c``
+      does); Flatten and Reshape (the entries that hold a kept channel stay); Add / Subtract /
+      Multiply / Average / Maximum / Minimum whose inputs all carry the same kept channels (e.g.
+      ``x + relu(x)``); Concatenate along the channel axis, whose output keeps the other inputs'
+      channels whole and ``producer``'s kept channels at their offset (a Concatenate along another
+      axis is a merge);
+    * consumers: Conv1D/2D/3D and Conv*Transpose (groups=1), Dense and SeparableConv*, whose
+      kernel's input axis is sliced (a Dense after a Flatten loses the rows of the removed
+      channels' pixels).
+
+    Layer names, configs (but for ``filters`` / ``units`` / ``target_shape``) and all other weights
+    stay. With ``y = f(x)`` the original model, ``y' = f'(x)`` the result and the removed channels
+    dead (their entries reach the consumers as 0 everywhere, e.g. a zero kernel slice and bias
+    before a ReLU), ``y' == y`` up to float rounding. Otherwise the consumers lose those channels'
+    contribution; a pruning pass re-fits them (e.g. by least squares) on the new model's layers,
+    found by the same names.
+
+    Args:
+        model: a Functional or built Sequential model (nested models: :func:`inline_nested_models`
+            first).
+        producer: the name of a Conv1D/2D/3D (groups=1), Dense, SeparableConv1D/2D or Conv*Transpose
+            layer, called once.
+        kept: the output channels to keep, distinct indices in ``[0, channels)``; kept in increasing
+            order whatever the given order.
+
+    Returns:
+        A new Functional model; ``model`` is untouched.
+
+    Raises:
+        ValueError: naming the layer and the reason, where slicing ``producer`` alone is inconsistent
+            or unsupported: channels tied at a merge with a tensor that does not carry the same kept
+            channels (a residual Add), channels mixed (softmax, a Reshape that splits the channel
+            axis, a layer whose data_format reads another axis as channels), channels reaching a
+            model output, a shared layer, a layer it cannot slice (LayerNormalization, grouped
+            convs, keras.ops nodes, nested models), or invalid ``kept``.
+
+    Example:
+        >>> pruned = keep_channels(model, "conv1", [0, 2, 3])   # conv1: 4 -> 3 filters
+        >>> pruned.get_layer("conv1").filters, channel_group(model, "conv1").consumers
+        (3, ('conv2',))
+    """
+    _, edits = _channel_plan(model, producer, kept)
+
+    def replace(node, args, kwargs, default):
+        edit = edits.get(node.name)
+        if edit is None:
+            return None
+        layer = node.operation
+        new = layer.__class__.from_config({**layer.get_config(), **edit.overrides})
+        out = new(*args, **kwargs)
+        new.set_weights([
+            w if edit.slices[v.name] is None else np.take(w, edit.slices[v.name][1], axis=edit.slices[v.name][0])
+            for v, w in zip(layer.weights, layer.get_weights())
+        ])
+        return out
+
+    return _rebuild(model, "changing channel counts", replace)
