@@ -9,7 +9,9 @@ where y_fp32 = W x + b is the layer's pre-activation output in the FP32 model (o
 activations) and y_sim = W_q x_q + b the same layer in the simulation (quantized weights, the
 simulation's own, already corrected, upstream activations, and the layer's input quantizer),
 both averaged over calibration samples and every axis except the channel (last) axis. Layers
-are corrected in graph order, so each sees the corrections of the layers before it.
+are corrected in graph order, so each sees the corrections of the layers before it. Layers of
+nested Functional/Sequential models are corrected like the others: the pass reads the sim through
+a one-level view that calls the sim's own layers (see ``_one_level_view``).
 
 Example:
     >>> sim = QuantizationSimModel(model, default_param_bw=4, config_file="default")
@@ -28,7 +30,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from aimet_tf.graph import ModelGraph, activation_kind, clone_layer
+from aimet_tf.graph import (
+    ModelGraph,
+    activation_kind,
+    as_functional,
+    clone_layer,
+    has_nested_models,
+    inline_nested_models,
+    is_graph_model,
+)
 from aimet_tf.quantization import calibration_data
 from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.sim import QuantizationSimModel
@@ -126,6 +136,55 @@ def _single(inputs: list):
 
 def _open_batch_spec(tensor) -> tf.TensorSpec:
     return tf.TensorSpec((None, *tensor.shape[1:]), tensor.dtype)
+
+
+def _one_level_view(model: keras.Model) -> keras.Model:
+    """A one-level Functional model calling ``model``'s own layers, nested models' layers included.
+
+    ``inline_nested_models`` would copy the layers; here they are the same objects, so the view
+    computes with the sim's variables and quantizers, and a bias assigned through it is the sim's.
+    Each layer gets one more call node (as a layer shared with another model does); the sim's own
+    graph is unchanged. A model without nested models is its own view.
+
+    Raises:
+        ValueError: when two layers at different nesting levels share a name (one graph level
+            cannot hold both).
+    """
+    if not has_nested_models(model):
+        return as_functional(model, "bias correction")
+    names: dict[str, int] = {}
+
+    def count(level: keras.Model, top: bool) -> None:
+        for layer in level.layers:
+            if is_graph_model(layer):
+                count(layer, top=False)
+            elif top or not isinstance(layer, keras.layers.InputLayer):
+                names[layer.name] = names.get(layer.name, 0) + 1
+
+    count(model, top=True)
+    clashes = sorted(n for n, k in names.items() if k > 1)
+    if clashes:
+        raise ValueError(
+            f"Expected unique layer names across model {model.name!r} and its nested models, for bias "
+            f"correction to reach the nested layers. Received: {clashes} used more than once. Fix: rename "
+            "them, or build the sim on aimet_tf.graph.inline_nested_models(model) (one graph level; a "
+            "clashing nested layer becomes '<nested model>_<name>')."
+        )
+
+    def call(node, args, kwargs):
+        op = node.operation
+        if not is_graph_model(op):
+            return op(*args, **kwargs)
+        inner = ModelGraph(op, "bias correction")
+        values = dict(zip(inner.input_names, keras.tree.flatten(args)))
+        for inner_node in inner.nodes:
+            inner_args, inner_kwargs = inner.call_arguments(inner_node.name, values)
+            outputs = keras.tree.flatten(call(inner_node, inner_args, inner_kwargs))
+            values.update(zip(inner_node.outputs, outputs))
+        return _single([values[t] for t in inner.output_names])
+
+    inputs, outputs = ModelGraph(model, "bias correction").rebuild(call)
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 def _linear_copy(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -254,7 +313,7 @@ def _channel_sse(a, b) -> np.ndarray:
 
 
 def _correct_layers(
-    sim: QuantizationSimModel,
+    sim_model: keras.Model,
     float_model: keras.Model,
     float_layers: dict,
     targets: list[QuantizationWrapper],
@@ -264,14 +323,17 @@ def _correct_layers(
     keep_only_improving: bool,
     verbose: int,
 ) -> None:
-    """Corrects each target's bias in graph order and records it in ``report`` (see correct_bias)."""
+    """Corrects each target's bias in graph order and records it in ``report`` (see correct_bias).
+
+    ``sim_model`` is the sim's one-level view (``_one_level_view``), ``float_model`` one level too.
+    """
     # FP32 side: one pass gives every target's reference mean (the float model never changes).
     references = [_ChannelMean() for _ in targets]
     if error == "total":
         _reference_means(float_model, float_layers, targets, batches, references)
 
     # Simulation side, layer by layer: each prefix runs through the corrected layers before it.
-    sim_graph = ModelGraph(sim.model, "bias correction")
+    sim_graph = ModelGraph(sim_model, "bias correction")
     float_graph = ModelGraph(float_model, "bias correction") if error == "total" else None
     consumers = sim_graph.layer_edges()[1]
     progress = keras.utils.Progbar(len(targets), verbose=verbose, unit_name="layer")
@@ -299,7 +361,7 @@ def _correct_layers(
                 ref.add(float_copy(x))
         _check_finite_shift(wrapper.name, ref.mean, observed.mean)
         shift = ref.mean - observed.mean
-        activation = _following_activation(wrapper, consumers, sim.model)
+        activation = _following_activation(wrapper, consumers, sim_model)
         rejected = 0
         if keep_only_improving and activation is not None:
             # Removing the mean always lowers the pre-activation error; after a nonlinearity it
@@ -352,13 +414,13 @@ def correct_bias(
 ) -> BiasCorrectionReport:
     """Shifts each layer's bias in ``sim`` by the mean error its quantization causes.
 
-    For every Conv / Depthwise / Separable / Transposed conv / Dense layer with a bias, in graph
-    order: b_c += mean(y_fp32_c) - mean(y_sim_c), means over the calibration samples and all
-    non-channel axes, y the layer's output before its built-in activation and output quantizer
-    (see the module docstring). The sim's float bias variables change in place; its weights
-    and activation encodings do not (the shift is small against the activation ranges;
-    recompute them with ``sim.compute_encodings`` if wanted). An enabled, unfrozen bias
-    quantizer gets its encoding recomputed from the new bias.
+    For every Conv / Depthwise / Separable / Transposed conv / Dense layer with a bias, nested
+    models' layers included, in graph order: b_c += mean(y_fp32_c) - mean(y_sim_c), means over
+    the calibration samples and all non-channel axes, y the layer's output before its built-in
+    activation and output quantizer (see the module docstring). The sim's float bias variables
+    change in place; its weights and activation encodings do not (the shift is small against
+    the activation ranges; recompute them with ``sim.compute_encodings`` if wanted). An
+    enabled, unfrozen bias quantizer gets its encoding recomputed from the new bias.
 
     Removing the mean always lowers a layer's pre-activation error, but after a nonlinearity
     (ReLU) it can raise it where quantization noise is as large as the signal: on the bundled
@@ -374,8 +436,8 @@ def correct_bias(
             a dict by input name or an (x, y) tuple cut into ``batch_size`` batches, or a list /
             tf.data.Dataset / iterable of batches (labels are dropped; a list is always a list
             of batches). Every pass reuses the same batches.
-        float_model: the FP32 reference with the same layer names; default
-            ``sim.float_model()`` taken before any change.
+        float_model: the FP32 reference with the same layer names (nested models are inlined
+            in a copy); default ``sim.float_model()`` taken before any change.
         num_batches: use at most this many batches (None: all).
         batch_size: batch size when ``data`` is an array.
         error: "total" (AIMET's empirical correction): the reference is the FP32 model on FP32
@@ -388,14 +450,14 @@ def correct_bias(
         verbose: 1 shows a progress bar over layers, 0 is silent.
 
     Returns:
-        A ``BiasCorrectionReport`` listing corrected layers and the skipped ones (no bias,
-        channels_first, or inside a nested model) with the reason.
+        A ``BiasCorrectionReport`` listing corrected layers and the skipped ones (no bias, or
+        channels_first) with the reason.
 
     Raises:
         RuntimeError: if the sim is not calibrated.
         TypeError / ValueError: for unusable data (NaN/Inf included), a float model missing a
-            sim layer, or a layer whose mean output is NaN/Inf (named); every bias is then left
-            as it was.
+            sim layer, a layer whose mean output is NaN/Inf (named), or a layer name used both
+            in a nested model and elsewhere; every bias is then left as it was.
 
     Example:
         >>> report = correct_bias(sim, x_calibration, num_batches=16)
@@ -417,23 +479,17 @@ def correct_bias(
     ]
     if float_model is None:
         float_model = sim.float_model()
-    elif isinstance(float_model, keras.Sequential):
-        float_model = keras.Model(float_model.inputs, float_model.outputs, name=float_model.name)
+    float_model = as_functional(float_model, "bias correction")
+    if has_nested_models(float_model):
+        float_model = inline_nested_models(float_model)  # a copy; unique names stay as they are
+    sim_model = _one_level_view(sim.model)
     report = BiasCorrectionReport(
         num_samples=sum(int(tf.nest.flatten(b)[0].shape[0]) for b in batches)
     )
 
     float_layers = {l.name: l for l in float_model.layers}
     targets: list[QuantizationWrapper] = []
-    for layer in sim.model.layers:
-        if isinstance(layer, keras.Model):
-            for inner in layer.layers:
-                if isinstance(inner, QuantizationWrapper) and isinstance(inner.layer, _CORRECTABLE):
-                    report.skipped.append(
-                        (f"{layer.name}/{inner.name}", "inside a nested model: build the sim on "
-                         "aimet_tf.quantization.graph.flatten_nested_models(model)")
-                    )
-            continue
+    for layer in sim_model.layers:
         if not isinstance(layer, QuantizationWrapper) or not isinstance(layer.layer, _CORRECTABLE):
             continue
         inner = layer.layer
@@ -458,7 +514,7 @@ def correct_bias(
 
     saved = _snapshot_biases(targets)
     try:
-        _correct_layers(sim, float_model, float_layers, targets, batches, report, error,
+        _correct_layers(sim_model, float_model, float_layers, targets, batches, report, error,
                         keep_only_improving, verbose)
     except BaseException:
         _restore_biases(saved)

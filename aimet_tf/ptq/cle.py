@@ -48,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import keras
@@ -88,6 +89,10 @@ _DEAD_CHANNEL = float(np.finfo(np.float32).eps)
 
 # Kinds of the layers allowed between two equalized layers.
 _RELU, _RELU6, _LINEAR, _PAD = "relu", "relu6", "linear", "pad"
+
+# Catalogue op types that only re-lay a tensor out in row-major order (Flatten / Reshape layers and
+# prepared ``keras.ops.reshape`` nodes): channels are followed through them by _map_through_reshape.
+_RESHAPE_OPS = ("Flatten", "Reshape")
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -428,8 +433,8 @@ class _Link:
     between: tuple[str, ...]
     kinds: tuple[str, ...]
     relu6: tuple[str, ...]  # between-layers (or the producer itself) whose ReLU6 is replaced
-    # Through Concatenate / Flatten: rows[i] = the consumer's input channels fed by the producer's
-    # output channel i. None: channel i feeds input channel i.
+    # Through Concatenate / Flatten / a Reshape that grows the last axis: rows[i] = the consumer's
+    # input channels fed by the producer's output channel i. None: channel i feeds input channel i.
     rows: np.ndarray | None = None
 
 
@@ -501,8 +506,8 @@ def _follow(g, name: str, replace_relu6: bool) -> _Link | str:
             return f"unfolded BatchNormalization {nxt!r} follows"
         if isinstance(op, keras.Model):
             return f"its output enters nested model {nxt!r} (not searched across)"
-        if isinstance(op, (_L.Concatenate, _L.Flatten)):
-            mapped = _map_channels(g, op, current, rows if rows is not None else np.arange(_channels(layer))[:, None])
+        if isinstance(op, _L.Concatenate) or graph_lib.onnx_op_type(op) in _RESHAPE_OPS:
+            mapped = _map_channels(g, op, current, rows, _channels(layer))
             if isinstance(mapped, str):
                 return mapped
             rows = mapped
@@ -515,8 +520,8 @@ def _follow(g, name: str, replace_relu6: bool) -> _Link | str:
             return (
                 f"its output reaches {nxt!r} ({description}), which does not commute with "
                 "per-channel scaling (only ReLU/ReLU6/LeakyReLU/linear activations, padding, "
-                "cropping, pooling, dropout, channel Concatenate and Flatten may sit between two "
-                "Conv/Depthwise/Dense layers)"
+                "cropping, pooling, dropout, channel Concatenate and channel-preserving Flatten / "
+                "Reshape may sit between two Conv/Depthwise/Dense layers)"
             )
         if kind == _RELU6:
             if not replace_relu6:
@@ -527,21 +532,19 @@ def _follow(g, name: str, replace_relu6: bool) -> _Link | str:
         current = nxt
 
 
-def _map_channels(g, op, source: str, rows: np.ndarray) -> np.ndarray | str:
-    """Where the channels ``rows`` of ``source``'s output land in ``op``'s output (Concatenate on
-    the channel axis, or channels-last Flatten), or the reason they cannot be followed."""
+def _map_channels(g, op, source: str, rows: np.ndarray | None, channels: int) -> np.ndarray | None | str:
+    """Where the producer's channels land in ``op``'s output, or the reason they cannot be followed.
+
+    ``rows`` says where they are in ``source``'s output (rows[i]: the last-axis indices carrying
+    channel i; None: index i, for ``channels`` channels); the answer says the same of ``op``'s
+    output. ``op`` is a Concatenate on the channel axis, or a Flatten / Reshape (see
+    ``_map_through_reshape``).
+    """
     if g.call_count[op.name] != 1:
         return f"{op.name!r} is called {g.call_count[op.name]} times (shared layer)"
     shapes = g.input_shapes[op.name]
-    if isinstance(op, _L.Flatten):
-        shape = shapes[0]
-        if getattr(op, "data_format", "channels_last") != "channels_last":
-            return f"Flatten {op.name!r} with data_format={op.data_format!r}"
-        if any(d is None for d in shape[1:]):
-            return f"Flatten {op.name!r} of a tensor with unknown dimensions {shape}"
-        positions = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
-        step = np.arange(positions) * int(shape[-1])
-        return (rows[:, :, None] + step[None, None, :]).reshape(rows.shape[0], -1)
+    if not isinstance(op, _L.Concatenate):
+        return _map_through_reshape(op, shapes[0], rows, channels)
     rank = len(shapes[0])
     if op.axis % rank != rank - 1:
         return f"Concatenate {op.name!r} joins axis {op.axis}, not the channel axis"
@@ -551,11 +554,56 @@ def _map_channels(g, op, source: str, rows: np.ndarray) -> np.ndarray | str:
     if any(s[-1] is None for s in shapes):
         return f"Concatenate {op.name!r} has inputs with unknown channel counts"
     index = producers.index(source)
+    rows = np.arange(channels)[:, None] if rows is None else rows
     return rows + int(sum(s[-1] for s in shapes[:index]))
 
 
+def _map_through_reshape(op, shape: tuple, rows: np.ndarray | None, channels: int) -> np.ndarray | None | str:
+    """The channel rows of a Flatten / Reshape output (see ``_map_channels``), or why there are none.
+
+    Both keep each sample's values in row-major order: value f = p * C_in + k (position p,
+    last-axis index k) lands on last-axis index j = f mod C_out. Over the positions, output
+    index j so receives only input indices k = j (mod g), g = gcd(C_in, C_out). The reshape preserves
+    channels when each such residue class holds one channel (or none of the producer's): then
+    output index j carries the channel of class j mod g at every position. So a Reshape that
+    keeps the last axis moves nothing; a channels-last Flatten of P positions, or a Reshape
+    merging positions into the last axis, sends channel c to c, c + C, c + 2C, ...; a Reshape
+    back to C channels after it undoes that. Splitting the last axis puts different channels on
+    one output index at different positions, which no per-channel scale can undo: refused.
+    """
+    what = f"{type(op).__name__} {op.name!r}"
+    if getattr(op, "data_format", "channels_last") != "channels_last":
+        return f"{what} with data_format={op.data_format!r}"
+    out_shape = tuple(op.compute_output_spec(keras.KerasTensor(shape)).shape)
+    c_in, c_out = shape[-1], out_shape[-1]
+    if c_in is None or c_out is None:
+        return (
+            f"{what} of a tensor with unknown dimensions {shape} -> {out_shape}: where its channels "
+            "land is unknown"
+        )
+    if rows is None and c_out == c_in:
+        return None
+    rows = np.arange(channels)[:, None] if rows is None else rows
+    labels = np.full(c_in, -1)  # producer channel at each last-axis index (-1: another producer's)
+    labels[rows] = np.arange(rows.shape[0])[:, None]
+    g = math.gcd(c_in, c_out)
+    classes = labels.reshape(-1, g)  # column r: the labels of indices k = r (mod g)
+    if np.any(classes != classes[0]):
+        return (
+            f"{what} mixes channels: its last axis goes from {c_in} to {c_out} (shape {shape} -> "
+            f"{out_shape}), so one output channel carries different input channels at different "
+            f"positions (a channel-preserving reshape keeps the last axis, or merges whole "
+            "positions into it)"
+        )
+    out = np.tile(classes[0], c_out // g)
+    if out.size == rows.shape[0] and np.array_equal(out, np.arange(out.size)):
+        return None  # back to one index per channel, in order
+    return np.stack([np.flatnonzero(out == i) for i in range(rows.shape[0])])
+
+
 def _chains(links: list[_Link]) -> list[list[_Link]]:
-    """Consecutive links as chains; links through Concatenate/Flatten are sets of their own."""
+    """Consecutive links as chains; links with channel rows (through Concatenate, Flatten or a
+    Reshape that moves channels) are sets of their own."""
     mapped = [[link] for link in links if link.rows is not None]
     links = [link for link in links if link.rows is None]
     by_producer = {link.producer: link for link in links}
@@ -623,13 +671,19 @@ def equalize_model(
     Candidates are found on the Keras graph: a Conv1D/2D/3D, DepthwiseConv1D/2D (multiplier 1)
     or Dense layer whose output reaches the next such layer through a single-consumer path of
     ReLU / ReLU6 / LeakyReLU / linear activations, zero padding, cropping, pooling, dropout,
-    channel-axis Concatenate and channels-last Flatten only. Through a Concatenate each producer
-    pairs with its own slice of the consumer's input channels; through a Flatten each channel
-    with all the input rows it becomes. Consecutive links form chains, split like AIMET into
-    (W1, depthwise, W3) triples where the middle layer is depthwise and pairs otherwise; links
-    through Concatenate/Flatten stay pairs. Nested models are flattened first. Scales (see ``cross_layer_scales``) are
-    applied in sweeps over all sets until the largest |log s| of a sweep is below
-    ``tolerance``, so sets sharing a layer end up balanced together.
+    channel-axis Concatenate and channel-preserving Flatten / Reshape only. Through a
+    Concatenate each producer pairs with its own slice of the consumer's input channels. A
+    channels-last Flatten, or a Reshape whose last axis is a multiple m of its input's, sends
+    channel c to last-axis indices c, c + C, ..., c + (m-1) C (C channels), and each channel
+    pairs with all the input rows it becomes; a Reshape keeping the last axis (merging or
+    splitting positions only) moves no channel, and one back to C channels after a Flatten
+    undoes the move. A Reshape that splits channels over positions mixes them and is refused
+    (``report.skipped`` says why). Consecutive links form
+    chains, split like AIMET into (W1, depthwise, W3) triples where the middle layer is
+    depthwise and pairs otherwise; links whose channels move (Concatenate, Flatten, a Reshape
+    growing the last axis) stay pairs. Nested models are flattened first. Scales (see
+    ``cross_layer_scales``) are applied in sweeps over all sets until the largest |log s| of a
+    sweep is below ``tolerance``, so sets sharing a layer end up balanced together.
 
     High-bias folding (see the module docstring) needs the producer's folded batch norm
     (gamma, beta). A consumer that zero-pads its input (``padding="same"`` with a kernel > 1,

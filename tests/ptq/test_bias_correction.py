@@ -258,3 +258,126 @@ def test_non_finite_layer_mean_names_layer_and_restores_earlier_biases():
         correct_bias(sim, data, float_model=reference, keep_only_improving=False, verbose=0)
     np.testing.assert_array_equal(sim.model.get_layer("dw").layer.bias.numpy(), dw_before)
     assert np.all(np.isfinite(sim.model.get_layer("fc").layer.bias.numpy()))
+
+
+# -- nested models -------------------------------------------------------------------------------
+
+
+def _nested_model(seed: int) -> keras.Model:
+    """A Sequential of biased convs nested in a Functional model, with uneven channel ranges."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    inner = keras.Sequential(
+        [
+            keras.Input((10, 10, 3)),
+            L.Conv2D(12, 3, padding="same", name="ic1"),
+            L.ReLU(name="ir"),
+            L.Conv2D(10, 3, padding="same", name="ic2"),
+        ],
+        name="inner",
+    )
+    inp = keras.Input((10, 10, 3), name="x")
+    x = L.ReLU(name="r")(inner(inp))
+    x = L.Conv2D(8, 1, name="c3")(x)
+    out = L.Dense(5, name="fc")(L.GlobalAveragePooling2D(name="gap")(x))
+    model = keras.Model(inp, out, name="nested_bc")
+    for layer in [*inner.layers, *model.layers]:
+        if isinstance(layer, (L.Conv2D, L.Dense)):
+            k = layer.kernel.numpy()
+            layer.kernel.assign(k * np.exp(rng.normal(0, 1.0, k.shape[-1])).astype(np.float32))
+            layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape).astype(np.float32))
+    return model
+
+
+def _nested_preactivation_means(sim, float_model, name, data):
+    """Per-channel means of nested layer ``name``'s output before its activation: (FP32 model on
+    FP32 inputs, sim with quantized inputs and weights), and the FP32 output RMS."""
+    inner_sim, inner_fp = sim.model.get_layer("inner"), float_model.get_layer("inner")
+    wrapper, layer = inner_sim.get_layer(name), inner_fp.get_layer(name)
+    sim_in = keras.Model(inner_sim.inputs, wrapper.input).predict(data, verbose=0)  # inner reads x
+    fp_in = keras.Model(inner_fp.inputs, layer.input).predict(data, verbose=0)
+    q = wrapper.input_quantizers[0]
+    if q is not None and q.enabled:
+        sim_in = q(sim_in)
+    quantized = _linear(wrapper.layer)
+    quantized.kernel.assign(wrapper.param_quantizers["kernel"](wrapper.layer.kernel.value))
+    fp_out = np.asarray(_linear(layer)(fp_in), np.float64)
+    sim_out = np.asarray(quantized(sim_in), np.float64)
+    fp_mean = fp_out.reshape(-1, fp_out.shape[-1]).mean(axis=0)
+    sim_mean = sim_out.reshape(-1, sim_out.shape[-1]).mean(axis=0)
+    return fp_mean, sim_mean, float(np.sqrt(np.mean(fp_out**2)))
+
+
+def test_layers_of_a_nested_model_are_corrected():
+    model = _nested_model(seed=21)
+    calibration = models.random_images(128, (10, 10, 3), seed=22)
+    held_out = models.random_images(128, (10, 10, 3), seed=23)
+    sim = _calibrated_sim(model, 4, calibration)
+    nested = ("ic1", "ic2")
+    biases = {n: sim.model.get_layer("inner").get_layer(n).layer.bias.numpy().astype(np.float64) for n in nested}
+    shift_before = {}
+    for name in nested:
+        fp_mean, sim_mean, _ = _nested_preactivation_means(sim, model, name, calibration)
+        shift_before[name] = fp_mean - sim_mean  # E[W x] - E[W_q x_q]: the quantization's mean shift
+    ref = model.predict(held_out, verbose=0)
+    out_before = sim.model.predict(held_out, verbose=0)
+
+    report = correct_bias(sim, calibration, keep_only_improving=False, verbose=0)
+    assert [r.layer for r in report.corrected] == ["ic1", "ic2", "c3", "fc"]
+    assert report.skipped == []
+    for name in nested:
+        change = sim.model.get_layer("inner").get_layer(name).layer.bias.numpy() - biases[name]
+        before = shift_before[name]
+        fp_mean, sim_mean, rms = _nested_preactivation_means(sim, model, name, calibration)
+        # The bias moved towards removing the shift, channel by channel, and removed it.
+        big = np.abs(before) > 0.2 * np.max(np.abs(before))
+        np.testing.assert_array_equal(np.sign(change[big]), np.sign(before[big]), err_msg=name)
+        assert np.linalg.norm(fp_mean - sim_mean) < 0.05 * np.linalg.norm(before), name
+        np.testing.assert_allclose(sim_mean, fp_mean, atol=1e-4 * rms, err_msg=name)
+    # ic1 reads the model input, so nothing upstream was corrected: its change is its shift.
+    ic1_change = sim.model.get_layer("inner").get_layer("ic1").layer.bias.numpy() - biases["ic1"]
+    np.testing.assert_allclose(ic1_change, shift_before["ic1"], atol=1e-4 * np.max(np.abs(shift_before["ic1"])))
+    # ... and the model's output error against FP32 goes down on held-out data.
+    out_after = sim.model.predict(held_out, verbose=0)
+    assert _mean_error(ref, out_after) < 0.5 * _mean_error(ref, out_before)
+    assert np.mean((out_after - ref) ** 2) < np.mean((out_before - ref) ** 2)
+
+
+def test_nested_sim_stays_nested_and_usable_after_correction(tmp_path):
+    model = _nested_model(seed=24)
+    original = [w.copy() for w in model.get_weights()]
+    data = models.random_images(64, (10, 10, 3), seed=25)
+    sim = _calibrated_sim(model, 4, data)
+    inner = sim.model.get_layer("inner")
+    biases = {n: inner.get_layer(n).layer.bias.numpy().copy() for n in ("ic1", "ic2")}
+    report = correct_bias(sim, data, float_model=model, verbose=0)  # the original, nested, as reference
+    assert {"ic1", "ic2"} <= {r.layer for r in report.corrected}
+    for name, bias in biases.items():
+        assert not np.array_equal(inner.get_layer(name).layer.bias.numpy(), bias), name
+    assert sim.model.get_layer("inner") is inner and isinstance(inner, keras.Model)
+    assert all(np.array_equal(a, b) for a, b in zip(original, model.get_weights()))
+    sim.compute_encodings(data)
+    sim.export(str(tmp_path), "nested")
+    assert (tmp_path / "nested.encodings").exists()
+    exported = sim.float_model().get_layer("inner").get_layer("ic1").bias.numpy()
+    np.testing.assert_array_equal(exported, inner.get_layer("ic1").layer.bias.numpy())
+
+
+def test_nested_layer_name_clash_names_the_fix():
+    keras.utils.set_random_seed(26)
+    inner = keras.Sequential([keras.Input((10, 10, 3)), L.Conv2D(4, 3, name="conv")], name="inner")
+    inp = keras.Input((10, 10, 3), name="x")
+    model = keras.Model(inp, L.Conv2D(3, 1, name="conv")(inner(inp)))
+    data = models.random_images(16, (10, 10, 3), seed=27)
+    sim = _calibrated_sim(model, 8, data)
+    before = [w.layer.bias.numpy().copy() for w in sim.wrappers()]
+    with pytest.raises(ValueError, match=r"Expected unique layer names.*Received: \['conv'\].*inline_nested_models"):
+        correct_bias(sim, data, verbose=0)
+    for w, b in zip(sim.wrappers(), before):
+        np.testing.assert_array_equal(w.layer.bias.numpy(), b)
+    # The fix works: one level, the nested "conv" renamed.
+    from aimet_tf.graph import inline_nested_models
+
+    flat_sim = _calibrated_sim(inline_nested_models(model), 8, data)
+    report = correct_bias(flat_sim, data, verbose=0)
+    assert sorted(r.layer for r in report.corrected) == ["conv", "inner_conv"]

@@ -440,3 +440,129 @@ def test_conv_and_dense_across_a_flatten_are_equalized(activation):
     conv_out = np.abs(new.get_layer("conv").kernel.numpy()).max(axis=(0, 1, 2))
     fc_in = np.abs(new.get_layer("fc").kernel.numpy()).max(axis=1).reshape(-1, 4).max(axis=0)  # 16 positions x 4
     np.testing.assert_allclose(conv_out, fc_in, rtol=1e-6)
+
+
+# -- channel-preserving Flatten / Reshape ---------------------------------------------------------
+
+_C = 4  # channels of the producer "c" in the reshape models (6 x 6 positions)
+
+
+def _reshape_model(tail, seed: int) -> keras.Model:
+    """x (6, 6, 2) -> Conv2D "c" (4 channels) -> ReLU -> tail(x), with uneven channel ranges."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 6, 2))
+    x = L.ReLU(name="r")(L.Conv2D(_C, 3, padding="same", name="c")(inp))
+    return _randomize(keras.Model(inp, tail(x)), seed)
+
+
+# name -> (tail after the ReLU, per-channel input range of consumer "d" from its kernel |k|).
+_CHANNEL_PRESERVING = {
+    # Positions merged, the last axis kept: Conv1D / Dense on it see channel c at index c.
+    "positions_merged_conv1d": (
+        lambda x: L.Conv1D(3, 3, name="d")(L.Reshape((36, _C), name="rs")(x)),
+        lambda k: k.max(axis=(0, 2)),
+    ),
+    "positions_merged_dense": (
+        lambda x: L.Dense(3, name="d")(L.Reshape((36, _C), name="rs")(x)),
+        lambda k: k.max(axis=1),
+    ),
+    # Merged then split into another grid, the last axis kept throughout.
+    "positions_regridded": (
+        lambda x: L.Conv2D(3, 2, name="d")(L.Reshape((4, 9, _C), name="rs2")(L.Reshape((36, _C), name="rs")(x))),
+        lambda k: k.max(axis=(0, 1, 3)),
+    ),
+    # Width merged into the last axis: index w * C + c carries channel c.
+    "width_into_channels": (
+        lambda x: L.Dense(3, name="d")(L.Reshape((6, 6 * _C), name="rs")(x)),
+        lambda k: k.max(axis=1).reshape(6, _C).max(axis=0),
+    ),
+    # Pairs of columns merged into the last axis (2C): index C + c carries channel c too.
+    "column_pairs_into_channels": (
+        lambda x: L.Conv2D(3, 1, name="d")(L.Reshape((6, 3, 2 * _C), name="rs")(x)),
+        lambda k: k.max(axis=(0, 1, 3)).reshape(2, _C).max(axis=0),
+    ),
+    # Flatten: Dense input row p * C + c carries channel c.
+    "flatten_dense": (
+        lambda x: L.Dense(3, name="d")(L.Flatten(name="rs")(x)),
+        lambda k: k.max(axis=1).reshape(36, _C).max(axis=0),
+    ),
+    # Flatten undone by a Reshape back to C channels: channel c at index c again.
+    "flatten_then_back": (
+        lambda x: L.Conv1D(3, 1, name="d")(L.Reshape((36, _C), name="rs2")(L.Flatten(name="rs")(x))),
+        lambda k: k.max(axis=(0, 2)),
+    ),
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(_CHANNEL_PRESERVING))
+def test_equalized_across_a_channel_preserving_reshape(pattern):
+    tail, consumer_ranges = _CHANNEL_PRESERVING[pattern]
+    model = _reshape_model(tail, seed=51)
+    data = np.random.default_rng(52).normal(size=(8, 6, 6, 2)).astype(np.float32)
+    new, report = equalize_model(model, tolerance=1e-10)
+    (cls_set,) = [s for s in report.equalized if s.layers == ("c", "d")]
+    assert cls_set.between[0][0] == "r" and "rs" in cls_set.between[0]
+    assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
+    # One pair, not shared with another set: the first sweep applies s = sqrt(r1 / r2) exactly.
+    r1 = np.abs(model.get_layer("c").kernel.numpy().astype(np.float64)).max(axis=(0, 1, 2))
+    r2 = consumer_ranges(np.abs(model.get_layer("d").kernel.numpy().astype(np.float64)))
+    assert np.max(r1 / r2) / np.min(r1 / r2) > 2.0  # far from equal before
+    s = np.sqrt(r1 / r2)
+    np.testing.assert_allclose(new.get_layer("c").kernel.numpy(), model.get_layer("c").kernel.numpy() / s, rtol=1e-5)
+    np.testing.assert_allclose(new.get_layer("c").bias.numpy(), model.get_layer("c").bias.numpy() / s, rtol=1e-5)
+    after_1 = np.abs(new.get_layer("c").kernel.numpy()).max(axis=(0, 1, 2))
+    after_2 = consumer_ranges(np.abs(new.get_layer("d").kernel.numpy()))
+    np.testing.assert_allclose(after_1, after_2, rtol=1e-5)
+    np.testing.assert_allclose(after_1, np.sqrt(r1 * r2), rtol=1e-5)
+
+
+def test_depthwise_triple_across_a_reshape_keeping_the_last_axis():
+    def tail(x):
+        x = L.DepthwiseConv1D(3, padding="same", name="dw")(L.Reshape((36, _C), name="rs")(x))
+        return L.Conv1D(3, 1, name="d")(L.ReLU(name="r2")(x))
+
+    model = _reshape_model(tail, seed=53)
+    data = np.random.default_rng(54).normal(size=(8, 6, 6, 2)).astype(np.float32)
+    new, report = equalize_model(model, tolerance=1e-10)
+    assert ("c", "dw", "d") in [s.layers for s in report.equalized]
+    assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
+    c_out = np.abs(new.get_layer("c").kernel.numpy()).max(axis=(0, 1, 2))
+    dw = np.abs(new.get_layer("dw").kernel.numpy()).max(axis=(0, 2))
+    d_in = np.abs(new.get_layer("d").kernel.numpy()).max(axis=(0, 2))
+    np.testing.assert_allclose(c_out, dw, rtol=1e-5)
+    np.testing.assert_allclose(dw, d_in, rtol=1e-5)
+
+
+def test_equalized_across_a_prepared_ops_reshape():
+    # keras.ops.reshape in a functional model: prepare_model makes it a layer CLE can follow.
+    from aimet_tf.graph import prepare_model
+
+    keras.utils.set_random_seed(55)
+    inp = keras.Input((6, 6, 2))
+    x = L.Conv2D(_C, 3, padding="same", activation="relu", name="c")(inp)
+    out = L.Conv1D(3, 1, name="d")(keras.ops.reshape(x, (-1, 36, _C)))
+    model = _randomize(prepare_model(keras.Model(inp, out)), seed=55)
+    data = np.random.default_rng(56).normal(size=(8, 6, 6, 2)).astype(np.float32)
+    new, report = equalize_model(model, tolerance=1e-10)
+    assert ("c", "d") in [s.layers for s in report.equalized]
+    assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
+    np.testing.assert_allclose(
+        np.abs(new.get_layer("c").kernel.numpy()).max(axis=(0, 1, 2)),
+        np.abs(new.get_layer("d").kernel.numpy()).max(axis=(0, 2)),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("target", [(72, _C // 2), (6, 12, _C // 2)], ids=["to_1d", "into_width"])
+def test_channel_mixing_reshape_is_refused_with_the_reason(target):
+    # Splitting the last axis of C into C/2: index j holds channel j at even positions and
+    # channel j + C/2 at odd ones, so no per-channel scale of the consumer can undo the producer's.
+    consumer = {2: L.Conv1D, 3: L.Conv2D}[len(target)](3, 1, name="d")
+    model = _reshape_model(lambda x: consumer(L.Reshape(target, name="rs")(x)), seed=57)
+    new, report = equalize_model(model)
+    assert report.equalized == []
+    reasons = {c.layer: c.reason for c in report.skipped}
+    assert f"Reshape 'rs' mixes channels: its last axis goes from {_C} to {_C // 2}" in reasons["c"]
+    assert "c: Reshape 'rs' mixes channels" in report.summary()
+    np.testing.assert_array_equal(new.get_layer("c").kernel.numpy(), model.get_layer("c").kernel.numpy())
+    np.testing.assert_array_equal(new.get_layer("d").kernel.numpy(), model.get_layer("d").kernel.numpy())
