@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import weakref
 from typing import Any
@@ -743,7 +744,9 @@ def _link_softmax(graph: _SimGraph, wrapper: QuantizationWrapper, target: DspTar
 def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> TflitePreparation:
     """Makes ``sim.model`` compute what the exported TFLite integer model computes.
 
-    In place and idempotent:
+    In place and idempotent. The sim records the step in ``sim.preparations["tflite"]``, so
+    a pass that rebuilds it (``fold_all_batch_norms_to_scale``) prepares the new sim for the same
+    kernels:
 
     0. Softmax / sigmoid / tanh outputs get TFLite's fixed int8 grids (frozen encodings).
     1. Ties (``Quantizer.tie_to``): a Concatenate's input quantizers, and the output quantizers
@@ -886,6 +889,8 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
         elif wrapper.requantizer is not None:
             wrapper.requantizer.enabled = False
     _PREPARED[sim] = kernels
+    # A pass that rebuilds the sim (fold_all_batch_norms_to_scale) prepares the new one the same way.
+    sim.preparations["tflite"] = functools.partial(prepare_sim_for_tflite, kernels=kernels)
     logging.info(
         "prepare_sim_for_tflite (%s kernels): %d int32 biases, %d requantizers, %d tied grids, "
         "%d fixed grids", getattr(kernels, "name", kernels), len(report.bias_quantizers),

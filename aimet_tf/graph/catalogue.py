@@ -3,6 +3,8 @@
 * :func:`onnx_op_type`: the AIMET/ONNX op type a hardware config names a layer by;
 * :data:`OUTPUT_CHANNEL_AXIS` / :func:`output_channel_axis`: the kernel axis of the layer's output
   channels (what a batch norm after the layer scales, what per-channel quantization splits);
+* :data:`INPUT_CHANNEL_AXIS` / :func:`input_channel_axis`: the kernel axis of the layer's input
+  channels (what a batch norm before the layer scales);
 * :func:`bn_folds_forward` / :func:`bn_folds_backward`: whether a batch norm right after / right
   before the layer can be folded into its weights;
 * :func:`activation_kind`: whether a layer is an activation, and whether it acts per channel
@@ -26,11 +28,13 @@ import keras
 from aimet_tf.graph.op_layer import OpLayer
 
 __all__ = [
+    "INPUT_CHANNEL_AXIS",
     "OUTPUT_CHANNEL_AXIS",
     "activation_kind",
     "bn_folds_backward",
     "bn_folds_forward",
     "commutes_with_channel_scaling",
+    "input_channel_axis",
     "onnx_op_type",
     "output_channel_axis",
 ]
@@ -231,8 +235,22 @@ OUTPUT_CHANNEL_AXIS: Mapping[type, int | None] = types.MappingProxyType({
     _L.Conv3DTranspose: -2,
 })
 
-# Layers a batch norm *before* them folds into: the input channels sit on kernel axis -2.
-_BACKWARD_FOLDABLE = (_L.Conv1D, _L.Conv2D, _L.Conv3D, _L.Dense, _L.DepthwiseConv1D, _L.DepthwiseConv2D)
+# Layer class -> axis of its (first) kernel that holds the input channels: what a batch norm
+# *before* the layer scales when it folds into it. A separable conv's first kernel is its
+# depthwise kernel [k.., in, mult]; transposed conv kernels are [k.., out, in].
+INPUT_CHANNEL_AXIS: Mapping[type, int] = types.MappingProxyType({
+    _L.Conv1D: -2,
+    _L.Conv2D: -2,
+    _L.Conv3D: -2,
+    _L.Dense: -2,
+    _L.DepthwiseConv1D: -2,
+    _L.DepthwiseConv2D: -2,
+    _L.SeparableConv1D: -2,
+    _L.SeparableConv2D: -2,
+    _L.Conv1DTranspose: -1,
+    _L.Conv2DTranspose: -1,
+    _L.Conv3DTranspose: -1,
+})
 
 
 def output_channel_axis(layer: Any) -> int | None:
@@ -241,13 +259,7 @@ def output_channel_axis(layer: Any) -> int | None:
     Raises:
         KeyError: for a layer class without a kernel in the catalogue.
     """
-    for cls in type(layer).__mro__:
-        if cls in OUTPUT_CHANNEL_AXIS:
-            return OUTPUT_CHANNEL_AXIS[cls]
-    raise KeyError(
-        f"Layer {getattr(layer, 'name', layer)!r} ({type(layer).__name__}) has no kernel with output channels. "
-        f"Expected one of {sorted(c.__name__ for c in OUTPUT_CHANNEL_AXIS)}."
-    )
+    return _kernel_axis(OUTPUT_CHANNEL_AXIS, layer, "output")
 
 
 def bn_folds_forward(layer: Any) -> bool:
@@ -255,9 +267,34 @@ def bn_folds_forward(layer: Any) -> bool:
     return isinstance(layer, tuple(OUTPUT_CHANNEL_AXIS))
 
 
+def input_channel_axis(layer: Any) -> int:
+    """The axis of ``layer``'s (first) kernel that holds its input channels: -2, or -1 for
+    transposed convs (kernels [k.., out, in]); a separable conv's first kernel is the depthwise one.
+
+    Raises:
+        KeyError: for a layer class without a kernel in the catalogue.
+    """
+    return _kernel_axis(INPUT_CHANNEL_AXIS, layer, "input")
+
+
+def _kernel_axis(table: Mapping[type, int | None], layer: Any, channels: str) -> int | None:
+    for cls in type(layer).__mro__:
+        if cls in table:
+            return table[cls]
+    raise KeyError(
+        f"Layer {getattr(layer, 'name', layer)!r} ({type(layer).__name__}) has no kernel with {channels} channels. "
+        f"Expected one of {sorted(c.__name__ for c in table)}."
+    )
+
+
 def bn_folds_backward(layer: Any) -> bool:
-    """Whether a batch norm feeding only ``layer`` can be folded into ``layer``'s kernel and bias."""
-    return isinstance(layer, _BACKWARD_FOLDABLE)
+    """Whether ``layer``'s class can take a batch norm that feeds only it into its kernel and bias.
+
+    The class is necessary, not sufficient: the fold is exact only where a constant input adds the
+    same amount to every output pixel, which the caller checks on the layer's padding, kernel and
+    strides (``aimet_tf.ptq.find_backward_foldable_pairs``).
+    """
+    return isinstance(layer, tuple(INPUT_CHANNEL_AXIS))
 
 
 # --- activations --------------------------------------------------------------------------------

@@ -13,9 +13,19 @@ BN before a linear layer, W (a x + c) + b, where valid (see below):
     W' = W * a        (scaled along the layer's input-channel axis)
     b' = b + sum over the kernel window and input channels of W * c
 
-so the pair computes exactly what the single folded layer computes. Folding a batch norm that
-precedes a convolution is only exact without zero padding (the padded zeros would otherwise have
-to become c): it is done for "valid" convolutions and Dense layers, never across padding.
+so the pair computes exactly what the single folded layer computes. A separable conv applies a
+depthwise kernel D, then a pointwise one P: P (D (a x + c)) + b = P (D_a x) + (b + P D c), with
+a on D's input channels. Folding a batch norm that precedes a convolution is only exact where
+the constant c adds the same amount to every output pixel:
+
+* never across zero padding (the padded zeros would otherwise have to become c): it is done for
+  "valid" (or 1x1) convolutions, depthwise and separable convolutions, and Dense layers;
+* for a transposed convolution (kernel [k.., out, in], a on axis -1) only with kernel_size 1 and
+  strides 1: otherwise its output pixels receive c through different sets of kernel taps (fewer
+  at the borders; one tap per stride phase, a different one for each phase, even when strides
+  equal the kernel size), so no bias can stand for it.
+
+A batch norm that does not fold stays in place, and the pass logs why.
 
 A quantization simulation must be built on the folded model: integer runtimes (TFLite) only ever
 see W', so the weight quantizer has to quantize W', not W. A sim trained with its batch norms in
@@ -37,7 +47,7 @@ import numpy as np
 from absl import logging
 
 from aimet_tf.graph import all_layers, as_functional, bn_folds_backward, clone_layer, is_graph_model, layer_graph
-from aimet_tf.graph.catalogue import OUTPUT_CHANNEL_AXIS
+from aimet_tf.graph.catalogue import OUTPUT_CHANNEL_AXIS, input_channel_axis
 
 __all__ = [
     "FOLDABLE_LAYERS",
@@ -95,6 +105,109 @@ def _channels_last_bn(bn: keras.layers.Layer) -> bool:
     return axis is not None and rank is not None and axis % rank == rank - 1
 
 
+def _channels_last_layer(layer: keras.layers.Layer) -> bool:
+    return getattr(layer, "data_format", "channels_last") == "channels_last"
+
+
+def _after_refusal(g, bn: keras.layers.BatchNormalization) -> str | None:
+    """Why ``bn`` cannot fold into the layer before it, or None when it can."""
+    source = _single_producer(g, bn.name)
+    if source is None:
+        return "it is not called once on one tensor from inside the graph"
+    producer = g.operations[source]
+    if _foldable_class(producer) is None:
+        return f"its input comes from {source!r} ({type(producer).__name__}), which has no kernel to fold into"
+    if g.call_count[source] != 1 or _single_consumer(g, source) != bn.name:
+        return f"{source!r} is called more than once, or its output goes elsewhere too"
+    if not _is_linear(producer):
+        return f"{source!r} applies its activation before the batch norm"
+    if not _channels_last_layer(producer) or not _channels_last_bn(bn):
+        return f"{source!r} and the batch norm are not both channels-last"
+    return None
+
+
+def _before_refusal(g, bn: keras.layers.BatchNormalization) -> str | None:
+    """Why ``bn`` cannot fold into the layer after it, or None when it can."""
+    if _single_producer(g, bn.name) is None:
+        return "it is not called once on one tensor from inside the graph"
+    name = _single_consumer(g, bn.name)
+    if name is None:
+        return "its output goes to several layers or is a model output"
+    consumer = g.operations[name]
+    if not bn_folds_backward(consumer):
+        return f"it feeds {name!r} ({type(consumer).__name__}), which has no kernel to fold into"
+    if g.call_count[name] != 1:
+        return f"{name!r} is called {g.call_count[name]} times"
+    inexact = _inexact_for_shifted_input(consumer)
+    if inexact is not None:
+        return f"{name!r} {inexact}"
+    if getattr(consumer, "groups", 1) != 1:
+        return f"{name!r} is a grouped convolution (groups={consumer.groups})"
+    if not _channels_last_layer(consumer) or not _channels_last_bn(bn):
+        return f"{name!r} and the batch norm are not both channels-last"
+    return None
+
+
+def _inexact_for_shifted_input(layer: keras.layers.Layer) -> str | None:
+    """Why a per-channel constant added to ``layer``'s input does not add one constant per
+    output channel to its output (so the shift c of a batch norm before it cannot become part
+    of its bias), or None when it does.
+
+    A convolution that reads no padding sees c at every tap of every window. A zero-padded one
+    sees 0 at the padded taps, so border pixels would need a different bias. A transposed
+    convolution scatters each input pixel through its kernel: with strides s the output pixels
+    of different phases (position mod s) receive different taps, and with a kernel wider than
+    1 the border pixels receive fewer taps ("valid" or "same" alike), so c adds a
+    position-dependent amount unless the kernel is 1 and the strides are 1 along every axis.
+    Even strides == kernel_size gives every output pixel a single tap, but a different one per
+    phase.
+    """
+    if isinstance(layer, (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)):
+        if all(k == 1 for k in layer.kernel_size) and all(s == 1 for s in layer.strides):
+            return None
+        return (
+            f"is a transposed convolution with kernel_size={tuple(layer.kernel_size)} and "
+            f"strides={tuple(layer.strides)}: its output pixels receive a constant input through "
+            "different kernel taps (by border and stride phase), so the batch norm's shift is no "
+            "per-channel bias; only kernel_size 1 with strides 1 folds"
+        )
+    if _reads_no_padding(layer):
+        return None
+    return (
+        f"zero-pads its input (padding={layer.padding!r}, kernel_size={tuple(layer.kernel_size)}): "
+        "the padded zeros would have to become the batch norm's shift"
+    )
+
+
+class _FoldPlan(NamedTuple):
+    after: dict[str, str]  # layer -> the batch norm after it
+    before: dict[str, str]  # layer -> the batch norm before it
+    kept: dict[str, str]  # batch norm that stays -> why
+
+
+_ONLY_AFTER = "fold_all_batch_norms_to_scale folds only batch norms after a layer"
+
+
+def _plan(functional: keras.Model, backward: bool = True) -> _FoldPlan:
+    """Which batch norms of ``functional``'s top level fold after / before which layer, and why
+    the others stay (``backward=False``: none folds before a layer)."""
+    g = layer_graph(functional, "batch-norm folding")
+    plan = _FoldPlan({}, {}, {})
+    for bn in functional.layers:
+        if not isinstance(bn, _L.BatchNormalization):
+            continue
+        not_after = _after_refusal(g, bn)
+        if not_after is None:
+            plan.after[g.producers[bn.name][0]] = bn.name
+            continue
+        not_before = _before_refusal(g, bn) if backward else _ONLY_AFTER
+        if not_before is None:
+            plan.before[g.consumers[bn.name][0]] = bn.name
+        else:
+            plan.kept[bn.name] = f"not foldable after its input: {not_after}; nor before its consumer: {not_before}"
+    return plan
+
+
 def find_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
     """Lists the (layer, batch norm) name pairs of ``model``'s top level whose batch norm comes
     after the layer and can be folded into it.
@@ -110,63 +223,31 @@ def find_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
     Returns:
         (layer name, batch norm name) pairs in graph order.
     """
-    functional = as_functional(model, "batch-norm folding")
-    g = layer_graph(functional, "batch-norm folding")
-    pairs = []
-    for layer in functional.layers:
-        if not isinstance(layer, _L.BatchNormalization):
-            continue
-        source = _single_producer(g, layer.name)
-        if source is None:
-            continue
-        producer = g.operations[source]
-        if (
-            _foldable_class(producer) is None
-            or g.call_count[source] != 1
-            or _single_consumer(g, source) != layer.name
-            or not _is_linear(producer)
-            or getattr(producer, "data_format", "channels_last") != "channels_last"
-            or not _channels_last_bn(layer)
-        ):
-            continue
-        pairs.append((producer.name, layer.name))
-    return pairs
+    plan = _plan(as_functional(model, "batch-norm folding"), backward=False)
+    return list(plan.after.items())
 
 
 def find_backward_foldable_pairs(model: keras.Model) -> list[tuple[str, str]]:
     """Lists the (batch norm, layer) name pairs of ``model``'s top level whose batch norm comes
     before the layer and can be folded into it.
 
-    The batch norm (called once, channels-last) must feed only that layer, which is a Conv1D/2D/3D
-    or DepthwiseConv1D/2D that reads no padding ("valid", or 1x1 kernels) with ``groups=1``, or a
-    Dense layer, called once;
-    a batch norm that is already folded into its producer is not listed.
+    The batch norm (called once, channels-last, not already folded into its producer) must feed
+    only that layer, which is called once, channels-last, not grouped, and one of:
+
+    * a Conv1D/2D/3D, DepthwiseConv1D/2D or SeparableConv1D/2D that reads no padding ("valid",
+      or 1x1 kernels with "same"): a zero-padded window would read 0 where the batch norm's
+      shift c belongs;
+    * a Conv1D/2D/3DTranspose with kernel_size 1 and strides 1 (any other transposed conv gives
+      its output pixels different sets of kernel taps, so c adds a position-dependent amount);
+    * a Dense layer.
+
+    ``fold_all_batch_norms`` logs why each batch norm it keeps did not fold.
+
+    Returns:
+        (batch norm name, layer name) pairs in graph order.
     """
-    functional = as_functional(model, "batch-norm folding")
-    g = layer_graph(functional, "batch-norm folding")
-    forward = {bn for _, bn in find_foldable_pairs(functional)}
-    pairs = []
-    for layer in functional.layers:
-        if (
-            not isinstance(layer, _L.BatchNormalization)
-            or layer.name in forward
-            or _single_producer(g, layer.name) is None
-        ):
-            continue
-        name = _single_consumer(g, layer.name)
-        consumer = g.operations[name] if name is not None else None
-        if (
-            consumer is None
-            or not bn_folds_backward(consumer)
-            or g.call_count[name] != 1
-            or not _reads_no_padding(consumer)
-            or getattr(consumer, "groups", 1) != 1
-            or getattr(consumer, "data_format", "channels_last") != "channels_last"
-            or not _channels_last_bn(layer)
-        ):
-            continue
-        pairs.append((layer.name, consumer.name))
-    return pairs
+    plan = _plan(as_functional(model, "batch-norm folding"))
+    return [(bn, layer) for layer, bn in plan.before.items()]
 
 
 def _reads_no_padding(layer: keras.layers.Layer) -> bool:
@@ -196,13 +277,16 @@ def _scale_kernel(kernel: np.ndarray, factor: np.ndarray, axis: int | None) -> n
     return kernel * factor.reshape(shape)
 
 
-def _input_shift(kernel: np.ndarray, shift: np.ndarray, depthwise: bool) -> np.ndarray:
+def _input_shift(
+    kernel: np.ndarray, shift: np.ndarray, depthwise: bool = False, input_axis: int = -2
+) -> np.ndarray:
     """What a constant input c (per input channel) adds to each output: sum of W * c over the
-    window and the input channels."""
+    window and the input channels (for depthwise kernels [k.., in, mult], over the window only,
+    one value per output channel i * mult + m)."""
     window = np.asarray(kernel, np.float64).reshape(-1, *kernel.shape[-2:]).sum(axis=0)  # [in, out|mult]
     if depthwise:
         return (window * shift[:, None]).reshape(-1)
-    return shift @ window
+    return shift @ (window if input_axis == -2 else window.T)
 
 
 def _folded_layer(
@@ -210,41 +294,58 @@ def _folded_layer(
     after: keras.layers.BatchNormalization | None = None,
     before: keras.layers.BatchNormalization | None = None,
 ) -> keras.layers.Layer:
+    """``layer`` with the batch norm ``after`` it and/or ``before`` it in its kernel and bias.
+
+    Before: W (a x + c) + b = (W * a) x + (b + W c), a on the kernel's input-channel axis (a
+    separable conv's depthwise kernel; a transposed conv's axis -1). For a separable conv,
+    P (D (a x + c)) + b = P (D_a x) + (b + P (D c)): the depthwise part of c goes on through the
+    pointwise kernel. After: as in the module docstring.
+    """
     new = clone_layer(layer, {"use_bias": True}, copy_weights=False)
-    if isinstance(layer, (_L.SeparableConv1D, _L.SeparableConv2D)):
-        new.depthwise_kernel.assign(layer.depthwise_kernel.numpy())
-        kernel_name = "pointwise_kernel"
-    else:
-        kernel_name = "kernel"
+    separable = isinstance(layer, (_L.SeparableConv1D, _L.SeparableConv2D))
+    kernel_name = "pointwise_kernel" if separable else "kernel"
     kernel = np.asarray(getattr(layer, kernel_name).numpy(), np.float64)
     bias = layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(int(new.bias.shape[0]))
+    depthwise_kernel = np.asarray(layer.depthwise_kernel.numpy(), np.float64) if separable else None
     if before is not None:
         scale_in, shift_in = _bn_scale_shift(before)
-        depthwise = isinstance(layer, (_L.DepthwiseConv1D, _L.DepthwiseConv2D))
-        bias = bias + _input_shift(kernel, shift_in, depthwise)
-        kernel = _scale_kernel(kernel, scale_in, -2)
+        axis = input_channel_axis(layer)
+        if separable:
+            bias = bias + _input_shift(kernel, _input_shift(depthwise_kernel, shift_in, depthwise=True))
+            depthwise_kernel = _scale_kernel(depthwise_kernel, scale_in, axis)
+        else:
+            depthwise = isinstance(layer, (_L.DepthwiseConv1D, _L.DepthwiseConv2D))
+            bias = bias + _input_shift(kernel, shift_in, depthwise, axis)
+            kernel = _scale_kernel(kernel, scale_in, axis)
     if after is not None:
         factor, shift = _bn_scale_shift(after)
         kernel = _scale_kernel(kernel, factor, FOLDABLE_LAYERS[_foldable_class(layer)])
         bias = bias * factor + shift
+    if separable:
+        new.depthwise_kernel.assign(depthwise_kernel.astype(np.float32))
     getattr(new, kernel_name).assign(kernel.astype(np.float32))
     new.bias.assign(bias.astype(np.float32))
     return new
 
 
-def _fold(model: keras.Model, prefix: str = "", backward: bool = True) -> tuple[keras.Model, list[FoldedPair]]:
+def _fold(
+    model: keras.Model, prefix: str = "", backward: bool = True
+) -> tuple[keras.Model, list[FoldedPair], dict[str, str]]:
+    """(folded model, folded pairs, kept batch norm -> why), names prefixed "nested/" inside."""
     functional = as_functional(model, "batch-norm folding")
-    after = {layer: bn for layer, bn in find_foldable_pairs(functional)}
-    before = {layer: bn for bn, layer in find_backward_foldable_pairs(functional)} if backward else {}
+    plan = _plan(functional, backward)
+    after, before = plan.after, plan.before
     folded_bns = set(after.values()) | set(before.values())
     pairs = [FoldedPair(prefix + name, prefix + bn, "before") for name, bn in before.items()]
     pairs += [FoldedPair(prefix + name, prefix + bn, "after") for name, bn in after.items()]
+    kept = {prefix + bn: why for bn, why in plan.kept.items()}
     skipped: set[int] = set()
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if is_graph_model(layer):
-            inner, inner_pairs = _fold(layer, prefix + layer.name + "/", backward)
+            inner, inner_pairs, inner_kept = _fold(layer, prefix + layer.name + "/", backward)
             pairs.extend(inner_pairs)
+            kept.update(inner_kept)
             return inner
         if layer.name in after or layer.name in before:
             return _folded_layer(
@@ -265,7 +366,14 @@ def _fold(model: keras.Model, prefix: str = "", backward: bool = True) -> tuple[
         return layer(*args, **kwargs)
 
     folded = keras.models.clone_model(functional, clone_function=clone, call_function=call)
-    return folded, pairs
+    return folded, pairs, kept
+
+
+def _log_folds(purpose: str, pairs: list[FoldedPair], kept: dict[str, str]) -> None:
+    for pair in pairs:
+        logging.info("%s: folded %s (%s it) into %s", purpose, pair.batch_norm, pair.bn_position, pair.layer)
+    for bn, why in kept.items():
+        logging.info("%s: kept %s: %s", purpose, bn, why)
 
 
 def fold_all_batch_norms(model: keras.Model) -> tuple[keras.Model, list[FoldedPair]]:
@@ -273,10 +381,12 @@ def fold_all_batch_norms(model: keras.Model) -> tuple[keras.Model, list[FoldedPa
 
     Batch norms after a Conv/Depthwise/Separable/Transposed conv or Dense layer (see
     ``find_foldable_pairs``) fold into its output channels; the remaining ones that precede a
-    "valid" Conv/Depthwise conv or a Dense layer (``find_backward_foldable_pairs``) fold into its
-    input channels. The folded layer gets a bias even if it had none. Batch norms that cannot fold
-    stay in place. Nested Functional/Sequential models are folded inside (their pairs are named
-    "nested/layer"); pairs across a nested model's boundary are left alone.
+    Conv/Depthwise/Separable conv reading no padding, a 1x1 stride-1 transposed conv or a Dense
+    layer (``find_backward_foldable_pairs``) fold into its input channels. The folded layer gets a
+    bias even if it had none. Batch norms that cannot fold stay in place, and the reason for each
+    is logged (absl INFO: "fold_all_batch_norms: kept bn: ..."). Nested Functional/Sequential
+    models are folded inside (their pairs are named "nested/layer"); pairs across a nested
+    model's boundary are left alone.
 
     Args:
         model: a Functional or built Sequential Keras model. It is not modified.
@@ -293,9 +403,8 @@ def fold_all_batch_norms(model: keras.Model) -> tuple[keras.Model, list[FoldedPa
         >>> pairs[0]
         FoldedPair(layer='conv1', batch_norm='bn1', bn_position='after')
     """
-    folded, pairs = _fold(model)
-    for pair in pairs:
-        logging.info("fold_all_batch_norms: folded %s (%s it) into %s", pair.batch_norm, pair.bn_position, pair.layer)
+    folded, pairs, kept = _fold(model)
+    _log_folds("fold_all_batch_norms", pairs, kept)
     return folded, pairs
 
 
@@ -349,12 +458,16 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
     values. A per-tensor weight grid cannot absorb per-channel factors: its encoding is
     recomputed from W' (logged as a warning). If the config put a quantizer between the layer and
     its batch norm (no Conv+BN supergroup), that quantizer has no place in the folded model and
-    the function changes there (logged as a warning). Batch norms before a layer stay in place.
+    the function changes there (logged as a warning). Batch norms before a layer stay in place:
+    their scale would fall on the layer's input channels, which a per-output-channel weight grid
+    cannot absorb, and the quantizer on the layer's input would have no place left.
 
     The sim is changed in place: ``sim.model`` is a new ``keras.Model`` afterwards (compile it
-    again before training further); a sim prepared with ``prepare_sim_for_tflite`` is prepared
-    again. This is the step that makes a QAT model with batch norms exportable to TFLite, whose
-    kernels only see folded weights.
+    again before training further); each of ``sim.preparations`` (a sim prepared with
+    ``prepare_sim_for_tflite`` holds that one, with its kernel target) runs on the new sim. This
+    is the step that makes a QAT model with batch norms exportable to TFLite, whose kernels only
+    see folded weights. Batch norms it keeps are logged with the reason, as in
+    ``fold_all_batch_norms``.
 
     Returns:
         The folded pairs (batch norms before a layer are not folded here).
@@ -363,8 +476,9 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
     from aimet_tf.quantization.sim import QuantizationSimModel
 
     float_model = sim.float_model()
-    folded, pairs = _fold(float_model, backward=False)
+    folded, pairs, kept = _fold(float_model, backward=False)
     if not pairs:
+        _log_folds("fold_all_batch_norms_to_scale", pairs, kept)
         return []
     # Sim tensor names use the bare layer names, also inside nested models.
     layers = {layer.name: layer for layer in all_layers(float_model)}
@@ -378,10 +492,9 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
         config_file=sim.config,
         percentile=sim.percentile,
     )
-    if _prepared_for_tflite(sim):
-        from aimet_tf.export.prepare import prepare_sim_for_tflite
-
-        prepare_sim_for_tflite(new)
+    # The steps that prepared the sim for a target (prepare_sim_for_tflite) prepare the new one too.
+    for prepare in sim.preparations.values():
+        prepare(new)
     # Tensor names move from the batch norm's output to the folded layer's.
     renamed = {}
     for layer_name, bn in after.items():
@@ -428,19 +541,8 @@ def fold_all_batch_norms_to_scale(sim) -> list[FoldedPair]:
         elif q.enabled:
             q.set_encoding(_encoding_of(q, var))
     sim.adopt(new)
-    for pair in pairs:
-        logging.info("fold_all_batch_norms_to_scale: folded %s into %s", pair.batch_norm, pair.layer)
+    _log_folds("fold_all_batch_norms_to_scale", pairs, kept)
     return pairs
-
-
-def _prepared_for_tflite(sim) -> bool:
-    """Whether ``prepare_sim_for_tflite`` ran on the sim (it adds requantizers and bias grids)."""
-    from aimet_tf.quantization.quantizers import BiasQuantizer
-
-    return any(
-        w.requantizer is not None or any(isinstance(q, BiasQuantizer) for q in w.param_quantizers.values())
-        for w in sim.wrappers()
-    )
 
 
 def _encoding_of(quantizer, variable):

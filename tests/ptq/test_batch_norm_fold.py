@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from aimet_tf import QuantizationSimModel
+from aimet_tf.export import TFLITE_CONFIG, kernel_target_of, prepare_model_for_tflite, prepare_sim_for_tflite
+from aimet_tf.kernels import TFLITE_REFERENCE
 from aimet_tf.ptq import (
     FoldedPair,
     find_backward_foldable_pairs,
@@ -131,33 +133,95 @@ def test_subclassed_model_rejected():
         fold_batch_norms(Net())
 
 
-def _bn_then_consumer(kind: str) -> keras.Model:
+_CONSUMERS = {
+    "conv": lambda: L.Conv2D(6, 3, strides=2, name="c"),
+    "conv_1x1_same": lambda: L.Conv2D(6, 1, padding="same", use_bias=False, name="c"),
+    "depthwise": lambda: L.DepthwiseConv2D(3, depth_multiplier=2, name="c"),
+    "dense": lambda: L.Dense(5, name="c"),  # on the channel axis of a rank-4 tensor
+    "separable": lambda: L.SeparableConv2D(6, 3, depth_multiplier=2, strides=2, name="c"),
+    "separable_1x1_same": lambda: L.SeparableConv2D(5, 1, padding="same", use_bias=False, name="c"),
+    "separable_dilated": lambda: L.SeparableConv2D(5, 3, dilation_rate=2, use_bias=False, name="c"),
+    "separable1d": lambda: L.SeparableConv1D(6, 3, depth_multiplier=3, name="c"),
+    "transpose_1x1": lambda: L.Conv2DTranspose(6, 1, name="c"),
+    "transpose_1x1_same": lambda: L.Conv2DTranspose(5, 1, padding="same", use_bias=False, name="c"),
+    "transpose1d_1x1": lambda: L.Conv1DTranspose(6, 1, name="c"),
+}
+
+
+def _bn_then_consumer(kind: str, consumers=_CONSUMERS, after: bool = False) -> keras.Model:
     keras.utils.set_random_seed(4)
-    inp = keras.Input((9, 9, 4))
+    inp = keras.Input((11, 4) if "1d" in kind else (9, 9, 4))
     x = L.BatchNormalization(epsilon=1e-3, name="bn")(L.ReLU(name="pre")(inp))
-    if kind == "conv":
-        y = L.Conv2D(6, 3, strides=2, name="c")(x)
-    elif kind == "conv_1x1_same":
-        y = L.Conv2D(6, 1, padding="same", use_bias=False, name="c")(x)
-    elif kind == "depthwise":
-        y = L.DepthwiseConv2D(3, depth_multiplier=2, name="c")(x)
-    elif kind == "dense":
-        y = L.Dense(5, name="c")(x)  # on the channel axis of a rank-4 tensor
-    else:
-        raise ValueError(kind)
+    layer = consumers[kind]()
+    y = layer(x)
+    if getattr(layer, "use_bias", False):
+        layer.bias.assign(np.random.default_rng(8).normal(0, 0.5, layer.bias.shape))
+    if after:
+        y = L.BatchNormalization(name="bn_after")(y)
     return _randomize_bns(keras.Model(inp, y))
 
 
-@pytest.mark.parametrize("kind", ["conv", "conv_1x1_same", "depthwise", "dense"])
+def _random_input(model, seed=5):
+    return np.random.default_rng(seed).normal(size=(6, *model.input_shape[1:])).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", list(_CONSUMERS))
 def test_batch_norm_before_a_valid_layer_folds_into_its_inputs(kind):
     model = _bn_then_consumer(kind)
-    x = np.random.default_rng(5).normal(size=(6, 9, 9, 4)).astype(np.float32)
+    x = _random_input(model)
     assert find_foldable_pairs(model) == []
     assert find_backward_foldable_pairs(model) == [("bn", "c")]
     folded, pairs = fold_all_batch_norms(model)
     assert pairs == [FoldedPair("c", "bn", "before")]
     assert not any(isinstance(l, L.BatchNormalization) for l in folded.layers)
     assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["separable", "separable1d", "transpose_1x1"])
+def test_batch_norms_on_both_sides_of_a_separable_or_transposed_conv_fold(kind):
+    # The batch norm before scales the input-channel axis (depthwise kernel; transposed axis -1),
+    # the one after the output-channel axis (pointwise kernel; transposed axis -2).
+    model = _bn_then_consumer(kind, after=True)
+    x = _random_input(model, seed=6)
+    folded, pairs = fold_all_batch_norms(model)
+    assert sorted(pairs) == [FoldedPair("c", "bn", "before"), FoldedPair("c", "bn_after", "after")]
+    assert not any(isinstance(l, L.BatchNormalization) for l in folded.layers)
+    assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5
+
+
+_PADDED = "'c' zero-pads its input"
+_TRANSPOSED = "'c' is a transposed convolution with kernel_size="
+_INEXACT_CONSUMERS = {
+    "separable_same": (lambda: L.SeparableConv2D(6, 3, padding="same", name="c"), _PADDED),
+    "separable1d_same": (lambda: L.SeparableConv1D(6, 3, padding="same", name="c"), _PADDED),
+    # strides == kernel_size: one tap per output pixel, but a different tap per stride phase.
+    "transpose_stride_is_kernel": (lambda: L.Conv2DTranspose(6, 2, strides=2, name="c"), _TRANSPOSED),
+    "transpose_valid": (lambda: L.Conv2DTranspose(6, 3, name="c"), _TRANSPOSED),
+    "transpose_same_strided": (
+        lambda: L.Conv2DTranspose(6, 3, strides=2, padding="same", name="c"), _TRANSPOSED
+    ),
+    "transpose_1x1_strided": (lambda: L.Conv2DTranspose(6, 1, strides=2, name="c"), _TRANSPOSED),
+}
+
+
+@pytest.mark.parametrize("kind", list(_INEXACT_CONSUMERS))
+def test_batch_norm_before_an_inexact_consumer_stays_and_the_log_says_why(kind, caplog):
+    make, reason = _INEXACT_CONSUMERS[kind]
+    model = _bn_then_consumer(kind, {kind: make})
+    x = _random_input(model, seed=7)
+    assert find_backward_foldable_pairs(model) == []
+    with caplog.at_level("INFO", logger="absl"):
+        folded, pairs = fold_all_batch_norms(model)
+    assert pairs == [] and "bn" in [l.name for l in folded.layers]
+    kept = [r.getMessage() for r in caplog.records if "fold_all_batch_norms: kept bn:" in r.getMessage()]
+    assert len(kept) == 1 and reason in kept[0]
+    assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-6
+    # The premise of the refusal: a constant input does not give a constant output per channel,
+    # so no bias could stand for the batch norm's shift.
+    consumer = model.get_layer("c")
+    ones = np.ones((1, *model.get_layer("bn").output.shape[1:]), np.float32)
+    response = np.asarray(consumer(ones)).reshape(-1, consumer.filters)
+    assert np.max(np.ptp(response, axis=0)) > 1e-3
 
 
 def test_batch_norm_before_a_padded_conv_stays():
@@ -274,3 +338,33 @@ def test_fold_to_scale_gives_a_quantized_bias_an_encoding_of_its_new_values(use_
     after = sim.model.predict(data, verbose=0)
     step = float(dict(sim.activation_quantizers())["r/output:0"].scale_tensor().numpy())
     assert np.max(np.abs(after - before)) <= 2.01 * step
+
+
+def test_fold_to_scale_leaves_batch_norms_before_a_layer_in_place(caplog):
+    # fold_all_batch_norms folds this one backward; a sim cannot (its scale would fall on the
+    # separable conv's input channels, which no per-output-channel weight grid absorbs).
+    model = _bn_then_consumer("separable")
+    assert fold_all_batch_norms(model)[1] == [FoldedPair("c", "bn", "before")]
+    sim = QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
+    sim.compute_encodings(_random_input(model))
+    old = sim.model
+    with caplog.at_level("INFO", logger="absl"):
+        assert fold_all_batch_norms_to_scale(sim) == []
+    assert sim.model is old
+    assert any(isinstance(w.layer, L.BatchNormalization) for w in sim.wrappers())
+    assert "fold_all_batch_norms_to_scale: kept bn:" in caplog.text
+    assert "folds only batch norms after a layer" in caplog.text
+
+
+def test_fold_to_scale_prepares_a_prepared_sim_again_for_the_same_kernels():
+    model = prepare_model_for_tflite(_randomize_bns(models.conv_bn_relu_model()), fold_batch_norms=False)
+    sim = QuantizationSimModel(model, quant_scheme="tf", config_file=TFLITE_CONFIG)
+    sim.compute_encodings(models.random_images(32))
+    prepare_sim_for_tflite(sim, "reference")
+    assert set(sim.preparations) == {"tflite"}
+    pairs = fold_all_batch_norms_to_scale(sim)
+    assert [(p.layer, p.batch_norm) for p in pairs] == [("c1", "bn1")]
+    # The rebuilt model is prepared for the reference kernels, as the sim was.
+    requantizer = sim.model.get_layer("c1").requantizer
+    assert requantizer is not None and requantizer.enabled and requantizer.target is TFLITE_REFERENCE
+    assert kernel_target_of(sim) == "reference" and set(sim.preparations) == {"tflite"}
