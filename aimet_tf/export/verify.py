@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -124,10 +125,12 @@ def _interpreter(tflite_path: str | os.PathLike | bytes, kernels: str, preserve:
 def _quantize_input(x: np.ndarray, detail: dict, kernels: str = "default") -> np.ndarray:
     """An int8 input as that kernel path's own QUANTIZE would give it (what a sim prepared for
     ``kernels`` assumes): round(x / s) ties away ("reference"), round(x * (1 / s)) ties to even
-    (the others), in float32."""
+    (the others), in float32. Integer inputs without a scale (token ids) pass as they are."""
     if detail["dtype"] == np.float32:
         return x.astype(np.float32)
     scale, zero_point = detail["quantization"]
+    if not scale:
+        return np.asarray(x).astype(detail["dtype"])
     info = np.iinfo(detail["dtype"])
     x = np.asarray(x, dtype=np.float32)
     if kernels == "reference":
@@ -145,45 +148,107 @@ def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
     return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
+def _signature(interpreter) -> dict | None:
+    signatures = interpreter._get_full_signature_list()
+    return next(iter(signatures.values())) if len(signatures) == 1 else None
+
+
+def _output_order(interpreter) -> list[int]:
+    """Tensor indices of the file's outputs in the exported model's order.
+
+    The interpreter lists outputs in no fixed order (measured: a two-output model came out
+    swapped); the converter names the signature's outputs ``output_0``, ``output_1``, ... in the
+    traced function's order. A file without such a signature keeps the interpreter's order.
+    """
+    outputs = [d["index"] for d in interpreter.get_output_details()]
+    signature = _signature(interpreter)
+    named = signature["outputs"] if signature else {}
+    if set(named.values()) == set(outputs) and all(re.fullmatch(r"output_\d+", k) for k in named):
+        outputs = [named[k] for k in sorted(named, key=lambda k: int(k.split("_")[1]))]
+    return outputs
+
+
+def _input_arrays(interpreter, data) -> list[tuple[int, np.ndarray]]:
+    """(tensor index, array) per input of the file.
+
+    Neither the interpreter's input list nor the signature's (sorted by name) follows the Keras
+    model's input order in general (both seen to differ from it), so several inputs are matched by
+    name: ``export_tflite`` names the signature's inputs after the Keras inputs.
+    """
+    details = interpreter.get_input_details()
+    if not isinstance(data, Mapping):
+        if isinstance(data, (list, tuple)) and len(data) == 1:
+            data = data[0]
+        if len(details) == 1 and not isinstance(data, (list, tuple)):
+            return [(details[0]["index"], np.asarray(data))]
+        raise ValueError(
+            f"Expected a dict {{input name: array}} for a .tflite model with {len(details)} inputs "
+            f"(names: {sorted(_signature(interpreter)['inputs']) if _signature(interpreter) else '?'}). "
+            f"Received: {type(data).__name__}"
+        )
+    signature = _signature(interpreter)
+    by_name = signature["inputs"] if signature else {}
+    if sorted(by_name) != sorted(data):
+        raise ValueError(
+            f"Expected one array per input of the .tflite model, by name: {sorted(by_name)}. "
+            f"Received: {sorted(data)}"
+        )
+    pairs = [(by_name[name], np.asarray(array)) for name, array in data.items()]
+    if len({len(a) for _, a in pairs}) != 1:
+        raise ValueError(
+            "Expected every input array to hold the same number of samples. Received: "
+            f"{ {name: len(np.asarray(a)) for name, a in data.items()} }"
+        )
+    return pairs
+
+
 def run_tflite(
     tflite_path: str | os.PathLike | bytes,
-    data: np.ndarray,
+    data: np.ndarray | Mapping[str, np.ndarray],
     *,
     batch_size: int = 256,
     kernels: str = "default",
 ) -> list[np.ndarray]:
-    """Runs a single-input .tflite model on ``data`` in batches; returns float outputs.
+    """Runs a .tflite model on ``data`` in batches; returns float outputs.
 
     int8 inputs are quantized with the input tensor's scale/zero point as the kernel path's own
     QUANTIZE op rounds, int8 outputs dequantized with the output tensor's.
 
     Args:
         tflite_path: the model file, or its bytes.
-        data: float32 array [N, ...].
+        data: float32 array [N, ...]; for a multi-input model a dict from the Keras input names
+            (the file's signature input names) to arrays.
         batch_size: inputs per invoke (the batch dimension is resized).
         kernels: op resolver, one of ``KERNELS``.
 
     Returns:
-        One float32 array [N, ...] per model output.
+        One float32 array [N, ...] per model output, in the Keras model's output order.
+
+    Raises:
+        ValueError: when the arrays do not match the file's inputs by name, or hold different
+            numbers of samples.
     """
     interpreter = _interpreter(tflite_path, kernels)
-    input_detail = interpreter.get_input_details()[0]
-    outputs: list[list[np.ndarray]] = []
+    pairs = _input_arrays(interpreter, data)
+    output_indices = _output_order(interpreter)
+    outputs: list[list[np.ndarray]] = [[] for _ in output_indices]
     current = None
-    for start in range(0, len(data), batch_size):
-        batch = np.asarray(data[start : start + batch_size])
-        if current != len(batch):
-            interpreter.resize_tensor_input(input_detail["index"], [len(batch), *batch.shape[1:]])
+    count = len(pairs[0][1])
+    for start in range(0, count, batch_size):
+        batches = [(index, array[start : start + batch_size]) for index, array in pairs]
+        size = len(batches[0][1])
+        if current != size:
+            for index, batch in batches:
+                interpreter.resize_tensor_input(index, [size, *batch.shape[1:]])
             interpreter.allocate_tensors()
-            input_detail = interpreter.get_input_details()[0]
-            current = len(batch)
-        interpreter.set_tensor(input_detail["index"], _quantize_input(batch, input_detail, kernels))
+            current = size
+        details = {d["index"]: d for d in interpreter.get_input_details()}
+        for index, batch in batches:
+            interpreter.set_tensor(index, _quantize_input(batch, details[index], kernels))
         interpreter.invoke()
-        details = interpreter.get_output_details()
-        if not outputs:
-            outputs = [[] for _ in details]
-        for k, detail in enumerate(details):
-            outputs[k].append(_dequantize_output(interpreter.get_tensor(detail["index"]), detail))
+        out_details = {d["index"]: d for d in interpreter.get_output_details()}
+        for k, index in enumerate(output_indices):
+            outputs[k].append(_dequantize_output(interpreter.get_tensor(index), out_details[index]))
     return [np.concatenate(parts) for parts in outputs]
 
 
@@ -197,7 +262,8 @@ def output_steps(tflite_path: str) -> list[float]:
         for index in op["outputs"]:
             producers[index] = op
     steps = []
-    for detail in interpreter.get_output_details():
+    details = {d["index"]: d for d in interpreter.get_output_details()}
+    for detail in (details[i] for i in _output_order(interpreter)):
         scale = detail["quantization"][0]
         op = producers.get(detail["index"])
         if not scale and op is not None and op["op_name"] == "DEQUANTIZE":
@@ -266,7 +332,8 @@ def verify_tflite(
     Args:
         sim: the ``QuantizationSimModel`` the file was exported from (as prepared by the export).
         tflite_path: the exported file.
-        data: float32 inputs [N, ...] (what the float model takes).
+        data: float32 inputs [N, ...] (what the float model takes), or one array per input of a
+            multi-input model.
         labels: optional integer class labels [N] for accuracies.
         batch_size: batch size for both runs.
         kernels: None, one of ``KERNELS``, or "all".
@@ -297,16 +364,23 @@ def verify_tflite(
     if kernel_target_of(sim) != kernels:
         prepare_sim_for_tflite(sim, kernels)
     tflite_path = os.fspath(tflite_path)
-    data = np.asarray(data, dtype=np.float32)
-    if len(data) == 0:
+    arrays = [np.asarray(a) for a in data] if isinstance(data, (list, tuple)) else [np.asarray(data)]
+    arrays = [a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32) for a in arrays]
+    names = [t.name.split(":")[0] for t in sim.model.inputs]
+    if len(arrays) != len(names):
+        raise ValueError(f"Expected {len(names)} input array(s), one per model input {names}. Received: {len(arrays)}")
+    data = arrays[0] if len(arrays) == 1 else arrays
+    count = len(arrays[0])
+    if count == 0:
         raise ValueError("Expected at least one input to verify. Received: an empty array.")
-    if labels is not None and len(labels) != len(data):
+    if labels is not None and len(labels) != count:
         raise ValueError(
-            f"Expected one label per input. Received: {len(labels)} labels for {len(data)} inputs."
+            f"Expected one label per input. Received: {len(labels)} labels for {count} inputs."
         )
     expected = sim.model.predict(data, batch_size=batch_size, verbose=0)
     expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
-    actual = run_tflite(tflite_path, data, batch_size=batch_size, kernels=kernels)
+    feed = arrays[0] if len(arrays) == 1 else dict(zip(names, arrays))
+    actual = run_tflite(tflite_path, feed, batch_size=batch_size, kernels=kernels)
     steps = output_steps(tflite_path)
     diffs = []
     for e, a, step in zip(expected, actual, steps):
@@ -325,7 +399,7 @@ def verify_tflite(
     interpreter, delegate = _runtime_description(tflite_path, kernels)
     # A small tolerance absorbs float rounding of the dequantized values themselves.
     return FidelityReport(
-        num_samples=len(data),
+        num_samples=count,
         kernels=kernels,
         output_step=steps[0],
         top1_agreement=top1,

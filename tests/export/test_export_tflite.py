@@ -378,3 +378,28 @@ def test_run_tflite_batches_like_one_call(cnn_w8_w4):
     _, path, data = cnn_w8_w4[8]
     np.testing.assert_array_equal(run_tflite(path, data, batch_size=7)[0],
                                   run_tflite(path, data, batch_size=64)[0])
+
+
+def test_multi_input_multi_output_file_runs_in_keras_order(tmp_path):
+    # Inputs and outputs of different shapes: a swapped order fails on shapes or on values.
+    keras.utils.set_random_seed(3)
+    a, b = keras.Input((3,), name="zeta"), keras.Input((7,), name="alpha")
+    joined = keras.layers.Concatenate(name="cat")([keras.layers.Dense(4, name="da")(a), keras.layers.Dense(4, name="db")(b)])
+    model = keras.Model([a, b], [keras.layers.Dense(2, name="small")(joined), keras.layers.Dense(5, name="big")(joined)])
+    rng = np.random.default_rng(0)
+    data = [rng.normal(size=(40, 3)).astype("float32"), rng.normal(size=(40, 7)).astype("float32")]
+    sim = QuantizationSimModel(prepare_model_for_tflite(model), quant_scheme="tf", config_file=TFLITE_CONFIG)
+    sim.compute_encodings(tuple(data))
+    path = export_tflite(sim, tmp_path / "two.tflite")
+    small, big = run_tflite(path, {"zeta": data[0], "alpha": data[1]})
+    assert small.shape == (40, 2) and big.shape == (40, 5)
+    report = verify_tflite(sim, path, data)  # in the Keras model's input order, as predict takes them
+    assert report.num_samples == 40 and report.exact_fraction == 1.0, report.summary()
+    with pytest.raises(ValueError, match=r"Expected a dict .* 2 inputs \(names: \['alpha', 'zeta'\]\)"):
+        run_tflite(path, data)
+    with pytest.raises(ValueError, match=r"by name: \['alpha', 'zeta'\]. Received: \['a', 'zeta'\]"):
+        run_tflite(path, {"zeta": data[0], "a": data[1]})
+    with pytest.raises(ValueError, match="same number of samples"):
+        run_tflite(path, {"zeta": data[0], "alpha": data[1][:5]})
+    with pytest.raises(ValueError, match="Expected 2 input array"):
+        verify_tflite(sim, path, data[:1])
