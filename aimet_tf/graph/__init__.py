@@ -13,6 +13,7 @@ from aimet_tf.graph.catalogue import (
     onnx_op_type,
     output_channel_axis,
 )
+from aimet_tf.graph.channels import ChannelMappingError, ChannelPlacement, map_reshape_channels
 from aimet_tf.graph.model_graph import (
     GraphNode,
     GraphRunner,
@@ -44,10 +45,10 @@ from aimet_tf.graph.rewrite import (
 )
 
 __all__ = [
-    "ChannelGroup", "DataMovementOpLayer", "GraphNode", "GraphRunner", "LayerGraph", "ModelGraph", "OpLayer", "PrepareReport", "activation_kind", "all_layers",
+    "ChannelGroup", "ChannelMappingError", "ChannelPlacement", "DataMovementOpLayer", "GraphNode", "GraphRunner", "LayerGraph", "ModelGraph", "OpLayer", "PrepareReport", "activation_kind", "all_layers",
     "as_functional", "bn_folds_backward", "bn_folds_forward", "channel_group", "clone_layer", "clone_model_graph",
     "commutes_with_channel_scaling", "has_nested_models", "inline_nested_models", "insert_after",
-    "is_graph_model", "is_subclassed_model", "keep_channels", "layer_graph", "needs_preparing", "onnx_op_type", "output_channel_axis",
+    "is_graph_model", "is_subclassed_model", "keep_channels", "layer_graph", "map_reshape_channels", "needs_preparing", "onnx_op_type", "output_channel_axis",
     "prepare_model", "prepare_model_with_report", "remove_layer", "replace_layer", "replace_with_chain", "replace_with_subgraph",
     "split_activations", "tensor_name",
 ]

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from aimet_tf.graph.catalogue import activation_kind, output_channel_axis
+from aimet_tf.graph.channels import ChannelMappingError, map_reshape_channels
 from aimet_tf.graph.model_graph import GraphNode, ModelGraph, as_functional, is_graph_model
 
 __all__ = [
@@ -675,39 +676,30 @@ def _concatenated(walk: _Walk, node: GraphNode, states: list[_Channels | None]) 
 
 
 def _reshaped(walk: _Walk, node: GraphNode, state: _Channels) -> tuple[str, _Edit, _Channels]:
-    """Flatten and Reshape: where each carried entry lands, followed on a per-sample index grid."""
+    """Flatten and Reshape: the entries that hold a kept channel stay (:func:`map_reshape_channels`)."""
     layer = node.operation
-    in_shape = tuple(walk.graph.keras_tensor(node.inputs[0]).shape[1:])
-    out_shape = tuple(walk.graph.keras_tensor(node.outputs[0]).shape[1:])
-    is_flatten = isinstance(layer, _L.Flatten)
-    # A reshape that keeps the carried axis last, with its size, keeps channels whatever the other axes.
-    if not is_flatten and state.axis == len(in_shape) and out_shape and out_shape[-1] == state.size:
+    in_shape = tuple(walk.graph.keras_tensor(node.inputs[0]).shape)
+    try:
+        placement = map_reshape_channels(layer, in_shape, np.arange(state.size), state.axis)
+    except ChannelMappingError as e:
+        raise walk.error(node, e.problem, e.expected, e.received) from None
+    kept = np.flatnonzero(np.isin(placement.labels, state.kept))
+    out_shape = placement.shape[1:]
+    carried = _Channels(placement.axis, len(placement.shape), kept, out_shape[placement.axis - 1])
+    if isinstance(layer, _L.Flatten):
+        return "through", _Edit({}, {}), carried
+    # A reshape that keeps the carried axis last, with its size, keeps its target whatever the other axes.
+    if state.axis == len(in_shape) - 1 and out_shape and out_shape[-1] == state.size:
         target = tuple(layer.target_shape)
-        target = target if target[-1] == -1 else target[:-1] + (len(state.kept),)
-        return "through", _Edit({"target_shape": target}, {}), _Channels(len(out_shape), len(out_shape) + 1, state.kept, state.size)
-    if None in in_shape or None in out_shape:
+        target = target if target[-1] == -1 else target[:-1] + (len(kept),)
+        return "through", _Edit({"target_shape": target}, {}), carried
+    if None in out_shape:
         raise walk.error(node, "channels moved by a reshape of unknown size",
-                         "static per-sample shapes (to follow each channel's entries)",
-                         f"input shape {in_shape}, output shape {out_shape}")
-    entry = np.indices(in_shape)[state.axis - 1]
-    if is_flatten and layer.data_format == "channels_first" and len(in_shape) > 1:
-        entry = np.moveaxis(entry, 0, -1)  # Keras flattens channels_first inputs channels-last
-    entry = entry.reshape(out_shape)
-    varying = [a for a in range(entry.ndim) if (np.diff(entry, axis=a) != 0).any()]
-    if len(varying) != 1:
-        raise walk.error(
-            node, "channels mixed",
-            f"a {'Flatten' if is_flatten else 'Reshape'} after which the channels of {walk.producer!r} vary along one "
-            "axis only (flattening, or keeping the channel axis with its size)",
-            f"input shape {in_shape}, output shape {out_shape}",
-        )
-    axis = varying[0]
-    along = np.moveaxis(entry, axis, 0).reshape(out_shape[axis], -1)[:, 0]
-    kept = np.flatnonzero(np.isin(along, state.kept))
-    overrides = {} if is_flatten else {
-        "target_shape": out_shape[:axis] + (len(kept),) + out_shape[axis + 1:]
-    }
-    return "through", _Edit(overrides, {}), _Channels(axis + 1, len(out_shape) + 1, kept, out_shape[axis])
+                         "static per-sample shapes (to write the sliced target shape)",
+                         f"input shape {in_shape[1:]}, output shape {out_shape}")
+    axis = placement.axis - 1
+    target = out_shape[:axis] + (len(kept),) + out_shape[axis + 1:]
+    return "through", _Edit({"target_shape": target}, {}), carried
 
 
 def _channel_plan(model: keras.Model, producer: str, kept: Sequence[int] | None):

@@ -48,7 +48,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Sequence
 
 import keras
@@ -91,7 +90,8 @@ _DEAD_CHANNEL = float(np.finfo(np.float32).eps)
 _RELU, _RELU6, _LINEAR, _PAD = "relu", "relu6", "linear", "pad"
 
 # Catalogue op types that only re-lay a tensor out in row-major order (Flatten / Reshape layers and
-# prepared ``keras.ops.reshape`` nodes): channels are followed through them by _map_through_reshape.
+# prepared ``keras.ops.reshape`` nodes): channels are followed through them by
+# graph.map_reshape_channels.
 _RESHAPE_OPS = ("Flatten", "Reshape")
 
 
@@ -561,43 +561,28 @@ def _map_channels(g, op, source: str, rows: np.ndarray | None, channels: int) ->
 def _map_through_reshape(op, shape: tuple, rows: np.ndarray | None, channels: int) -> np.ndarray | None | str:
     """The channel rows of a Flatten / Reshape output (see ``_map_channels``), or why there are none.
 
-    Both keep each sample's values in row-major order: value f = p * C_in + k (position p,
-    last-axis index k) lands on last-axis index j = f mod C_out. Over the positions, output
-    index j so receives only input indices k = j (mod g), g = gcd(C_in, C_out). The reshape preserves
-    channels when each such residue class holds one channel (or none of the producer's): then
-    output index j carries the channel of class j mod g at every position. So a Reshape that
-    keeps the last axis moves nothing; a channels-last Flatten of P positions, or a Reshape
-    merging positions into the last axis, sends channel c to c, c + C, c + 2C, ...; a Reshape
-    back to C channels after it undoes that. Splitting the last axis puts different channels on
-    one output index at different positions, which no per-channel scale can undo: refused.
+    ``graph.map_reshape_channels`` says where the last-axis labels of the input land. A Reshape
+    that keeps the last axis moves nothing; a channels-last Flatten of P positions, or a Reshape
+    merging positions into the last axis, sends channel c to c, c + C, c + 2C, ...; a Reshape back
+    to C channels after it undoes that. Splitting the last axis puts different channels on one
+    output index at different positions, which no per-channel scale can undo: refused, as is a
+    reshape that moves the channels off the last axis (the consumer reads them there).
     """
-    what = f"{type(op).__name__} {op.name!r}"
-    if getattr(op, "data_format", "channels_last") != "channels_last":
-        return f"{what} with data_format={op.data_format!r}"
-    out_shape = tuple(op.compute_output_spec(keras.KerasTensor(shape)).shape)
-    c_in, c_out = shape[-1], out_shape[-1]
-    if c_in is None or c_out is None:
-        return (
-            f"{what} of a tensor with unknown dimensions {shape} -> {out_shape}: where its channels "
-            "land is unknown"
-        )
-    if rows is None and c_out == c_in:
-        return None
+    labels = np.full(shape[-1], -1)  # -1: another producer's index (known: sizes are checked up to here)
     rows = np.arange(channels)[:, None] if rows is None else rows
-    labels = np.full(c_in, -1)  # producer channel at each last-axis index (-1: another producer's)
     labels[rows] = np.arange(rows.shape[0])[:, None]
-    g = math.gcd(c_in, c_out)
-    classes = labels.reshape(-1, g)  # column r: the labels of indices k = r (mod g)
-    if np.any(classes != classes[0]):
+    try:
+        placement = graph_lib.map_reshape_channels(op, shape, labels)
+    except graph_lib.ChannelMappingError as e:
+        return str(e)
+    if placement.axis != len(placement.shape) - 1:
         return (
-            f"{what} mixes channels: its last axis goes from {c_in} to {c_out} (shape {shape} -> "
-            f"{out_shape}), so one output channel carries different input channels at different "
-            f"positions (a channel-preserving reshape keeps the last axis, or merges whole "
-            "positions into it)"
+            f"{type(op).__name__} {op.name!r} moves the channels to axis {placement.axis} of shape "
+            f"{placement.shape}, not its last axis (where the consumer reads its channels)"
         )
-    out = np.tile(classes[0], c_out // g)
+    out = placement.labels
     if out.size == rows.shape[0] and np.array_equal(out, np.arange(out.size)):
-        return None  # back to one index per channel, in order
+        return None  # one index per channel, in order
     return np.stack([np.flatnonzero(out == i) for i in range(rows.shape[0])])
 
 
@@ -675,7 +660,8 @@ def equalize_model(
     Concatenate each producer pairs with its own slice of the consumer's input channels. A
     channels-last Flatten, or a Reshape whose last axis is a multiple m of its input's, sends
     channel c to last-axis indices c, c + C, ..., c + (m-1) C (C channels), and each channel
-    pairs with all the input rows it becomes; a Reshape keeping the last axis (merging or
+    pairs with all the input rows it becomes (a channels_first Flatten moves its first axis
+    last before flattening, and the rows follow); a Reshape keeping the last axis (merging or
     splitting positions only) moves no channel, and one back to C channels after a Flatten
     undoes the move. A Reshape that splits channels over positions mixes them and is refused
     (``report.skipped`` says why). Consecutive links form

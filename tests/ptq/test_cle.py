@@ -486,6 +486,11 @@ _CHANNEL_PRESERVING = {
         lambda x: L.Dense(3, name="d")(L.Flatten(name="rs")(x)),
         lambda k: k.max(axis=1).reshape(36, _C).max(axis=0),
     ),
+    # A channels_first Flatten moves the first axis (height) last first: row (w * C + c) * 6 + h.
+    "flatten_channels_first_dense": (
+        lambda x: L.Dense(3, name="d")(L.Flatten(data_format="channels_first", name="rs")(x)),
+        lambda k: k.max(axis=1).reshape(6, _C, 6).max(axis=(0, 2)),
+    ),
     # Flatten undone by a Reshape back to C channels: channel c at index c again.
     "flatten_then_back": (
         lambda x: L.Conv1D(3, 1, name="d")(L.Reshape((36, _C), name="rs2")(L.Flatten(name="rs")(x))),
