@@ -10,6 +10,7 @@ from aimet_tf.graph.catalogue import (
     bn_folds_backward,
     bn_folds_forward,
     commutes_with_channel_scaling,
+    input_channel_axis,
     onnx_op_type,
     output_channel_axis,
 )
@@ -47,7 +48,7 @@ from aimet_tf.graph.rewrite import (
 __all__ = [
     "ChannelGroup", "ChannelMappingError", "ChannelPlacement", "DataMovementOpLayer", "GraphNode", "GraphRunner", "LayerGraph", "ModelGraph", "OpLayer", "PrepareReport", "activation_kind", "all_layers",
     "as_functional", "bn_folds_backward", "bn_folds_forward", "channel_group", "clone_layer", "clone_model_graph",
-    "commutes_with_channel_scaling", "has_nested_models", "inline_nested_models", "insert_after",
+    "commutes_with_channel_scaling", "has_nested_models", "inline_nested_models", "input_channel_axis", "insert_after",
     "is_graph_model", "is_subclassed_model", "keep_channels", "layer_graph", "map_reshape_channels", "needs_preparing", "onnx_op_type", "output_channel_axis",
     "prepare_model", "prepare_model_with_report", "remove_layer", "replace_layer", "replace_with_chain", "replace_with_subgraph",
     "split_activations", "tensor_name",

@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import keras
 import numpy as np
 
-from aimet_tf.graph.catalogue import activation_kind, output_channel_axis
+from aimet_tf.graph.catalogue import activation_kind, input_channel_axis, output_channel_axis
 from aimet_tf.graph.channels import ChannelMappingError, map_reshape_channels
 from aimet_tf.graph.model_graph import GraphNode, ModelGraph, as_functional, is_graph_model
 
@@ -592,7 +592,7 @@ def _step(walk: _Walk, node: GraphNode, states: list[_Channels | None]) -> tuple
     if isinstance(layer, _DEPTHWISE):
         walk.expect_channel_axis(node, state)
         out = _multiplied(state, layer.depth_multiplier)
-        return "through", walk.edit(node, kernel=(-2, state.kept), bias=(0, out.kept)), out
+        return "through", walk.edit(node, kernel=(input_channel_axis(layer), state.kept), bias=(0, out.kept)), out
     if isinstance(layer, _L.Permute):
         return "through", walk.edit(node), dataclasses.replace(state, axis=list(layer.dims).index(state.axis) + 1)
     if isinstance(layer, (_L.Flatten, _L.Reshape)):
@@ -612,14 +612,16 @@ def _consumer_edit(walk: _Walk, node: GraphNode, state: _Channels) -> _Edit:
         if state.axis != state.rank - 1:
             raise walk.error(node, "channels mixed", f"the channels of {walk.producer!r} on the last axis",
                              f"them on axis {state.axis}")
-        return walk.edit(node, kernel=(0, state.kept), bias=None)
+        return walk.edit(node, kernel=(input_channel_axis(layer), state.kept), bias=None)
     if isinstance(layer, _CONVS + _TRANSPOSED + _SEPARABLE) and getattr(layer, "groups", 1) == 1:
         walk.expect_channel_axis(node, state)
         if isinstance(layer, _SEPARABLE):
+            # The catalogue's input axis is the depthwise kernel's; the pointwise kernel [1.., in * mult, out]
+            # reads the depthwise output channels on its axis -2.
             pointwise = (-2, _multiplied(state, layer.depth_multiplier).kept)
-            return walk.edit(node, depthwise_kernel=(-2, state.kept), pointwise_kernel=pointwise, bias=None)
-        # Transposed conv kernels are [k.., out, in].
-        return walk.edit(node, kernel=(-1 if isinstance(layer, _TRANSPOSED) else -2, state.kept), bias=None)
+            return walk.edit(node, depthwise_kernel=(input_channel_axis(layer), state.kept), pointwise_kernel=pointwise,
+                             bias=None)
+        return walk.edit(node, kernel=(input_channel_axis(layer), state.kept), bias=None)
     raise _unsupported(walk, node)
 
 
