@@ -129,6 +129,26 @@ def _trace_call(op: keras.layers.Layer, args: tuple, kwargs: dict) -> Any:
     return out
 
 
+def _split_bidirectional(op: keras.layers.Bidirectional, args: tuple, kwargs: dict) -> Any:
+    """A Bidirectional layer as its two recurrent layers and their merge, as its call computes it."""
+    if len(args) != 1 or kwargs.get("initial_state") is not None or kwargs.get("mask") is not None:
+        raise ValueError(
+            f"prepare_model cannot split Bidirectional layer {op.name!r}: expected a call on the sequences "
+            "alone. Received: an initial_state or a mask as well."
+        )
+    forward, backward = op.forward_layer(args[0]), op.backward_layer(args[0])
+    states: list = []
+    if op.return_state:
+        states = [*forward[1:], *backward[1:]]
+        forward, backward = forward[0], backward[0]
+    if op.return_sequences:
+        # The backward layer reads the sequence from its end: its outputs come last step first.
+        backward = keras.ops.flip(backward, axis=1)
+    merge = {"concat": _L.Concatenate(axis=-1), "sum": _L.Add(), "ave": _L.Average(), "mul": _L.Multiply()}
+    merged = [forward, backward] if op.merge_mode is None else [merge[op.merge_mode]([forward, backward])]
+    return [*merged, *states] if op.return_state or op.merge_mode is None else merged[0]
+
+
 def _expand_once(model: keras.Model, report: PrepareReport) -> tuple[keras.Model, bool]:
     """Traces every composite node and turns every ops node into a layer, one level deep."""
     graph = ModelGraph(model, "preparing the model")
@@ -153,6 +173,11 @@ def _expand_once(model: keras.Model, report: PrepareReport) -> tuple[keras.Model
                 "nested model" if is_graph_model(op) else f"{type(op).__name__} (custom)")
             report.changes.append(f"traced {kind} {node.name!r} into its layers")
             return _trace_call(op, args, kwargs)
+        if isinstance(op, _L.Bidirectional):
+            changed = True
+            report.changes.append(f"split Bidirectional {node.name!r} into {op.forward_layer.name!r}, "
+                                  f"{op.backward_layer.name!r} and their merge ({op.merge_mode})")
+            return _split_bidirectional(op, args, kwargs)
         if not isinstance(op, _L.Layer):
             changed = True
             layer, inputs = _ops_layer(op, args, kwargs, fresh(op.name))
@@ -211,6 +236,8 @@ def needs_preparing(model: keras.Model) -> list[str]:
             reasons.append(f"ops node {node.name!r} ({type(op).__name__}) is not a layer")
         elif isinstance(op, _L.Lambda):
             reasons.append(f"Lambda layer {node.name!r} hides its computation")
+        elif isinstance(op, _L.Bidirectional):
+            reasons.append(f"Bidirectional layer {node.name!r} runs two recurrent layers and a merge")
         elif is_subclassed_model(op) or (_is_composite(op) and not is_graph_model(op)):
             reasons.append(f"layer {node.name!r} ({type(op).__name__}) runs other layers in its call()")
         elif node.call_index == 1:

@@ -81,6 +81,7 @@ TFLITE_REFUSED = {
     "lstm_stack": "'lstm.*' \\(LSTM\\) quantizes tensors inside its own computation",
     "subclassed_gru": "'gru.*' \\(GRU\\) quantizes tensors inside its own computation",
     "simple_rnn_state": "\\(SimpleRNN\\) quantizes tensors inside its own computation",
+    "bidirectional": "'backward_lstm.*' \\(LSTM\\) quantizes tensors inside its own computation",
 }
 
 

@@ -239,6 +239,13 @@ def _simple_rnn_state():
     return keras.Model(x, L.Dense(3)(L.Concatenate()([pooled, state])), name="simple_rnn_state")
 
 
+def _bidirectional():
+    x = keras.Input((14, 5))
+    y = L.Bidirectional(L.LSTM(8, return_sequences=True))(x)
+    y = L.Bidirectional(L.GRU(6), merge_mode="sum")(y)
+    return keras.Model(x, L.Dense(4)(y), name="bidirectional")
+
+
 def _application(fn, name):
     def build():
         model = fn(input_shape=(32, 32, 3), weights=None, classes=10)
@@ -269,6 +276,7 @@ ENTRIES = (
     Entry("lstm_stack", _lstm_stack, ((12, 6),)),
     Entry("subclassed_gru", lambda: _built(KeywordGru(), (16, 5)), ((16, 5),)),
     Entry("simple_rnn_state", _simple_rnn_state, ((9, 4),)),
+    Entry("bidirectional", _bidirectional, ((14, 5),)),
     Entry("mobilenet_v3_small", _application(keras.applications.MobileNetV3Small, "mobilenet_v3_small"),
           ((32, 32, 3),), slow=True),
     Entry("efficientnet_v2_b0", _application(keras.applications.EfficientNetV2B0, "efficientnet_v2_b0"),
