@@ -136,20 +136,15 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         Raises:
             KeyError: if the slot does not exist.
         """
-        if kind == "param":
-            if key not in self.param_names:
-                raise KeyError(
-                    f"Wrapper {self.name!r} has no parameter slot {key!r}. Expected one of "
-                    f"{self.param_names}."
-                )
-            slots, index = self.param_quantizer_list, self.param_names.index(key)
-        elif kind == "internal":
-            if key not in self.internal_names:
-                raise KeyError(
-                    f"Wrapper {self.name!r} has no internal tensor {key!r}. Expected one of "
-                    f"{self.internal_names}."
-                )
-            slots, index = self.internal_quantizer_list, self.internal_names.index(key)
+        named = {
+            "param": ("parameter slot", self.param_names, self.param_quantizer_list),
+            "internal": ("internal tensor", self.internal_names, self.internal_quantizer_list),
+        }
+        if kind in named:
+            what, names, slots = named[kind]
+            if key not in names:
+                raise KeyError(f"Wrapper {self.name!r} has no {what} {key!r}. Expected one of {names}.")
+            index = names.index(key)
         elif kind in ("input", "output"):
             slots = self.input_quantizers if kind == "input" else self.output_quantizers
             index = int(key)

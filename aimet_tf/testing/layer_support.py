@@ -19,6 +19,8 @@ from typing import Callable
 import keras
 import numpy as np
 
+from aimet_tf.testing.models import randomize_batch_norms
+
 L = keras.layers
 
 __all__ = ["CASES", "LayerCase", "SupportRow", "covered_classes", "markdown_table", "support_row"]
@@ -141,15 +143,7 @@ def _model(case: LayerCase) -> keras.Model:
     # A producer in front, so every layer reads a quantized tensor as it would inside a model.
     producer = inp if case.token_ids else L.Dense(case.input_shape[-1], name="producer")(inp)
     model = keras.Model(inp, case.build(producer), name=re.sub(r"\W+", "_", case.name).strip("_").lower())
-    rng = np.random.default_rng(5)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, c))
-            layer.beta.assign(rng.normal(0, 0.2, c))
-            layer.moving_mean.assign(rng.normal(0, 0.2, c))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, c))
-    return model
+    return randomize_batch_norms(model, seed=5)
 
 
 def _inputs(case: LayerCase, n: int, seed: int) -> np.ndarray:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-__all__ = ["conv_bn_relu_model", "branchy_model", "dense_model", "two_input_model", "random_images"]
+__all__ = ["conv_bn_relu_model", "branchy_model", "dense_model", "two_input_model", "random_images",
+           "randomize_batch_norms"]
 
 
 def random_images(n: int = 64, shape=(16, 16, 3), seed: int = 0) -> np.ndarray:
@@ -13,8 +14,11 @@ def random_images(n: int = 64, shape=(16, 16, 3), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
 
 
-def _randomize_bn(model: keras.Model, seed: int) -> keras.Model:
-    # Fresh BNs are identities; random statistics make folding and fusing observable.
+def randomize_batch_norms(model: keras.Model, seed: int) -> keras.Model:
+    """Gives every BatchNormalization of ``model`` random gamma, beta and statistics, in place.
+
+    Fresh BNs are identities; random statistics make folding and fusing observable. Returns the model.
+    """
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -38,7 +42,7 @@ def conv_bn_relu_model(input_shape=(16, 16, 3), classes: int = 4, seed: int = 0)
     z = keras.layers.Add(name="add")([x, y])
     z = keras.layers.GlobalAveragePooling2D(name="gap")(z)
     out = keras.layers.Dense(classes, name="fc")(z)
-    return _randomize_bn(keras.Model(inp, out, name="conv_bn_relu"), seed)
+    return randomize_batch_norms(keras.Model(inp, out, name="conv_bn_relu"), seed)
 
 
 def branchy_model(input_shape=(12, 12, 4), seed: int = 0) -> keras.Model:

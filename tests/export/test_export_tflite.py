@@ -41,15 +41,7 @@ def _cnn(seed=0) -> keras.Model:
     x = L.GlobalAveragePooling2D(name="gap")(x)
     out = L.Dense(10, name="logits")(x)
     model = keras.Model(inp, out, name="cnn")
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, c))
-            layer.beta.assign(rng.normal(0, 0.2, c))
-            layer.moving_mean.assign(rng.normal(0, 0.2, c))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, c))
-    return model
+    return models.randomize_batch_norms(model, seed)
 
 
 def _calibrated(model, param_bw=8, config=TFLITE_CONFIG, prepare_model=True, seed=1):

@@ -5,8 +5,9 @@ test allows atol=1e-1), and in fact bit-identical for at least 99.9% of the elem
 """
 
 import keras
-import numpy as np
 import pytest
+
+from aimet_tf.testing.models import randomize_batch_norms
 
 L = keras.layers
 
@@ -66,15 +67,7 @@ def _model(kind: str) -> keras.Model:
     else:
         raise ValueError(kind)
     model = keras.Model(inp, x, name=kind)
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            rng = np.random.default_rng(3)
-            c = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, c))
-            layer.beta.assign(rng.normal(0, 0.2, c))
-            layer.moving_mean.assign(rng.normal(0, 0.2, c))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, c))
-    return model
+    return randomize_batch_norms(model, seed=3)
 
 
 # kind -> a TFLite builtin the exported file must contain.
