@@ -49,6 +49,7 @@ from aimet_tf.graph import ModelGraph, as_functional, replace_with_subgraph
 from aimet_tf.quantization.primitives import Encoding
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer
 from aimet_tf.quantization.registry import get_layer_spec
+from aimet_tf.quantization.resize_bilinear import bilinear_resize_flags, link_bilinear_resize
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
 
 __all__ = [
@@ -442,7 +443,7 @@ def _active(q: Any) -> bool:
 
 def _is_same_scale(wrapper: QuantizationWrapper) -> bool:
     layer = wrapper.layer
-    if isinstance(layer, _SAME_SCALE_LAYERS):
+    if isinstance(layer, _SAME_SCALE_LAYERS) or bilinear_resize_flags(layer) is not None:
         return True
     try:
         return get_layer_spec(layer).passthrough
@@ -808,6 +809,14 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
         layer = wrapper.layer
         if _link_softmax(graph, wrapper, target):
             report.requantizers.append(wrapper.name)
+            continue
+        if bilinear_resize_flags(layer) is not None:
+            # RESIZE_BILINEAR on its input's grid: XNNPACK's or the builtin kernels' fixed point.
+            in_slot = _grid_slot_of_input(graph, wrapper, 0)
+            xnnpack = kernels == "default" and wrapper.name not in undelegated
+            if link_bilinear_resize(wrapper, _slot_get(in_slot) if in_slot else None,
+                                    "xnnpack" if xnnpack else "tflite"):
+                report.requantizers.append(wrapper.name)
             continue
         if isinstance(layer, _AVERAGE_POOLS):
             output_q = wrapper.output_quantizers[0] if wrapper.output_quantizers else None
