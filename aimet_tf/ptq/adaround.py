@@ -16,7 +16,11 @@ that is its only consumer, as AIMET pairs them), ||.||^2 summed over output chan
 averaged over every other axis (AIMET's reconstruction loss). The rounding term is off for the
 first ``warm_start`` fraction of iterations; then beta anneals from 20 to 2 on a cosine.
 V starts where h(V) = frac(W/s) (the soft weight equals the float weight) and is trained with
-Adam (lr 1e-3) on batches of 32 cached samples. The final rounding is hard: h = [V > 0].
+Adam (lr 1e-3) on batches of 32 cached samples. The final rounding is hard: h = [V > 0]. One
+cached sample in five is held out of the optimisation (``AdaroundParameters.held_out_fraction``):
+a layer keeps its learned rounding only if it reconstructs the layer's float output better than
+nearest rounding on those samples, so a rounding fitted to the samples it learned on (a Dense
+with many inputs on a few hundred samples) is not kept.
 
 Batch norms are folded first (``aimet_tf.ptq.batch_norm_fold``): AdaRound must round the weights
 the integer runtime will use.
@@ -118,6 +122,14 @@ class AdaroundParameters:
         learning_rate: Adam learning rate (AIMET: torch's default 1e-3).
         batch_size: samples per optimisation step (AIMET: 32), also the batch size used to cut an
             array ``data_set``.
+        held_out_fraction: fraction of the cached samples (every k-th one, k = round(1 / fraction),
+            so that sorted data is spread evenly) that the rounding is not learned on; a layer keeps
+            its learned rounding only where it reconstructs the layer's float output better than
+            nearest rounding on these samples. A layer whose fan-in is large against its number of
+            output rows (a final Dense on a few hundred samples) can fit its rounding to the
+            cached samples and generalise worse than nearest; the held-out samples see it. In
+            [0, 0.5]; 0 learns on every sample and compares on them too (AIMET learns on all).
+            Fewer than 2 * k samples: nothing is held out.
 
     Raises:
         ValueError: for a parameter out of range, naming it, its expected range and its value.
@@ -131,6 +143,7 @@ class AdaroundParameters:
     default_warm_start: float = 0.2
     learning_rate: float = 1e-3
     batch_size: int = 32
+    held_out_fraction: float = 0.2
 
     def __post_init__(self):
         for name in ("num_batches", "default_num_iterations", "batch_size"):
@@ -179,6 +192,13 @@ class AdaroundParameters:
                 f"AdaroundParameters: expected learning_rate > 0. Received: learning_rate={lr!r}"
             )
         self.learning_rate = float(lr)
+        held = self.held_out_fraction
+        if isinstance(held, bool) or not isinstance(held, (int, float, np.floating)) or not 0 <= held <= 0.5:
+            raise ValueError(
+                "AdaroundParameters: expected held_out_fraction to be a fraction in [0, 0.5]. "
+                f"Received: held_out_fraction={held!r}"
+            )
+        self.held_out_fraction = float(held)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,6 +494,19 @@ def _quiet_retracing_warning() -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
+def _split_held_out(num_samples: int, fraction: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(indices learned on, indices held out): every k-th sample, k = round(1 / fraction), held out
+    (evenly spread over sorted data); None held out for fraction 0 or fewer than 2 * k samples."""
+    if fraction <= 0:
+        return np.arange(num_samples), None
+    k = max(2, int(round(1.0 / fraction)))
+    if num_samples < 2 * k:
+        return np.arange(num_samples), None
+    index = np.arange(num_samples)
+    held = index % k == k - 1
+    return index[~held], index[held]
+
+
 def _batch_indices(rng: np.random.Generator, num_samples: int, num_steps: int, batch_size: int) -> np.ndarray:
     """[num_steps, batch] sample indices: shuffled passes over the cache, no repeats within a pass."""
     batch_size = min(batch_size, num_samples)
@@ -537,8 +570,10 @@ def apply_adaround(
             (AIMET's own AdaRound disables activation quantizers instead: pass False for that).
         callbacks: Keras callbacks. Each layer is an "epoch": ``on_epoch_end(layer_index, logs)``
             gets loss, iterations, recon_error_nearest and recon_error_adaround (reconstruction
-            loss of both roundings on the cached samples), kept_nearest (the learned rounding
-            reconstructed worse than nearest rounding there, so the layer keeps nearest),
+            loss of both roundings on the held-out samples, see
+            ``AdaroundParameters.held_out_fraction``; on all cached samples when none are held
+            out), kept_nearest (the learned rounding reconstructed worse than nearest rounding
+            there, so the layer keeps nearest),
             changed_fraction (weights rounded differently from nearest), seconds (the layer, caching included),
             optimization_seconds and first_call_seconds (tracing); a layer taken from the
             checkpoint reports its stored values plus resumed=1. Each call of
@@ -763,7 +798,13 @@ def _adaround_layer(
     original = np.asarray(kernel.numpy())
     grid = _grid(original, task.quantizer)
     optimizer = _LayerOptimizer(task, grid, params, jit_compile)
-    xs, ys = tf.constant(inputs), tf.constant(targets)
+    learn, held_out = _split_held_out(len(inputs), params.held_out_fraction)
+    if held_out is None:
+        xs, ys = tf.constant(inputs), tf.constant(targets)
+        check_xs, check_ys = xs, ys
+    else:
+        xs, ys = tf.constant(inputs[learn]), tf.constant(targets[learn])
+        check_xs, check_ys = tf.constant(inputs[held_out]), tf.constant(targets[held_out])
     del inputs, targets
 
     total = params.default_num_iterations
@@ -799,10 +840,12 @@ def _adaround_layer(
     on_grid = optimizer.hard_kernel_levels() * grid.scale + grid.minimum
     # Through the quantizer itself, so the stored weight is exactly what the sim reproduces.
     adarounded = task.quantizer(tf.constant(on_grid.astype(np.float32)))
-    error_nearest = optimizer.reconstruction_error(xs, ys, nearest)
-    error_adaround = optimizer.reconstruction_error(xs, ys, adarounded)
+    error_nearest = optimizer.reconstruction_error(check_xs, check_ys, nearest)
+    error_adaround = optimizer.reconstruction_error(check_xs, check_ys, adarounded)
     # The learned rounding is kept only where it reconstructs the layer's float output better than
-    # nearest rounding on the cached samples (the annealed regulariser can end worse on small layers).
+    # nearest rounding on the held-out samples (the annealed regulariser can end worse on small
+    # layers, and a layer with few output rows per weight can fit its rounding to the samples it
+    # learned on: seen on MLTK resnet8's final Dense, 144 samples for 64 weights per channel).
     kept_nearest = not error_adaround <= error_nearest
     stats = {
         "loss": loss,

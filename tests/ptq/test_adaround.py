@@ -357,3 +357,51 @@ def test_layers_inside_nested_models_get_adaround_too(tmp_path, caplog):
     doc = json.loads((tmp_path / "nested.encodings").read_text())
     assert {"inner_conv/kernel:0", "fc/kernel:0"} <= set(doc["param_encodings"])
     assert "inner_conv" in [layer.name for layer in ada.layers]
+
+
+def test_held_out_samples_are_every_kth_and_only_with_enough_data():
+    learn, held = adaround._split_held_out(20, 0.2)
+    np.testing.assert_array_equal(held, [4, 9, 14, 19])
+    np.testing.assert_array_equal(np.sort(np.concatenate([learn, held])), np.arange(20))
+    assert adaround._split_held_out(9, 0.2)[1] is None  # fewer than 2 * 5 samples: nothing held out
+    learn, held = adaround._split_held_out(20, 0.0)
+    assert held is None and len(learn) == 20
+    with pytest.raises(ValueError, match="held_out_fraction"):
+        AdaroundParameters(None, 1, held_out_fraction=0.6)
+
+
+def _overfitting_dense(seed: int = 31):
+    """A Dense with 96 inputs per output on 40 samples: its rounding can fit the samples it learns on."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((96,))
+    model = keras.Model(inp, keras.layers.Dense(3, name="fc")(inp))
+    x = np.random.default_rng(seed).normal(size=(40, 96)).astype(np.float32)
+    fresh = np.random.default_rng(seed + 1).normal(size=(2000, 96)).astype(np.float32)
+    return model, x, fresh
+
+
+def test_a_rounding_fitted_to_its_samples_is_caught_on_held_out_ones(tmp_path):
+    # Learned on every sample and judged on them, the rounding looks better than nearest but is worse
+    # on unseen inputs; judged on held-out samples, the layer keeps nearest rounding.
+    model, x, fresh = _overfitting_dense()
+    kernel, bias = model.get_layer("fc").kernel.numpy(), model.get_layer("fc").bias.numpy()
+    ref = fresh @ kernel + bias
+    runs = {}
+    for held in (0.0, 0.2):
+        recorder = _Recorder()
+        params = AdaroundParameters(x, num_batches=4, batch_size=10, default_num_iterations=300,
+                                    learning_rate=3e-2, held_out_fraction=held)
+        ada = apply_adaround(model, None, params, path=str(tmp_path), filename_prefix=f"h{held}", default_param_bw=4,
+                             default_quant_scheme="tf", default_output_bw=16, verbose=0, callbacks=[recorder],
+                             steps_per_call=300)
+        with open(tmp_path / f"h{held}.encodings", encoding="utf-8") as f:
+            scale, nmin, steps = _grid(json.load(f), "fc", kernel, (1,))
+        nearest = np.clip(np.round((kernel - nmin) / scale), 0, steps) * scale + nmin
+        learned = ada.get_layer("fc").kernel.numpy()
+        runs[held] = (recorder.layer_logs[0], learned, nearest)
+    logs, learned, nearest = runs[0.0]
+    assert not logs["kept_nearest"]
+    assert np.mean((fresh @ learned + bias - ref) ** 2) > np.mean((fresh @ nearest + bias - ref) ** 2)
+    logs, learned, nearest = runs[0.2]
+    assert logs["kept_nearest"]
+    np.testing.assert_allclose(learned, nearest, atol=1e-6)
