@@ -28,7 +28,13 @@ from aimet_tf.graph.model_graph import (
     tensor_name,
 )
 from aimet_tf.graph.op_layer import DataMovementOpLayer, OpLayer
-from aimet_tf.graph.prepare import PrepareReport, needs_preparing, prepare_model, prepare_model_with_report
+from aimet_tf.graph.prepare import (
+    PrepareReport,
+    check_prepared,
+    needs_preparing,
+    prepare_model,
+    prepare_model_with_report,
+)
 from aimet_tf.graph.rewrite import (
     ChannelGroup,
     channel_group,
@@ -47,7 +53,7 @@ from aimet_tf.graph.rewrite import (
 
 __all__ = [
     "ChannelGroup", "ChannelMappingError", "ChannelPlacement", "DataMovementOpLayer", "GraphNode", "GraphRunner", "LayerGraph", "ModelGraph", "OpLayer", "PrepareReport", "activation_kind", "all_layers",
-    "as_functional", "bn_folds_backward", "bn_folds_forward", "channel_group", "clone_layer", "clone_model_graph",
+    "as_functional", "bn_folds_backward", "bn_folds_forward", "channel_group", "check_prepared", "clone_layer", "clone_model_graph",
     "commutes_with_channel_scaling", "has_nested_models", "inline_nested_models", "input_channel_axis", "insert_after",
     "is_graph_model", "is_subclassed_model", "keep_channels", "layer_graph", "map_reshape_channels", "needs_preparing", "onnx_op_type", "output_channel_axis",
     "prepare_model", "prepare_model_with_report", "remove_layer", "replace_layer", "replace_with_chain", "replace_with_subgraph",

@@ -30,10 +30,19 @@ import keras
 from absl import logging
 
 from aimet_tf.graph import rewrite
-from aimet_tf.graph.model_graph import GraphNode, ModelGraph, all_layers, is_graph_model, is_subclassed_model
+from aimet_tf.graph.model_graph import (
+    GraphNode,
+    ModelGraph,
+    all_layers,
+    as_functional,
+    is_graph_model,
+    is_subclassed_model,
+)
 from aimet_tf.graph.op_layer import OpLayer, op_layer_for
 
-__all__ = ["PrepareReport", "mark_atomic", "needs_preparing", "prepare_model", "prepare_model_with_report"]
+__all__ = [
+    "PrepareReport", "check_prepared", "mark_atomic", "needs_preparing", "prepare_model", "prepare_model_with_report",
+]
 
 _L = keras.layers
 _MAX_DEPTH = 32
@@ -224,8 +233,15 @@ def _symbolic_inputs(model: keras.Model, input_layer: Any) -> Any:
     return keras.Input(shape=tuple(shapes)[1:])
 
 
-def needs_preparing(model: keras.Model) -> list[str]:
-    """Why ``model`` must go through :func:`prepare_model` first (empty: it need not)."""
+def needs_preparing(model: keras.Model, *, allow_shared_layers: bool = False) -> list[str]:
+    """Why ``model`` must go through :func:`prepare_model` first (empty: it need not).
+
+    Args:
+        model: a Keras model; nested Functional/Sequential models are not looked into (see
+            :func:`check_prepared`).
+        allow_shared_layers: do not count a layer called at several sites (float passes such as
+            batch-norm folding leave shared layers alone; the simulation needs one layer per call site).
+    """
     if is_subclassed_model(model):
         return [f"model {model.name!r} is a subclassed keras.Model ({type(model).__name__})"]
     graph = ModelGraph(model, "checking the model")
@@ -240,8 +256,51 @@ def needs_preparing(model: keras.Model) -> list[str]:
             reasons.append(f"Bidirectional layer {node.name!r} runs two recurrent layers and a merge")
         elif is_subclassed_model(op) or (_is_composite(op) and not is_graph_model(op)):
             reasons.append(f"layer {node.name!r} ({type(op).__name__}) runs other layers in its call()")
-        elif node.call_index == 1:
+        elif node.call_index == 1 and not allow_shared_layers:
             reasons.append(f"layer {op.name!r} is shared by {graph.call_count(op)} call sites")
+    return reasons
+
+
+def check_prepared(model: keras.Model, purpose: str, *, allow_shared_layers: bool = False) -> ModelGraph:
+    """The :class:`ModelGraph` of ``model``, or an error that says to call :func:`prepare_model` first.
+
+    The check every pass runs on the model it is given: :func:`needs_preparing` on ``model`` and on
+    every Functional/Sequential model nested in it.
+
+    Args:
+        model: a Functional or Sequential model.
+        purpose: what needs the model prepared, for the error (e.g. ``"cross-layer equalization"``).
+        allow_shared_layers: accept layers called at several sites (see :func:`needs_preparing`).
+
+    Returns:
+        The model's graph (a Sequential model is read as a Functional one).
+
+    Raises:
+        TypeError: for a subclassed model (``prepare_model`` traces it).
+        ValueError: naming every node that needs preparing and why, at any nesting level.
+
+    Example:
+        >>> graph = check_prepared(model, "batch-norm folding", allow_shared_layers=True)
+    """
+    graph = ModelGraph(model, purpose)
+    reasons = _reasons_at_every_level(graph.model, allow_shared_layers, where="")
+    if reasons:
+        expected = "every computation a Keras layer" + ("" if allow_shared_layers else ", each layer called once")
+        raise ValueError(
+            f"Model {model.name!r} must be prepared before {purpose}. Expected {expected}. Received: "
+            + "; ".join(reasons) + ". Fix: model = aimet_tf.graph.prepare_model(model) (the same function, one "
+            "layer per computation and call site)."
+        )
+    return graph
+
+
+def _reasons_at_every_level(model: keras.Model, allow_shared_layers: bool, where: str) -> list[str]:
+    reasons = [where + r for r in needs_preparing(model, allow_shared_layers=allow_shared_layers)]
+    for layer in model.layers:
+        if is_graph_model(layer):
+            reasons += _reasons_at_every_level(
+                as_functional(layer), allow_shared_layers, f"{where}in nested model {layer.name!r}: "
+            )
     return reasons
 
 

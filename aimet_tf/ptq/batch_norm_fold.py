@@ -46,7 +46,15 @@ import keras
 import numpy as np
 from absl import logging
 
-from aimet_tf.graph import all_layers, as_functional, bn_folds_backward, clone_layer, is_graph_model, layer_graph
+from aimet_tf.graph import (
+    all_layers,
+    as_functional,
+    bn_folds_backward,
+    check_prepared,
+    clone_layer,
+    is_graph_model,
+    layer_graph,
+)
 from aimet_tf.graph.catalogue import OUTPUT_CHANNEL_AXIS, input_channel_axis
 
 __all__ = [
@@ -397,12 +405,17 @@ def fold_all_batch_norms(model: keras.Model) -> tuple[keras.Model, list[FoldedPa
 
     Raises:
         TypeError: for a subclassed model.
+        ValueError: for a model that needs ``aimet_tf.graph.prepare_model`` first (``keras.ops``
+            nodes such as ``x + y``, Lambda or custom composite layers, at any nesting level),
+            naming each node.
 
     Example:
         >>> folded, pairs = fold_all_batch_norms(model)
         >>> pairs[0]
         FoldedPair(layer='conv1', batch_norm='bn1', bn_position='after')
     """
+    # Shared layers stay unfolded (see _after_refusal); ops nodes and the like need prepare_model.
+    check_prepared(model, "batch-norm folding", allow_shared_layers=True)
     folded, pairs, kept = _fold(model)
     _log_folds("fold_all_batch_norms", pairs, kept)
     return folded, pairs

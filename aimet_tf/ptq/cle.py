@@ -698,7 +698,9 @@ def equalize_model(
 
     Raises:
         TypeError: for a model that is not Functional or Sequential.
-        ValueError: for a Sequential model without input, or max_sweeps < 1.
+        ValueError: for a Sequential model without input, or max_sweeps < 1; for a model that needs
+            ``aimet_tf.graph.prepare_model`` first (``keras.ops`` nodes such as ``x + y``, Lambda
+            or custom composite layers, at any nesting level), naming each node.
 
     Example:
         >>> new_model, report = equalize_model(model)
@@ -707,7 +709,8 @@ def equalize_model(
     """
     if max_sweeps < 1:
         raise ValueError(f"Expected max_sweeps >= 1. Received: max_sweeps={max_sweeps}")
-    original = graph_lib.as_functional(model, "cross-layer equalization")
+    # Shared layers are kept (they are skipped as candidates); ops nodes and the like need prepare_model.
+    original = graph_lib.check_prepared(model, "cross-layer equalization", allow_shared_layers=True).model
     report = EqualizationReport()
     if graph_lib.has_nested_models(original):
         # Pairs inside or across nested models only show on one graph level.

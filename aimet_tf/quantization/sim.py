@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from aimet_tf import files
-from aimet_tf.graph import ModelGraph, all_layers, is_subclassed_model, needs_preparing
+from aimet_tf.graph import ModelGraph, all_layers, check_prepared
 from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization import calibration_data, encodings_io, graph
 from aimet_tf.quantization import output_mse
@@ -59,25 +59,6 @@ def _check_dtype_policies(model: keras.Model) -> None:
                 "under keras.config.set_dtype_policy('float32') and copy the weights "
                 "(new_model.set_weights(model.get_weights()))."
             )
-
-
-def _check_model(model: keras.Model) -> ModelGraph:
-    """The graph of ``model``; raises for what cannot be simulated before ``prepare_model``."""
-    if is_subclassed_model(model):
-        raise TypeError(
-            f"Model {model.name!r} is a subclassed keras.Model ({type(model).__name__}); the quantization "
-            "simulation needs its layer graph. Fix: model = aimet_tf.graph.prepare_model(model) traces call() "
-            "into an equivalent Functional model."
-        )
-    g = ModelGraph(model, "the quantization simulation")
-    reasons = needs_preparing(g.model)
-    if reasons:
-        raise ValueError(
-            f"Model {model.name!r} must be prepared before it can be simulated: " + "; ".join(reasons) + ". "
-            "Each call site and each computation needs its own layer to carry quantizers. Fix: model = "
-            "aimet_tf.graph.prepare_model(model) (same function, one layer per computation and call site)."
-        )
-    return g
 
 
 class QuantizationSimModel:
@@ -186,7 +167,7 @@ class QuantizationSimModel:
         )
 
     def _build(self, model: keras.Model, is_top: bool) -> keras.Model:
-        g = _check_model(model)
+        g = check_prepared(model, "the quantization simulation")
         functional = g.model
         producers, consumers = g.layer_edges()
         fused_heads: set[str] = set()

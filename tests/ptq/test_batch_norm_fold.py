@@ -368,3 +368,56 @@ def test_fold_to_scale_prepares_a_prepared_sim_again_for_the_same_kernels():
     requantizer = sim.model.get_layer("c1").requantizer
     assert requantizer is not None and requantizer.enabled and requantizer.target is TFLITE_REFERENCE
     assert kernel_target_of(sim) == "reference" and set(sim.preparations) == {"tflite"}
+
+
+def _conv_bn_ops_model():
+    """Conv -> BN, then keras.ops.reshape and ``x + 1`` written directly in the functional model."""
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((6, 6, 3))
+    x = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="conv")(inp))
+    x = keras.ops.reshape(x, (-1, 16, 4)) + 1.0
+    return _randomize_bns(keras.Model(inp, L.Dense(2, name="fc")(x), name="ops_model"))
+
+
+@pytest.mark.parametrize("fold", [fold_batch_norms, fold_all_batch_norms], ids=["fold_batch_norms", "fold_all"])
+def test_unprepared_ops_nodes_are_refused_naming_them_and_the_fix(fold):
+    with pytest.raises(
+        ValueError,
+        match=r"Model 'ops_model' must be prepared before batch-norm folding\. Expected every computation a Keras "
+        r"layer\. Received: ops node 'reshape\w*' \(Reshape\) is not a layer; ops node 'add\w*' \(Add\) is not a layer\. "
+        r"Fix: model = aimet_tf\.graph\.prepare_model\(model\)",
+    ):
+        fold(_conv_bn_ops_model())
+
+
+def test_unprepared_ops_node_inside_a_nested_model_is_refused():
+    inner_in = keras.Input((4,))
+    inner = keras.Model(inner_in, keras.ops.relu(L.Dense(4, name="in_d")(inner_in)), name="inner")
+    inp = keras.Input((4,))
+    model = keras.Model(inp, inner(L.BatchNormalization(name="bn")(L.Dense(4, name="a")(inp))), name="outer")
+    with pytest.raises(ValueError, match=r"'outer' must be prepared.*in nested model 'inner': ops node 'relu\w*'"):
+        fold_batch_norms(model)
+
+
+def test_following_the_fix_folds_the_ops_model():
+    from aimet_tf.graph import prepare_model
+
+    model = _conv_bn_ops_model()
+    folded, pairs = fold_all_batch_norms(prepare_model(model))
+    assert pairs == [FoldedPair("conv", "bn", "after")]
+    x = np.random.default_rng(8).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5
+
+
+def test_shared_layers_need_no_preparing_and_stay_unfolded():
+    # The batch norm after the shared Dense cannot fold into it (its other call has no batch norm);
+    # it folds backward into fc instead.
+    shared = L.Dense(4, name="shared")
+    inp = keras.Input((4,))
+    x = L.BatchNormalization(name="bn")(shared(shared(inp)))
+    model = _randomize_bns(keras.Model(inp, L.Dense(2, name="fc")(x)))
+    folded, pairs = fold_all_batch_norms(model)
+    assert pairs == [FoldedPair("fc", "bn", "before")]
+    assert isinstance(folded.get_layer("shared"), L.Dense) and not any(isinstance(l, L.BatchNormalization) for l in folded.layers)
+    x = np.random.default_rng(9).normal(size=(4, 4)).astype(np.float32)
+    assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5

@@ -571,3 +571,58 @@ def test_channel_mixing_reshape_is_refused_with_the_reason(target):
     assert "c: Reshape 'rs' mixes channels" in report.summary()
     np.testing.assert_array_equal(new.get_layer("c").kernel.numpy(), model.get_layer("c").kernel.numpy())
     np.testing.assert_array_equal(new.get_layer("d").kernel.numpy(), model.get_layer("d").kernel.numpy())
+
+
+# -- models that need prepare_model ---------------------------------------------------------------
+
+
+def _ops_model() -> keras.Model:
+    """Conv -> BN -> ReLU, then keras.ops.reshape and ``x + y`` written directly (ops nodes)."""
+    keras.utils.set_random_seed(61)
+    inp = keras.Input((6, 6, 2))
+    x = L.ReLU(name="r")(L.BatchNormalization(name="bn")(L.Conv2D(_C, 3, padding="same", name="c")(inp)))
+    y = keras.ops.reshape(x, (-1, 36, _C))
+    y = y + L.Conv1D(_C, 1, name="side")(y)
+    return _randomize(keras.Model(inp, L.Conv1D(3, 1, name="d")(y), name="ops_model"), seed=61)
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["with_bn_fold", "without_bn_fold"])
+def test_unprepared_ops_nodes_are_refused_naming_them_and_the_fix(fold):
+    with pytest.raises(
+        ValueError,
+        match=r"Model 'ops_model' must be prepared before cross-layer equalization\. Expected every computation a "
+        r"Keras layer\. Received: ops node 'reshape\w*' \(Reshape\) is not a layer; ops node 'add\w*' \(Add\) is not a "
+        r"layer\. Fix: model = aimet_tf\.graph\.prepare_model\(model\)",
+    ):
+        equalize_model(_ops_model(), fold_batch_norms=fold)
+
+
+def test_unprepared_ops_node_inside_a_nested_model_is_refused():
+    inner_in = keras.Input((4,))
+    inner = keras.Model(inner_in, L.Dense(4, name="in_d")(inner_in * 2.0), name="inner")
+    inp = keras.Input((4,))
+    model = keras.Model(inp, L.Dense(2, name="out_d")(inner(L.Dense(4, name="a")(inp))), name="outer")
+    with pytest.raises(ValueError, match=r"'outer' must be prepared.*in nested model 'inner': ops node 'multiply\w*'"):
+        equalize_model(model)
+
+
+def test_following_the_fix_equalizes_the_ops_model():
+    from aimet_tf.graph import prepare_model
+
+    model = _ops_model()
+    prepared = prepare_model(model)
+    data = np.random.default_rng(62).normal(size=(8, 6, 6, 2)).astype(np.float32)
+    new, report = equalize_model(prepared, tolerance=1e-10)
+    assert "bn" in {pair.batch_norm for pair in report.folded_batch_norms}
+    assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
+
+
+def test_shared_layers_need_no_preparing_and_are_skipped():
+    shared = L.Dense(4, name="shared")
+    inp = keras.Input((4,))
+    x = L.ReLU(name="r")(L.Dense(4, name="a")(inp))
+    model = keras.Model(inp, L.Dense(2, name="b")(shared(shared(x))))
+    new, report = equalize_model(model)
+    assert "called 2 times (shared layer)" in {c.layer: c.reason for c in report.skipped}["shared"]
+    data = np.random.default_rng(63).normal(size=(8, 4)).astype(np.float32)
+    assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
