@@ -45,10 +45,12 @@ from aimet_tf.graph.rewrite import (
     insert_after,
     keep_channels,
     remove_layer,
+    rename_layers,
     replace_layer,
     replace_with_chain,
     replace_with_subgraph,
     split_activations,
+    with_free_layer_names,
 )
 
 __all__ = [
@@ -56,6 +58,6 @@ __all__ = [
     "as_functional", "bn_folds_backward", "bn_folds_forward", "channel_group", "check_prepared", "clone_layer", "clone_model_graph",
     "commutes_with_channel_scaling", "has_nested_models", "inline_nested_models", "input_channel_axis", "insert_after",
     "is_graph_model", "is_subclassed_model", "keep_channels", "layer_graph", "map_reshape_channels", "needs_preparing", "onnx_op_type", "output_channel_axis",
-    "prepare_model", "prepare_model_with_report", "remove_layer", "replace_layer", "replace_with_chain", "replace_with_subgraph",
-    "split_activations", "tensor_name",
+    "prepare_model", "prepare_model_with_report", "remove_layer", "rename_layers", "replace_layer", "replace_with_chain", "replace_with_subgraph",
+    "split_activations", "tensor_name", "with_free_layer_names",
 ]

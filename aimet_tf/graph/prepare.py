@@ -6,7 +6,8 @@ quantization simulation can wrap:
 
 * subclassed models and custom composite layers are traced: their ``call`` runs on symbolic
   inputs, so the layers it calls become graph nodes (nested Functional and Sequential models are
-  inlined the same way);
+  inlined the same way; an inner layer whose name is taken becomes ``"<nested model>_<name>"``, as
+  in :func:`~aimet_tf.graph.rewrite.inline_nested_models`);
 * a layer shared by several call sites gets one copy per call site (``"<name>_<k>"``);
 * ``keras.ops`` calls (``x + y``, ``keras.ops.relu(x)``) become layers: the Keras layer that
   computes the same (``Add``, ``ReLU``, ...) where there is one, else an :class:`OpLayer`;
@@ -162,6 +163,7 @@ def _expand_once(model: keras.Model, report: PrepareReport) -> tuple[keras.Model
     """Traces every composite node and turns every ops node into a layer, one level deep."""
     graph = ModelGraph(model, "preparing the model")
     taken = {layer.name for layer in graph.model.layers}
+    inlined: dict[int, keras.Model] = {}  # nested model -> itself, or its copy with free layer names
     changed = False
 
     def fresh(base: str) -> str:
@@ -173,6 +175,17 @@ def _expand_once(model: keras.Model, report: PrepareReport) -> tuple[keras.Model
         taken.add(name)
         return name
 
+    def with_free_names(op: keras.Model) -> keras.Model:
+        # Its layers join this level's names: those taken are renamed as inline_nested_models does
+        # (once per nested model, so that a model called twice still shares its layers).
+        if id(op) not in inlined:
+            inlined[id(op)], renames = rewrite.with_free_layer_names(op, taken)
+            report.changes.extend(
+                f"renamed layer {old!r} of nested model {op.name!r} to {new!r} (the name is taken)"
+                for old, new in renames.items()
+            )
+        return inlined[id(op)]
+
     def call(node: GraphNode, args: tuple, kwargs: dict):
         nonlocal changed
         op = node.operation
@@ -181,7 +194,7 @@ def _expand_once(model: keras.Model, report: PrepareReport) -> tuple[keras.Model
             kind = "Lambda" if isinstance(op, _L.Lambda) else (
                 "nested model" if is_graph_model(op) else f"{type(op).__name__} (custom)")
             report.changes.append(f"traced {kind} {node.name!r} into its layers")
-            return _trace_call(op, args, kwargs)
+            return _trace_call(with_free_names(op) if is_graph_model(op) else op, args, kwargs)
         if isinstance(op, _L.Bidirectional):
             changed = True
             report.changes.append(f"split Bidirectional {node.name!r} into {op.forward_layer.name!r}, "

@@ -8,7 +8,8 @@ weights) unless a primitive says otherwise. All of them rerun the graph through
 * :func:`clone_model_graph`: a copy, optionally with one layer per call site of shared layers;
 * :func:`replace_layer`, :func:`replace_with_chain`, :func:`replace_with_subgraph`, :func:`remove_layer`,
   :func:`insert_after`;
-* :func:`inline_nested_models`: nested Functional/Sequential models become top-level layers;
+* :func:`rename_layers`; :func:`inline_nested_models`: nested Functional/Sequential models become
+  top-level layers (:func:`with_free_layer_names`: its rule for names already taken);
 * :func:`split_activations`: ``Conv2D(activation="relu")`` becomes ``Conv2D`` + ``Activation("relu")``;
 * :func:`keep_channels` (and :func:`channel_group`, what it would change): keep some output channels
   of a producer and slice every layer that reads them to match (channel pruning).
@@ -42,10 +43,12 @@ __all__ = [
     "insert_after",
     "keep_channels",
     "remove_layer",
+    "rename_layers",
     "replace_layer",
     "replace_with_chain",
     "replace_with_subgraph",
     "split_activations",
+    "with_free_layer_names",
 ]
 
 _L = keras.layers
@@ -83,12 +86,14 @@ def _rebuild(
     purpose: str,
     replace: Callable[[GraphNode, tuple, dict, Callable], Any] | None = None,
     unshare: bool = False,
+    renames: Mapping[str, str] | None = None,
 ) -> keras.Model:
     """Reruns ``model``'s graph with copied layers.
 
     ``replace(node, args, kwargs, default)`` may return the node's new output (``default()``
     computes it with the copied layer). With ``unshare``, each call of a shared layer gets its own
-    copy, named ``"<layer>_<k>"`` for the k-th call (k >= 1).
+    copy, named ``"<layer>_<k>"`` for the k-th call (k >= 1). ``renames`` maps old layer names to
+    the names of their copies.
     """
     graph = ModelGraph(model, purpose)
     copies: dict[Any, Any] = {}
@@ -100,7 +105,7 @@ def _rebuild(
             return op
         key = (id(op), node.call_index) if unshare else id(op)
         if key not in copies:
-            overrides = None
+            overrides = {"name": renames[op.name]} if renames and op.name in renames else None
             if unshare and node.call_index:
                 name = f"{op.name}_{node.call_index}"
                 while name in used:
@@ -291,15 +296,60 @@ def _inliner(used: set[str], prefix: str):
         if not isinstance(op, _L.Layer):
             return op(*args, **kwargs)
         if id(op) not in copies:
-            name = op.name
-            if prefix:  # inside a nested model
-                while name in used:
-                    name = f"{prefix}{name}"
-                used.add(name)
+            name = _free_name(op.name, prefix, used) if prefix else op.name  # prefix: inside a nested model
             copies[id(op)] = clone_layer(op, {"name": name})
         return copies[id(op)](*args, **kwargs)
 
     return call
+
+
+def _free_name(name: str, prefix: str, used: set[str]) -> str:
+    """``name``, or ``prefix + name`` (prefixed again until free) where it is in ``used``; ``used`` gains it."""
+    while name in used:
+        name = prefix + name
+    used.add(name)
+    return name
+
+
+def with_free_layer_names(model: keras.Model, used: set[str]) -> tuple[keras.Model, dict[str, str]]:
+    """``model`` (to be inlined into a graph whose layer names are ``used``) with the layers whose
+    names are taken renamed as :func:`inline_nested_models` names them: ``"<model>_<name>"``.
+
+    ``used`` gains every layer's final name (InputLayers aside: inlining drops them).
+
+    Returns:
+        ``(model, {old: new})``: ``model`` itself where nothing is renamed, else a renamed copy
+        (:func:`rename_layers`).
+    """
+    functional = as_functional(model, "inlining a nested model")
+    renames = {}
+    for layer in functional.layers:
+        if isinstance(layer, _L.InputLayer):
+            continue
+        name = _free_name(layer.name, functional.name + "_", used)
+        if name != layer.name:
+            renames[layer.name] = name
+    return (rename_layers(functional, renames) if renames else model), renames
+
+
+def rename_layers(model: keras.Model, names: Mapping[str, str]) -> keras.Model:
+    """``model`` with layer ``old`` named ``new`` for each ``old: new`` of ``names`` (weights copied).
+
+    Raises:
+        ValueError: for an ``old`` name that is not a layer of ``model``, or names that would not be
+            distinct afterwards.
+    """
+    existing = [layer.name for layer in as_functional(model, "renaming layers").layers]
+    unknown = sorted(set(names) - set(existing))
+    if unknown:
+        raise ValueError(f"rename_layers: expected layers of model {model.name!r}. Received: unknown names {unknown}.")
+    final = [names.get(name, name) for name in existing]
+    if len(set(final)) != len(final):
+        clash = sorted({name for name in final if final.count(name) > 1})
+        raise ValueError(
+            f"rename_layers: expected distinct layer names afterwards. Received: {clash} used more than once."
+        )
+    return _rebuild(model, "renaming layers", renames=names)
 
 
 def _run_inlined(graph: ModelGraph, values: dict, used: set[str], prefix: str):
