@@ -15,7 +15,7 @@ Two steps, one before and one after the simulation is built:
     float multiply with ties-to-even for int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED,
     TFLite's fixed-point multiply-and-shift (two roundings) for CONV_2D with int4 filters and
     TRANSPOSE_CONV (``Requantizer``);
-  - AVERAGE_POOL_2D, MEAN and ADD round as their kernels do;
+  - AVERAGE_POOL_2D, MEAN, ADD and MUL round as their kernels do;
   - CONCATENATION gives its inputs its own output grid, and pooling / reshaping ops keep their
     input grid on their output: those tensors share one encoding ("tied");
   - SOFTMAX / LOGISTIC / TANH outputs have fixed int8 grids.
@@ -763,8 +763,10 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
        int8 conv / depthwise / dense, fixed point for int4 conv and transposed conv), and
        AveragePooling layers one that rounds window means as AVERAGE_POOL_2D does (ties away
        from zero on the raw int8 value), GlobalAveragePooling layers one that computes MEAN as
-       XNNPACK does (integer sum, float32 multiplier, ties to even), and two-input Add layers
-       one that recomputes ADD with XNNPACK's 21-bit integer multipliers.
+       XNNPACK does (integer sum, float32 multiplier, ties to even), two-input Add layers
+       one that recomputes ADD with XNNPACK's 21-bit integer multipliers, and two-input
+       Multiply layers one that recomputes MUL from the integer product of the operand levels
+       (XNNPACK: float32 multiplier, ties to even; builtin / reference: TFLite's fixed point).
 
     Ties and derived scales are links, so they follow later calibration or range learning; each
     tied group is calibrated by its leader (the Concatenate output, or the pooling input). The
@@ -828,14 +830,15 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
                 requantizer.snapshot()
                 report.requantizers.append(wrapper.name)
             continue
-        if isinstance(layer, _L.Add):
+        if isinstance(layer, (_L.Add, _L.Multiply)):
             output_q = _output_grid_quantizer(graph, wrapper)
             operand_slots = [_grid_slot_of_input(graph, wrapper, i)
                              for i in range(len(graph.sources.get(id(wrapper), [])))]
             if _active(output_q) and len(operand_slots) == 2 and None not in operand_slots:
                 requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
                 builtin = kernels == "builtin" or wrapper.name in undelegated
-                requantizer.mode = "dsp_add" if builtin or target is not None else "add"
+                kind = "add" if isinstance(layer, _L.Add) else "mul"
+                requantizer.mode = f"dsp_{kind}" if builtin or target is not None else kind
                 requantizer.target = target
                 requantizer.enabled = True
                 requantizer.link_operands([_slot_get(slot) for slot in operand_slots], output_q)

@@ -4,7 +4,7 @@ needs to predict the DSP reference kernels (and LiteRT's BUILTIN_REF kernels) bi
 The kernels of `aimet_tf.kernels.reference` take int8 tensors and zero points. The simulation
 has, at each layer, the zero-point-free quantities the kernel works with: the int32 accumulator
 of a convolution (sum of (x - z_x) * w plus the int32 bias), the zero-point-free levels of an
-Add's operands, the sum of a MEAN's levels. These functions apply the kernel's requantization to
+Add's or a Mul's operands, the sum of a MEAN's levels. These functions apply the kernel's requantization to
 them with the same multiplier arithmetic as the executor (TFLite's `Prepare`: double-precision
 products of the float32 scales, then `quantize_multiplier`), and return the output level before
 the output zero point is added (the output quantizer adds it and clamps).
@@ -28,6 +28,7 @@ __all__ = [
     "conv_levels",
     "fully_connected_levels",
     "add_levels",
+    "mul_levels",
     "mean_levels",
     "softmax_parameters",
 ]
@@ -113,6 +114,16 @@ def add_levels(q_1, q_2, s_1: float, s_2: float, s_y: float, target: DspTarget |
     return fp.multiply_by_quantized_multiplier_smaller_than_one(
         fp.wrap_int32(a_1 + a_2), p["output_multiplier"], p["output_shift"], target
     )
+
+
+def mul_levels(q_1, q_2, s_1: float, s_2: float, s_y: float, target: DspTarget | str | None = None) -> np.ndarray:
+    """MUL of zero-point-free operand levels q_i (broadcasting): level = MBQM(q_1 * q_2, m, e) with
+    (m, e) of double(s_1) * double(s_2) / double(s_y) (TFLite's Prepare; its reference and
+    optimized int8 kernels round the same way)."""
+    target = resolve_target(target)
+    m, e = fp.quantize_multiplier(float(np.float32(s_1)) * float(np.float32(s_2)) / float(np.float32(s_y)), target)
+    product = np.asarray(q_1, dtype=np.int64) * np.asarray(q_2, dtype=np.int64)
+    return fp.multiply_by_quantized_multiplier(fp.wrap_int32(product), m, e, target)
 
 
 def mean_levels(total, count: int, s_x: float, s_y: float, target: DspTarget | str | None = None) -> np.ndarray:

@@ -655,8 +655,8 @@ class BiasQuantizer(_TracedState, keras.layers.Layer):
 
 
 REQUANTIZATION_MODES = (
-    "float", "fixed_point", "fixed_point_ties_away", "average_pool", "mean", "add",
-    "dsp_conv", "dsp_fully_connected", "dsp_add", "dsp_mean", "dsp_softmax",
+    "float", "fixed_point", "fixed_point_ties_away", "average_pool", "mean", "add", "mul",
+    "dsp_conv", "dsp_fully_connected", "dsp_add", "dsp_mean", "dsp_softmax", "dsp_mul",
 )
 
 # Which linked quantizers each mode reads.
@@ -667,11 +667,13 @@ _MODE_LINKS = {
     "mean": ("input", "output"),
     "average_pool": ("output",),
     "add": ("operands", "output"),
+    "mul": ("operands", "output"),
     "dsp_conv": ("input", "weight", "output"),
     "dsp_fully_connected": ("input", "weight", "output"),
     "dsp_mean": ("input", "output"),
     "dsp_add": ("operands", "output"),
     "dsp_softmax": ("input", "output"),
+    "dsp_mul": ("operands", "output"),
 }
 
 
@@ -680,6 +682,9 @@ def _dsp_levels(mode: str, target: DspTarget, count: int, *args) -> np.ndarray:
     if mode == "dsp_add":
         q_1, q_2, s_1, s_2, s_y = args
         levels = kernel_requantize.add_levels(q_1, q_2, s_1, s_2, s_y, target)
+    elif mode == "dsp_mul":
+        q_1, q_2, s_1, s_2, s_y = args
+        levels = kernel_requantize.mul_levels(q_1, q_2, s_1, s_2, s_y, target)
     elif mode == "dsp_softmax":
         q, s_x = args
         params = kernel_requantize.softmax_parameters(s_x, 1.0, target)
@@ -721,11 +726,17 @@ class Requantizer(_TracedState, keras.layers.Layer):
     * "average_pool": AVERAGE_POOL_2D on one shared grid, ties away from zero on the raw int8
       value (``primitives.round_average_pool``);
     * "add": XNNPACK's ADD recomputed from the wrapper's (quantized) operands with ~21-bit
-      integer multipliers (``primitives.requantize_add``).
-    * "dsp_conv" / "dsp_fully_connected" / "dsp_mean" / "dsp_add" / "dsp_softmax": the integer
-      arithmetic of a `DspTarget` (``target``; LiteRT's BUILTIN_REF kernels by default), exactly as
-      `aimet_tf.kernels` computes it (``kernels.requantize``), run as a numpy function on the
-      recovered integers (accumulator, operand levels, level sums, softmax input levels).
+      integer multipliers (``primitives.requantize_add``);
+    * "mul": XNNPACK's MUL of the wrapper's two (quantized) operands: the integer product of
+      their zero-point-free levels, level = round_half_even(float32(q_1 * q_2) *
+      float32(float32(s_1 * s_2) / s_out)). Exact ties are common (M = 2^-8 when a tensor is
+      multiplied by a sigmoid gate on its 1/256 grid onto its own grid), and the float product
+      of the dequantized operands would round them by float noise.
+    * "dsp_conv" / "dsp_fully_connected" / "dsp_mean" / "dsp_add" / "dsp_mul" / "dsp_softmax":
+      the integer arithmetic of a `DspTarget` (``target``; LiteRT's BUILTIN_REF kernels by
+      default), exactly as `aimet_tf.kernels` computes it (``kernels.requantize``), run as a
+      numpy function on the recovered integers (accumulator, operand levels, level sums,
+      softmax input levels).
 
     Scales are read from the linked quantizers on every call (so they follow recalibration and
     range learning); ``snapshot()`` stores them in variables, which an unlinked requantizer (a
@@ -890,6 +901,12 @@ class Requantizer(_TracedState, keras.layers.Layer):
                 return x
             levels = [_round_ste(t / s) for t, s in zip(operands, scales["operands"])]
             return primitives.requantize_add(levels, scales["operands"], s_out) * s_out
+        if mode == "mul":
+            if operands is None or len(operands) != 2:
+                return x
+            s_1, s_2 = scales["operands"]
+            product = _round_ste(operands[0] / s_1) * _round_ste(operands[1] / s_2)
+            return primitives.requantize_float(product, (s_1 * s_2) / s_out) * s_out
         if mode == "average_pool":
             minimum = scales["minimum"]
             levels = primitives.round_average_pool((x - minimum) / s_out, 8)
@@ -923,12 +940,12 @@ class Requantizer(_TracedState, keras.layers.Layer):
     def _dsp_call(self, x, operands, scales):
         """The "dsp_*" modes: integers recovered in TF, requantized by the target in numpy."""
         mode, s_out = self._mode, scales["output"]
-        if mode == "dsp_add":
+        if mode in ("dsp_add", "dsp_mul"):
             if operands is None or len(operands) != 2:
                 return x
             s_1, s_2 = scales["operands"]
             args = [_round_ste(operands[0] / s_1), _round_ste(operands[1] / s_2), s_1, s_2, s_out]
-            exact = (operands[0] + operands[1]) / s_out
+            exact = (operands[0] + operands[1] if mode == "dsp_add" else x) / s_out
         elif mode == "dsp_softmax":
             if not operands:
                 return x
