@@ -21,7 +21,10 @@ def _family(cls: type) -> str:
 def test_every_registered_layer_class_has_a_row():
     covered = set().union(*(layer_support.covered_classes(case) for case in layer_support.CASES))
     families = {_family(cls) for cls in covered}
-    missing = [cls.__name__ for cls in registered_classes() if cls not in covered and _family(cls) not in families]
+    # Classes that other test modules register for themselves (collected before this runs) have no row.
+    shipped = [cls for cls in registered_classes() if cls.__module__.startswith(("keras.", "aimet_tf."))]
+    assert len(shipped) > 60
+    missing = [cls.__name__ for cls in shipped if cls not in covered and _family(cls) not in families]
     assert missing == []
 
 

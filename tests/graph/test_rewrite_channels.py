@@ -358,7 +358,7 @@ REFUSALS = {
     "data_format": (lambda: _chain(L.MaxPooling2D(data_format="channels_first", name="cf"), L.Conv2D(2, 1, name="c")),
                     "p", r"channels mixed at MaxPooling2D 'cf'.*as channels \(1\).*on axis 3"),
     "shared_consumer": (_shared_consumer, "p", r"a shared layer at Conv2D 'shared'.*unshare=True"),
-    "ops_node": (_ops_consumer, "p", r"cannot slice at Relu 'relu'.*prepare_model"),
+    "ops_node": (_ops_consumer, "p", r"cannot slice at Relu 'relu(_\d+)?'.*prepare_model"),
     "nested_model": (_nested_consumer, "p", r"cannot slice at Sequential 'inner'.*inline_nested_models"),
     "lora": (_lora_consumer, "p", r"weights that cannot be sliced at Dense 'fc'.*lora_kernel_a"),
 }
