@@ -123,8 +123,10 @@ _CHILD = textwrap.dedent(
         def on_epoch_end(self, epoch, logs=None):
             print(f"LAYER {epoch}", flush=True)
 
+    # Enough iterations that the run after the first layer outlasts the test's random wait before its
+    # kill (~1 s on an idle machine; at 120 iterations it was 0.26 s and a kill could miss the run).
     params = AdaroundParameters(models.random_images(48, seed=1), num_batches=3,
-                                default_num_iterations=120, batch_size=16)
+                                default_num_iterations=3000, batch_size=16)
     apply_adaround(models.conv_bn_relu_model(), None, params, path=sys.argv[1], filename_prefix="m",
                    verbose=0, callbacks=[Marks()], steps_per_call=40)
     print("DONE", flush=True)
