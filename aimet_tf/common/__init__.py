@@ -1,0 +1,1 @@
+"""AIMET's ``aimet_common`` names that Keras scripts import (``aimet_tf.common.defs``)."""
