@@ -633,11 +633,11 @@ class QuantizationSimModel:
 
         return keras.models.clone_model(self.model, clone_function=unwrap)
 
-    def load_encodings_to_sim(self, encodings: str | os.PathLike | dict, strict: bool = True) -> None:
+    def load_encodings_to_sim(self, encoding_file_path: str | os.PathLike | dict, strict: bool = True) -> None:
         """Loads AIMET encodings (0.6.1 or 1.0.0) into the sim's quantizers.
 
         Args:
-            encodings: a JSON file path or the parsed dict.
+            encoding_file_path: a JSON file path or the parsed dict (AIMET's keyword).
             strict: if True, every enabled quantizer must have an encoding in the file; if False,
                 quantizers without one are disabled.
 
@@ -652,19 +652,23 @@ class QuantizationSimModel:
                 contradicts min/max; ``aimet_tf.files.BundleError`` for export files that do not
                 match their manifest. Nothing changes in the sim on error.
         """
-        acts, params = encodings_io.from_dict(encodings_io.read_json(encodings))
+        acts, params = encodings_io.from_dict(encodings_io.read_json(encoding_file_path))
         targets = {n: q for n, q in self.activation_quantizers()}
         targets.update({n: q for n, q, _ in self.param_quantizers()})
         self._apply_encodings({**acts, **params}, targets, strict=strict, freeze=False)
 
-    def set_and_freeze_param_encodings(self, encodings: str | os.PathLike | dict) -> None:
+    def set_and_freeze_param_encodings(self, encoding_path: str | os.PathLike | dict) -> None:
         """Loads parameter encodings (e.g. AdaRound's output) and freezes those quantizers.
+
+        Args:
+            encoding_path: a JSON file path or the parsed dict (AIMET's keyword): a full
+                encodings file, or only its ``param_encodings`` mapping (what AdaRound writes).
 
         Raises:
             ValueError: unknown parameter names or encodings that do not fit, malformed files,
                 or export files that do not match their manifest (as ``load_encodings_to_sim``).
         """
-        data = encodings_io.read_json(encodings)
+        data = encodings_io.read_json(encoding_path)
         if "param_encodings" not in data:
             data = {"version": "0.6.1", "param_encodings": data, "activation_encodings": {}}
         _, params = encodings_io.from_dict(data)
