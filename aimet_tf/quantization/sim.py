@@ -682,9 +682,9 @@ class QuantizationSimModel:
             )
         if convert_to_pb:
             warnings.warn(
-                "export(convert_to_pb=True): aimet_tf writes no .pb (TF1 frozen graph); the float "
-                f"model is written as {filename_prefix}.keras instead (load it with "
-                "keras.models.load_model). Pass convert_to_pb=False to skip this warning.",
+                "export(convert_to_pb=True, AIMET's default): aimet_tf writes no .pb (TF1 frozen "
+                f"graph); the float model is written as {filename_prefix}.keras instead (load it "
+                "with keras.models.load_model). Pass convert_to_pb=False to skip this warning.",
                 UserWarning,
                 stacklevel=2,
             )
