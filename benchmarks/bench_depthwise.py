@@ -58,7 +58,7 @@ def _sim(model, case, scheme: str, config: str, depthwise_bw: int | None = None)
     if depthwise_bw is not None:
         for wrapper in sim.wrappers():
             if isinstance(wrapper.layer, keras.layers.DepthwiseConv2D):
-                wrapper.param_quantizers["kernel"].bitwidth = depthwise_bw
+                wrapper.param_quantizers_by_path()["kernel"].bitwidth = depthwise_bw
     sim.compute_encodings(case.x_cal, batch_size=BATCH)
     return sim
 

@@ -155,7 +155,7 @@ def main(argv):
                 (f"{label} QAT, {len(pairs)} batch norms folded into the grids", _accuracy(sim.model, x_test, y_test))
             )
 
-    paths = sim.export(FLAGS.output_dir, f"fashion_mnist_qat_{label.lower()}")
+    paths = sim.export(FLAGS.output_dir, f"fashion_mnist_qat_{label.lower()}", convert_to_pb=False)
     print(f"Encodings: {paths['encodings']}\nTrained float model: {paths['model']}")
     if FLAGS.tflite:
         from aimet_tf.export import export_tflite, verify_tflite

@@ -138,7 +138,7 @@ def run_quickstart(
         if adaround:
             sim.set_and_freeze_param_encodings(os.path.join(output_dir, f"{prefix}_params.encodings"))
         sim.compute_encodings(x_cal, batch_size=batch_size)
-        paths = sim.export(output_dir, prefix)
+        paths = sim.export(output_dir, prefix, convert_to_pb=False)
         technique = f"AdaRound {adaround_iterations} it/layer, " if adaround else ""
         if export:
             tflite_path = export_tflite(sim, os.path.join(output_dir, f"{prefix}.tflite"))

@@ -637,7 +637,7 @@ def _weight_quantizer(wrapper: QuantizationWrapper) -> tuple[str, Quantizer] | N
     weights = [p for p, s in spec.params.items() if s.role == "weight"]
     if len(weights) != 1:
         return None
-    q = wrapper.param_quantizers.get(weights[0])
+    q = wrapper.param_quantizers_by_path().get(weights[0])
     return (weights[0], q) if _active(q) else None
 
 
@@ -869,7 +869,7 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
         _, weight_q = found
         input_q = _slot_get(in_slot)
         if "bias" in wrapper.param_names and get_param_variable(layer, "bias") is not None:
-            bias_q = wrapper.param_quantizers["bias"]
+            bias_q = wrapper.param_quantizers_by_path()["bias"]
             if not isinstance(bias_q, BiasQuantizer):
                 if isinstance(bias_q, Quantizer):
                     logging.info(

@@ -77,7 +77,7 @@ def _weight_param(wrapper: QuantizationWrapper) -> list[tuple[str, Quantizer | N
     out = []
     for path, pspec in spec.params.items():
         if pspec.role == "weight" and path in wrapper.param_names:
-            out.append((path, wrapper.param_quantizers[path]))
+            out.append((path, wrapper.param_quantizers_by_path()[path]))
     return out
 
 
@@ -210,7 +210,7 @@ def _channel_filter(wrapper: QuantizationWrapper, path: str, q: Quantizer, var) 
     bias_var = get_param_variable(wrapper.layer, "bias") if "bias" in wrapper.param_names else None
     if bias_var is not None:
         bias = bias_var.numpy().astype(np.float32)
-        bias_q = wrapper.param_quantizers.get("bias")
+        bias_q = wrapper.param_quantizers_by_path().get("bias")
         if isinstance(bias_q, BiasQuantizer) and bias_q.enabled:
             scale = bias_q.current_scale()
             if scale is not None:

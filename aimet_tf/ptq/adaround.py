@@ -320,7 +320,7 @@ def _plan(float_model: keras.Model, sim: QuantizationSimModel) -> list[_LayerTas
                 "apply_adaround: %s sits in a nested model; it keeps nearest rounding.", wrapper.name
             )
             continue
-        quantizer = wrapper.param_quantizers.get("kernel")
+        quantizer = wrapper.param_quantizers_by_path().get("kernel")
         if not isinstance(quantizer, Quantizer) or not quantizer.enabled:
             logging.info("apply_adaround: %s has no enabled weight quantizer; skipped.", wrapper.name)
             continue

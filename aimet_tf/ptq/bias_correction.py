@@ -235,7 +235,7 @@ def _snapshot_biases(targets: list[QuantizationWrapper]) -> list:
     """(bias variable, value, bias quantizer, encoding) of every target, to undo a failed pass."""
     saved = []
     for wrapper in targets:
-        bias_q = wrapper.param_quantizers.get("bias")
+        bias_q = wrapper.param_quantizers_by_path().get("bias")
         encoding = bias_q.get_encoding() if isinstance(bias_q, Quantizer) else None
         saved.append((wrapper.layer.bias, np.array(wrapper.layer.bias.numpy()), bias_q, encoding))
     return saved
@@ -341,7 +341,7 @@ def _correct_layers(
         sim_input = _input_function(sim_graph, wrapper)
         float_copy = _linear_copy(wrapper.layer)
         quantized = _linear_copy(wrapper.layer)
-        for path, q in wrapper.param_quantizers.items():
+        for path, q in wrapper.param_quantizers_by_path().items():
             if q is not None and q.enabled:
                 source = get_param_variable(wrapper.layer, path)
                 get_param_variable(quantized, path).assign(q(source.value))
@@ -383,7 +383,7 @@ def _correct_layers(
             shift = np.where(worse, 0.0, shift)
         bias = wrapper.layer.bias
         bias.assign((np.asarray(bias.numpy(), np.float64) + shift).astype(np.float32))
-        bias_q = wrapper.param_quantizers.get("bias")
+        bias_q = wrapper.param_quantizers_by_path().get("bias")
         if bias_q is not None and bias_q.enabled and not bias_q.frozen:
             analyzer = bias_q.make_analyzer()
             analyzer.observe(np.asarray(bias.numpy()))

@@ -95,7 +95,7 @@ def find_quantizers(
         if "activation" in kinds:
             pairs.extend(layer.activation_slots())
         if "param" in kinds:
-            for path, q in layer.param_quantizers.items():
+            for path, q in layer.param_quantizers_by_path().items():
                 pairs.append((encodings_io.param_name(layer.name, path), q))
     seen: set[int] = set()
     out = []

@@ -1000,7 +1000,7 @@ class PercentileAnalyzer(_HistogramAnalyzer):
     def __init__(
         self,
         channel_axis: int | tuple[int, ...] | None = None,
-        percentile: float = 99.99,
+        percentile: float = 100.0,
         num_bins: int = 2048,
     ) -> None:
         self._percentile = validate_percentile(percentile)

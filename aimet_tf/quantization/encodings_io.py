@@ -10,10 +10,11 @@ ENC1 = {"name", "dtype": "INT", "enc_type": "PER_TENSOR"|"PER_CHANNEL", "bw", "i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +25,9 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "SCALE_RTOL",
     "EncodingsFormatError",
+    "TfEncoding",
+    "to_tf_encodings",
+    "from_tf_encodings",
     "activation_name",
     "param_name",
     "to_dict",
@@ -209,6 +213,94 @@ def _check_scale_offset(enc: Encoding, scales: list, offsets: list, where: str) 
                 f"{label}: offset contradicts min/max. Expected offset = round(min / scale) = "
                 f"{int(implied_offset[channel])}. Received: offset={offset!r}."
             )
+
+
+@dataclasses.dataclass
+class TfEncoding:
+    """AIMET's ``TfEncoding``: one grid as AIMET's quantizers report it (``quantizer.encoding``).
+
+    Attributes:
+        min: the grid's lowest value (``delta * offset``).
+        max: the grid's highest value.
+        delta: the step (AIMET's name for the scale).
+        offset: AIMET's integer offset, ``round(min / delta)`` (<= 0).
+        bw: bitwidth.
+    """
+
+    min: float
+    max: float
+    delta: float
+    offset: float
+    bw: int
+
+
+def to_tf_encodings(encoding: Encoding) -> list[TfEncoding]:
+    """``encoding`` as AIMET's ``TfEncoding`` records: one for a per-tensor encoding, one per
+    channel for a per-channel one.
+
+    Args:
+        encoding: the quantizer's encoding.
+
+    Returns:
+        A list of ``TfEncoding`` (length 1 for per-tensor).
+    """
+    mins, maxs = np.atleast_1d(encoding.min), np.atleast_1d(encoding.max)
+    scales, offsets = np.atleast_1d(encoding.scale), np.atleast_1d(encoding.offset)
+    return [
+        TfEncoding(float(mn), float(mx), float(sc), float(off), encoding.bitwidth)
+        for mn, mx, sc, off in zip(mins, maxs, scales, offsets)
+    ]
+
+
+def from_tf_encodings(
+    encodings: Sequence[TfEncoding], per_channel: bool, symmetric: bool, strict: bool, where: str
+) -> Encoding:
+    """The ``Encoding`` that AIMET ``TfEncoding`` records describe, on a quantizer's grid kind.
+
+    min/max define the grid; ``delta`` and ``offset`` must agree with them (as for a file's
+    scale/offset, ``SCALE_RTOL``), so a record edited in one field only is refused, not half-used.
+
+    Args:
+        encodings: one record per channel (``per_channel``), else exactly one.
+        per_channel: whether the target quantizer is per-channel.
+        symmetric: the target quantizer's symmetry.
+        strict: the target quantizer's strict (narrow-range) setting.
+        where: the target's name, for error messages.
+
+    Returns:
+        The encoding (scalar min/max unless ``per_channel``).
+
+    Raises:
+        TypeError: for an element that is not a ``TfEncoding``.
+        EncodingsFormatError: for records that disagree on the bitwidth, several records for a
+            per-tensor target, or a delta/offset/range that contradicts min/max.
+    """
+    records = list(encodings)
+    for record in records:
+        if not isinstance(record, TfEncoding):
+            raise TypeError(
+                f"{where}: expected TfEncoding records (min, max, delta, offset, bw). Received: "
+                f"{type(record).__name__}"
+            )
+    if not records or (not per_channel and len(records) != 1):
+        _fail(where, "one TfEncoding" if not per_channel else "one TfEncoding per channel",
+              f"{len(records)} records")
+    bitwidths = {record.bw for record in records}
+    if len(bitwidths) != 1:
+        _fail(where, "one bitwidth for all channels", sorted(bitwidths))
+    bitwidth = _bitwidth(bitwidths.pop(), where)
+    mins = np.asarray([_number(r.min, f"{where} min") for r in records], dtype=np.float32)
+    maxs = np.asarray([_number(r.max, f"{where} max") for r in records], dtype=np.float32)
+    if not per_channel:
+        mins, maxs = mins[0], maxs[0]
+    enc = _encoding(mins, maxs, bitwidth, symmetric, strict, where)
+    _check_scale_offset(
+        enc,
+        [_number(r.delta, f"{where} delta") for r in records],
+        [_number(r.offset, f"{where} offset") for r in records],
+        where,
+    )
+    return enc
 
 
 def _parse_061_entry(name: str, entries: Any, kind: str) -> Encoding:

@@ -25,7 +25,7 @@ from aimet_tf.graph.model_graph import all_layers
 from aimet_tf.kernels import reference as kernel_reference
 from aimet_tf.kernels import requantize as kernel_requantize
 from aimet_tf.kernels.target import DspTarget, resolve_target
-from aimet_tf.quantization import primitives
+from aimet_tf.quantization import encodings_io, primitives
 from aimet_tf.quantization.analyzers import (
     QuantScheme,
     RangeAnalyzer,
@@ -136,8 +136,26 @@ def _tensor_scheme(value: str | QuantScheme) -> QuantScheme:
 _TIGHT_SCHEMES = (QuantScheme.post_training_mse, QuantScheme.post_training_output_mse)
 
 
+class _Switchable:
+    """AIMET's on/off methods over a quantizer layer's ``enabled`` flag."""
+
+    enabled: bool
+
+    def enable(self) -> None:
+        """Turns the quantizer on (AIMET's ``enable()``)."""
+        self.enabled = True
+
+    def disable(self) -> None:
+        """Turns the quantizer off: it passes its tensor through unchanged (AIMET's ``disable()``)."""
+        self.enabled = False
+
+    def is_enabled(self) -> bool:
+        """Whether the quantizer is on (AIMET's ``is_enabled()``)."""
+        return bool(self.enabled)
+
+
 @keras.saving.register_keras_serializable(package="aimet_tf")
-class Quantizer(_TracedState, keras.layers.Layer):
+class Quantizer(_Switchable, _TracedState, keras.layers.Layer):
     """Simulates the quantization of one tensor.
 
     x_hat = scale * (clamp(round(x / scale) - offset, 0, steps) + offset), with scale/offset derived
@@ -174,7 +192,7 @@ class Quantizer(_TracedState, keras.layers.Layer):
         channel_axis: int | Sequence[int] | None = None,
         quant_scheme: str | QuantScheme = QuantScheme.post_training_tf_enhanced,
         enabled: bool = True,
-        percentile: float = 99.99,
+        percentile: float = 100.0,
         frozen: bool = False,
         initialized: bool = False,
         rounding: str = "fake_quant",
@@ -267,6 +285,74 @@ class Quantizer(_TracedState, keras.layers.Layer):
     @property
     def is_initialized(self) -> bool:
         return self._grid()._initialized
+
+    # -- AIMET's quantizer attributes ------------------------------------------------------------
+
+    @property
+    def is_symmetric(self) -> bool:
+        """AIMET's name for ``symmetric``."""
+        return self.symmetric
+
+    @property
+    def use_symmetric_encodings(self) -> bool:
+        """AIMET's name for ``symmetric`` (read-only here: the sim's config sets it)."""
+        return self.symmetric
+
+    @property
+    def use_strict_symmetric(self) -> bool:
+        """AIMET's name for ``strict`` (narrow range, e.g. int8 [-127, 127])."""
+        return self.strict
+
+    @property
+    def use_unsigned_symmetric(self) -> bool:
+        """AIMET's name for ``unsigned_symmetric``."""
+        return self.unsigned_symmetric
+
+    @property
+    def round_mode(self) -> str:
+        """AIMET's rounding mode: always "nearest" (how values are rounded onto the grid is
+        ``rounding``: TF's fake-quant op rounds ties up)."""
+        return "nearest"
+
+    def is_encoding_valid(self) -> bool:
+        """AIMET's name for ``is_initialized``: whether the quantizer has an encoding."""
+        return self.is_initialized
+
+    @property
+    def encoding(self) -> "encodings_io.TfEncoding | list[encodings_io.TfEncoding] | None":
+        """The encoding in AIMET's shape: a ``TfEncoding`` (min, max, delta, offset, bw), a list of
+        them (one per channel) for a per-channel quantizer, or None without an encoding.
+
+        Setting it takes the same shape; the quantizer keeps its symmetry and strictness, takes
+        the records' bitwidth, and refuses records whose delta/offset contradict their min/max
+        (``encodings_io.from_tf_encodings``). The records returned are copies: change the
+        quantizer by assigning ``encoding``.
+        """
+        enc = self.get_encoding()
+        if enc is None:
+            return None
+        records = encodings_io.to_tf_encodings(enc)
+        return records if self.per_channel else records[0]
+
+    @encoding.setter
+    def encoding(self, value: "encodings_io.TfEncoding | Sequence[encodings_io.TfEncoding]") -> None:
+        if isinstance(value, encodings_io.TfEncoding):
+            if self.per_channel:
+                raise ValueError(
+                    f"Quantizer {self.name!r} is per-channel: expected a list of TfEncoding, one per "
+                    f"channel ({self.num_channels}). Received: one TfEncoding"
+                )
+            records = [value]
+        elif isinstance(value, (list, tuple)):
+            records = list(value)
+        else:
+            raise TypeError(
+                f"Quantizer {self.name!r}: expected a TfEncoding or a list of them. Received: "
+                f"{type(value).__name__}"
+            )
+        self.set_encoding(
+            encodings_io.from_tf_encodings(records, self.per_channel, self.symmetric, self.strict, self.name)
+        )
 
     # -- tied grids ------------------------------------------------------------------------------
 
@@ -568,7 +654,7 @@ def _linked_scale(quantizer: Quantizer | None) -> tf.Tensor | None:
 
 
 @keras.saving.register_keras_serializable(package="aimet_tf")
-class BiasQuantizer(_TracedState, keras.layers.Layer):
+class BiasQuantizer(_Switchable, _TracedState, keras.layers.Layer):
     """Rounds a conv/dense bias onto its layer's int32 accumulator grid, as TFLite stores it.
 
     b_hat = s_b * round_half_away(b / s_b) with s_b = s_in * s_w (per output channel for

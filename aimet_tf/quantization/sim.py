@@ -11,8 +11,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
-from typing import Any, Callable, Iterable, Iterator
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import keras
 import numpy as np
@@ -76,7 +78,8 @@ class QuantizationSimModel:
         in_place: AIMET's flag; only False is supported (the original model is never modified).
         config_file: hardware config: None/"default", "htp", a JSON path, or a parsed dict.
         default_data_type: "int" (float simulation is not supported).
-        percentile: percentile for the "percentile" scheme, a number in [90, 100].
+        percentile: percentile for the "percentile" scheme, a number in [90, 100]; 100 (AIMET's
+            default) keeps the exact min and max. ``set_percentile_value`` changes it later.
 
     Raises:
         ValueError: for invalid arguments; a config that gives the model no quantizer at all
@@ -105,7 +108,7 @@ class QuantizationSimModel:
         in_place: bool = False,
         config_file: Any = None,
         default_data_type: str = "int",
-        percentile: float = 99.99,
+        percentile: float = 100.0,
     ):
         if in_place:
             raise ValueError(
@@ -266,6 +269,51 @@ class QuantizationSimModel:
         visit(self.model)
         return out
 
+    def quant_wrappers(self) -> Iterator[QuantizationWrapper]:
+        """AIMET's generator over the sim's wrappers (``wrappers()``, in graph order)."""
+        yield from self.wrappers()
+
+    def get_quant_wrapper_for_layer_name(self, layer_name: str) -> QuantizationWrapper:
+        """The wrapper of the original model's layer ``layer_name`` (AIMET's lookup).
+
+        Args:
+            layer_name: a layer name of the model the sim was built from (a wrapper has its
+                layer's name; nested models' layers included).
+
+        Returns:
+            The ``QuantizationWrapper``.
+
+        Raises:
+            TypeError: if ``layer_name`` is not a string.
+            KeyError: if no wrapper has that name; the message lists the closest names.
+        """
+        if not isinstance(layer_name, str):
+            raise TypeError(f"Expected a layer name (str). Received: {type(layer_name).__name__}")
+        by_name = {w.name: w for w in self.wrappers()}
+        if layer_name in by_name:
+            return by_name[layer_name]
+        close = difflib.get_close_matches(layer_name, list(by_name), n=5)
+        raise KeyError(
+            f"The sim has no wrapper for a layer named {layer_name!r}. "
+            + (f"Closest names: {close}." if close else f"Layer names are e.g. {list(by_name)[:5]}.")
+        )
+
+    def set_percentile_value(self, percentile_value: float) -> None:
+        """Sets the percentile the "percentile" range scheme keeps (AIMET's method), for every
+        quantizer of the sim; the next ``compute_encodings`` uses it.
+
+        Args:
+            percentile_value: a number in [90, 100]; 100 keeps the exact min and max.
+
+        Raises:
+            ValueError: for a non-number or a value outside [90, 100].
+        """
+        self.percentile = validate_percentile(percentile_value)
+        for w in self.wrappers():
+            for q in w.quantizers():
+                if isinstance(q, Quantizer):
+                    q.percentile = self.percentile
+
     def activation_quantizers(self) -> list[tuple[str, Quantizer]]:
         """(tensor name, quantizer) for every input/output quantizer slot that holds one."""
         return [(name, q) for w in self.wrappers() for name, q in w.activation_slots() if q is not None]
@@ -274,11 +322,12 @@ class QuantizationSimModel:
         """(param name, quantizer, variable) for every parameter quantizer slot that holds one.
 
         Derived quantizers (``BiasQuantizer``: int32 bias grid s_in * s_w) have no calibrated
-        encoding of their own and are not listed.
+        encoding of their own and are not listed (a wrapper's ``param_quantizers`` list, AIMET's
+        attribute, holds every slot).
         """
         out = []
         for w in self.wrappers():
-            for path, q in w.param_quantizers.items():
+            for path, q in w.param_quantizers_by_path().items():
                 if isinstance(q, Quantizer):
                     var = get_param_variable(w.layer, path)
                     out.append((encodings_io.param_name(w.name, path), q, var))
@@ -463,7 +512,7 @@ class QuantizationSimModel:
         targets = []
         top_level = {id(layer) for layer in self.model.layers}
         for w in self.wrappers():
-            q = w.param_quantizers.get("kernel")
+            q = w.param_quantizers_by_path().get("kernel")
             if (
                 isinstance(q, Quantizer) and q.enabled and not q.frozen
                 and q.quant_scheme.init_scheme is QuantScheme.post_training_output_mse
@@ -579,7 +628,15 @@ class QuantizationSimModel:
             },
         )
 
-    def export(self, path: str | os.PathLike, filename_prefix: str, encoding_version: str = "0.6.1") -> dict:
+    def export(
+        self,
+        path: str | os.PathLike,
+        filename_prefix: str,
+        custom_objects: Mapping[str, Any] | None = None,
+        convert_to_pb: bool = True,
+        *,
+        encoding_version: str = "0.6.1",
+    ) -> dict:
         """Writes ``{prefix}.encodings`` (AIMET JSON) and ``{prefix}.keras`` (the float model).
 
         The two files are written as one unit (``aimet_tf.files.write_bundle``) together with
@@ -591,6 +648,14 @@ class QuantizationSimModel:
         Args:
             path: target folder (created if missing).
             filename_prefix: a bare, non-empty file name (no '/', '..' or leading '.').
+            custom_objects: AIMET's argument: the custom classes / functions the model needs to be
+                loaded (name -> object). AIMET uses them to reload the model for its .pb
+                conversion; here the written .keras file is loaded back once under them
+                (``keras.saving.custom_object_scope``) before the export is committed, so a model
+                that cannot be read back with them is refused and nothing is written.
+            convert_to_pb: AIMET's flag for a TF1 frozen graph (.pb). aimet_tf writes no .pb:
+                with True (AIMET's default) a warning says that the .keras file is written
+                instead; False writes the same files without it.
             encoding_version: "0.6.1" or "1.0.0".
 
         Returns:
@@ -598,10 +663,16 @@ class QuantizationSimModel:
 
         Raises:
             RuntimeError: if an enabled quantizer has no encoding (compute_encodings first).
+            TypeError: for a ``custom_objects`` that is not a mapping of names, or a non-bool
+                ``convert_to_pb``.
             ValueError: if a parameter or an encoding holds NaN/Inf (nothing is written), for a
-                prefix that is not a plain file name, or an unknown version.
+                prefix that is not a plain file name, an unknown version, or a model that does
+                not load back under ``custom_objects``.
         """
         files.check_file_name(filename_prefix, "filename_prefix")
+        custom_objects = _checked_custom_objects(custom_objects)
+        if not isinstance(convert_to_pb, (bool, np.bool_)):
+            raise TypeError(f"Expected convert_to_pb to be a bool. Received: {convert_to_pb!r}")
         self._check_finite_state()
         missing = self.uncalibrated_quantizers()
         if missing:
@@ -609,14 +680,28 @@ class QuantizationSimModel:
                 f"Cannot export: {len(missing)} enabled quantizers have no encoding (e.g. "
                 f"{missing[0]!r}). Call sim.compute_encodings(...) first."
             )
+        if convert_to_pb:
+            warnings.warn(
+                "export(convert_to_pb=True, AIMET's default): aimet_tf writes no .pb (TF1 frozen "
+                f"graph); the float model is written as {filename_prefix}.keras instead (load it "
+                "with keras.models.load_model). Pass convert_to_pb=False to skip this warning.",
+                UserWarning,
+                stacklevel=2,
+            )
         encodings = self.get_encodings_dict(encoding_version)
         float_model = self.float_model()
+
+        def write_model(target: str) -> None:
+            float_model.save(target)
+            if custom_objects is not None:
+                _check_loads(target, custom_objects)
+
         written = files.write_bundle(
             path,
             filename_prefix,
             {
                 ".encodings": lambda target: encodings_io.write_json(encodings, target),
-                ".keras": float_model.save,
+                ".keras": write_model,
             },
         )
         return {"encodings": written[".encodings"], "model": written[".keras"], "manifest": written["manifest"]}
@@ -726,6 +811,41 @@ class QuantizationSimModel:
         """Temporarily disables every quantizer (the sim then computes exact float)."""
         with _disabled([q for w in self.wrappers() for q in w.quantizers()]):
             yield
+
+
+def _checked_custom_objects(custom_objects: Any) -> dict[str, Any] | None:
+    """``export``'s ``custom_objects`` as a dict (None stays None).
+
+    Raises:
+        TypeError: for anything but a mapping of non-empty string names.
+    """
+    if custom_objects is None:
+        return None
+    if not isinstance(custom_objects, Mapping) or not all(
+        isinstance(name, str) and name for name in custom_objects
+    ):
+        raise TypeError(
+            "Expected custom_objects to be a dict of name -> class or function (as for "
+            f"keras.models.load_model). Received: {custom_objects!r}"
+        )
+    return dict(custom_objects)
+
+
+def _check_loads(model_path: str, custom_objects: dict[str, Any]) -> None:
+    """Raises unless the .keras file at ``model_path`` loads under ``custom_objects``.
+
+    Raises:
+        ValueError: naming the file and the loader's error.
+    """
+    try:
+        with keras.saving.custom_object_scope(custom_objects):
+            keras.models.load_model(model_path, compile=False)
+    except Exception as exc:  # Keras raises TypeError/ValueError/... for an unknown class
+        raise ValueError(
+            f"The exported model does not load back with custom_objects={sorted(custom_objects)}: "
+            f"{type(exc).__name__}: {exc}. Expected custom_objects to name every custom class "
+            "and function the model uses. Nothing was written."
+        ) from exc
 
 
 def _flat_outputs(outputs: Any) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ from typing import Iterator, Mapping, Sequence
 import keras
 
 from aimet_tf.quantization.encodings_io import activation_name
-from aimet_tf.quantization.quantizers import Quantizer, Requantizer, _TracedState
+from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer, _TracedState
 from aimet_tf.quantization.registry import get_layer_spec
 
 __all__ = ["LOAD_HINT", "QuantizationWrapper", "get_param_variable"]
@@ -58,7 +58,8 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         layer: the Keras layer (built, or buildable from its build config when reloaded).
         input_quantizers: one slot per input tensor (None = float).
         output_quantizers: one slot per output tensor (None = float).
-        param_quantizers: parameter attribute path -> Quantizer or None.
+        param_quantizers: parameter attribute path -> Quantizer or None, in the layer's
+            parameter order (its registry entry's: kernel, then bias...).
         requantizer: optional model of the integer kernel's requantization, applied to the
             layer's raw output before the output quantizers (None = float output).
         internal_quantizers: tensor name -> Quantizer or None for the tensors computed inside
@@ -67,6 +68,10 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
 
     While ``compute_encodings`` runs, ``_finite_watch`` counts the batches whose layer output held
     NaN/Inf (None otherwise).
+
+    AIMET's ``QcQuantizeWrapper`` attributes: ``input_quantizers``, ``output_quantizers`` and
+    ``param_quantizers`` are lists, one slot per tensor in order (an empty slot, a tensor that is
+    not quantized, holds None); ``_layer_to_wrap`` is ``layer``.
     """
 
     # A non-finite watch (``graph_statistics.NonFiniteWatch``) set during calibration is traced in.
@@ -90,7 +95,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         self.input_quantizers = list(input_quantizers)
         self.output_quantizers = list(output_quantizers)
         params = dict(param_quantizers or {})
-        self.param_names = sorted(params)
+        self.param_names = list(params)
         # Lists (not dicts) keep the saved variable order independent of dict handling.
         self.param_quantizer_list = [params[name] for name in self.param_names]
         self.requantizer = requantizer
@@ -102,8 +107,20 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             self._build_quantizers(None)
 
     @property
-    def param_quantizers(self) -> dict[str, Quantizer | None]:
+    def param_quantizers(self) -> list[Quantizer | BiasQuantizer | None]:
+        """AIMET's list of parameter slots, in ``param_names`` order (kernel, then bias...); None
+        for a parameter that is not quantized. A copy: change a slot with ``replace_quantizer``."""
+        return list(self.param_quantizer_list)
+
+    def param_quantizers_by_path(self) -> dict[str, Quantizer | BiasQuantizer | None]:
+        """The parameter slots by attribute path ("kernel", "bias", "_query_dense.kernel"...), in
+        ``param_names`` order; None for a parameter that is not quantized."""
         return dict(zip(self.param_names, self.param_quantizer_list))
+
+    @property
+    def _layer_to_wrap(self) -> keras.layers.Layer:
+        """AIMET's name for the wrapped layer (``layer``)."""
+        return self.layer
 
     @property
     def internal_quantizers(self) -> dict[str, Quantizer | None]:
@@ -311,7 +328,8 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             layer=keras.saving.serialize_keras_object(self.layer),
             input_quantizers=[_serialize(q) for q in self.input_quantizers],
             output_quantizers=[_serialize(q) for q in self.output_quantizers],
-            param_quantizers={n: _serialize(q) for n, q in self.param_quantizers.items()},
+            # A list of pairs: the order of the parameters is the layer's (and the saved slots').
+            param_quantizers=[[n, _serialize(q)] for n, q in self.param_quantizers_by_path().items()],
             requantizer=_serialize(self.requantizer),
             # A list of pairs: the order of the internal tensors is the forward's.
             internal_quantizers=[[n, _serialize(q)] for n, q in self.internal_quantizers.items()],
@@ -325,7 +343,10 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         layer = keras.saving.deserialize_keras_object(config.pop("layer"))
         inputs = [_deserialize(c) for c in config.pop("input_quantizers")]
         outputs = [_deserialize(c) for c in config.pop("output_quantizers")]
-        params = {n: _deserialize(c) for n, c in config.pop("param_quantizers").items()}
+        saved_params = config.pop("param_quantizers")
+        # Sims saved before the list of pairs stored a mapping (its slots were in sorted order).
+        pairs = saved_params.items() if isinstance(saved_params, dict) else saved_params
+        params = {n: _deserialize(c) for n, c in pairs}
         requantizer = _deserialize(config.pop("requantizer", None))
         internal = {n: _deserialize(c) for n, c in config.pop("internal_quantizers", [])}
         return cls(layer, inputs, outputs, params, requantizer, internal_quantizers=internal, **config)

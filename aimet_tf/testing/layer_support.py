@@ -173,7 +173,7 @@ def _quantized(case: LayerCase, model: keras.Model) -> str:
     for wrapper in sim.wrappers():
         if wrapper.name in _HELPERS:
             continue
-        params = [p.lstrip("_").replace("._", ".") for p, q in wrapper.param_quantizers.items() if q is not None]
+        params = [p.lstrip("_").replace("._", ".") for p, q in wrapper.param_quantizers_by_path().items() if q is not None]
         internal = [n for n, q in wrapper.internal_quantizers.items() if q is not None]
         outputs = sum(q is not None for q in wrapper.output_quantizers)
         pieces = []

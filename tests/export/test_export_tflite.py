@@ -181,7 +181,7 @@ def test_tflite_config_quantizes_dense_weights_per_channel():
     # TFLite's own PTQ writes per-channel FULLY_CONNECTED filters; per-tensor ones cost accuracy.
     sim = QuantizationSimModel(models.dense_model(), config_file=TFLITE_CONFIG)
     for name in ("d1", "d2", "d3"):
-        q = sim.model.get_layer(name).param_quantizers["kernel"]
+        q = sim.model.get_layer(name).param_quantizers_by_path()["kernel"]
         assert q.per_channel and q.channel_axis in (-1, (-1,), 1, (1,)), (name, q.channel_axis)
 
 
@@ -201,7 +201,7 @@ def test_per_channel_dense_written_per_channel_and_bit_exact(tmp_path, param_bw)
     path = export_tflite(sim, str(tmp_path / "fc.tflite"))
     for name, (x_t, w_t, b_t) in _fully_connected_tensors(path).items():
         wrapper = sim.model.get_layer(name)
-        s_w = wrapper.param_quantizers["kernel"].scale_tensor().numpy()
+        s_w = wrapper.param_quantizers_by_path()["kernel"].scale_tensor().numpy()
         w_q, b_q = w_t["quantization_parameters"], b_t["quantization_parameters"]
         assert len(w_q["scales"]) == wrapper.layer.units and w_q["quantized_dimension"] == 0
         np.testing.assert_array_equal(w_q["scales"], s_w.astype(np.float32))

@@ -146,7 +146,7 @@ def test_reconstruction_error_below_nearest_on_held_out_inputs(result, frozen_si
     x_float = keras.Model(folded.inputs, folded.get_layer(name).input).predict(held_out, verbose=0)
     original = folded.get_layer(name).kernel.numpy()
     target = _layer_output(folded, name, original, x_float)
-    nearest = wrapper.param_quantizers["kernel"](tf.constant(original)).numpy()
+    nearest = wrapper.param_quantizers_by_path()["kernel"](tf.constant(original)).numpy()
     ada_error = float(adaround.reconstruction_loss(_layer_output(folded, name, ada.get_layer(name).kernel.numpy(), x_q), target))
     nearest_error = float(adaround.reconstruction_loss(_layer_output(folded, name, nearest, x_q), target))
     assert ada_error < nearest_error
@@ -263,7 +263,7 @@ def test_other_layer_types(kind):
     sim = QuantizationSimModel(model, quant_scheme="tf", default_param_bw=4)
     sim.compute_encodings(data.astype(np.float32))
     name = "d2" if kind == "sequential_mlp" else "k"
-    q = sim.model.get_layer(name).param_quantizers["kernel"]
+    q = sim.model.get_layer(name).param_quantizers_by_path()["kernel"]
     w, w_ada = model.get_layer(name).kernel.numpy(), ada.get_layer(name).kernel.numpy()
     scale = q.get_encoding().scale
     # "tf" ranges cover every weight: each one moved by less than one step, onto the grid; the

@@ -166,7 +166,7 @@ def test_state_updates_inside_stateless_scope_reach_the_variables():
     y = np.random.default_rng(1).integers(0, 2, 32)
     sim.compute_encodings(x)
     wrapper = sim.model.get_layer("qbn")
-    assert wrapper.param_quantizers["gamma"] is not None
+    assert wrapper.param_quantizers_by_path()["gamma"] is not None
     bn = wrapper.layer
     mean_before = bn.moving_mean.numpy().copy()
     gamma_before = bn.gamma.numpy().copy()
@@ -175,7 +175,7 @@ def test_state_updates_inside_stateless_scope_reach_the_variables():
     assert not np.array_equal(bn.moving_mean.numpy(), mean_before)
     assert not np.array_equal(bn.gamma.numpy(), gamma_before)
     # The float gamma holds float values, never the 4-bit grid the forward pass used.
-    q = wrapper.param_quantizers["gamma"]
+    q = wrapper.param_quantizers_by_path()["gamma"]
     grid = q(bn.gamma.value).numpy()
     assert not np.array_equal(bn.gamma.numpy(), grid)
 

@@ -131,7 +131,7 @@ def test_quantized_lstm_matches_a_numpy_reference():
     sim.compute_encodings(x)
     (wrapper,) = sim.wrappers()
     q = {n: wrapper.internal_quantizers[n].get_encoding() for n in INTERNAL_TENSORS[L.LSTM]}
-    params = wrapper.param_quantizers
+    params = wrapper.param_quantizers_by_path()
     cell = wrapper.layer.cell
     kernel = _qdq(cell.kernel.numpy(), params["cell.kernel"].get_encoding())
     recurrent = _qdq(cell.recurrent_kernel.numpy(), params["cell.recurrent_kernel"].get_encoding())
