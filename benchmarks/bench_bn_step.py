@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     fp32 = keras.models.clone_model(model)
     fp32.set_weights(model.get_weights())
-    folded = keras.models.clone_model(fold_all_batch_norms(model)[0])
+    folded = keras.models.clone_model(fold_all_batch_norms(model)[1])
     models = {"fp32": fp32, "fp32_folded": folded}
     for m in models.values():
         bench_qat._compile(m)

@@ -20,7 +20,7 @@ from absl import logging
 from aimet_tf import datasets, metrics
 from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
 from aimet_tf.ptq.bias_correction import correct_bias
-from aimet_tf.ptq.cle import EqualizationReport, equalize_model
+from aimet_tf.ptq.cle import EqualizationReport, equalize_model_with_report
 from aimet_tf.quantization import QuantizationSimModel
 from aimet_tf.testing.mltk_models import load_mltk_model
 from aimet_tf.testing.real_inputs import describe_inputs, real_inputs
@@ -70,9 +70,9 @@ def _what_cle_did(report: EqualizationReport) -> str:
 def _model_section(title, model, x_cal, x_eval, labels, bc_data, param_bws=(8,)) -> list[str]:
     ref = _predict(model, x_eval)
     t = time.perf_counter()
-    equalized, report = equalize_model(model)
+    equalized, report = equalize_model_with_report(model)
     t_cle = time.perf_counter() - t
-    aimet_like, aimet_report = equalize_model(model, max_sweeps=1)
+    aimet_like, aimet_report = equalize_model_with_report(model, max_sweeps=1)
     folded = fold_batch_norms(model)
     per_channel = _per_channel_config()
 

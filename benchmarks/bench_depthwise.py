@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
-from aimet_tf.ptq.cle import equalize_model
+from aimet_tf.ptq.cle import equalize_model_with_report
 from aimet_tf.quantization import QuantizationSimModel
 from benchmarks import bench_peers, zoo
 
@@ -73,7 +73,7 @@ def run() -> str:
         t0 = time.perf_counter()
         workdir = tempfile.mkdtemp(prefix=f"depthwise_{case.name}_")
         folded = fold_batch_norms(case.model)
-        equalized, report = equalize_model(folded)
+        equalized, report = equalize_model_with_report(folded)
         fp32 = folded.predict(case.x_test, batch_size=BATCH, verbose=0)
         fp32_score = 100 * bench_peers._correct(case, fp32, fp32).mean()
 

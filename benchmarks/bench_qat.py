@@ -250,7 +250,7 @@ def run() -> str:
     logging.info("W4A8 QAT, static grid: %.4f (%.0f s)", static_acc, static_seconds)
 
     # AIMET's QAT flow: fold the batch norms first, then build the sim and train it.
-    folded_model, _ = fold_all_batch_norms(model)
+    _, folded_model = fold_all_batch_norms(model)
     folded_rows = []
     for label, scheme in (("range learning", QAT_SCHEME), (f"static grid (`{PTQ_SCHEME}`, STE)", PTQ_SCHEME)):
         sim = _sim(folded_model, scheme, 4, 8, x_cal)

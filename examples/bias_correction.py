@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from aimet_tf import datasets, metrics  # noqa: E402
-from aimet_tf.ptq import correct_bias, equalize_model  # noqa: E402
+from aimet_tf.ptq import correct_bias, equalize_model_with_report  # noqa: E402
 from aimet_tf.ptq.batch_norm_fold import fold_batch_norms  # noqa: E402
 from aimet_tf.quantization import QuantizationSimModel  # noqa: E402
 
@@ -59,7 +59,7 @@ def main(argv):
         x_cal, x_eval, y_eval = x[0::2], x[1::2], None
     bs = FLAGS.batch_size
     if FLAGS.cle:
-        prepared, report = equalize_model(model)
+        prepared, report = equalize_model_with_report(model)
         print(report.summary())
     else:
         # Bias correction needs biases: BN folding gives every conv followed by a BN one.

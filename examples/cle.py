@@ -23,7 +23,7 @@ from absl import app, flags, logging  # noqa: E402
 import numpy as np  # noqa: E402
 
 from aimet_tf import datasets, metrics  # noqa: E402
-from aimet_tf.ptq import correct_bias, equalize_model  # noqa: E402
+from aimet_tf.ptq import correct_bias, equalize_model_with_report  # noqa: E402
 from aimet_tf.ptq.batch_norm_fold import fold_batch_norms  # noqa: E402
 from aimet_tf.quantization import QuantizationSimModel  # noqa: E402
 
@@ -80,7 +80,7 @@ def main(argv):
     rows.append((f"{name}, no CLE", predict(quantize(fold_batch_norms(model)).model)))
 
     t = time.perf_counter()
-    equalized, report = equalize_model(model)
+    equalized, report = equalize_model_with_report(model)
     logging.info("equalize_model took %.2f s", time.perf_counter() - t)
     print(f"\nWhat CLE did on the {what}:\n{report.summary()}\n")
     rows.append(("FP32 after CLE", predict(equalized)))

@@ -92,7 +92,7 @@ def main(argv):
     if FLAGS.tflite and FLAGS.batch_norms == "keep":
         raise app.UsageError("--tflite needs --batch_norms=fold_after or fold_first: TFLite has no batch norm.")
     if FLAGS.batch_norms == "fold_first":
-        model, pairs = fold_all_batch_norms(model)
+        pairs, model = fold_all_batch_norms(model)
         logging.info("Folded %d batch norms before QAT", len(pairs))
     if FLAGS.tflite:
         from aimet_tf.export import TFLITE_CONFIG, prepare_model_for_tflite

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from aimet_tf import datasets, metrics  # noqa: E402
 from aimet_tf.export import export_tflite, prepare_model_for_tflite, verify_tflite  # noqa: E402
-from aimet_tf.ptq import AdaroundParameters, apply_adaround, equalize_model, fold_batch_norms  # noqa: E402
+from aimet_tf.ptq import AdaroundParameters, apply_adaround, equalize_model_with_report, fold_batch_norms  # noqa: E402
 from aimet_tf.quantization import QuantizationSimModel  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -176,7 +176,7 @@ def _cle_rows(model, x_cal, x_test, y_test, quant_scheme: str, batch_size: int) 
         t = time.perf_counter()
         note = "simulation, per-tensor weights (config default), BNs folded"
         if use_cle:
-            base, report = equalize_model(model)
+            base, report = equalize_model_with_report(model)
             note += f", CLE: {report.num_pairs} pairs + {report.num_triples} triples equalized"
         else:
             base = fold_batch_norms(model)

@@ -374,7 +374,7 @@ def prepare_model_for_tflite(model: keras.Model, fold_batch_norms: bool = True) 
         A new Functional model ready for ``QuantizationSimModel(..., config_file=TFLITE_CONFIG)``.
     """
     if fold_batch_norms:
-        model = fold_all_batch_norms(model)[0]
+        model = fold_all_batch_norms(model)[1]
     # Kept batch norms (QAT with batch norms in place) train; only the others become convs.
     model = affine_layers_as_depthwise(model, batch_norms=fold_batch_norms)
     return silu_as_sigmoid_times_input(separate_activations(split_separable_convs(model)))

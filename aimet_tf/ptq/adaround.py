@@ -283,7 +283,7 @@ def _fold_batch_norms(model: keras.Model) -> keras.Model:
     """Folds BN into the neighbouring layers with aimet_tf.ptq.batch_norm_fold."""
     from aimet_tf.ptq import batch_norm_fold
 
-    folded, pairs = batch_norm_fold.fold_all_batch_norms(model)
+    pairs, folded = batch_norm_fold.fold_all_batch_norms(model)
     if not pairs:
         return model
     logging.info("apply_adaround: folded %d batch norms before AdaRound: %s", len(pairs), pairs)

@@ -34,7 +34,7 @@ norm into the weights and its per-channel scale into the weight quantizer's grid
 simulated function does not change.
 
 Example:
-    >>> folded, pairs = fold_all_batch_norms(model)   # a new model; ``model`` is untouched
+    >>> pairs, folded = fold_all_batch_norms(model)   # a new model; ``model`` is untouched
     >>> sim = QuantizationSimModel(folded, config_file="htp")
 """
 
@@ -64,6 +64,7 @@ __all__ = [
     "find_backward_foldable_pairs",
     "fold_all_batch_norms",
     "fold_batch_norms",
+    "fold_given_batch_norms",
     "fold_all_batch_norms_to_scale",
 ]
 
@@ -337,11 +338,12 @@ def _folded_layer(
 
 
 def _fold(
-    model: keras.Model, prefix: str = "", backward: bool = True
+    model: keras.Model, prefix: str = "", backward: bool = True, only: _FoldPlan | None = None
 ) -> tuple[keras.Model, list[FoldedPair], dict[str, str]]:
-    """(folded model, folded pairs, kept batch norm -> why), names prefixed "nested/" inside."""
+    """(folded model, folded pairs, kept batch norm -> why), names prefixed "nested/" inside.
+    ``only``: fold exactly these top-level pairs (checked foldable by the caller), nothing nested."""
     functional = as_functional(model, "batch-norm folding")
-    plan = _plan(functional, backward)
+    plan = _plan(functional, backward) if only is None else only
     after, before = plan.after, plan.before
     folded_bns = set(after.values()) | set(before.values())
     pairs = [FoldedPair(prefix + name, prefix + bn, "before") for name, bn in before.items()]
@@ -350,7 +352,7 @@ def _fold(
     skipped: set[int] = set()
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if is_graph_model(layer):
+        if is_graph_model(layer) and only is None:
             inner, inner_pairs, inner_kept = _fold(layer, prefix + layer.name + "/", backward)
             pairs.extend(inner_pairs)
             kept.update(inner_kept)
@@ -384,7 +386,7 @@ def _log_folds(purpose: str, pairs: list[FoldedPair], kept: dict[str, str]) -> N
         logging.info("%s: kept %s: %s", purpose, bn, why)
 
 
-def fold_all_batch_norms(model: keras.Model) -> tuple[keras.Model, list[FoldedPair]]:
+def fold_all_batch_norms(model: keras.Model) -> tuple[list[FoldedPair], keras.Model]:
     """Folds every foldable batch norm of ``model`` into its neighbouring linear layer.
 
     Batch norms after a Conv/Depthwise/Separable/Transposed conv or Dense layer (see
@@ -400,8 +402,9 @@ def fold_all_batch_norms(model: keras.Model) -> tuple[keras.Model, list[FoldedPa
         model: a Functional or built Sequential Keras model. It is not modified.
 
     Returns:
-        (new Functional model computing the same function in inference mode, folded pairs as
-        ``FoldedPair(layer, batch_norm, bn_position)`` in the order they were found).
+        (folded pairs as ``FoldedPair(layer, batch_norm, bn_position)`` in the order they were
+        found, new Functional model computing the same function in inference mode): AIMET's
+        order, so ``_, model = fold_all_batch_norms(model)`` works as in AIMET.
 
     Raises:
         TypeError: for a subclassed model.
@@ -410,7 +413,7 @@ def fold_all_batch_norms(model: keras.Model) -> tuple[keras.Model, list[FoldedPa
             naming each node.
 
     Example:
-        >>> folded, pairs = fold_all_batch_norms(model)
+        >>> pairs, folded = fold_all_batch_norms(model)
         >>> pairs[0]
         FoldedPair(layer='conv1', batch_norm='bn1', bn_position='after')
     """
@@ -418,7 +421,76 @@ def fold_all_batch_norms(model: keras.Model) -> tuple[keras.Model, list[FoldedPa
     check_prepared(model, "batch-norm folding", allow_shared_layers=True)
     folded, pairs, kept = _fold(model)
     _log_folds("fold_all_batch_norms", pairs, kept)
-    return folded, pairs
+    return pairs, folded
+
+
+def _layer_name(item, what: str) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, keras.layers.Layer):
+        return item.name
+    raise TypeError(f"Expected {what} as a Keras layer or a layer name. Received: {item!r} (type {type(item).__name__})")
+
+
+def fold_given_batch_norms(model: keras.Model, layer_pairs) -> keras.Model:
+    """Folds exactly the given batch norms (AIMET's ``fold_given_batch_norms``) and returns the new model.
+
+    Args:
+        model: a Functional or built Sequential model. It is not modified (AIMET edits its model
+            in place; aimet_tf returns the folded copy, so use the return value).
+        layer_pairs: ``(layer, batch_norm)`` pairs for a batch norm after its layer and
+            ``(batch_norm, layer)`` for one before it, as layers of ``model``'s top level or
+            their names.
+
+    Returns:
+        The new model, with those batch norms folded and every other layer unchanged.
+
+    Raises:
+        ValueError: for a pair that is not two neighbouring layers of ``model`` where the batch
+            norm can fold (naming the pair and why), or a batch norm given twice.
+        TypeError: for a pair that is not two layers / names.
+    """
+    check_prepared(model, "batch-norm folding", allow_shared_layers=True)
+    functional = as_functional(model, "batch-norm folding")
+    plan = _plan(functional)
+    wanted = _FoldPlan({}, {}, {})
+    seen: set[str] = set()
+    for pair in layer_pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"Expected each pair as (layer, batch_norm) or (batch_norm, layer). Received: {pair!r}")
+        first, second = (_layer_name(item, "each pair member") for item in pair)
+        for name in (first, second):
+            if name not in _names(functional):
+                raise ValueError(f"Pair {pair!r}: model {functional.name!r} has no top-level layer {name!r}.")
+        bn_first = isinstance(functional.get_layer(first), _L.BatchNormalization)
+        bn, layer = (first, second) if bn_first else (second, first)
+        if bn in seen:
+            raise ValueError(f"Batch norm {bn!r} is given twice in layer_pairs.")
+        seen.add(bn)
+        if bn_first and plan.before.get(layer) == bn:
+            wanted.before[layer] = bn
+        elif not bn_first and plan.after.get(layer) == bn:
+            wanted.after[layer] = bn
+        else:
+            after_of = {b: l for l, b in plan.after.items()}
+            before_of = {b: l for l, b in plan.before.items()}
+            if bn in plan.kept:
+                why = f"{bn!r} is {plan.kept[bn]}"
+            elif bn in after_of:
+                why = f"{bn!r} folds after its input layer {after_of[bn]!r}, not with {layer!r}"
+            elif bn in before_of:
+                why = f"{bn!r} folds before its consumer {before_of[bn]!r}, not with {layer!r}"
+            else:
+                why = f"{bn!r} is not a BatchNormalization layer"
+            order = "(batch_norm, layer)" if bn_first else "(layer, batch_norm)"
+            raise ValueError(f"Cannot fold pair {pair!r} as {order}: {why}.")
+    folded, pairs, _ = _fold(model, only=wanted)
+    _log_folds("fold_given_batch_norms", pairs, {})
+    return folded
+
+
+def _names(model: keras.Model) -> set[str]:
+    return {layer.name for layer in model.layers}
 
 
 def fold_batch_norms(model: keras.Model) -> keras.Model:
@@ -429,7 +501,7 @@ def fold_batch_norms(model: keras.Model) -> keras.Model:
         >>> np.allclose(folded.predict(x), model.predict(x), rtol=1e-5, atol=1e-6)
         True
     """
-    return fold_all_batch_norms(model)[0]
+    return fold_all_batch_norms(model)[1]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ and the report says so: the equalized model equals the original exactly only whe
 pre-activations stay below 6.
 
 Example:
-    >>> new_model, report = equalize_model(model)
+    >>> new_model, report = equalize_model_with_report(model)
     >>> print(report.summary())
     >>> sim = QuantizationSimModel(new_model, config_file="default")
 """
@@ -64,6 +64,7 @@ __all__ = [
     "SkippedCandidate",
     "cross_layer_scales",
     "equalize_model",
+    "equalize_model_with_report",
 ]
 
 _L = keras.layers
@@ -641,7 +642,7 @@ def _relu6_override(layer) -> dict:
     return {"activation": "relu"}
 
 
-def equalize_model(
+def equalize_model_with_report(
     model: keras.Model,
     *,
     fold_batch_norms: bool = True,
@@ -692,7 +693,7 @@ def equalize_model(
             set's ranges agree to about this relative amount.
 
     Returns:
-        (new model, report). The new model computes the same function as the BN-folded model
+        (new model, report) (``equalize_model`` returns the model only, as AIMET's). The new model computes the same function as the BN-folded model
         with the listed ReLU6 activations replaced by ReLU (to float rounding), apart from
         high-bias folds, which are exact where the pre-activations stay >= c.
 
@@ -703,7 +704,7 @@ def equalize_model(
             or custom composite layers, at any nesting level), naming each node.
 
     Example:
-        >>> new_model, report = equalize_model(model)
+        >>> new_model, report = equalize_model_with_report(model)
         >>> [s.layers for s in report.equalized]
         [('conv1', 'dw1', 'pw1'), ...]
     """
@@ -718,7 +719,7 @@ def equalize_model(
         original = graph_lib.inline_nested_models(original)
     bn_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if fold_batch_norms:
-        folded, pairs = batch_norm_fold.fold_all_batch_norms(original)
+        pairs, folded = batch_norm_fold.fold_all_batch_norms(original)
         report.folded_batch_norms = list(pairs)
         for layer_name, bn_name, position in pairs:
             if position != "after" or "/" in layer_name:
@@ -821,6 +822,32 @@ def equalize_model(
         sum(r.folded for r in report.high_bias_folds),
     )
     return new_model, report
+
+
+def equalize_model(
+    model: keras.Model,
+    *,
+    fold_batch_norms: bool = True,
+    replace_relu6: bool = True,
+    high_bias_fold: bool = True,
+    high_bias_fold_padded: bool = False,
+    max_sweeps: int = 500,
+    tolerance: float = 1e-4,
+) -> keras.Model:
+    """AIMET's ``equalize_model(model) -> model``: ``equalize_model_with_report`` without the report.
+
+    Example:
+        >>> cle_model = equalize_model(model)
+    """
+    return equalize_model_with_report(
+        model,
+        fold_batch_norms=fold_batch_norms,
+        replace_relu6=replace_relu6,
+        high_bias_fold=high_bias_fold,
+        high_bias_fold_padded=high_bias_fold_padded,
+        max_sweeps=max_sweeps,
+        tolerance=tolerance,
+    )[0]
 
 
 def _high_bias_fold(

@@ -171,7 +171,7 @@ def test_batch_norm_before_a_valid_layer_folds_into_its_inputs(kind):
     x = _random_input(model)
     assert find_foldable_pairs(model) == []
     assert find_backward_foldable_pairs(model) == [("bn", "c")]
-    folded, pairs = fold_all_batch_norms(model)
+    pairs, folded = fold_all_batch_norms(model)
     assert pairs == [FoldedPair("c", "bn", "before")]
     assert not any(isinstance(l, L.BatchNormalization) for l in folded.layers)
     assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5
@@ -183,7 +183,7 @@ def test_batch_norms_on_both_sides_of_a_separable_or_transposed_conv_fold(kind):
     # the one after the output-channel axis (pointwise kernel; transposed axis -2).
     model = _bn_then_consumer(kind, after=True)
     x = _random_input(model, seed=6)
-    folded, pairs = fold_all_batch_norms(model)
+    pairs, folded = fold_all_batch_norms(model)
     assert sorted(pairs) == [FoldedPair("c", "bn", "before"), FoldedPair("c", "bn_after", "after")]
     assert not any(isinstance(l, L.BatchNormalization) for l in folded.layers)
     assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5
@@ -211,7 +211,7 @@ def test_batch_norm_before_an_inexact_consumer_stays_and_the_log_says_why(kind, 
     x = _random_input(model, seed=7)
     assert find_backward_foldable_pairs(model) == []
     with caplog.at_level("INFO", logger="absl"):
-        folded, pairs = fold_all_batch_norms(model)
+        pairs, folded = fold_all_batch_norms(model)
     assert pairs == [] and "bn" in [l.name for l in folded.layers]
     kept = [r.getMessage() for r in caplog.records if "fold_all_batch_norms: kept bn:" in r.getMessage()]
     assert len(kept) == 1 and reason in kept[0]
@@ -228,7 +228,7 @@ def test_batch_norm_before_a_padded_conv_stays():
     inp = keras.Input((9, 9, 4))
     y = L.Conv2D(6, 3, padding="same", name="c")(L.BatchNormalization(name="bn")(inp))
     model = _randomize_bns(keras.Model(inp, y))
-    folded, pairs = fold_all_batch_norms(model)
+    pairs, folded = fold_all_batch_norms(model)
     assert pairs == [] and "bn" in [l.name for l in folded.layers]
 
 
@@ -242,7 +242,7 @@ def test_batch_norms_on_both_sides_and_nested_pairs_are_named():
     inp = keras.Input((8, 8, 3))
     out = L.Dense(2, name="head")(L.Flatten()(inner(inp)))
     model = _randomize_bns(keras.Model(inp, out))
-    folded, pairs = fold_all_batch_norms(model)
+    pairs, folded = fold_all_batch_norms(model)
     assert sorted(pairs) == sorted(
         [FoldedPair("inner/ic", "inner/ibn0", "before"), FoldedPair("inner/ic", "inner/ibn", "after")]
     )
@@ -344,7 +344,7 @@ def test_fold_to_scale_leaves_batch_norms_before_a_layer_in_place(caplog):
     # fold_all_batch_norms folds this one backward; a sim cannot (its scale would fall on the
     # separable conv's input channels, which no per-output-channel weight grid absorbs).
     model = _bn_then_consumer("separable")
-    assert fold_all_batch_norms(model)[1] == [FoldedPair("c", "bn", "before")]
+    assert fold_all_batch_norms(model)[0] == [FoldedPair("c", "bn", "before")]
     sim = QuantizationSimModel(model, quant_scheme="tf", config_file="htp")
     sim.compute_encodings(_random_input(model))
     old = sim.model
@@ -403,7 +403,7 @@ def test_following_the_fix_folds_the_ops_model():
     from aimet_tf.graph import prepare_model
 
     model = _conv_bn_ops_model()
-    folded, pairs = fold_all_batch_norms(prepare_model(model))
+    pairs, folded = fold_all_batch_norms(prepare_model(model))
     assert pairs == [FoldedPair("conv", "bn", "after")]
     x = np.random.default_rng(8).normal(size=(4, 6, 6, 3)).astype(np.float32)
     assert _relative_error(model.predict(x, verbose=0), folded.predict(x, verbose=0)) < 1e-5
@@ -416,7 +416,7 @@ def test_shared_layers_need_no_preparing_and_stay_unfolded():
     inp = keras.Input((4,))
     x = L.BatchNormalization(name="bn")(shared(shared(inp)))
     model = _randomize_bns(keras.Model(inp, L.Dense(2, name="fc")(x)))
-    folded, pairs = fold_all_batch_norms(model)
+    pairs, folded = fold_all_batch_norms(model)
     assert pairs == [FoldedPair("fc", "bn", "before")]
     assert isinstance(folded.get_layer("shared"), L.Dense) and not any(isinstance(l, L.BatchNormalization) for l in folded.layers)
     x = np.random.default_rng(9).normal(size=(4, 4)).astype(np.float32)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aimet_tf.ptq import batch_norm_fold, cle
-from aimet_tf.ptq.cle import cross_layer_scales, equalize_model
+from aimet_tf.ptq.cle import cross_layer_scales, equalize_model, equalize_model_with_report
 from aimet_tf.testing import models
 
 L = keras.layers
@@ -172,7 +172,7 @@ def test_cross_layer_scales_rejects_wrong_count(count):
 def test_equalize_preserves_output(act):
     model = _separable_model(act, seed=1)
     x = models.random_images(32, (10, 10, 3), seed=2)
-    new, report = equalize_model(model, high_bias_fold=False)
+    new, report = equalize_model_with_report(model, high_bias_fold=False)
     assert report.relu6_replaced == []
     assert [s.layers for s in report.equalized] == [("c1", "dw", "pw"), ("pw", "fc")]
     assert _rel_diff(model.predict(x, verbose=0), new.predict(x, verbose=0)) <= 1e-5
@@ -182,7 +182,7 @@ def test_relu6_replaced_model_matches_relu_reference_not_original():
     # BN outputs scaled x8: pre-activations go well past 6, so ReLU6 -> ReLU changes the function.
     model = _separable_model("relu6", seed=3, weight_scale=8.0)
     x = models.random_images(32, (10, 10, 3), seed=4)
-    new, report = equalize_model(model, high_bias_fold=False)
+    new, report = equalize_model_with_report(model, high_bias_fold=False)
     assert report.relu6_replaced == ["a1", "a2", "a3"]
     reference = _with_relu(model, set(report.relu6_replaced))
     assert _rel_diff(reference.predict(x, verbose=0), new.predict(x, verbose=0)) <= 1e-5
@@ -194,14 +194,14 @@ def test_relu6_never_reached_matches_original():
     x = models.random_images(32, (10, 10, 3), seed=6)
     pre = keras.Model(model.input, [model.get_layer(n).output for n in ("bn1", "bn2", "bn3")])
     assert max(float(np.max(t)) for t in pre.predict(x, verbose=0)) < 6.0  # the premise
-    new, report = equalize_model(model, high_bias_fold=False)
+    new, report = equalize_model_with_report(model, high_bias_fold=False)
     assert report.relu6_replaced == ["a1", "a2", "a3"]
     assert _rel_diff(model.predict(x, verbose=0), new.predict(x, verbose=0)) <= 1e-5
 
 
 def test_replace_relu6_false_skips_instead():
     model = _separable_model("relu6", seed=3)
-    _, report = equalize_model(model, replace_relu6=False)
+    _, report = equalize_model_with_report(model, replace_relu6=False)
     assert report.equalized == [] and report.relu6_replaced == []
     reasons = {c.layer: c.reason for c in report.skipped}
     assert "replace_relu6=False" in reasons["c1"] and "replace_relu6=False" in reasons["pw"]
@@ -210,7 +210,7 @@ def test_replace_relu6_false_skips_instead():
 def test_original_model_is_not_modified():
     model = _separable_model("relu6", seed=7)
     before = [w.copy() for w in model.get_weights()]
-    new, _ = equalize_model(model, high_bias_fold_padded=True)
+    new, _ = equalize_model_with_report(model, high_bias_fold_padded=True)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     assert model.get_layer("a1").max_value == 6.0
     assert new.get_layer("a1").max_value is None
@@ -222,7 +222,7 @@ def test_original_model_is_not_modified():
 
 def test_triple_and_pair_ranges_become_equal():
     model = _separable_model("relu", seed=8)
-    new, report = equalize_model(model, tolerance=1e-10)
+    new, report = equalize_model_with_report(model, tolerance=1e-10)
     assert report.converged
     c1 = _weight_ranges(new, "c1", "out")
     dw = _weight_ranges(new, "dw", "out")
@@ -239,7 +239,7 @@ def test_triple_and_pair_ranges_become_equal():
 def test_chain_of_pairs_balances_every_pair_at_convergence():
     model = _conv_chain(seed=9)
     x = models.random_images(16, (9, 9, 2), seed=10)
-    new, report = equalize_model(model, tolerance=1e-10, max_sweeps=2000)
+    new, report = equalize_model_with_report(model, tolerance=1e-10, max_sweeps=2000)
     assert [s.layers for s in report.equalized] == [("k1", "k2"), ("k2", "k3")]
     assert report.equalized[0].between == (("pad",),)
     assert report.equalized[1].between == (("r2", "drop"),)
@@ -254,7 +254,7 @@ def test_chain_of_pairs_balances_every_pair_at_convergence():
 
 def test_report_names_skipped_candidates_with_reasons():
     model = models.conv_bn_relu_model()
-    _, report = equalize_model(model)
+    _, report = equalize_model_with_report(model)
     assert [(p.layer, p.batch_norm, p.bn_position) for p in report.folded_batch_norms] == [("c1", "bn1", "after")]
     assert report.equalized == []
     reasons = {c.layer: c.reason for c in report.skipped}
@@ -280,7 +280,7 @@ def test_report_on_mlp_and_unfolded_bn():
     out = L.Dense(2, name="d5")(L.ReLU(name="r_end")(x))
     model = _randomize(keras.Model(inp, out), seed=11)
     x_data = np.random.default_rng(12).normal(size=(20, 6)).astype(np.float32)
-    new, report = equalize_model(model)
+    new, report = equalize_model_with_report(model)
     assert [s.layers for s in report.equalized] == [("d1", "d2"), ("d3", "d4")]
     assert report.relu6_replaced == ["d3"]  # the built-in relu6 of d3
     assert report.unfolded_batch_norms == ["bn_after_add"]
@@ -326,7 +326,7 @@ def test_high_bias_fold_preserves_output_and_shrinks_range(act):
     if act == "relu":
         # The premise, on this data: wherever c > 0, the pre-activation stays >= c.
         assert np.all((bn_out.reshape(-1, 6) >= c) | (c == 0))
-    new, report = equalize_model(model)
+    new, report = equalize_model_with_report(model)
     (record,) = report.high_bias_folds
     assert record.folded and record.producer == "p" and record.consumer == "q"
     assert record.exact == (act == "linear")
@@ -334,7 +334,7 @@ def test_high_bias_fold_preserves_output_and_shrinks_range(act):
     assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
     # The producer's output now sits lower (same CLE scaling with and without the fold): a
     # smaller range to quantize.
-    unfolded, _ = equalize_model(model, high_bias_fold=False)
+    unfolded, _ = equalize_model_with_report(model, high_bias_fold=False)
     before = keras.Model(unfolded.input, unfolded.get_layer("p").output).predict(data, verbose=0)
     after = keras.Model(new.input, new.get_layer("p").output).predict(data, verbose=0)
     assert np.max(after) < 0.8 * np.max(before)
@@ -346,17 +346,17 @@ def test_high_bias_fold_into_padded_consumer_is_opt_in():
         bn = model.get_layer(layer)
         bn.beta.assign(np.full(bn.beta.shape, 4.0, np.float32))
         bn.gamma.assign(np.full(bn.gamma.shape, 0.5, np.float32))
-    _, report = equalize_model(model)
+    _, report = equalize_model_with_report(model)
     records = {(r.producer, r.consumer): r for r in report.high_bias_folds}
     assert not records[("c1", "dw")].folded and "zero-pads" in records[("c1", "dw")].reason
     assert records[("dw", "pw")].folded  # 1x1 consumer: no padding
-    _, report_all = equalize_model(model, high_bias_fold_padded=True)
+    _, report_all = equalize_model_with_report(model, high_bias_fold_padded=True)
     assert {(r.producer, r.consumer): r for r in report_all.high_bias_folds}[("c1", "dw")].folded
 
 
 def test_high_bias_fold_needs_a_folded_batch_norm():
     model = _conv_chain(seed=15)
-    _, report = equalize_model(model)
+    _, report = equalize_model_with_report(model)
     assert report.high_bias_folds and not any(r.folded for r in report.high_bias_folds)
     assert all("no batch norm" in r.reason for r in report.high_bias_folds)
 
@@ -382,7 +382,7 @@ def test_rejects_subclassed_model_and_bad_sweeps():
 def test_sequential_model_accepted():
     model = models.dense_model()
     x = np.random.default_rng(16).normal(size=(8, 10)).astype(np.float32)
-    new, report = equalize_model(model)
+    new, report = equalize_model_with_report(model)
     assert [s.layers for s in report.equalized] == [("d1", "d2")]
     assert _rel_diff(model.predict(x, verbose=0), new.predict(x, verbose=0)) <= 1e-5
     assert isinstance(report, cle.EqualizationReport)
@@ -398,7 +398,7 @@ def test_pairs_inside_a_nested_model_are_equalized_after_flattening():
     model = keras.Model(inp, L.Dense(2, name="fc")(L.Flatten(name="flat")(inner(inp))))
     model = _randomize(model, seed=32)
     x = np.random.default_rng(33).normal(size=(6, 8, 8, 3)).astype(np.float32)
-    new, report = equalize_model(model)
+    new, report = equalize_model_with_report(model)
     assert report.flattened_models == ["inner"] and "Nested models flattened: inner" in report.summary()
     assert ("ic1", "ic2") in [s.layers for s in report.equalized]
     assert _rel_diff(model.predict(x, verbose=0), new.predict(x, verbose=0)) <= 1e-5
@@ -413,7 +413,7 @@ def test_producers_of_a_concatenation_are_equalized_with_their_slice_of_the_cons
     out = L.Conv2D(5, 3, name="c")(x)
     model = _randomize(keras.Model(inp, out), seed=42)
     data = np.random.default_rng(43).normal(size=(6, 8, 8, 3)).astype(np.float32)
-    new, report = equalize_model(model)
+    new, report = equalize_model_with_report(model)
     assert {("a", "c"), ("b", "c")} <= {s.layers for s in report.equalized}
     assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
     c_in = np.abs(new.get_layer("c").kernel.numpy()).max(axis=(0, 1, 3))
@@ -431,7 +431,7 @@ def test_conv_and_dense_across_a_flatten_are_equalized(activation):
     out = L.Dense(3, name="fc")(L.Flatten(name="flat")(x))
     model = _randomize(keras.Model(inp, out), seed=45)
     data = np.random.default_rng(46).normal(size=(6, 6, 6, 2)).astype(np.float32)
-    new, report = equalize_model(model)
+    new, report = equalize_model_with_report(model)
     assert ("conv", "fc") in [s.layers for s in report.equalized]
     if activation is None:  # then the high-bias fold through the Flatten is exact and must happen
         (fold,) = report.high_bias_folds
@@ -504,7 +504,7 @@ def test_equalized_across_a_channel_preserving_reshape(pattern):
     tail, consumer_ranges = _CHANNEL_PRESERVING[pattern]
     model = _reshape_model(tail, seed=51)
     data = np.random.default_rng(52).normal(size=(8, 6, 6, 2)).astype(np.float32)
-    new, report = equalize_model(model, tolerance=1e-10)
+    new, report = equalize_model_with_report(model, tolerance=1e-10)
     (cls_set,) = [s for s in report.equalized if s.layers == ("c", "d")]
     assert cls_set.between[0][0] == "r" and "rs" in cls_set.between[0]
     assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
@@ -528,7 +528,7 @@ def test_depthwise_triple_across_a_reshape_keeping_the_last_axis():
 
     model = _reshape_model(tail, seed=53)
     data = np.random.default_rng(54).normal(size=(8, 6, 6, 2)).astype(np.float32)
-    new, report = equalize_model(model, tolerance=1e-10)
+    new, report = equalize_model_with_report(model, tolerance=1e-10)
     assert ("c", "dw", "d") in [s.layers for s in report.equalized]
     assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
     c_out = np.abs(new.get_layer("c").kernel.numpy()).max(axis=(0, 1, 2))
@@ -548,7 +548,7 @@ def test_equalized_across_a_prepared_ops_reshape():
     out = L.Conv1D(3, 1, name="d")(keras.ops.reshape(x, (-1, 36, _C)))
     model = _randomize(prepare_model(keras.Model(inp, out)), seed=55)
     data = np.random.default_rng(56).normal(size=(8, 6, 6, 2)).astype(np.float32)
-    new, report = equalize_model(model, tolerance=1e-10)
+    new, report = equalize_model_with_report(model, tolerance=1e-10)
     assert ("c", "d") in [s.layers for s in report.equalized]
     assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
     np.testing.assert_allclose(
@@ -564,7 +564,7 @@ def test_channel_mixing_reshape_is_refused_with_the_reason(target):
     # channel j + C/2 at odd ones, so no per-channel scale of the consumer can undo the producer's.
     consumer = {2: L.Conv1D, 3: L.Conv2D}[len(target)](3, 1, name="d")
     model = _reshape_model(lambda x: consumer(L.Reshape(target, name="rs")(x)), seed=57)
-    new, report = equalize_model(model)
+    new, report = equalize_model_with_report(model)
     assert report.equalized == []
     reasons = {c.layer: c.reason for c in report.skipped}
     assert f"Reshape 'rs' mixes channels: its last axis goes from {_C} to {_C // 2}" in reasons["c"]
@@ -612,7 +612,7 @@ def test_following_the_fix_equalizes_the_ops_model():
     model = _ops_model()
     prepared = prepare_model(model)
     data = np.random.default_rng(62).normal(size=(8, 6, 6, 2)).astype(np.float32)
-    new, report = equalize_model(prepared, tolerance=1e-10)
+    new, report = equalize_model_with_report(prepared, tolerance=1e-10)
     assert "bn" in {pair.batch_norm for pair in report.folded_batch_norms}
     assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
 
@@ -622,7 +622,7 @@ def test_shared_layers_need_no_preparing_and_are_skipped():
     inp = keras.Input((4,))
     x = L.ReLU(name="r")(L.Dense(4, name="a")(inp))
     model = keras.Model(inp, L.Dense(2, name="b")(shared(shared(x))))
-    new, report = equalize_model(model)
+    new, report = equalize_model_with_report(model)
     assert "called 2 times (shared layer)" in {c.layer: c.reason for c in report.skipped}["shared"]
     data = np.random.default_rng(63).normal(size=(8, 4)).astype(np.float32)
     assert _rel_diff(model.predict(data, verbose=0), new.predict(data, verbose=0)) <= 1e-5
