@@ -83,7 +83,7 @@ def _xla_step_times(steps: int = 300) -> dict[str, tuple[float, float]]:
         for jit in (False, True):
             timer = _LayerTimer()
             params = AdaroundParameters(x, num_batches=16, default_num_iterations=steps)
-            apply_adaround(model, None, params, verbose=0, jit_compile=jit, steps_per_call=steps // 3,
+            apply_adaround(model, params, verbose=0, jit_compile=jit, steps_per_call=steps // 3,
                            callbacks=[timer])
             stats = timer.layers[0]
             per_step = (stats["optimization_seconds"] - stats["first_call_seconds"]) / (steps - steps // 3)
@@ -98,7 +98,7 @@ def _adaround(model, x_cal, n, config, workdir, prefix):
     load = os.getloadavg()[0]
     t = time.perf_counter()
     ada = apply_adaround(
-        model, None, params, path=workdir, filename_prefix=prefix, default_config_file=config, verbose=0,
+        model, params, path=workdir, filename_prefix=prefix, config_file=config, verbose=0,
         callbacks=[timer],
     )
     return ada, time.perf_counter() - t, timer.layers, load

@@ -78,8 +78,8 @@ def _adaround(model, case: zoo.Case, iterations: int, workdir: str, config: str 
     params = AdaroundParameters(case.x_cal, num_batches=-(-len(case.x_cal) // 32), default_num_iterations=iterations)
     prefix = f"{case.name}_{config}_ada"
     t = time.perf_counter()
-    ada = apply_adaround(model, None, params, path=workdir, filename_prefix=prefix, default_param_bw=4,
-                         default_quant_scheme=DEFAULT, default_config_file=config, verbose=0)
+    ada = apply_adaround(model, params, path=workdir, filename_prefix=prefix, default_param_bw=4,
+                         default_quant_scheme=DEFAULT, config_file=config, verbose=0)
     seconds = time.perf_counter() - t
     sim = QuantizationSimModel(ada, quant_scheme=DEFAULT, default_param_bw=4, config_file=config)
     sim.set_and_freeze_param_encodings(os.path.join(workdir, f"{prefix}.encodings"))
@@ -234,7 +234,7 @@ def run_adaround() -> str:
         "",
         f"Per-channel 4-bit weights, 8-bit activations, batch norms folded first, {iterations:,} iterations per "
         "layer, AIMET's AdaRound defaults on both sides, the same calibration inputs (batches of 32). Ours: "
-        f"`apply_adaround(..., default_quant_scheme='{DEFAULT}', default_config_file='{PEER_CONFIG}')`. AIMET (aimet-onnx"
+        f"`apply_adaround(..., default_quant_scheme='{DEFAULT}', config_file='{PEER_CONFIG}')`. AIMET (aimet-onnx"
         + (f" in its own venv: {versions}" if versions else "") + "; its default config) runs AdaRound with whichever of its two schemes "
         "scored higher at W4A8 nearest. Scores as in the peers section; (+a/-b) = scored inputs only ours / only "
         "AIMET gets right. Wall times on this shared 2-core machine, one after the other (AIMET first). Both sides "

@@ -263,7 +263,7 @@ def run() -> str:
     # weights and their grids (what makes this sim exportable).
     w4a8 = trained["W4A8"]
     t = time.perf_counter()
-    reestimate_bn_stats(w4a8, x_train, num_batches=BN_REESTIMATION_BATCHES, batch_size=BATCH)
+    reestimate_bn_stats(w4a8, x_train, bn_num_batches=BN_REESTIMATION_BATCHES, batch_size=BATCH)
     reest_seconds = time.perf_counter() - t
     reest_acc = _accuracy(w4a8.model, x_test, y_test)
     logging.info("W4A8 QAT + BN re-estimation: %.4f", reest_acc)

@@ -86,13 +86,12 @@ def main(argv):
     t = time.perf_counter()
     adarounded = apply_adaround(
         model,
-        None,
         params,
         path=FLAGS.output_dir,
         filename_prefix="adaround",
         default_param_bw=FLAGS.param_bw,
         default_quant_scheme=FLAGS.quant_scheme,
-        default_config_file=config,
+        config_file=config,
         default_output_bw=FLAGS.output_bw,
     )
     seconds = time.perf_counter() - t

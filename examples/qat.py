@@ -141,7 +141,7 @@ def main(argv):
 
     if FLAGS.bn_reestimation_batches > 0 and qat.find_batch_norms(sim):
         qat.reestimate_bn_stats(
-            sim, x_train, num_batches=FLAGS.bn_reestimation_batches, batch_size=FLAGS.batch_size
+            sim, x_train, bn_num_batches=FLAGS.bn_reestimation_batches, batch_size=FLAGS.batch_size
         )
         results.append(
             (f"{label} QAT + BN re-estimation ({FLAGS.bn_reestimation_batches} batches)",

@@ -124,9 +124,9 @@ def run_quickstart(
                 default_num_iterations=adaround_iterations,
             )
             variant_model = apply_adaround(
-                target_model, x_cal, params, path=output_dir, filename_prefix=f"{prefix}_params",
+                target_model, params, path=output_dir, filename_prefix=f"{prefix}_params",
                 default_param_bw=param_bw, default_quant_scheme=quant_scheme,
-                default_config_file=config, verbose=0,
+                config_file=config, verbose=0,
             )
         sim = QuantizationSimModel(
             variant_model,

@@ -37,7 +37,7 @@ kernels here). XLA (``jit_compile=True``) is available but off by default: on th
 
 Example:
     >>> params = AdaroundParameters(x_calibration, num_batches=63, default_num_iterations=2000)
-    >>> ada_model = apply_adaround(model, None, params, path="out", filename_prefix="ada")
+    >>> ada_model = apply_adaround(model, params, path="out", filename_prefix="ada")
     >>> sim = QuantizationSimModel(ada_model, default_param_bw=4, default_output_bw=8)
     >>> sim.set_and_freeze_param_encodings("out/ada.encodings")
     >>> sim.compute_encodings(x_calibration)
@@ -522,14 +522,13 @@ def _batch_indices(rng: np.random.Generator, num_samples: int, num_steps: int, b
 
 def apply_adaround(
     model: keras.Model,
-    dataset: Any,
     params: AdaroundParameters,
-    *,
     path: str | os.PathLike | None = None,
     filename_prefix: str = "adaround",
     default_param_bw: int = 4,
     default_quant_scheme: str | QuantScheme = "auto",
-    default_config_file: Any = None,
+    config_file: Any = None,
+    *,
     default_output_bw: int = 8,
     quantize_activations: bool = True,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
@@ -541,7 +540,7 @@ def apply_adaround(
     """Optimises the rounding of every Conv/Depthwise/Dense kernel and returns the AdaRounded model.
 
     Batch norms are folded first (``aimet_tf.ptq.batch_norm_fold``). A quantization simulation of
-    the folded model (``default_quant_scheme``, ``default_param_bw``, ``default_config_file``)
+    the folded model (``default_quant_scheme``, ``default_param_bw``, ``config_file``)
     provides each weight's encoding and, with ``quantize_activations``, the quantized activations
     that feed later layers. Layers are processed in graph order; see the module docstring for the
     loss. Afterwards each kernel holds its hard-rounded, dequantized value
@@ -549,9 +548,7 @@ def apply_adaround(
 
     Args:
         model: Functional or Sequential Keras model with one input. It is not modified.
-        dataset: the calibration data (see ``AdaroundParameters.data_set``); None uses
-            ``params.data_set``.
-        params: ``AdaroundParameters``.
+        params: ``AdaroundParameters``; its ``data_set`` holds the calibration data.
         path: folder for ``{filename_prefix}.encodings``, the AIMET 0.6.1 parameter encodings
             to load with ``QuantizationSimModel.set_and_freeze_param_encodings``; checked for
             writability before anything runs. It also holds the per-layer checkpoint
@@ -564,7 +561,7 @@ def apply_adaround(
         default_param_bw: weight bitwidth (AIMET's default 4).
         default_quant_scheme: "auto" (the sim's default: weights ``output_mse``, activations
             ``tf_enhanced``), "tf", "tf_enhanced" or "mse" (how weight/activation ranges are picked).
-        default_config_file: hardware config (None = default preset, "htp", a JSON path, a dict).
+        config_file: hardware config (None = AIMET's default config, "htp", a JSON path, a dict).
         default_output_bw: activation bitwidth of the simulation feeding later layers.
         quantize_activations: feed each layer activations quantized to ``default_output_bw``
             (AIMET's own AdaRound disables activation quantizers instead: pass False for that).
@@ -598,7 +595,7 @@ def apply_adaround(
 
     Example:
         >>> params = AdaroundParameters(x_cal, num_batches=8, default_num_iterations=500)
-        >>> ada = apply_adaround(model, None, params, path="/tmp/ada", filename_prefix="m")
+        >>> ada = apply_adaround(model, params, path="/tmp/ada", filename_prefix="m")
     """
     if not isinstance(params, AdaroundParameters):
         raise TypeError(
@@ -614,11 +611,11 @@ def apply_adaround(
         )
     if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
         raise ValueError(f"Expected steps_per_call >= 1. Received: steps_per_call={steps_per_call!r}")
-    data = params.data_set if dataset is None else dataset
+    data = params.data_set
     if data is None:
         raise ValueError(
-            "Expected calibration data: pass it as apply_adaround's dataset argument or as "
-            "AdaroundParameters.data_set. Received: None for both."
+            "Expected calibration data in AdaroundParameters.data_set (AdaroundParameters(data_set, "
+            "num_batches, ...)). Received: data_set=None."
         )
     if not isinstance(model, keras.Model):
         raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
@@ -640,7 +637,7 @@ def apply_adaround(
             },
             "default_param_bw": default_param_bw,
             "default_quant_scheme": scheme.value,
-            "default_config_file": default_config_file,
+            "config_file": config_file,
             "default_output_bw": default_output_bw,
             "quantize_activations": quantize_activations,
             "jit_compile": jit_compile,
@@ -662,7 +659,7 @@ def apply_adaround(
         quant_scheme=scheme,
         default_output_bw=default_output_bw,
         default_param_bw=default_param_bw,
-        config_file=default_config_file,
+        config_file=config_file,
     )
     if not quantize_activations:
         for _, q in sim.activation_quantizers():

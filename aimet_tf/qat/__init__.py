@@ -18,7 +18,7 @@ Example:
     >>> sim.compute_encodings(calibration_images)
     >>> sim.model.compile(keras.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
     >>> sim.model.fit(x, y, epochs=3, callbacks=[FreezeBatchNormStats(2), QuantizerRangeLogger("logs")])
-    >>> reestimate_bn_stats(sim, x, num_batches=100)
+    >>> reestimate_bn_stats(sim, x, bn_num_batches=100)
     >>> sim.export("out", "qat_model")
 """
 

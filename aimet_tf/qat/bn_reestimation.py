@@ -12,9 +12,9 @@ Implementation: every BN layer runs with momentum 0 (after each batch its moving
 equal that batch's moments) and the per-batch values are summed in-graph.
 
 Example:
-    >>> handle = reestimate_bn_stats(sim, train_images, num_batches=100)
+    >>> handle = reestimate_bn_stats(sim, train_images, bn_num_batches=100)
     >>> sim.model.evaluate(x_test, y_test)
-    >>> handle.restore()        # the statistics from before the call, bit for bit
+    >>> handle.remove()          # the statistics from before the call, bit for bit
 """
 
 from __future__ import annotations
@@ -67,15 +67,17 @@ class BNReestimationHandle:
         self.estimated = {layer.name: stats for layer, stats in zip(layers, estimated)}
         self.num_batches = num_batches
 
-    def restore(self) -> None:
-        """Writes the statistics from before re-estimation back into the layers (exact copies)."""
+    def remove(self) -> None:
+        """Writes the statistics from before re-estimation back into the layers (exact copies).
+
+        AIMET's name: its handle's ``remove()`` restores the old statistics."""
         _write(self.layers, self._previous)
 
     def __enter__(self) -> "BNReestimationHandle":
         return self
 
     def __exit__(self, *exc_info) -> bool:
-        self.restore()
+        self.remove()
         return False
 
     def __repr__(self) -> str:
@@ -96,13 +98,17 @@ def _write(layers: list[keras.layers.BatchNormalization], stats: list[BNStats]) 
 
 
 def reestimate_bn_stats(
-    sim_or_model: QuantizationSimModel | keras.Model,
-    data: Any,
-    num_batches: int = 100,
+    model: QuantizationSimModel | keras.Model,
+    bn_re_estimation_dataset: Any,
+    bn_num_batches: int = 100,
+    *,
     batch_size: int = 64,
     verbose: bool = False,
 ) -> BNReestimationHandle:
-    """Replaces every BN layer's moving statistics by their average over ``num_batches`` batches.
+    """Replaces every BN layer's moving statistics by their average over ``bn_num_batches`` batches.
+
+    AIMET's signature (``reestimate_bn_stats(model, bn_re_estimation_dataset, bn_num_batches=100)``,
+    returning a handle whose ``remove()`` restores the old statistics).
 
     moving_mean = (1/K) sum_k E_batch_k[x], moving_variance = (1/K) sum_k Var_batch_k[x] per
     channel, with K = min(num_batches, batches available), measured in the model as it is (for a
@@ -113,16 +119,17 @@ def reestimate_bn_stats(
     trainability are put back afterwards; weights and quantizer ranges are not touched.
 
     Args:
-        sim_or_model: a ``QuantizationSimModel``, its ``sim.model``, or a float Keras model.
-        data: read by ``aimet_tf.quantization.calibration_data``: an array (or dict by input
+        model: a ``QuantizationSimModel``, its ``sim.model`` (as AIMET's scripts pass), or a
+            float Keras model.
+        bn_re_estimation_dataset: read by ``aimet_tf.quantization.calibration_data``: an array (or dict by input
             name, or (x, y) tuple) cut into ``batch_size`` batches, or a list / tf.data.Dataset /
             iterable of x or (x, y[, w]) batches.
-        num_batches: batches to average (AIMET's default: 100).
-        batch_size: batch size when ``data`` is an array.
+        bn_num_batches: batches to average (AIMET's default: 100).
+        batch_size: batch size when the data is an array.
         verbose: show a progress bar.
 
     Returns:
-        A ``BNReestimationHandle``; ``handle.restore()`` puts the previous statistics back.
+        A ``BNReestimationHandle``; ``handle.remove()`` puts the previous statistics back.
 
     Raises:
         ValueError: no BN layers, num_batches < 1, empty data or data that does not fit the
@@ -130,9 +137,10 @@ def reestimate_bn_stats(
             follow another rule), or non-finite statistics (the old ones are then kept).
         RuntimeError: from the sim if an enabled quantizer has no encoding.
     """
+    data, num_batches = bn_re_estimation_dataset, bn_num_batches
     if isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer)) or num_batches < 1:
-        raise ValueError(f"Expected num_batches >= 1. Received: num_batches={num_batches!r}")
-    model = resolve_model(sim_or_model)
+        raise ValueError(f"Expected bn_num_batches >= 1. Received: bn_num_batches={num_batches!r}")
+    model = resolve_model(model)
     layers = find_batch_norms(model)
     if not layers:
         raise ValueError(
@@ -198,7 +206,7 @@ def reestimate_bn_stats(
     _write(layers, estimated)
     if count < num_batches:
         logging.warning(
-            "reestimate_bn_stats: the data gave %d batches, fewer than num_batches=%d.", count, num_batches
+            "reestimate_bn_stats: the data gave %d batches, fewer than bn_num_batches=%d.", count, num_batches
         )
     logging.info("reestimate_bn_stats: re-estimated %d BN layers over %d batches", len(layers), count)
     return BNReestimationHandle(layers, previous, estimated, count)

@@ -65,7 +65,7 @@ def result(tmp_path_factory):
     # lr 1e-2 lets V travel in 400 steps about as far as AIMET's lr 1e-3 does in 4,000.
     params = AdaroundParameters(data, num_batches=6, default_num_iterations=ITERATIONS, learning_rate=1e-2)
     ada = apply_adaround(
-        model, None, params, path=str(folder), filename_prefix="tiny", default_param_bw=4,
+        model, params, path=str(folder), filename_prefix="tiny", default_param_bw=4,
         default_quant_scheme="tf_enhanced", verbose=0, callbacks=[recorder], steps_per_call=100,
     )
     return {
@@ -194,7 +194,7 @@ def test_callback_can_stop_it(tmp_path):
     recorder = _Recorder(stop_after_calls=2)
     params = AdaroundParameters(data, num_batches=2, default_num_iterations=300)
     ada = apply_adaround(
-        model, None, params, path=str(tmp_path), verbose=0, callbacks=[recorder], steps_per_call=50
+        model, params, path=str(tmp_path), verbose=0, callbacks=[recorder], steps_per_call=50
     )
     assert len(recorder.layer_logs) == 1 and recorder.layer_logs[0]["iterations"] == 100
     folded = fold_batch_norms(model)
@@ -218,7 +218,7 @@ def test_a_learned_rounding_worse_than_nearest_is_not_kept(tmp_path, monkeypatch
     data = _images(64, seed=2)
     recorder = _Recorder()
     params = AdaroundParameters(data, num_batches=2, default_num_iterations=20)
-    ada = apply_adaround(model, None, params, path=str(tmp_path), filename_prefix="floor", default_param_bw=4,
+    ada = apply_adaround(model, params, path=str(tmp_path), filename_prefix="floor", default_param_bw=4,
                          default_quant_scheme="tf", verbose=0, callbacks=[recorder], steps_per_call=20)
     assert [logs["kept_nearest"] for logs in recorder.layer_logs] == [True] * len(ADAROUNDED)
     with open(tmp_path / "floor.encodings", encoding="utf-8") as f:
@@ -258,7 +258,7 @@ def test_other_layer_types(kind):
         model = keras.Model(inp, out)
     recorder = _Recorder()
     params = AdaroundParameters(data.astype(np.float32), num_batches=2, default_num_iterations=100)
-    ada = apply_adaround(model, None, params, verbose=0, callbacks=[recorder], default_quant_scheme="tf")
+    ada = apply_adaround(model, params, verbose=0, callbacks=[recorder], default_quant_scheme="tf")
     assert len(recorder.layer_logs) == {"dense_relu": 2, "sequential_mlp": 3}.get(kind, 1)
     sim = QuantizationSimModel(model, quant_scheme="tf", default_param_bw=4)
     sim.compute_encodings(data.astype(np.float32))
@@ -300,13 +300,13 @@ def test_bad_parameters_are_rejected(kwargs, match):
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda m, d: apply_adaround(m, None, AdaroundParameters(None, 2), verbose=0), ValueError, "calibration data"),
-        (lambda m, d: apply_adaround(m, d, AdaroundParameters(None, 99), verbose=0), ValueError, "num_batches=99"),
-        (lambda m, d: apply_adaround(m, d, {"num_batches": 2}, verbose=0), TypeError, "AdaroundParameters"),
-        (lambda m, d: apply_adaround(m, d, AdaroundParameters(None, 2), default_quant_scheme="percentile"),
+        (lambda m, d: apply_adaround(m, AdaroundParameters(None, 2), verbose=0), ValueError, "data_set=None"),
+        (lambda m, d: apply_adaround(m, AdaroundParameters(d, 99), verbose=0), ValueError, "num_batches=99"),
+        (lambda m, d: apply_adaround(m, {"num_batches": 2}, verbose=0), TypeError, "AdaroundParameters"),
+        (lambda m, d: apply_adaround(m, AdaroundParameters(d, 2), default_quant_scheme="percentile"),
          ValueError, r"\['tf', 'tf_enhanced', 'mse', 'auto'\]"),
-        (lambda m, d: apply_adaround(m, d * np.nan, AdaroundParameters(None, 2), verbose=0), ValueError, "finite"),
-        (lambda m, d: apply_adaround(m, d, AdaroundParameters(None, 2), steps_per_call=0), ValueError, "steps_per_call"),
+        (lambda m, d: apply_adaround(m, AdaroundParameters(d * np.nan, 2), verbose=0), ValueError, "finite"),
+        (lambda m, d: apply_adaround(m, AdaroundParameters(d, 2), steps_per_call=0), ValueError, "steps_per_call"),
     ],
 )
 def test_bad_calls_are_rejected(call, error, match):
@@ -318,7 +318,7 @@ def test_multi_input_model_is_rejected():
     a, b = keras.Input((4,)), keras.Input((4,))
     model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Add()([a, b])))
     with pytest.raises(ValueError, match="one input"):
-        apply_adaround(model, np.zeros((64, 4), np.float32), AdaroundParameters(None, 2), verbose=0)
+        apply_adaround(model, AdaroundParameters(np.zeros((64, 4), np.float32), 2), verbose=0)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.5, 0.73, 0.999])
@@ -352,7 +352,7 @@ def test_layers_inside_nested_models_get_adaround_too(tmp_path, caplog):
     data = _images(64, seed=22)
     params = AdaroundParameters(data, num_batches=2, default_num_iterations=50)
     with caplog.at_level("WARNING"):
-        ada = apply_adaround(model, None, params, path=str(tmp_path), filename_prefix="nested", verbose=0)
+        ada = apply_adaround(model, params, path=str(tmp_path), filename_prefix="nested", verbose=0)
     assert "nested model" not in caplog.text
     doc = json.loads((tmp_path / "nested.encodings").read_text())
     assert {"inner_conv/kernel:0", "fc/kernel:0"} <= set(doc["param_encodings"])
@@ -391,7 +391,7 @@ def test_a_rounding_fitted_to_its_samples_is_caught_on_held_out_ones(tmp_path):
         recorder = _Recorder()
         params = AdaroundParameters(x, num_batches=4, batch_size=10, default_num_iterations=300,
                                     learning_rate=3e-2, held_out_fraction=held)
-        ada = apply_adaround(model, None, params, path=str(tmp_path), filename_prefix=f"h{held}", default_param_bw=4,
+        ada = apply_adaround(model, params, path=str(tmp_path), filename_prefix=f"h{held}", default_param_bw=4,
                              default_quant_scheme="tf", default_output_bw=16, verbose=0, callbacks=[recorder],
                              steps_per_call=300)
         with open(tmp_path / f"h{held}.encodings", encoding="utf-8") as f:

@@ -40,7 +40,7 @@ class _Recorder(keras.callbacks.Callback):
 def _run(path, callbacks=(), seed_data=1, iterations=120):
     params = AdaroundParameters(models.random_images(48, seed=seed_data), num_batches=3,
                                 default_num_iterations=iterations, batch_size=16)
-    return apply_adaround(models.conv_bn_relu_model(), None, params, path=str(path), filename_prefix="m",
+    return apply_adaround(models.conv_bn_relu_model(), params, path=str(path), filename_prefix="m",
                           verbose=0, callbacks=list(callbacks), steps_per_call=40)
 
 
@@ -127,7 +127,7 @@ _CHILD = textwrap.dedent(
     # kill (~1 s on an idle machine; at 120 iterations it was 0.26 s and a kill could miss the run).
     params = AdaroundParameters(models.random_images(48, seed=1), num_batches=3,
                                 default_num_iterations=3000, batch_size=16)
-    apply_adaround(models.conv_bn_relu_model(), None, params, path=sys.argv[1], filename_prefix="m",
+    apply_adaround(models.conv_bn_relu_model(), params, path=sys.argv[1], filename_prefix="m",
                    verbose=0, callbacks=[Marks()], steps_per_call=40)
     print("DONE", flush=True)
     """
@@ -192,7 +192,7 @@ def test_prefix_outside_the_folder_fails_before_optimising(tmp_path, prefix):
     params = AdaroundParameters(models.random_images(16, seed=1), num_batches=1, default_num_iterations=10,
                                 batch_size=16)
     with pytest.raises(ValueError, match="filename_prefix"):
-        apply_adaround(models.conv_bn_relu_model(), None, params, path=str(tmp_path / "out"),
+        apply_adaround(models.conv_bn_relu_model(), params, path=str(tmp_path / "out"),
                        filename_prefix=prefix, verbose=0, callbacks=[recorder])
     assert recorder.began == 0
     assert not (tmp_path / "m.encodings").exists() and not (tmp_path / "out").exists()

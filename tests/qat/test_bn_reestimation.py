@@ -45,7 +45,7 @@ def test_statistics_are_the_average_batch_moments_and_restore_is_exact(data_kind
         data = images
     else:
         data = tf.data.Dataset.from_tensor_slices((images, np.zeros(80))).batch(16)
-    handle = reestimate_bn_stats(sim, data, num_batches=4, batch_size=16)
+    handle = reestimate_bn_stats(sim, data, bn_num_batches=4, batch_size=16)
     assert handle.num_batches == 4
     mean, variance = _expected_moments(sim, batches)
     bn = layers[0]
@@ -53,7 +53,7 @@ def test_statistics_are_the_average_batch_moments_and_restore_is_exact(data_kind
     np.testing.assert_allclose(bn.moving_variance.numpy(), variance, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(handle.estimated["bn1"].mean, bn.moving_mean.numpy())
     assert not np.allclose(bn.moving_mean.numpy(), before[0][0], atol=1e-3)
-    handle.restore()
+    handle.remove()
     for (m0, v0), (m1, v1) in zip(before, _stats(layers)):
         np.testing.assert_array_equal(m1, m0)
         np.testing.assert_array_equal(v1, v0)
@@ -64,7 +64,7 @@ def test_changes_the_quantized_model_output_and_context_manager_restores():
     sim = _calibrated_sim()
     x = models.random_images(16, seed=7)
     reference = sim.model.predict(x, verbose=0)
-    with reestimate_bn_stats(sim, models.random_images(64, seed=5) * 2.0, num_batches=3, batch_size=16):
+    with reestimate_bn_stats(sim, models.random_images(64, seed=5) * 2.0, bn_num_batches=3, batch_size=16):
         assert not np.array_equal(sim.model.predict(x, verbose=0), reference)
     np.testing.assert_array_equal(sim.model.predict(x, verbose=0), reference)
 
@@ -75,14 +75,14 @@ def test_momentum_and_trainability_put_back_and_frozen_bn_reestimated():
     bn = find_batch_norms(sim)[0]
     bn.momentum = 0.95
     before = bn.moving_mean.numpy().copy()
-    reestimate_bn_stats(sim, models.random_images(32, seed=2), num_batches=2, batch_size=16)
+    reestimate_bn_stats(sim, models.random_images(32, seed=2), bn_num_batches=2, batch_size=16)
     assert bn.momentum == 0.95 and bn.trainable is False
     assert not np.array_equal(bn.moving_mean.numpy(), before)
 
 
 def test_float_model_and_fewer_batches_than_asked():
     model = models.conv_bn_relu_model()
-    handle = reestimate_bn_stats(model, models.random_images(20, seed=1), num_batches=100, batch_size=8)
+    handle = reestimate_bn_stats(model, models.random_images(20, seed=1), bn_num_batches=100, batch_size=8)
     assert handle.num_batches == 3  # 8 + 8 + 4 images
     assert np.all(find_batch_norms(model)[0].moving_variance.numpy() > 0)
 
@@ -104,7 +104,7 @@ def test_errors_leave_statistics_unchanged():
     bad = models.random_images(8)
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="finite"):
-        reestimate_bn_stats(model, bad, num_batches=1, batch_size=8)
+        reestimate_bn_stats(model, bad, bn_num_batches=1, batch_size=8)
     for (m0, v0), (m1, v1) in zip(float_before, _stats(float_layers)):
         np.testing.assert_array_equal(m1, m0)
         np.testing.assert_array_equal(v1, v0)
@@ -113,7 +113,7 @@ def test_errors_leave_statistics_unchanged():
 @pytest.mark.parametrize("num_batches", [0, -1, 2.5, True])
 def test_bad_num_batches(num_batches):
     with pytest.raises(ValueError, match="num_batches"):
-        reestimate_bn_stats(models.conv_bn_relu_model(), models.random_images(8), num_batches=num_batches)
+        reestimate_bn_stats(models.conv_bn_relu_model(), models.random_images(8), bn_num_batches=num_batches)
 
 
 def test_model_without_batch_norm_rejected():
@@ -124,4 +124,4 @@ def test_model_without_batch_norm_rejected():
 def test_uncalibrated_sim_raises():
     sim = QuantizationSimModel(models.conv_bn_relu_model())
     with pytest.raises(RuntimeError, match="compute_encodings"):
-        reestimate_bn_stats(sim, models.random_images(8), num_batches=1)
+        reestimate_bn_stats(sim, models.random_images(8), bn_num_batches=1)

@@ -102,7 +102,7 @@ def test_qat_with_batch_norms_then_fold_to_scale_then_tflite(tmp_path, prepare_f
         before_training=prepare_sim_for_tflite if prepare_first else None,
     )
     assert sim.model.get_layer("c1").output_quantizers[0] is None  # inside the supergroup
-    reestimate_bn_stats(sim, models.random_images(64, seed=3), num_batches=4, batch_size=16)
+    reestimate_bn_stats(sim, models.random_images(64, seed=3), bn_num_batches=4, batch_size=16)
     x = models.random_images(32, seed=13)
     before = sim.model.predict(x, verbose=0)
     pairs = fold_all_batch_norms_to_scale(sim)

@@ -232,7 +232,7 @@ def test_adaround_uses_both_batches():
 
 def test_bn_reestimation_uses_both_batches():
     model = models.conv_bn_relu_model()
-    handle = reestimate_bn_stats(model, [_images(8), 2.0 * _images(8, seed=1)], num_batches=10)
+    handle = reestimate_bn_stats(model, [_images(8), 2.0 * _images(8, seed=1)], bn_num_batches=10)
     assert handle.num_batches == 2
 
 
