@@ -69,8 +69,22 @@ __all__ = [
     "onnx_op_type",
 ]
 
-PRESETS: tuple[str, ...] = ("default", "default_per_channel", "htp", "tflite")
-"""Names of the built-in configs shipped in ``aimet_tf/quantization/presets/``."""
+PRESETS: tuple[str, ...] = ("default", "default_fused", "default_per_channel", "htp", "tflite")
+"""Names of the built-in configs shipped in ``aimet_tf/quantization/presets/``:
+
+* ``"default"`` (also ``config_file=None``): AIMET's ``default_config.json``, the same content,
+  so a sim on it places quantizers exactly as AIMET does: per-tensor symmetric weights,
+  asymmetric activations, bias not quantized, outputs of Squeeze / Pad / Mean not quantized,
+  supergroups Conv+Relu, Conv+Clip, Add+Relu, Gemm+Relu, model inputs quantized. A
+  BatchNormalization that is not folded keeps its own output quantizer (and so does the Conv
+  before it), as in AIMET.
+* ``"default_fused"``: aimet_tf's richer default: ``"default"`` plus the supergroups
+  Conv+BatchNormalization(+Relu / +Clip), Add+Clip and Gemm+Clip (one quantizer after an unfolded
+  Conv+BN pair or a ReLU6, as TFLite and HTP run them).
+* ``"default_per_channel"``: ``"default_fused"`` with per-channel weights for Conv,
+  ConvTranspose, Gemm, MatMul and PRelu.
+* ``"htp"``: the Hexagon HTP (v73) flavour; ``"tflite"``: what a TFLite int8 file computes.
+"""
 
 _PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
@@ -389,8 +403,9 @@ def load_config(
     """Loads, validates and resolves an AIMET quantsim config.
 
     Args:
-        config: ``None`` or ``"default"`` for AIMET's default config (per-tensor symmetric
-            weights, asymmetric activations, bias not quantized); ``"htp"`` for the Hexagon HTP
+        config: ``None`` or ``"default"`` for AIMET's ``default_config.json`` (per-tensor
+            symmetric weights, asymmetric activations, bias not quantized; see ``PRESETS``);
+            ``"default_fused"`` for it plus the Conv+BN and Clip supergroups; ``"htp"`` for the Hexagon HTP
             (v73) flavour with per-channel weights; any other string or path-like for a JSON file;
             a mapping for an already parsed config; a ``HardwareConfig`` is returned unchanged.
         extra_op_types: op type names to accept besides ``KNOWN_OP_TYPES`` (custom ops of a

@@ -6,6 +6,21 @@
 1.0.0: {"version", "activation_encodings": [ENC1], "param_encodings": [ENC1], "quantizer_args"},
 ENC1 = {"name", "dtype": "INT", "enc_type": "PER_TENSOR"|"PER_CHANNEL", "bw", "is_sym",
 "scale": [...], "offset": [...]}.
+Float entries (a tensor the target keeps in float) are ``[{"bitwidth": 16, "dtype": "float"}]`` in
+0.6.1 and ``{"name", "dtype": "FLOAT", "bw": 16}`` in 1.0.0; ``from_dict(..., allow_float=True)``
+returns them as :class:`FloatEncoding`.
+
+Tensor names. aimet_tf names activations ``"<layer>/input:<i>"`` / ``"<layer>/output:<i>"``
+(:func:`activation_name`) and parameters ``"<layer>/<variable>:0"`` (:func:`param_name`, the
+same names AIMET Keras uses). AIMET Keras names an activation by the TF tensor its layer
+produces, ``"<layer>/<TF op>:0"`` (``conv2d_1/Tanh:0``, ``conv2d/BiasAdd:0``, ``add/add:0``) and
+a model input by its input layer, ``"input_1:0"``. :func:`layer_of_activation` reads the layer
+out of such a name; ``QuantizationSimModel.load_encodings_to_sim`` maps it to that layer's output
+quantizer (a model input: to the input quantizers of the layers reading it). Files this module
+writes keep aimet_tf's names: the TF op that ends a Keras layer depends on its arguments and on
+TF's lowering (Conv2D ends in BiasAdd, Conv2D, Relu, Tanh...), so it is not produced by guess. A
+reader on AIMET's side matches a name to a layer by the same rule: the part before the first
+'/' is the layer, ``output:<i>`` its i-th output, ``input:<i>`` its i-th input.
 """
 
 from __future__ import annotations
@@ -28,7 +43,9 @@ __all__ = [
     "TfEncoding",
     "to_tf_encodings",
     "from_tf_encodings",
+    "FloatEncoding",
     "activation_name",
+    "layer_of_activation",
     "param_name",
     "to_dict",
     "from_dict",
@@ -43,6 +60,28 @@ SUPPORTED_VERSIONS = ("0.6.1", "1.0.0")
 def activation_name(layer_name: str, kind: str, index: int) -> str:
     """Tensor name of a layer's ``kind`` ("input"/"output") number ``index``: "conv1/output:0"."""
     return f"{layer_name}/{kind}:{index}"
+
+
+def layer_of_activation(name: str) -> str:
+    """The layer an activation name names: the part before the first '/', else before ':'.
+
+    Args:
+        name: an aimet_tf name (``"conv1/output:0"``) or an AIMET Keras TF tensor name
+            (``"conv2d_1/Tanh:0"``, a model input ``"input_1:0"``).
+
+    Returns:
+        The layer name (``"conv1"``, ``"conv2d_1"``, ``"input_1"``).
+
+    Raises:
+        ValueError: for a name with no layer part (empty, or starting with '/' or ':').
+    """
+    layer = name.split("/", 1)[0] if "/" in name else name.split(":", 1)[0]
+    if not layer:
+        raise ValueError(
+            "Expected an activation name '<layer>/<tensor>:<index>' or '<input layer>:<index>'. "
+            f"Received: {name!r}"
+        )
+    return layer
 
 
 def param_name(layer_name: str, path: str) -> str:
@@ -109,6 +148,20 @@ def to_dict(
 
 class EncodingsFormatError(ValueError):
     """An encodings document is malformed or self-contradictory (the message names the tensor)."""
+
+
+FLOAT_BITWIDTHS = (16, 32)
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatEncoding:
+    """A file entry that keeps its tensor in floating point (``dtype`` float) instead of a grid.
+
+    Attributes:
+        bitwidth: 16 (float16) or 32.
+    """
+
+    bitwidth: int
 
 
 # Relative tolerance between a file's "scale" and the scale its min/max imply. Writers that
@@ -303,11 +356,35 @@ def from_tf_encodings(
     return enc
 
 
-def _parse_061_entry(name: str, entries: Any, kind: str) -> Encoding:
+def _float_bitwidth(value: Any, where: str) -> int:
+    bitwidth = _integer(value, f"{where} bitwidth")
+    if bitwidth not in FLOAT_BITWIDTHS:
+        _fail(f"{where} bitwidth", f"a float bitwidth in {FLOAT_BITWIDTHS}", value)
+    return bitwidth
+
+
+def _parse_061_float(entries: list[Mapping], where: str, allow_float: bool) -> FloatEncoding:
+    if not allow_float:
+        raise EncodingsFormatError(
+            f"{where}: expected an integer encoding here. Received: dtype 'float' (load it with "
+            "QuantizationSimModel.load_encodings_to_sim, which keeps such tensors in float)"
+        )
+    dtypes = sorted({str(e.get("dtype", "int")) for e in entries})
+    if dtypes != ["float"]:
+        _fail(where, "every entry of a float tensor with dtype 'float'", dtypes)
+    return FloatEncoding(_float_bitwidth(_field(entries[0], "bitwidth", where), where))
+
+
+def _parse_061_entry(name: str, entries: Any, kind: str, allow_float: bool = False) -> Encoding | FloatEncoding:
     where = f"{kind} {name!r}"
     if not isinstance(entries, list) or not entries:
         _fail(where, "a non-empty list of encodings", entries)
     entries = [_mapping(e, f"{where} entry {i}") for i, e in enumerate(entries)]
+    dtype = entries[0].get("dtype", "int")
+    if dtype == "float":
+        return _parse_061_float(entries, where, allow_float)
+    if dtype != "int":
+        _fail(f"{where} dtype", "'int' or 'float'", dtype)
     bitwidth = _bitwidth(_field(entries[0], "bitwidth", where), where)
     symmetric = _bool(entries[0].get("is_symmetric", "False"), f"{where} is_symmetric")
     for i, e in enumerate(entries[1:], start=1):
@@ -338,14 +415,19 @@ def _parse_061_entry(name: str, entries: Any, kind: str) -> Encoding:
     return _from_scale_offset(scale, offset, bitwidth, symmetric, where)
 
 
-def _parse_100_entry(entry: Any, kind: str) -> tuple[str, Encoding]:
+def _parse_100_entry(entry: Any, kind: str, allow_float: bool = False) -> tuple[str, Encoding | FloatEncoding]:
     name = _field(entry, "name", kind)
     if not isinstance(name, str):
         _fail(f"{kind} name", "a string", name)
     where = f"{kind} {name!r}"
     dtype = entry.get("dtype", "INT")
+    if dtype == "FLOAT" and allow_float:
+        return name, FloatEncoding(_float_bitwidth(_field(entry, "bw", where), where))
     if dtype != "INT":
-        raise EncodingsFormatError(f"{where}: only integer encodings are supported. Received: dtype={dtype!r}")
+        raise EncodingsFormatError(
+            f"{where}: expected dtype 'INT'{' or FLOAT' if allow_float else ''}. Received: dtype={dtype!r}"
+            + ("" if allow_float else " (float entries load with QuantizationSimModel.load_encodings_to_sim)")
+        )
     enc_type = _field(entry, "enc_type", where)
     if enc_type not in ("PER_TENSOR", "PER_CHANNEL"):
         _fail(f"{where} enc_type", "PER_TENSOR or PER_CHANNEL", enc_type)
@@ -365,11 +447,22 @@ def _parse_100_entry(entry: Any, kind: str) -> tuple[str, Encoding]:
     return name, _from_scale_offset(scale, offset, bitwidth, symmetric, where)
 
 
-def from_dict(data: Mapping) -> tuple[dict[str, Encoding], dict[str, Encoding]]:
+def from_dict(
+    data: Mapping, *, allow_float: bool = False
+) -> tuple[dict[str, Encoding | FloatEncoding], dict[str, Encoding | FloatEncoding]]:
     """Parses an AIMET encodings document into (activation encodings, param encodings).
 
     When an 0.6.1 entry carries min/max and scale/offset, they must describe the same grid:
     scale within a relative ``SCALE_RTOL`` of (max - min) / steps, offset = round(min / scale).
+
+    Args:
+        data: the parsed JSON document.
+        allow_float: return float entries (``dtype`` float / FLOAT, bitwidth 16 or 32) as
+            :class:`FloatEncoding`; when False (the default) they are an error, so every value
+            returned is an :class:`Encoding`.
+
+    Returns:
+        ``(activations, params)``, each keyed by the file's tensor names.
 
     Raises:
         EncodingsFormatError: unknown version, malformed or self-contradictory entries, naming
@@ -390,16 +483,16 @@ def from_dict(data: Mapping) -> tuple[dict[str, Encoding], dict[str, Encoding]]:
                 "Version 0.6.1 expects activation_encodings/param_encodings objects. Received: "
                 f"{type(acts_raw).__name__}, {type(params_raw).__name__}"
             )
-        acts = {n: _parse_061_entry(n, e, "activation") for n, e in acts_raw.items()}
-        params = {n: _parse_061_entry(n, e, "param") for n, e in params_raw.items()}
+        acts = {n: _parse_061_entry(n, e, "activation", allow_float) for n, e in acts_raw.items()}
+        params = {n: _parse_061_entry(n, e, "param", allow_float) for n, e in params_raw.items()}
     else:
         if not isinstance(acts_raw, list) or not isinstance(params_raw, list):
             raise EncodingsFormatError(
                 "Version 1.0.0 expects activation_encodings/param_encodings lists. Received: "
                 f"{type(acts_raw).__name__}, {type(params_raw).__name__}"
             )
-        acts = dict(_parse_100_entry(e, "activation") for e in acts_raw)
-        params = dict(_parse_100_entry(e, "param") for e in params_raw)
+        acts = dict(_parse_100_entry(e, "activation", allow_float) for e in acts_raw)
+        params = dict(_parse_100_entry(e, "param", allow_float) for e in params_raw)
     return acts, params
 
 

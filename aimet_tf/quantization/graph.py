@@ -16,7 +16,7 @@ Example:
     >>> x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
     >>> x = keras.layers.BatchNormalization(name="bn")(x)
     >>> x = keras.layers.ReLU(name="relu")(x)
-    >>> find_supergroups(keras.Model(inputs, x), load_config("default"))
+    >>> find_supergroups(keras.Model(inputs, x), load_config("default_fused"))
     [('conv', 'bn', 'relu')]
 """
 

@@ -76,7 +76,9 @@ class QuantizationSimModel:
         default_output_bw: bitwidth of activation quantizers.
         default_param_bw: bitwidth of parameter quantizers.
         in_place: AIMET's flag; only False is supported (the original model is never modified).
-        config_file: hardware config: None/"default", "htp", a JSON path, or a parsed dict.
+        config_file: hardware config: None or "default" (exactly AIMET's default_config.json),
+            another preset ("default_fused", "default_per_channel", "htp", "tflite"; see
+            ``aimet_tf.quantization.config.PRESETS``), a JSON path, or a parsed dict.
         default_data_type: "int" (float simulation is not supported).
         percentile: percentile for the "percentile" scheme, a number in [90, 100]; 100 (AIMET's
             default) keeps the exact min and max. ``set_percentile_value`` changes it later.
@@ -719,12 +721,24 @@ class QuantizationSimModel:
         return keras.models.clone_model(self.model, clone_function=unwrap)
 
     def load_encodings_to_sim(self, encoding_file_path: str | os.PathLike | dict, strict: bool = True) -> None:
-        """Loads AIMET encodings (0.6.1 or 1.0.0) into the sim's quantizers.
+        """Loads AIMET encodings (0.6.1 or 1.0.0), ours or AIMET Keras's, into the sim's quantizers.
 
         Args:
             encoding_file_path: a JSON file path or the parsed dict (AIMET's keyword).
-            strict: if True, every enabled quantizer must have an encoding in the file; if False,
-                quantizers without one are disabled.
+            strict: if True, every enabled quantizer must have an encoding in the file; if False
+                (AIMET's non-strict behaviour), quantizers without one are disabled and listed in
+                one warning.
+
+        Names. aimet_tf's own names (``"conv1/output:0"``, ``"conv1/input:0"``) match directly.
+        Any other activation name is matched by its layer, the part before the first '/'
+        (``encodings_io.layer_of_activation``), as AIMET Keras names tensors by TF op
+        (``"conv2d_1/Tanh:0"``, ``"add/add:0"``): it sets that layer's output quantizer, and a
+        model input's name (``"input_1:0"``) the input quantizers of every layer reading that
+        input. Parameter names (``"conv2d/kernel:0"``) are the same in both.
+
+        Float entries (``[{"bitwidth": 16, "dtype": "float"}]``, 1.0.0 ``"dtype": "FLOAT"``) say
+        the target keeps the tensor in float: its quantizer is disabled (the sim computes it in
+        float32, not float16) and one warning names those tensors.
 
         Each quantizer takes the file's bitwidth and symmetry (as in AIMET), so 4-bit parameter
         encodings make 4-bit quantizers and the next export's header says so. The encodings of
@@ -732,15 +746,47 @@ class QuantizationSimModel:
         export's manifest (an interrupted export is finished first).
 
         Raises:
-            ValueError: unknown tensor names, shapes/bitwidths that do not fit, or (strict) missing
-                encodings; ``EncodingsFormatError`` for a malformed file or a scale/offset that
-                contradicts min/max; ``aimet_tf.files.BundleError`` for export files that do not
-                match their manifest. Nothing changes in the sim on error.
+            ValueError: names that match no quantizer of the sim (or a layer without an output
+                quantizer, or one with several), two names for one quantizer, shapes/bitwidths
+                that do not fit, or (strict) missing encodings, listing what the sim has;
+                ``EncodingsFormatError`` for a malformed file or a scale/offset that contradicts
+                min/max; ``aimet_tf.files.BundleError`` for export files that do not match their
+                manifest. Nothing changes in the sim on error.
         """
-        acts, params = encodings_io.from_dict(encodings_io.read_json(encoding_file_path))
-        targets = {n: q for n, q in self.activation_quantizers()}
+        acts, params = encodings_io.from_dict(encodings_io.read_json(encoding_file_path), allow_float=True)
+        targets = dict(self.activation_quantizers())
+        acts = _by_sim_names(acts, targets, self._activation_names_by_layer())
         targets.update({n: q for n, q, _ in self.param_quantizers()})
         self._apply_encodings({**acts, **params}, targets, strict=strict, freeze=False)
+
+    def _activation_names_by_layer(self) -> dict[str, tuple[str, list[str]]]:
+        """Layer name -> (kind, the activation tensor names an AIMET name of that layer stands for).
+
+        A wrapped layer (kind "output") stands for its output quantizers; a model input layer
+        (kind "input") for the input quantizers that read it: each reader holds its own copy of
+        the input's grid.
+        """
+        names: dict[str, tuple[str, list[str]]] = {}
+        for wrapper in self.wrappers():
+            outputs = [
+                encodings_io.activation_name(wrapper.name, "output", i)
+                for i, q in enumerate(wrapper.output_quantizers)
+                if q is not None
+            ]
+            names[wrapper.name] = ("output", outputs)
+        producers, _ = graph.layer_edges(self.model)
+        inputs = {layer.name for layer in self.model.layers if isinstance(layer, keras.layers.InputLayer)}
+        for name in inputs:
+            names[name] = ("input", [])
+        by_name = {w.name: w for w in self.wrappers()}
+        for layer_name, sources in producers.items():
+            wrapper = by_name.get(layer_name)
+            if wrapper is None:
+                continue
+            for i, source in enumerate(sources):
+                if source in inputs and i < len(wrapper.input_quantizers) and wrapper.input_quantizers[i] is not None:
+                    names[source][1].append(encodings_io.activation_name(layer_name, "input", i))
+        return names
 
     def set_and_freeze_param_encodings(self, encoding_path: str | os.PathLike | dict) -> None:
         """Loads parameter encodings (e.g. AdaRound's output) and freezes those quantizers.
@@ -748,6 +794,7 @@ class QuantizationSimModel:
         Args:
             encoding_path: a JSON file path or the parsed dict (AIMET's keyword): a full
                 encodings file, or only its ``param_encodings`` mapping (what AdaRound writes).
+                A float entry disables its quantizer, with a warning (as ``load_encodings_to_sim``).
 
         Raises:
             ValueError: unknown parameter names or encodings that do not fit, malformed files,
@@ -756,7 +803,7 @@ class QuantizationSimModel:
         data = encodings_io.read_json(encoding_path)
         if "param_encodings" not in data:
             data = {"version": "0.6.1", "param_encodings": data, "activation_encodings": {}}
-        _, params = encodings_io.from_dict(data)
+        _, params = encodings_io.from_dict(data, allow_float=True)
         targets = {n: q for n, q, _ in self.param_quantizers()}
         self._apply_encodings(params, targets, strict=False, freeze=True, disable_missing=False)
 
@@ -765,8 +812,8 @@ class QuantizationSimModel:
         if unknown:
             raise ValueError(
                 f"Encodings name {len(unknown)} tensors this sim does not have, e.g. {unknown[:5]}. "
-                "Expected names such as "
-                f"{sorted(targets)[:5]}: were the encodings exported from the same model?"
+                f"Expected names of this sim: {_listing(targets)}. Were the encodings exported "
+                "from the same model?"
             )
         missing = sorted(n for n, q in targets.items() if q.enabled and n not in encs)
         if strict and missing:
@@ -774,7 +821,10 @@ class QuantizationSimModel:
                 f"Encodings are missing for {len(missing)} enabled quantizers, e.g. {missing[:5]}. "
                 "Pass strict=False to disable those quantizers instead."
             )
+        floats = sorted(n for n, enc in encs.items() if isinstance(enc, encodings_io.FloatEncoding))
         for name, enc in encs.items():
+            if name in floats:
+                continue
             q = targets[name]
             expected = tuple(q.encoding_min.shape)
             if tuple(enc.min.shape) != expected:
@@ -784,13 +834,26 @@ class QuantizationSimModel:
                 )
         for name, enc in encs.items():
             q = targets[name]
+            if name in floats:
+                q.enabled = False
+                continue
             q.set_encoding(enc)
             q.enabled = True
             if freeze:
                 q.frozen = True
+        if floats:
+            logging.warning(
+                "Encodings keep %d tensors in float (dtype float); their quantizers are disabled, "
+                "so the sim computes them in float32: %s", len(floats), ", ".join(floats),
+            )
         if disable_missing:
             for name in missing:
                 targets[name].enabled = False
+            if missing:
+                logging.warning(
+                    "strict=False: %d enabled quantizers have no encoding in the file and are "
+                    "disabled: %s", len(missing), ", ".join(missing),
+                )
 
     def adopt(self, other: "QuantizationSimModel") -> None:
         """Takes over ``other``'s model and quantizers: the public way for a pass that must rebuild the
@@ -851,6 +914,64 @@ def _check_loads(model_path: str, custom_objects: dict[str, Any]) -> None:
 def _flat_outputs(outputs: Any) -> list[np.ndarray]:
     """A model call's outputs as a list of arrays (one or several outputs, any nesting)."""
     return [np.asarray(o) for o in tf.nest.flatten(outputs)]
+
+
+def _listing(names: Iterable[str], limit: int = 30) -> str:
+    """``names`` sorted and comma-separated, cut after ``limit`` with the total count."""
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _by_sim_names(encs: dict, targets: dict, by_layer: dict[str, tuple[str, list[str]]]) -> dict:
+    """Renames a file's activation encodings to the sim's tensor names.
+
+    A name the sim has is kept; any other names a layer (``encodings_io.layer_of_activation``)
+    and stands for ``by_layer[layer]`` (``_activation_names_by_layer``): the layer's one output
+    quantizer, or the input quantizers reading a model input.
+
+    Raises:
+        ValueError: listing every name that matches nothing, a layer with no (or several) output
+            quantizers, and every pair of names that land on the same quantizer.
+    """
+    renamed: dict[str, Any] = {}
+    source_of: dict[str, str] = {}
+    problems: list[str] = []
+    for name, enc in encs.items():
+        if name in targets:
+            sim_names = [name]
+        else:
+            try:
+                layer = encodings_io.layer_of_activation(name)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            if layer not in by_layer:
+                problems.append(f"{name!r}: no layer {layer!r} in this sim")
+                continue
+            kind, sim_names = by_layer[layer]
+            if not sim_names:
+                problems.append(f"{name!r}: layer {layer!r} has no {kind} quantizer in this sim "
+                                "(not quantized here, e.g. fused by a supergroup)")
+                continue
+            if kind == "output" and len(sim_names) > 1:
+                problems.append(f"{name!r}: layer {layer!r} has {len(sim_names)} output quantizers "
+                                f"({', '.join(sim_names)}); name one of them")
+                continue
+        for sim_name in sim_names:
+            if sim_name in source_of:
+                problems.append(f"{source_of[sim_name]!r} and {name!r} both set {sim_name!r}")
+                continue
+            source_of[sim_name] = name
+            renamed[sim_name] = enc
+    if problems:
+        raise ValueError(
+            f"Expected activation names of this sim or AIMET Keras names of its layers "
+            f"('<layer>/<op>:0', a model input '<input>:0'). Received {len(problems)} that do not "
+            f"match: {'; '.join(problems[:10])}{' ...' if len(problems) > 10 else ''}. This sim's "
+            f"activation tensors: {_listing(targets)}."
+        )
+    return renamed
 
 
 def _shared_bitwidth(encodings: Iterable, default: int) -> int:

@@ -292,7 +292,7 @@ def test_fold_to_scale_keeps_the_simulated_function():
 
 
 def test_fold_to_scale_recomputes_per_tensor_grids_with_a_warning(caplog):
-    sim, data = _calibrated_sim("default")
+    sim, data = _calibrated_sim("default_fused")
     before = sim.model.predict(data, verbose=0)
     with caplog.at_level("WARNING"):
         pairs = fold_all_batch_norms_to_scale(sim)

@@ -10,7 +10,7 @@ from aimet_tf.qat import find_batch_norms, find_quantizers
 from aimet_tf.quantization.registry import ParamSpec
 from aimet_tf.testing import models
 
-CONFIGS = {"per-tensor": "default", "per-channel": "htp"}
+CONFIGS = {"per-tensor": "default_fused", "per-channel": "htp"}
 
 
 def _data(n=48, seed=0):

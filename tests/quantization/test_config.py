@@ -27,6 +27,24 @@ PRESET_DIR = pathlib.Path(config_lib.__file__).parent / "presets"
 
 # AIMET's own default config supergroups, and the BN / Clip variants aimet_tf adds to both presets.
 AIMET_DEFAULT_SUPERGROUPS = [("Conv", "Relu"), ("Conv", "Clip"), ("Add", "Relu"), ("Gemm", "Relu")]
+# AIMET's aimet_common/quantsim_config/default_config.json, as AIMET ships it.
+AIMET_DEFAULT_CONFIG = {
+    "defaults": {
+        "ops": {"is_output_quantized": "True"},
+        "params": {"is_quantized": "True", "is_symmetric": "True"},
+        "strict_symmetric": "False",
+        "per_channel_quantization": "False",
+    },
+    "params": {"bias": {"is_quantized": "False"}},
+    "op_type": {
+        "Squeeze": {"is_output_quantized": "False"},
+        "Pad": {"is_output_quantized": "False"},
+        "Mean": {"is_output_quantized": "False"},
+    },
+    "supergroups": [{"op_list": list(group)} for group in AIMET_DEFAULT_SUPERGROUPS],
+    "model_input": {"is_input_quantized": "True"},
+    "model_output": {},
+}
 BN_AND_CLIP_SUPERGROUPS = [
     ("Conv", "BatchNormalization"),
     ("Conv", "BatchNormalization", "Relu"),
@@ -63,7 +81,8 @@ LAYERED_CONFIG = {
 
 @pytest.mark.parametrize("spec", [None, "default", str(PRESET_DIR / "default.json"),
                                   PRESET_DIR / "default.json"])
-def test_default_preset_has_aimet_defaults(spec):
+def test_default_preset_is_aimets_default_config(spec):
+    """``None`` / "default" resolve exactly like AIMET's default_config.json (its facts)."""
     config = load_config(spec)
     conv = config.op_rule("Conv")
     assert conv.params["weight"] == ParamRule(quantized=True, symmetric=True, per_channel=False)
@@ -75,14 +94,20 @@ def test_default_preset_has_aimet_defaults(spec):
     assert config.strict_symmetric is False and config.unsigned_symmetric is True
     for op_type in ("Pad", "Squeeze", "Mean"):
         assert config.op_rule(op_type).output_quantized is False
-    for group in AIMET_DEFAULT_SUPERGROUPS + BN_AND_CLIP_SUPERGROUPS:
-        assert group in config.supergroups
+    assert list(config.supergroups) == AIMET_DEFAULT_SUPERGROUPS
+    assert config == load_config(AIMET_DEFAULT_CONFIG)
 
 
-def test_default_per_channel_preset_is_aimets_per_channel_default():
-    """AIMET's default_config_per_channel.json: the default, with per-channel weights for these op
-    types only (other layers' weights and everything else as in ``default``)."""
-    base, config = load_config("default"), load_config("default_per_channel")
+def test_default_fused_preset_adds_bn_and_clip_supergroups():
+    base, fused = load_config("default"), load_config("default_fused")
+    assert set(fused.supergroups) == set(AIMET_DEFAULT_SUPERGROUPS) | set(BN_AND_CLIP_SUPERGROUPS)
+    assert dataclasses.replace(fused, supergroups=base.supergroups) == base
+
+
+def test_default_per_channel_preset_is_the_fused_default_with_per_channel_weights():
+    """default_fused with per-channel weights for these op types only (other layers' weights
+    and everything else as in ``default_fused``)."""
+    base, config = load_config("default_fused"), load_config("default_per_channel")
     for op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "PRelu"):
         assert config.op_rule(op_type).params["weight"].per_channel is True, op_type
         assert base.op_rule(op_type).params["weight"].per_channel is False, op_type
@@ -327,7 +352,7 @@ def test_invalid_config_names_the_problem(raw, match):
 
 def test_missing_file_names_presets():
     with pytest.raises(FileNotFoundError,
-                       match=r"Expected a preset name \('default', 'default_per_channel', 'htp', 'tflite'\).*config='htp_v99'"):
+                       match=r"Expected a preset name \('default', 'default_fused', 'default_per_channel', 'htp', 'tflite'\).*config='htp_v99'"):
         load_config("htp_v99")
 
 

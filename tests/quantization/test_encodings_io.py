@@ -141,3 +141,96 @@ def test_own_error_type_is_a_value_error():
     json.dumps(_valid_docs())  # the seeds of the fuzzer are valid documents
     for doc in _valid_docs():
         encodings_io.from_dict(doc)
+
+
+# --- AIMET Keras names, float entries, non-strict loading -----------------------------------------
+
+
+def _named_sim():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), name="input_1")
+    x = keras.layers.Dense(4, activation="tanh", name="dense")(inputs)
+    x = keras.layers.ReLU(name="re_lu")(keras.layers.Dense(4, name="dense_1")(x))
+    sim = QuantizationSimModel(keras.Model(inputs, x), quant_scheme="tf")
+    sim.compute_encodings(models.random_images(16, shape=(6,)))
+    return sim
+
+
+def _as_aimet_names(doc: dict) -> dict:
+    names = {"dense/input:0": "input_1:0", "dense/output:0": "dense/Tanh:0", "re_lu/output:0": "re_lu/Relu:0"}
+    assert set(doc["activation_encodings"]) == set(names)  # dense_1 is fused with re_lu
+    doc["activation_encodings"] = {names[n]: e for n, e in doc["activation_encodings"].items()}
+    return doc
+
+
+def test_aimet_tf_op_names_load_by_layer():
+    sim = _named_sim()
+    fresh = QuantizationSimModel(sim._original, quant_scheme="tf")
+    fresh.load_encodings_to_sim(_as_aimet_names(sim.get_encodings_dict()))
+    x = models.random_images(8, shape=(6,))
+    np.testing.assert_array_equal(fresh.model.predict(x, verbose=0), sim.model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("dense_9/BiasAdd:0", "no layer 'dense_9' in this sim"),
+    ("dense_1/BiasAdd:0", "layer 'dense_1' has no output quantizer"),
+])
+def test_unmatched_aimet_name_lists_the_sims_tensors(name, problem):
+    sim = _named_sim()
+    doc = _as_aimet_names(sim.get_encodings_dict())
+    doc["activation_encodings"][name] = doc["activation_encodings"]["re_lu/Relu:0"]
+    with pytest.raises(ValueError, match=problem) as info:
+        sim.load_encodings_to_sim(doc)
+    assert "dense/input:0, dense/output:0, re_lu/output:0" in str(info.value)
+
+
+def test_two_names_for_one_quantizer_are_refused():
+    sim = _named_sim()
+    doc = sim.get_encodings_dict()
+    doc["activation_encodings"]["re_lu/Relu:0"] = doc["activation_encodings"]["re_lu/output:0"]
+    with pytest.raises(ValueError, match="'re_lu/output:0' and 're_lu/Relu:0' both set 're_lu/output:0'"):
+        sim.load_encodings_to_sim(doc)
+
+
+@pytest.mark.parametrize("version", ["0.6.1", "1.0.0"])
+def test_float_entries_disable_their_quantizers_with_a_warning(version, caplog):
+    sim = _named_sim()
+    doc = sim.get_encodings_dict(version)
+    if version == "0.6.1":
+        doc["activation_encodings"]["dense/Tanh:0"] = [{"bitwidth": 16, "dtype": "float"}]
+        del doc["activation_encodings"]["dense/output:0"]
+    else:
+        entry = next(e for e in doc["activation_encodings"] if e["name"] == "dense/output:0")
+        entry.clear()
+        entry.update({"name": "dense/Tanh:0", "dtype": "FLOAT", "bw": 16})
+    fresh = QuantizationSimModel(sim._original, quant_scheme="tf")
+    with caplog.at_level("WARNING"):
+        fresh.load_encodings_to_sim(doc)
+    quantizers = dict(fresh.activation_quantizers())
+    assert not quantizers["dense/output:0"].enabled and quantizers["re_lu/output:0"].enabled
+    assert "keep 1 tensors in float" in caplog.text and "dense/output:0" in caplog.text
+
+
+def test_float_entry_is_refused_where_only_grids_make_sense():
+    doc = {"version": "0.6.1", "activation_encodings": {"a:0": [{"bitwidth": 16, "dtype": "float"}]}}
+    with pytest.raises(EncodingsFormatError, match="expected an integer encoding"):
+        encodings_io.from_dict(doc)
+    doc["activation_encodings"]["a:0"][0]["bitwidth"] = 8
+    with pytest.raises(EncodingsFormatError, match=r"a float bitwidth in \(16, 32\)"):
+        encodings_io.from_dict(doc, allow_float=True)
+
+
+def test_non_strict_load_disables_quantizers_without_encodings_in_one_warning(caplog):
+    sim = _named_sim()
+    doc = sim.get_encodings_dict()
+    del doc["activation_encodings"]["re_lu/output:0"]
+    fresh = QuantizationSimModel(sim._original, quant_scheme="tf")
+    with pytest.raises(ValueError, match="missing for 1 enabled quantizers"):
+        fresh.load_encodings_to_sim(doc)
+    with caplog.at_level("WARNING"):
+        fresh.load_encodings_to_sim(doc, strict=False)
+    assert not dict(fresh.activation_quantizers())["re_lu/output:0"].enabled
+    warnings = [r for r in caplog.records if "strict=False" in r.getMessage()]
+    assert len(warnings) == 1 and "re_lu/output:0" in warnings[0].getMessage()

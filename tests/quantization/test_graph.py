@@ -158,7 +158,7 @@ def test_layer_edges_include_keras_ops_nodes():
 # --- find_supergroups ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", ["default", "htp"])
+@pytest.mark.parametrize("preset", ["default_fused", "htp"])
 @pytest.mark.parametrize(
     "build, expected",
     [
