@@ -65,6 +65,7 @@ __all__ = [
     "cross_layer_scales",
     "equalize_model",
     "equalize_model_with_report",
+    "replace_relu6_with_relu",
 ]
 
 _L = keras.layers
@@ -633,6 +634,42 @@ def _clone_layer(layer, config_overrides: dict, weights: _Weights | None):
         if new.use_bias:
             new.bias.assign(weights.bias.astype(np.float32))
     return new
+
+
+def _is_relu6(layer) -> bool:
+    """A ReLU6 layer, an Activation("relu6"), or a layer whose built-in activation is relu6."""
+    if isinstance(layer, _L.ReLU):
+        return _between_kind(layer)[0] == _RELU6
+    activation = getattr(layer, "activation", None)
+    return activation is not None and _activation_name(activation) == "relu6"
+
+
+def replace_relu6_with_relu(model: keras.Model) -> keras.Model:
+    """Every ReLU6 of ``model``'s top level replaced by ReLU (AIMET's ``replace_relu6_with_relu``).
+
+    ReLU(max_value=6) layers, Activation("relu6") layers and Conv/Dense layers with a built-in
+    relu6 all become ReLU. Weights are copied; ``model`` is not modified. Layers of nested models
+    are not changed (AIMET's works on the top level too).
+
+    Returns:
+        The new model.
+
+    Raises:
+        TypeError: for a model that is not Functional or Sequential.
+    """
+    functional = graph_lib.as_functional(model, "replace_relu6_with_relu")
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return _clone_layer(layer, {}, None)
+        return graph_lib.clone_layer(layer, _relu6_override(layer) if _is_relu6(layer) else {}, copy_weights=True)
+
+    replaced = keras.models.clone_model(functional, clone_function=clone)
+    logging.info(
+        "replace_relu6_with_relu: %d layers changed",
+        sum(_is_relu6(layer) for layer in functional.layers if not isinstance(layer, keras.Model)),
+    )
+    return replaced
 
 
 def _relu6_override(layer) -> dict:

@@ -70,3 +70,26 @@ def test_fold_given_batch_norms_refusals():
         fold_given_batch_norms(model, ["c1"])
     with pytest.raises(ValueError, match="'r1' is not a BatchNormalization layer"):
         fold_given_batch_norms(model, [("c1", "r1")])
+
+
+def test_replace_relu6_with_relu_every_form():
+    from aimet_tf.keras.utils.model_transform_utils import replace_relu6_with_relu
+
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 3, activation="relu6", name="c")(inputs)
+    x = keras.layers.ReLU(max_value=6.0, name="r6")(x)
+    x = keras.layers.Activation("relu6", name="a6")(x)
+    x = keras.layers.ReLU(max_value=4.0, name="r4")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="relu6", name="d")(keras.layers.Flatten()(x)))
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([w * 30 for w in layer.get_weights()])  # outputs well above 6
+    new = replace_relu6_with_relu(model)
+    assert new.get_layer("r6").max_value is None
+    assert new.get_layer("c").activation.__name__ == "relu" and new.get_layer("d").activation.__name__ == "relu"
+    assert new.get_layer("a6").activation.__name__ == "relu"
+    assert float(new.get_layer("r4").max_value) == 4.0  # not a ReLU6: unchanged
+    assert model.get_layer("r6").max_value is not None  # the input model is untouched
+    x = random_images(3, (6, 6, 2), seed=1)
+    assert np.max(model(x)) <= 6.0 and np.max(new(x)) > 6.0
+    np.testing.assert_array_equal(new.get_layer("c").kernel.numpy(), model.get_layer("c").kernel.numpy())
