@@ -15,29 +15,7 @@ from keras import layers as L
 
 from aimet_tf import QuantizationSimModel
 
-# AIMET's aimet_common/quantsim_config/default_config.json, written out here (not our preset).
-AIMET_DEFAULT_CONFIG = {
-    "defaults": {
-        "ops": {"is_output_quantized": "True"},
-        "params": {"is_quantized": "True", "is_symmetric": "True"},
-        "strict_symmetric": "False",
-        "per_channel_quantization": "False",
-    },
-    "params": {"bias": {"is_quantized": "False"}},
-    "op_type": {
-        "Squeeze": {"is_output_quantized": "False"},
-        "Pad": {"is_output_quantized": "False"},
-        "Mean": {"is_output_quantized": "False"},
-    },
-    "supergroups": [
-        {"op_list": ["Conv", "Relu"]},
-        {"op_list": ["Conv", "Clip"]},
-        {"op_list": ["Add", "Relu"]},
-        {"op_list": ["Gemm", "Relu"]},
-    ],
-    "model_input": {"is_input_quantized": "True"},
-    "model_output": {},
-}
+from tests.quantization.aimet_default_config import AIMET_DEFAULT_CONFIG  # noqa: E402
 
 # Activation tensors AIMET quantizes on _model(), by the rules above (our tensor names).
 EXPECTED_ACTIVATIONS = [
