@@ -3,6 +3,7 @@
 Only this package reads Keras' private graph attributes (a test checks it). Passes read graphs
 through :class:`ModelGraph`, ask :mod:`~aimet_tf.graph.catalogue` what a layer is, and change models
 through the rewrite primitives of :mod:`~aimet_tf.graph.rewrite`, each of which returns a new model.
+:mod:`~aimet_tf.graph.in_place` holds the two in-place edits AIMET's Keras API needs (``aimet_tf.keras`` only).
 """
 
 from aimet_tf.graph.catalogue import (

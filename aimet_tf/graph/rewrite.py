@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -379,11 +379,12 @@ def _builtin_activation(layer: Any) -> str | None:
     return None if name in (None, "linear") else name
 
 
-def split_activations(model: keras.Model) -> tuple[keras.Model, list[str]]:
+def split_activations(model: keras.Model, only: Collection[str] | None = None) -> tuple[keras.Model, list[str]]:
     """``Conv2D(activation="relu", name="c")`` becomes ``Conv2D(name="c")`` + ``Activation("relu", name="c_relu")``.
 
     Applies to Conv*, SeparableConv*, DepthwiseConv*, Conv*Transpose and Dense layers whose
-    built-in activation is not linear, so that the activation gets its own node (and quantizer).
+    built-in activation is not linear, so that the activation gets its own node (and quantizer);
+    with ``only``, to the layers of those names only.
 
     Returns:
         ``(new model, changes)``: one line per split layer.
@@ -398,6 +399,8 @@ def split_activations(model: keras.Model) -> tuple[keras.Model, list[str]]:
     for node in graph.nodes:
         layer = node.operation
         if node.call_index or not isinstance(layer, _ACTIVATION_HOSTS):
+            continue
+        if only is not None and layer.name not in only:
             continue
         name = _builtin_activation(layer)
         if name is None:

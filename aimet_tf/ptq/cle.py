@@ -61,11 +61,15 @@ __all__ = [
     "EqualizationReport",
     "EqualizedSet",
     "HighBiasFoldRecord",
+    "ScaledSet",
     "SkippedCandidate",
     "cross_layer_scales",
     "equalize_model",
     "equalize_model_with_report",
+    "high_bias_fold_in_place",
     "replace_relu6_with_relu",
+    "scale_cls_set_in_place",
+    "scale_model_in_place",
 ]
 
 _L = keras.layers
@@ -352,7 +356,20 @@ def _between_kind(layer) -> tuple[str | None, str]:
         return _LINEAR, type(layer).__name__
     if isinstance(layer, _IDENTITY_TYPES):
         return _LINEAR, type(layer).__name__
+    if isinstance(layer, _L.BatchNormalization) and _is_identity_batch_norm(layer):
+        return _LINEAR, "BatchNormalization that is an identity (already folded)"
     return None, type(layer).__name__
+
+
+def _is_identity_batch_norm(bn) -> bool:
+    """Whether ``bn``'s inference transform is x -> x to float32 rounding (AIMET's Keras API folds
+    a batch norm in place by making it one)."""
+    mean = np.asarray(bn.moving_mean.numpy(), np.float64)
+    factor = 1.0 / np.sqrt(np.asarray(bn.moving_variance.numpy(), np.float64) + bn.epsilon)
+    if bn.scale:
+        factor = factor * np.asarray(bn.gamma.numpy(), np.float64)
+    shift = -mean * factor + (np.asarray(bn.beta.numpy(), np.float64) if bn.center else 0.0)
+    return bool(np.all(np.abs(factor - 1.0) <= 1e-6) and np.all(np.abs(shift) <= 1e-6))
 
 
 def _pads_input(layer) -> bool:
@@ -504,7 +521,7 @@ def _follow(g, name: str, replace_relu6: bool) -> _Link | str:
             if problem:
                 return f"next layer {nxt!r}: {problem}"
             return _Link(name, nxt, tuple(between), tuple(kinds), tuple(relu6), rows)
-        if isinstance(op, _L.BatchNormalization):
+        if isinstance(op, _L.BatchNormalization) and not _is_identity_batch_norm(op):
             return f"unfolded BatchNormalization {nxt!r} follows"
         if isinstance(op, keras.Model):
             return f"its output enters nested model {nxt!r} (not searched across)"
@@ -620,6 +637,43 @@ def _split_sets(chain: list[_Link], layers: dict) -> list[list[_Link]]:
     return sets
 
 
+def _members(cls_set: list[_Link]) -> list[str]:
+    return [cls_set[0].producer] + [link.consumer for link in cls_set]
+
+
+def _scale_in_sweeps(
+    sets: list[list[_Link]],
+    weights: dict[str, _Weights],
+    divided: dict[str, np.ndarray],
+    max_sweeps: int,
+    tolerance: float,
+) -> tuple[int, bool]:
+    """Scales every set in sweeps until the largest |log s| of a sweep is <= ``tolerance``.
+
+    ``divided[name]`` accumulates the total scale each producer's output channels were divided by.
+    Returns (sweeps run, converged).
+    """
+    largest = 0.0
+    for sweep in range(1, max_sweeps + 1):
+        largest = 0.0
+        for cls_set in sets:
+            members = _members(cls_set)
+            w = [weights[n] for n in members]
+            rows = cls_set[-1].rows
+            scales = cross_layer_scales(_set_ranges(w, rows))
+            for k, s in enumerate(scales):
+                w[k].divide_out(s)
+                w[k + 1].multiply_in(s, rows if k + 1 == len(w) - 1 else None)
+                divided[members[k]] = divided[members[k]] * s
+                largest = max(largest, float(np.max(np.abs(np.log(s)))) if s.size else 0.0)
+        if largest <= tolerance:
+            return sweep, True
+    logging.warning(
+        "equalize_model: scaling did not converge in %d sweeps (last max |log s| %.3g)", max_sweeps, largest
+    )
+    return max_sweeps, False
+
+
 # -- the pass ------------------------------------------------------------------------------------
 
 
@@ -644,20 +698,25 @@ def _is_relu6(layer) -> bool:
     return activation is not None and _activation_name(activation) == "relu6"
 
 
-def replace_relu6_with_relu(model: keras.Model) -> keras.Model:
+def replace_relu6_with_relu(model: keras.Model, remain_fusing: bool = False) -> tuple[keras.Model, dict[str, str]]:
     """Every ReLU6 of ``model``'s top level replaced by ReLU (AIMET's ``replace_relu6_with_relu``).
 
-    ReLU(max_value=6) layers, Activation("relu6") layers and Conv/Dense layers with a built-in
-    relu6 all become ReLU. Weights are copied; ``model`` is not modified. Layers of nested models
-    are not changed (AIMET's works on the top level too).
+    ReLU(max_value=6) layers and Activation("relu6") layers become ReLU. A Conv/Dense layer with a
+    built-in relu6 gets a built-in relu with ``remain_fusing=True``; with AIMET's default
+    ``remain_fusing=False`` it becomes the layer with a linear activation followed by an
+    ``Activation("relu")`` layer (named as ``aimet_tf.graph.split_activations`` names it,
+    ``"<layer>_relu"``). Weights are copied; ``model`` is not
+    modified. Layers of nested models are not changed (AIMET's works on the top level too).
 
     Returns:
-        The new model.
+        ``(new model, changes)``: AIMET's order; ``changes`` maps each changed layer's name to what
+        was done to it (AIMET returns TFMOT's layer-metadata dict there, empty unless given one).
 
     Raises:
         TypeError: for a model that is not Functional or Sequential.
     """
     functional = graph_lib.as_functional(model, "replace_relu6_with_relu")
+    changed = [l for l in functional.layers if not isinstance(l, keras.Model) and _is_relu6(l)]
 
     def clone(layer):
         if isinstance(layer, keras.Model):
@@ -665,11 +724,14 @@ def replace_relu6_with_relu(model: keras.Model) -> keras.Model:
         return graph_lib.clone_layer(layer, _relu6_override(layer) if _is_relu6(layer) else {}, copy_weights=True)
 
     replaced = keras.models.clone_model(functional, clone_function=clone)
-    logging.info(
-        "replace_relu6_with_relu: %d layers changed",
-        sum(_is_relu6(layer) for layer in functional.layers if not isinstance(layer, keras.Model)),
-    )
-    return replaced
+    changes = {l.name: "ReLU6 -> ReLU" for l in changed}
+    fused = [l.name for l in changed if not isinstance(l, (_L.ReLU, _L.Activation))]
+    if fused and not remain_fusing:
+        replaced, split = graph_lib.split_activations(replaced, only=fused)
+        for name in fused:
+            changes[name] = "ReLU6 -> ReLU; " + next(line for line in split if f"layer {name!r} into" in line)
+    logging.info("replace_relu6_with_relu: %d layers changed", len(changes))
+    return replaced, changes
 
 
 def _relu6_override(layer) -> dict:
@@ -790,29 +852,7 @@ def equalize_model_with_report(
     divided = {n: np.ones(weights[n].out_channels) for n in involved}
 
     # -- cross-layer scaling in sweeps.
-    report.converged = False
-    for sweep in range(1, max_sweeps + 1):
-        largest = 0.0
-        for cls_set in sets:
-            members = [cls_set[0].producer] + [link.consumer for link in cls_set]
-            w = [weights[n] for n in members]
-            rows = cls_set[-1].rows
-            scales = cross_layer_scales(_set_ranges(w, rows))
-            for k, s in enumerate(scales):
-                w[k].divide_out(s)
-                w[k + 1].multiply_in(s, rows if k + 1 == len(w) - 1 else None)
-                divided[members[k]] = divided[members[k]] * s
-                largest = max(largest, float(np.max(np.abs(np.log(s)))) if s.size else 0.0)
-        report.sweeps = sweep
-        if largest <= tolerance:
-            report.converged = True
-            break
-    if not report.converged:
-        logging.warning(
-            "equalize_model: scaling did not converge in %d sweeps (last max |log s| %.3g)",
-            max_sweeps,
-            largest,
-        )
+    report.sweeps, report.converged = _scale_in_sweeps(sets, weights, divided, max_sweeps, tolerance)
     for cls_set in sets:
         members = [cls_set[0].producer] + [link.consumer for link in cls_set]
         ranges = _set_ranges([weights[n] for n in members], cls_set[-1].rows)
@@ -935,3 +975,153 @@ def _high_bias_fold(
         exact=not rectified and not padded,
     )
 
+
+
+# -- step by step, in place (AIMET's CrossLayerScaling / HighBiasFold) ---------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaledSet:
+    """One set scaled by :func:`scale_model_in_place`.
+
+    Attributes:
+        layers: the set's layer names (2, or 3 with a depthwise middle).
+        scales: per link, the total scale the link's producer's output channels were divided by.
+        relu: per link, whether a ReLU (or ReLU6, LeakyReLU) sits between its two layers.
+    """
+
+    layers: tuple[str, ...]
+    scales: tuple[np.ndarray, ...]
+    relu: tuple[bool, ...]
+
+
+def _write_weights(layer, weights: _Weights) -> None:
+    layer.kernel.assign(weights.kernel.astype(np.float32))
+    if layer.use_bias:
+        layer.bias.assign(weights.bias.astype(np.float32))
+
+
+def _check_scalable(layers: Sequence) -> None:
+    """Raises ValueError unless ``layers`` is a pair or a (layer, depthwise, layer) triple of
+    equalizable layers whose channels line up."""
+    if len(layers) not in (2, 3):
+        raise ValueError(f"Expected a CLS set of 2 layers, or 3 with a depthwise middle. Received {len(layers)}: {layers!r}")
+    for layer in layers:
+        if not isinstance(layer, keras.layers.Layer) or not _is_equalizable_type(layer):
+            raise ValueError(
+                "Expected Conv1D/2D/3D, DepthwiseConv1D/2D or Dense layers in a CLS set. "
+                f"Received: {type(layer).__name__} {getattr(layer, 'name', layer)!r}"
+            )
+        problem = _layer_problem(layer)
+        if problem:
+            raise ValueError(f"Layer {layer.name!r} cannot be scaled: {problem}.")
+    if len(layers) == 3 and not _is_depthwise(layers[1]):
+        raise ValueError(f"Expected the middle layer of a 3-layer CLS set to be depthwise. Received: {type(layers[1]).__name__} {layers[1].name!r}")
+    for first, second in zip(layers, layers[1:]):
+        produced, read = _channels(first), int(second.kernel.shape[-2])
+        if produced != read:
+            raise ValueError(
+                f"CLS set {[l.name for l in layers]}: {first.name!r} has {produced} output channels but "
+                f"{second.name!r} reads {read} input channels. Expected consecutive layers."
+            )
+
+
+def scale_cls_set_in_place(layers: Sequence[keras.layers.Layer]) -> list[np.ndarray]:
+    """One cross-layer scaling of a pair or a depthwise triple, on the layers themselves.
+
+    The layers' kernels (and the biases of all but the last) are overwritten, as AIMET's
+    ``CrossLayerScaling.scale_cls_sets`` does; see :func:`cross_layer_scales` for the scales.
+
+    Returns:
+        The scales, one per link (layer k's output channels were divided by the k-th).
+
+    Raises:
+        ValueError: for a set that is not 2 layers, or 3 with a depthwise middle, of equalizable
+            layers with matching channels (nothing is changed then).
+    """
+    _check_scalable(layers)
+    weights = [_Weights(layer) for layer in layers]
+    scales = cross_layer_scales(_set_ranges(weights))
+    for k, s in enumerate(scales):
+        weights[k].divide_out(s)
+        weights[k + 1].multiply_in(s)
+    for layer, w in zip(layers, weights):
+        _write_weights(layer, w)
+    return scales
+
+
+def scale_model_in_place(model: keras.Model, *, max_sweeps: int = 500, tolerance: float = 1e-4) -> list[ScaledSet]:
+    """Finds the CLS sets of a BN-folded model and scales them in place, in sweeps.
+
+    The sets are those ``equalize_model`` finds on the top level (ReLU6 blocks a link: replace it
+    first), except links through Concatenate, Flatten or a channel-moving Reshape, which a
+    (layer, layer) pair cannot describe. Nothing is folded or replaced.
+
+    Raises:
+        ValueError: for max_sweeps < 1, or a model ``equalize_model`` refuses.
+    """
+    if max_sweeps < 1:
+        raise ValueError(f"Expected max_sweeps >= 1. Received: max_sweeps={max_sweeps}")
+    graph_lib.check_prepared(model, "cross-layer scaling", allow_shared_layers=True)
+    functional = graph_lib.as_functional(model, "cross-layer scaling")
+    links, _, _ = _find_links(functional, replace_relu6=False)
+    links = [link for link in links if link.rows is None]
+    layers = {l.name: l for l in functional.layers}
+    sets = [s for chain in _chains(links) for s in _split_sets(chain, layers)]
+    involved = {n for cls_set in sets for n in _members(cls_set)}
+    weights = {n: _Weights(layers[n]) for n in involved}
+    divided = {n: np.ones(weights[n].out_channels) for n in involved}
+    _scale_in_sweeps(sets, weights, divided, max_sweeps, tolerance)
+    for name in involved:
+        _write_weights(layers[name], weights[name])
+    return [
+        ScaledSet(
+            layers=tuple(_members(cls_set)),
+            scales=tuple(divided[link.producer] for link in cls_set),
+            relu=tuple(any(k in (_RELU, _RELU6) for k in link.kinds) for link in cls_set),
+        )
+        for cls_set in sets
+    ]
+
+
+def high_bias_fold_in_place(
+    layer1: keras.layers.Layer,
+    layer2: keras.layers.Layer,
+    scale: np.ndarray,
+    relu_between: bool,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+) -> HighBiasFoldRecord:
+    """High-bias fold from ``layer1`` into ``layer2``, on the layers' biases (both must have one).
+
+    ``gamma``/``beta`` are the batch norm folded into ``layer1`` before CLS, ``scale`` what CLS
+    divided layer1's output channels by (the module docstring gives the formula). As AIMET,
+    a consumer that zero-pads its input is folded into too (exact away from the border).
+
+    Raises:
+        ValueError: for a layer without bias, or gamma/beta/scale not of layer1's channel count.
+    """
+    for layer in (layer1, layer2):
+        if not getattr(layer, "use_bias", False):
+            raise ValueError(f"High-bias fold needs a bias on both layers. Layer {layer.name!r} has none.")
+    channels = _channels(layer1)
+    arrays = {"scale": scale, "gamma": gamma, "beta": beta}
+    for what, value in arrays.items():
+        if np.asarray(value).reshape(-1).shape != (channels,):
+            raise ValueError(
+                f"Expected {what} of {channels} values ({layer1.name!r}'s output channels). "
+                f"Received shape {np.asarray(value).shape}."
+            )
+    link = _Link(layer1.name, layer2.name, (), (_RELU,) if relu_between else (_LINEAR,), ())
+    weights = {layer1.name: _Weights(layer1), layer2.name: _Weights(layer2)}
+    record = _high_bias_fold(
+        link,
+        {layer1.name: layer1, layer2.name: layer2},
+        weights,
+        {layer1.name: np.asarray(scale, np.float64).reshape(-1)},
+        {layer1.name: (np.asarray(gamma, np.float64).reshape(-1), np.asarray(beta, np.float64).reshape(-1))},
+        True,
+    )
+    _write_weights(layer1, weights[layer1.name])
+    _write_weights(layer2, weights[layer2.name])
+    return record

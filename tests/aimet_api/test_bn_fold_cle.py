@@ -84,7 +84,8 @@ def test_replace_relu6_with_relu_every_form():
     for layer in model.layers:
         if layer.weights:
             layer.set_weights([w * 30 for w in layer.get_weights()])  # outputs well above 6
-    new = replace_relu6_with_relu(model)
+    new, changes = replace_relu6_with_relu(model, remain_fusing=True)
+    assert sorted(changes) == ["a6", "c", "d", "r6"]
     assert new.get_layer("r6").max_value is None
     assert new.get_layer("c").activation.__name__ == "relu" and new.get_layer("d").activation.__name__ == "relu"
     assert new.get_layer("a6").activation.__name__ == "relu"
@@ -93,3 +94,8 @@ def test_replace_relu6_with_relu_every_form():
     x = random_images(3, (6, 6, 2), seed=1)
     assert np.max(model(x)) <= 6.0 and np.max(new(x)) > 6.0
     np.testing.assert_array_equal(new.get_layer("c").kernel.numpy(), model.get_layer("c").kernel.numpy())
+    # AIMET's default remain_fusing=False: a fused relu6 becomes a linear layer + a ReLU layer.
+    split, changes = replace_relu6_with_relu(model)
+    assert split.get_layer("c").activation.__name__ == "linear" and split.get_layer("c_relu").activation.__name__ == "relu"
+    assert split.get_layer("d").activation.__name__ == "linear" and "d_relu" in changes["d"]
+    np.testing.assert_allclose(split(x), new(x), rtol=1e-6)

@@ -1,7 +1,8 @@
-"""AIMET's ``aimet_tensorflow.keras.utils.model_transform_utils``: ``replace_relu6_with_relu(model) -> model``.
+"""AIMET's ``aimet_tensorflow.keras.utils.model_transform_utils``.
 
-AIMET edits the model in place; aimet_tf returns the new model (use the return value). The
-implementation is ``aimet_tf.ptq.cle.replace_relu6_with_relu``.
+``replace_relu6_with_relu(model, remain_fusing=False) -> (new_model, changes)``: AIMET's
+signature and return order; ``model`` is not modified. The implementation is
+``aimet_tf.ptq.cle.replace_relu6_with_relu``.
 """
 
 from aimet_tf.ptq.cle import replace_relu6_with_relu
