@@ -15,7 +15,7 @@ from keras import layers as L
 
 from aimet_tf import QuantizationSimModel
 
-from tests.quantization.aimet_default_config import AIMET_DEFAULT_CONFIG  # noqa: E402
+from tests.quantization.aimet_default_config import AIMET_DEFAULT_CONFIG, AIMET_PER_CHANNEL_CONFIG  # noqa: E402
 
 # Activation tensors AIMET quantizes on _model(), by the rules above (our tensor names).
 EXPECTED_ACTIVATIONS = [
@@ -65,3 +65,17 @@ def test_default_fused_preset_fuses_conv_bn():
     names = [n for n, _ in QuantizationSimModel(_model(), config_file="default_fused").activation_quantizers()]
     assert "conv1/output:0" not in names and "bn1/output:0" not in names
     assert "relu1/output:0" in names
+
+
+def test_aimet_per_channel_config_file(tmp_path):
+    """AIMET's default_config_per_channel.json, loaded from a file as an AIMET user passes it:
+    Conv+BN+Relu is a supergroup (no quantizer after conv1 or bn1), weights are per channel."""
+    path = tmp_path / "default_config_per_channel.json"
+    path.write_text(json.dumps(AIMET_PER_CHANNEL_CONFIG))
+    sim = QuantizationSimModel(_model(), config_file=str(path))
+    expected = [n for n in EXPECTED_ACTIVATIONS if n not in ("conv1/output:0", "bn1/output:0")]
+    assert [name for name, _ in sim.activation_quantizers()] == expected
+    kernels = {name: q for name, q, _ in sim.param_quantizers() if name.endswith("/kernel:0")}
+    assert sorted(kernels) == EXPECTED_CONV_DENSE_PARAMS
+    assert all(q.per_channel for q in kernels.values())
+    assert all(q.use_unsigned_symmetric for _, q in sim.activation_quantizers())
