@@ -62,3 +62,13 @@ def test_load_encodings_to_sim_is_non_strict_as_aimets():
     assert all(q.is_enabled() and q.is_encoding_valid() for n, q in states.items() if n != dropped)
     with pytest.raises(ValueError, match="Encodings are missing for 1 enabled quantizers"):
         QuantizationSimModel(models.dense_model(), config_file="htp").load_encodings_to_sim(encodings, strict=True)
+
+
+def test_qc_quantize_wrapper_is_the_wrapper_class():
+    from aimet_tf.keras.quant_sim.qc_quantize_wrapper import QcQuantizeWrapper
+    from aimet_tf.keras.quantsim import QuantizationSimModel
+    from aimet_tf.testing.models import conv_bn_relu_model
+
+    sim = QuantizationSimModel(conv_bn_relu_model())
+    wrappers = [layer for layer in sim.model.layers if isinstance(layer, QcQuantizeWrapper)]
+    assert wrappers and wrappers == list(sim.quant_wrappers())
