@@ -33,6 +33,7 @@ __all__ = [
     "chain_cost",
     "compressible_layers",
     "layer_cost",
+    "layer_io_shapes",
     "rank_for_ratio",
     "spatial_svd_layer",
     "tucker2_layer",
@@ -153,7 +154,8 @@ def tucker2_layer(model: keras.Model, name: str, rank_in: int, rank_out: int, it
 # -- cost ----------------------------------------------------------------------------------------
 
 
-def _shapes(model: keras.Model, name: str) -> tuple[tuple, tuple]:
+def layer_io_shapes(model: keras.Model, name: str) -> tuple[tuple, tuple]:
+    """(input shape, output shape) of layer ``name``'s call, batch dimension first."""
     graph = ModelGraph(model, "compression cost")
     return graph.input_specs(name)[0][0], graph.output_specs(name)[0][0]
 
@@ -196,7 +198,7 @@ def chain_cost(scheme: str, layer, in_shape: tuple, out_shape: tuple, ranks: tup
 def layer_cost(model: keras.Model, name: str, metric: str = "mac") -> int:
     """MACs per sample or weights of a Conv2D/Dense layer (its kernel only)."""
     layer = _layer(model, name)
-    in_shape, out_shape = _shapes(model, name)
+    in_shape, out_shape = layer_io_shapes(model, name)
     return chain_cost("", layer, in_shape, out_shape, (), metric)
 
 
@@ -214,7 +216,7 @@ def rank_for_ratio(model: keras.Model, name: str, scheme: str, ratio: float, met
     if not isinstance(ratio, (int, float, np.floating)) or isinstance(ratio, bool) or not 0.0 < float(ratio) <= 1.0:
         raise ValueError(f"Expected a compression ratio in (0, 1]. Received: {ratio!r}")
     layer = _layer(model, name)
-    in_shape, out_shape = _shapes(model, name)
+    in_shape, out_shape = layer_io_shapes(model, name)
     budget = float(ratio) * chain_cost(scheme, layer, in_shape, out_shape, (), metric)
     c_in, c_out = int(in_shape[-1]), int(out_shape[-1])
     if scheme == "spatial_svd":
