@@ -1,17 +1,33 @@
 """AIMET's ``aimet_common.defs``: the enums and small records AIMET's Keras API takes.
 
 ``QuantScheme`` is aimet_tf's own enum, which holds AIMET's members with AIMET's meaning (and adds
-aimet_tf's schemes); ``QuantizationDataType`` and ``CallbackFunc`` have AIMET's shapes.
+aimet_tf's schemes); ``QuantizationDataType``, ``CallbackFunc``, ``CompressionScheme``,
+``CostMetric``, ``GreedySelectionParameters`` and ``EvalFunction`` have AIMET's shapes;
+``CompressionStats`` is ``aimet_tf.compression.compressor.CompressionStats``.
 """
 
 from __future__ import annotations
 
+import decimal
 import enum
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Optional
 
+from aimet_tf.compression.compressor import CompressionStats
 from aimet_tf.quantization.analyzers import QuantScheme
 
-__all__ = ["CallbackFunc", "QuantScheme", "QuantizationDataType"]
+__all__ = [
+    "CallbackFunc",
+    "CompressionScheme",
+    "CompressionStats",
+    "CostMetric",
+    "EvalFunction",
+    "GreedySelectionParameters",
+    "QuantScheme",
+    "QuantizationDataType",
+]
+
+# AIMET's evaluation callback for compression: eval_callback(model, eval_iterations) -> score.
+EvalFunction = Callable[[Any, Optional[int]], float]
 
 
 class QuantizationDataType(enum.Enum):
@@ -46,3 +62,50 @@ class CallbackFunc:
 
     def __repr__(self) -> str:
         return f"CallbackFunc({getattr(self.func, '__name__', self.func)!r}, {self.func_callback_args!r})"
+
+
+class CompressionScheme(enum.Enum):
+    """AIMET's compression schemes (``tucker`` is aimet_tf's; AIMET's Keras flavour only has spatial SVD)."""
+
+    weight_svd = 1
+    spatial_svd = 2
+    channel_pruning = 3
+    tucker = 4
+
+
+class CostMetric(enum.Enum):
+    """What a compression ratio counts: multiply-accumulates or weights."""
+
+    mac = 1
+    memory = 2
+
+
+class GreedySelectionParameters:
+    """AIMET's greedy per-layer ratio selection settings.
+
+    Args:
+        target_comp_ratio: the fraction of the cost that stays, in (0, 1] (a float or a Decimal).
+        num_comp_ratio_candidates: candidate ratios k / n, k = 1..n.
+        use_monotonic_fit: make each layer's scores non-decreasing in the ratio first.
+        saved_eval_scores_dict: a path to a scores file written by an earlier run (aimet_tf's
+            cache JSON), reused instead of evaluating again; or the ``{layer: {ratio: score}}``
+            mapping itself.
+    """
+
+    def __init__(
+        self,
+        target_comp_ratio: float | decimal.Decimal,
+        num_comp_ratio_candidates: int = 10,
+        use_monotonic_fit: bool = False,
+        saved_eval_scores_dict: Optional[str | Mapping] = None,
+    ):
+        self.target_comp_ratio = target_comp_ratio
+        self.num_comp_ratio_candidates = num_comp_ratio_candidates
+        self.use_monotonic_fit = use_monotonic_fit
+        self.saved_eval_scores_dict = saved_eval_scores_dict
+
+    def __repr__(self) -> str:
+        return (
+            f"GreedySelectionParameters(target_comp_ratio={self.target_comp_ratio!r}, "
+            f"num_comp_ratio_candidates={self.num_comp_ratio_candidates!r}, use_monotonic_fit={self.use_monotonic_fit!r})"
+        )

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from aimet_tf.graph import GraphRunner, ModelGraph, channel_group, keep_channels
 
-__all__ = ["PruneRecord", "producer_of", "prune_input_channels"]
+__all__ = ["PruneRecord", "kept_channel_count", "producer_of", "prune_input_channels"]
 
 _L = keras.layers
 _PRODUCERS = (_L.Conv1D, _L.Conv2D, _L.Conv3D, _L.Dense, _L.SeparableConv1D, _L.SeparableConv2D, _L.Conv2DTranspose)
@@ -81,6 +81,15 @@ def producer_of(model: keras.Model, name: str) -> str:
     return current
 
 
+def kept_channel_count(channels: int, ratio: float, multiplicity: int = 1) -> int:
+    """round(ratio * channels), at least 1, rounded to a multiple of ``multiplicity`` (at least one
+    multiple, at most ``channels``)."""
+    keep = max(1, int(round(float(ratio) * channels)))
+    if multiplicity > 1:
+        keep = min(channels, max(multiplicity, int(round(keep / multiplicity)) * multiplicity))
+    return keep
+
+
 def _patches(x: np.ndarray, layer) -> np.ndarray:
     """[positions, kh kw, c_in] patches of ``layer``'s input ``x`` [n, h, w, c_in]."""
     kh, kw = layer.kernel_size
@@ -115,6 +124,7 @@ def prune_input_channels(
     reference_model: keras.Model | None = None,
     *,
     num_reconstruction_samples: int = 4096,
+    multiplicity: int = 1,
     seed: int = 0,
 ) -> tuple[keras.Model, PruneRecord]:
     """Keeps ``ratio`` of Conv2D ``name``'s input channels (see the module docstring).
@@ -127,6 +137,7 @@ def prune_input_channels(
         reference_model: where the targets come from (default: ``model``); must have a layer
             ``name`` with the same kernel shape.
         num_reconstruction_samples: patch rows used for scoring and the re-fit.
+        multiplicity: the kept count is rounded to a multiple of it (see :func:`kept_channel_count`).
         seed: for the choice of rows.
 
     Returns:
@@ -154,7 +165,7 @@ def prune_input_channels(
     x, x_ref = x[rows], x_ref[rows]
     w = kernel.reshape(kh * kw, c_in, c_out)
     y = np.einsum("rpc,pco->ro", x_ref, reference.get_layer(name).kernel.numpy().astype(np.float64).reshape(kh * kw, c_in, c_out))
-    keep = max(1, int(round(float(ratio) * c_in)))
+    keep = kept_channel_count(c_in, ratio, multiplicity)
     energy = np.array([np.sum((x[:, :, c] @ w[:, c, :]) ** 2) for c in range(c_in)])
     kept = np.sort(np.argsort(-energy, kind="stable")[:keep])
     x_kept = x[:, :, kept].reshape(len(x), -1)

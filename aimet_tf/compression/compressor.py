@@ -30,13 +30,14 @@ from absl import logging
 
 from aimet_tf import files
 from aimet_tf.compression import schemes
-from aimet_tf.compression.channel_pruning import producer_of, prune_input_channels
+from aimet_tf.compression.channel_pruning import kept_channel_count, producer_of, prune_input_channels
 from aimet_tf.graph.cost import total_cost
 from aimet_tf.ptq.adaround_checkpoint import run_fingerprint
 
 __all__ = [
     "CompressionStats",
     "LayerCompression",
+    "StaleCacheError",
     "candidate_ratios",
     "compress_layer",
     "compress_model",
@@ -47,6 +48,10 @@ __all__ = [
 ]
 
 _CACHE_VERSION = 1
+
+
+class StaleCacheError(ValueError):
+    """An eval-scores cache written for another model, scheme, cost metric or candidate list."""
 
 
 def _check_ratio(ratio, where: str) -> float:
@@ -74,6 +79,7 @@ def compress_layer(
     samples: np.ndarray | None = None,
     reference_model: keras.Model | None = None,
     tucker_iterations: int = 10,
+    multiplicity: int = 1,
 ) -> keras.Model:
     """``model`` with layer ``name`` compressed by ``scheme`` to ``ratio`` of its cost (a new model).
 
@@ -86,8 +92,8 @@ def compress_layer(
     if scheme == "channel_pruning":
         if samples is None:
             raise ValueError("Channel pruning needs calibration samples (samples=...). Received: None")
-        return prune_input_channels(model, name, ratio, samples, reference_model)[0]
-    ranks = schemes.rank_for_ratio(model, name, scheme, ratio, cost_metric)
+        return prune_input_channels(model, name, ratio, samples, reference_model, multiplicity=multiplicity)[0]
+    ranks = schemes.rank_for_ratio(model, name, scheme, ratio, cost_metric, multiplicity)
     if scheme == "spatial_svd":
         return schemes.spatial_svd_layer(model, name, *ranks)
     if scheme == "weight_svd":
@@ -103,6 +109,7 @@ def compress_with_ratios(
     *,
     samples: np.ndarray | None = None,
     tucker_iterations: int = 10,
+    multiplicity: int = 1,
 ) -> keras.Model:
     """Compresses each named layer to its ratio (manual mode), in model order; 1.0 leaves a layer.
 
@@ -129,7 +136,7 @@ def compress_with_ratios(
         if float(ratio) < 1.0:
             compressed = compress_layer(
                 compressed, name, scheme, ratio, cost_metric,
-                samples=samples, reference_model=model, tucker_iterations=tucker_iterations,
+                samples=samples, reference_model=model, tucker_iterations=tucker_iterations, multiplicity=multiplicity,
             )
     return compressed
 
@@ -141,19 +148,19 @@ def candidate_ratios(num_candidates: int) -> list[float]:
     return [round(k / num_candidates, 10) for k in range(1, num_candidates + 1)]
 
 
-def ratio_savings(model: keras.Model, name: str, scheme: str, ratio: float, cost_metric: str) -> int:
+def ratio_savings(model: keras.Model, name: str, scheme: str, ratio: float, cost_metric: str, multiplicity: int = 1) -> int:
     """Cost removed from the model by compressing layer ``name`` alone to ``ratio``."""
     if ratio >= 1.0:
         return 0
     if scheme == "channel_pruning":
         layer = model.get_layer(name)
         channels = int(layer.kernel.shape[-2])
-        kept = max(1, int(round(ratio * channels))) / channels
+        kept = kept_channel_count(channels, ratio, multiplicity) / channels
         both = schemes.layer_cost(model, name, cost_metric) + schemes.layer_cost(model, producer_of(model, name), cost_metric)
         return int(round((1.0 - kept) * both))
     graph_shapes = schemes.layer_io_shapes(model, name)
     layer = model.get_layer(name)
-    ranks = schemes.rank_for_ratio(model, name, scheme, ratio, cost_metric)
+    ranks = schemes.rank_for_ratio(model, name, scheme, ratio, cost_metric, multiplicity)
     full = schemes.chain_cost(scheme, layer, *graph_shapes, (), cost_metric)
     return full - schemes.chain_cost(scheme, layer, *graph_shapes, ranks, cost_metric)
 
@@ -167,8 +174,10 @@ def _score(value, where: str) -> float:
     return value
 
 
-def _fingerprint(model: keras.Model, scheme: str, cost_metric: str, candidates: Sequence[float]) -> str:
-    return run_fingerprint(model, np.zeros(0, np.float32), {"scheme": scheme, "metric": cost_metric, "candidates": list(candidates)})
+def _fingerprint(model: keras.Model, scheme: str, cost_metric: str, candidates: Sequence[float], multiplicity: int) -> str:
+    return run_fingerprint(
+        model, np.zeros(0, np.float32), {"scheme": scheme, "metric": cost_metric, "candidates": list(candidates), "multiplicity": multiplicity}
+    )
 
 
 def _read_cache(path: str, fingerprint: str) -> dict[str, dict[str, float]]:
@@ -180,7 +189,7 @@ def _read_cache(path: str, fingerprint: str) -> dict[str, dict[str, float]]:
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"Eval-scores cache {path!r} cannot be read ({error}). Delete it or pass another path.") from error
     if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or data.get("fingerprint") != fingerprint:
-        raise ValueError(
+        raise StaleCacheError(
             f"Eval-scores cache {path!r} was written for another model, scheme, cost metric or candidate list "
             "(its fingerprint differs). Expected a cache of this run. Delete it or pass another path."
         )
@@ -198,6 +207,7 @@ def layer_sensitivity(
     samples: np.ndarray | None = None,
     cache_path: str | os.PathLike | None = None,
     tucker_iterations: int = 10,
+    multiplicity: int = 1,
 ) -> dict[str, dict[float, float]]:
     """Eval score of ``model`` with each layer alone compressed at each candidate ratio.
 
@@ -207,7 +217,7 @@ def layer_sensitivity(
     _check_scheme(scheme)
     layers = list(schemes.compressible_layers(model, scheme) if layers is None else layers)
     candidates = [_check_ratio(c, "a candidate ratio") for c in candidates]
-    fingerprint = _fingerprint(model, scheme, cost_metric, candidates)
+    fingerprint = _fingerprint(model, scheme, cost_metric, candidates, multiplicity)
     cache_path = None if cache_path is None else os.fspath(cache_path)
     cached = _read_cache(cache_path, fingerprint) if cache_path else {}
     baseline = _score(eval_fn(model), "uncompressed model")
@@ -221,7 +231,10 @@ def layer_sensitivity(
             if ratio >= 1.0:
                 scores[key] = baseline
                 continue
-            compressed = compress_layer(model, name, scheme, ratio, cost_metric, samples=samples, tucker_iterations=tucker_iterations)
+            compressed = compress_layer(
+                model, name, scheme, ratio, cost_metric,
+                samples=samples, tucker_iterations=tucker_iterations, multiplicity=multiplicity,
+            )
             scores[key] = _score(eval_fn(compressed), f"layer {name!r} at ratio {ratio}")
             logging.info("compression sensitivity [%d/%d] %s at %.2f: %.4f", index, len(layers), name, ratio, scores[key])
         table[name] = scores
@@ -332,6 +345,7 @@ def compress_model(
     cache_path: str | os.PathLike | None = None,
     saved_eval_scores: Mapping[str, Mapping[float, float]] | None = None,
     tucker_iterations: int = 10,
+    multiplicity: int = 1,
 ) -> tuple[keras.Model, CompressionStats]:
     """Compresses ``model`` with given ``ratios`` (manual) or to ``target_ratio`` (greedy auto mode).
 
@@ -362,19 +376,22 @@ def compress_model(
         else:
             scores = layer_sensitivity(
                 model, scheme, eval_fn, candidates, layers, cost_metric,
-                samples=samples, cache_path=cache_path, tucker_iterations=tucker_iterations,
+                samples=samples, cache_path=cache_path, tucker_iterations=tucker_iterations, multiplicity=multiplicity,
             )
-        savings = {n: {r: ratio_savings(model, n, scheme, r, cost_metric) for r in scores[n]} for n in layers}
+        savings = {n: {r: ratio_savings(model, n, scheme, r, cost_metric, multiplicity) for r in scores[n]} for n in layers}
         cost = total_cost(model)
         choice = greedy_ratios(scores, savings, cost.macs if cost_metric == "mac" else cost.params, target_ratio, use_monotonic_fit)
     else:
         choice = dict(ratios.items()) if isinstance(ratios, Mapping) else {n: r for n, r in ratios}
-    compressed = compress_with_ratios(model, scheme, choice, cost_metric, samples=samples, tucker_iterations=tucker_iterations)
+    compressed = compress_with_ratios(
+        model, scheme, choice, cost_metric, samples=samples, tucker_iterations=tucker_iterations, multiplicity=multiplicity
+    )
     before, after = total_cost(model), total_cost(compressed)
     per_layer = []
     for name, ratio in choice.items():
         full = schemes.layer_cost(model, name, cost_metric)
-        per_layer.append(LayerCompression(name, float(ratio), full, full - ratio_savings(model, name, scheme, float(ratio), cost_metric)))
+        saved = ratio_savings(model, name, scheme, float(ratio), cost_metric, multiplicity)
+        per_layer.append(LayerCompression(name, float(ratio), full, full - saved))
     stats = CompressionStats(
         baseline_model_accuracy=baseline,
         compressed_model_accuracy=_score(eval_fn(compressed), "compressed model"),

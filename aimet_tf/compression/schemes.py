@@ -207,8 +207,13 @@ def _largest(candidates: list, cost: Callable[[object], int], budget: float):
     return fitting[-1] if fitting else candidates[0]
 
 
-def rank_for_ratio(model: keras.Model, name: str, scheme: str, ratio: float, metric: str = "mac") -> tuple[int, ...]:
+def rank_for_ratio(
+    model: keras.Model, name: str, scheme: str, ratio: float, metric: str = "mac", multiplicity: int = 1
+) -> tuple[int, ...]:
     """The ranks at which ``scheme`` keeps at most ``ratio`` of layer ``name``'s cost (at least rank 1).
+
+    With ``multiplicity`` m > 1 (AIMET's), only ranks that are multiples of m (or the full rank)
+    are candidates, e.g. to match a target's channel granularity.
 
     Raises:
         ValueError: for a ratio outside (0, 1], an unknown scheme or metric.
@@ -228,6 +233,10 @@ def rank_for_ratio(model: keras.Model, name: str, scheme: str, ratio: float, met
         ranks = sorted({(max(1, round(f * c_in)), max(1, round(f * c_out))) for f in np.linspace(0.0, 1.0, 201)})
     else:
         raise ValueError(f"Expected scheme in ('spatial_svd', 'weight_svd', 'tucker'). Received: {scheme!r}")
+    if isinstance(multiplicity, bool) or not isinstance(multiplicity, int) or multiplicity < 1:
+        raise ValueError(f"Expected multiplicity >= 1. Received: {multiplicity!r}")
+    if multiplicity > 1:
+        ranks = [r for r in ranks if all(v % multiplicity == 0 for v in r)] + [ranks[-1]]
     return _largest(ranks, lambda r: chain_cost(scheme, layer, in_shape, out_shape, r, metric), budget)
 
 

@@ -31,7 +31,11 @@ from typing import Any, Iterator
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
 
 # AIMET's package prefixes and the aimet_tf packages that stand for them.
-PREFIXES = (("aimet_tensorflow.keras", "aimet_tf.keras"), ("aimet_common", "aimet_tf.common"))
+PREFIXES = (
+    ("aimet_tensorflow.keras", "aimet_tf.keras"),
+    ("aimet_tensorflow.defs", "aimet_tf.keras.defs"),  # AIMET's compression examples import it
+    ("aimet_common", "aimet_tf.common"),
+)
 _IMPORT_LINE = re.compile(r"^\s*(from\s+\S+\s+import\b|import\s+\S+)")
 
 
@@ -95,9 +99,12 @@ def aimet_aliases() -> Iterator[None]:
 
 
 def _run(source: str, filename: str, workdir: str) -> Any:
+    """Runs the script's main(workdir) with workdir as the current folder (as a user runs a script
+    in a folder), so that files AIMET writes to relative paths land there."""
     namespace: dict[str, Any] = {"__name__": "aimet_script", "__file__": filename}
     exec(compile(source, filename, "exec"), namespace)
-    return namespace["main"](workdir)
+    with contextlib.chdir(workdir):
+        return namespace["main"](workdir)
 
 
 def run_script(name: str, workdir: str) -> dict[str, Any]:
