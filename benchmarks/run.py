@@ -23,6 +23,7 @@ from aimet_tf import files  # noqa: E402
 from benchmarks import (  # noqa: E402
     bench_adaround,
     bench_cle,
+    bench_compress,
     bench_defaults,
     bench_depthwise,
     bench_export,
@@ -49,6 +50,7 @@ BENCHMARKS = {
     "peers_adaround": bench_peers.run_adaround,
     "peers_qat": bench_peers.run_qat,
     "depthwise": bench_depthwise.run,
+    "compress": bench_compress.run,
 }
 
 FLAGS = flags.FLAGS

@@ -62,3 +62,14 @@ def test_adaround_example(tmp_path):
     adarounded = _accuracy_of(out, "W4A8 (default, auto), AdaRound 50 it/layer")
     assert adarounded > nearest  # even 50 iterations per layer beat nearest rounding here
     assert (tmp_path / "adaround.encodings").exists()
+
+
+@pytest.mark.slow
+def test_compress_example(tmp_path):
+    out = _run("compress.py", "--scheme=weight_svd", "--ratios=block5_pw:0.5,block6_pw:0.5", "--epochs=1",
+               "--eval_images=500", f"--output_dir={tmp_path}")
+    assert "weight_svd can compress: block1_pw" in out
+    fp32 = _accuracy_of(out, "FP32")
+    tuned = _accuracy_of(out, "weight_svd + 1 epoch(s) fine-tune")
+    assert fp32 > 90.0 and tuned > fp32 - 5.0
+    assert "sim == TFLite outputs" in out and os.path.isfile(tmp_path / "weight_svd_int8.tflite")
