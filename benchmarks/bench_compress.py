@@ -8,12 +8,19 @@ Adam, learning rate 1e-4, batch 128). The compressed, fine-tuned model is then q
 (`tflite` config, `tf_enhanced`, BN folded by `prepare_model_for_tflite`), exported to int8 TFLite and
 checked against the sim; float and int8 file sizes and LiteRT latency (batch 1) sit beside the
 uncompressed model's, measured in the same run. A scheme that cannot reach 50% on a model (it has
-too few layers it can compress) is reported with the smallest ratio it can reach.
+too few layers it can compress) is reported with the smallest ratio it can reach. The peer is
+TFMOT's magnitude pruning (its own venv, ``benchmarks/peers/tfmot_prune.py``) at the sparsity that
+leaves the weight count of our most compressed scheme, with the same one-epoch fine-tune; its
+.tflite files are scored and timed here with the same LiteRT. gzip sizes show what sparsity
+saves once compressed; dense kernels with zeros run no faster.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+import subprocess
 import tempfile
 import time
 
@@ -22,11 +29,14 @@ import numpy as np
 
 from aimet_tf import datasets, metrics
 from aimet_tf.compression import compressor, schemes
-from aimet_tf.export import export_tflite, measure_latency, prepare_model_for_tflite, verify_tflite
+from aimet_tf.export import export_tflite, measure_latency, prepare_model_for_tflite, run_tflite, verify_tflite
 from aimet_tf.export.baselines import tflite_float
 from aimet_tf.graph.cost import total_cost
 from aimet_tf.quantization import QuantizationSimModel
 from benchmarks import zoo
+from benchmarks.bench_qat import _PEER_SETUP, _to_uint8, _venv, export_architecture
+
+_PRUNE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "tfmot_prune.py")
 
 MODELS = ("bundled_cnn", "plain_cnn")
 SCHEMES = ("spatial_svd", "weight_svd", "tucker", "channel_pruning")
@@ -54,6 +64,8 @@ def _export(model: keras.Model, x_cal: np.ndarray, x_test: np.ndarray, y_test: n
     with open(float_path, "wb") as f:
         f.write(tflite_float(model))
     return {
+        "int8_gz_kb": _gzip_kb(int8),
+        "float_gz_kb": _gzip_kb(float_path),
         "int8_acc": report.accuracy_tflite,
         "identical": report.exact_fraction,
         "int8_kb": report.file_size_bytes / 1024,
@@ -63,12 +75,47 @@ def _export(model: keras.Model, x_cal: np.ndarray, x_test: np.ndarray, y_test: n
     }
 
 
+def _gzip_kb(path: str) -> float:
+    with open(path, "rb") as f:
+        return len(gzip.compress(f.read(), 9)) / 1024
+
+
+def tfmot_pruning(model: keras.Model, sparsity: float, x_train, y_train, x_cal, x_test, y_test, folder: str) -> dict:
+    """TFMOT magnitude pruning to ``sparsity`` with the same fine-tune, scored here (same LiteRT)."""
+    python = os.path.join(_venv(), "bin", "python")
+    if not os.path.exists(python):
+        setup = subprocess.run(["bash", _PEER_SETUP, _venv()], capture_output=True, text=True)
+        if setup.returncode != 0:
+            return {"error": f"setup_tfmot.sh failed: {setup.stderr.strip()[-300:]}"}
+    work = tempfile.mkdtemp(dir=folder)
+    arch, weights = export_architecture(model, work)
+    data = os.path.join(work, "data.npz")
+    np.savez(data, x_train=_to_uint8(x_train), y_train=y_train, x_test=_to_uint8(x_test), y_test=y_test, x_cal=_to_uint8(x_cal))
+    out = os.path.join(work, "out")
+    command = [python, _PRUNE_SCRIPT, f"--arch={arch}", f"--weights={weights}", f"--data={data}",
+               f"--output_dir={out}", f"--sparsity={sparsity:.4f}"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TF_USE_LEGACY_KERAS="1"), timeout=1800)
+    if proc.returncode != 0:
+        return {"error": f"tfmot_prune.py failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}"}
+    with open(os.path.join(out, "result.json"), encoding="utf-8") as f:
+        result = json.load(f)
+    int8, flt = os.path.join(out, "int8.tflite"), os.path.join(out, "float.tflite")
+    result.update(
+        int8_acc=metrics.top1_accuracy(run_tflite(int8, x_test)[0], y_test),
+        int8_kb=os.path.getsize(int8) / 1024, float_kb=os.path.getsize(flt) / 1024,
+        int8_gz_kb=_gzip_kb(int8), float_gz_kb=_gzip_kb(flt),
+        int8_ms=measure_latency(int8), float_ms=measure_latency(flt),
+    )
+    return result
+
+
 def _row(label: str, macs: float, params: float, before: float, after: float | None, tune_s: float | None, exp: dict, extra: str) -> str:
     after_text = "" if after is None else f"{100 * after:.2f}"
     tune_text = "" if tune_s is None else f"{tune_s:.0f}"
     return (
         f"| {label} | {macs:.3f} | {params:.3f} | {100 * before:.2f} | {after_text} | {tune_text} | "
-        f"{100 * exp['int8_acc']:.2f} | {100 * exp['identical']:.2f} | {exp['float_kb']:.1f} / {exp['int8_kb']:.1f} | "
+        f"{100 * exp['int8_acc']:.2f} | {100 * exp['identical']:.2f} | {exp['float_kb']:.1f} / {exp['int8_kb']:.1f} "
+        f"({exp['float_gz_kb']:.1f} / {exp['int8_gz_kb']:.1f}) | "
         f"{exp['float_ms']:.3f} / {exp['int8_ms']:.3f} | {extra} |"
     )
 
@@ -92,7 +139,7 @@ def run() -> str:
             lines += [
                 f"### {model_name} ({model.count_params():,} parameters, {base.macs:,} MACs)",
                 "",
-                "| model | MACs kept | weights kept | test acc % | after 1 epoch % | fine-tune s | int8 TFLite acc % | sim == TFLite outputs % | float / int8 KB | float / int8 ms | per-layer ratios, greedy time |",
+                "| model | MACs kept | weights kept | test acc % | after 1 epoch % | fine-tune s | int8 TFLite acc % | sim == TFLite outputs % | float / int8 KB (gzip -9) | float / int8 ms | per-layer ratios, greedy time |",
                 "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             exp = _export(model, xv, xt, y_test, folder, f"{model_name}_base")
@@ -101,6 +148,7 @@ def run() -> str:
             def evaluate(candidate, xv=xv, yv=yv):
                 return _accuracy(candidate, xv, yv)
 
+            kept_weights = []
             for scheme in SCHEMES:
                 layers = schemes.compressible_layers(model, scheme)
                 start = time.perf_counter()
@@ -118,8 +166,21 @@ def run() -> str:
                 after = _accuracy(compressed, xt, y_test)
                 exp = _export(compressed, xv, xt, y_test, folder, f"{model_name}_{scheme}")
                 cost = total_cost(compressed)
+                kept_weights.append(cost.params / base.params)
                 ratios = ", ".join(f"{c.layer} {c.ratio:.1f}" for c in stats.per_layer if c.ratio < 1.0)
                 lines.append(_row(scheme, cost.macs / base.macs, cost.params / base.params, before, after, tune_s, exp,
                                   f"{ratios}; {greedy_s:.0f} s"))
+            if kept_weights:
+                sparsity = 1.0 - min(kept_weights)
+                peer = tfmot_pruning(model, sparsity, xtr, y_train, xv, xt, y_test, folder)
+                if "error" in peer:
+                    lines.append(f"| TFMOT magnitude pruning | failed | | | | | | | | | {peer['error']} |")
+                else:
+                    lines.append(
+                        f"| TFMOT magnitude pruning, sparsity {sparsity:.3f} (tfmot {peer['versions']['tensorflow_model_optimization']}) | 1.000 | "
+                        f"{1 - peer['kernel_sparsity']:.3f} nonzero | | {100 * peer['keras_accuracy']:.2f} | | {100 * peer['int8_acc']:.2f} | "
+                        f"(TFLite PTQ) | {peer['float_kb']:.1f} / {peer['int8_kb']:.1f} ({peer['float_gz_kb']:.1f} / {peer['int8_gz_kb']:.1f}) | "
+                        f"{peer['float_ms']:.3f} / {peer['int8_ms']:.3f} | dense kernels with zeros; same 1-epoch fine-tune |"
+                    )
             lines.append("")
     return "\n".join(lines)

@@ -241,7 +241,12 @@ def rank_for_ratio(
 
 
 def compressible_layers(model: keras.Model, scheme: str) -> list[str]:
-    """Top-level layers ``scheme`` can compress, in model order (each called once)."""
+    """Top-level layers ``scheme`` can compress, in model order (each called once).
+
+    For channel pruning: Conv2D layers whose input channels come from one producer whose channels
+    reach nothing else (``channel_pruning.producer_of`` says why others cannot).
+    """
+    from aimet_tf.compression.channel_pruning import producer_of
     graph = ModelGraph(model, "finding compressible layers")
     names = []
     for node in graph.nodes:
@@ -254,9 +259,17 @@ def compressible_layers(model: keras.Model, scheme: str) -> list[str]:
         elif scheme == "weight_svd":
             ok = (type(layer) is _L.Dense and len(layer.kernel.shape) == 2) or (conv and tuple(layer.kernel_size) == (1, 1))
         elif scheme == "channel_pruning":
-            ok = conv
+            ok = conv and _prunable(model, layer.name, producer_of)
         else:
             raise ValueError(f"Expected scheme in {SCHEMES}. Received: {scheme!r}")
         if ok:
             names.append(layer.name)
     return names
+
+
+def _prunable(model: keras.Model, name: str, producer_of) -> bool:
+    try:
+        producer_of(model, name)
+    except ValueError:
+        return False
+    return True
