@@ -658,6 +658,15 @@ class _HistogramAnalyzer(RangeAnalyzer):
             return None
         return GraphStatisticsSpec(num_bins=self._num_bins, count_zeros=self.counts_zeros)
 
+    def histogram(self, channel: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(counts, edges)`` of channel ``channel``'s histogram so far (None before any data);
+        ``edges`` has one more entry than ``counts``."""
+        if self._histogram is None:
+            return None
+        h = self._histogram
+        edges = np.linspace(h.lo[channel], h.hi[channel], h.num_bins + 1)
+        return h.counts[channel].copy(), edges
+
     def _absorb_statistics(self, values: GraphStatisticsValues) -> None:
         counts = np.asarray(values.counts, dtype=np.float64).reshape(1, -1)
         if counts.shape[1] != self._num_bins:
