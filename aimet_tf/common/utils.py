@@ -1,4 +1,5 @@
-"""AIMET's ``aimet_common.utils.AimetLogger``: area loggers and their levels.
+"""AIMET's ``aimet_common.utils``: ``AimetLogger`` (area loggers and their levels) and
+``CallbackFunc`` (also importable from here in AIMET; the class is ``aimet_tf.common.defs.CallbackFunc``).
 
 aimet_tf's own modules log through absl's logger (``absl.logging``, Python logger ``"absl"``); an
 area logger is the Python logger ``"aimet_tf.<area>"``. ``set_level_for_all_areas`` sets both, so
@@ -14,7 +15,9 @@ import logging
 
 from absl import logging as absl_logging
 
-__all__ = ["AimetLogger"]
+from aimet_tf.common.defs import CallbackFunc
+
+__all__ = ["AimetLogger", "CallbackFunc"]
 
 
 class AimetLogger:

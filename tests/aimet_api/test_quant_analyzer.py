@@ -10,6 +10,7 @@ def test_aimet_quant_analyzer_script(tmp_path):
     runs = harness.run_script("quant_analyzer", str(tmp_path))
     a, b = runs["imports_changed"], runs["unchanged"]
     assert a == b
+    assert a["returned"] is None  # AIMET's analyze returns None
     for name in ("per_layer_quant_enabled", "per_layer_quant_disabled", "per_layer_mse_loss", "model_sensitivity"):
         assert {f"{name}.json", f"{name}.html", f"{name}.png"} <= set(a["files"])
     assert {"activations_pdf", "weights_pdf", "min_max_ranges", "weight_ranges", "index.html"} <= set(a["files"])

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from aimet_common.defs import QuantScheme, CallbackFunc
+from aimet_common.defs import QuantScheme
+from aimet_common.utils import CallbackFunc
 from aimet_tensorflow.keras.quant_analyzer import QuantAnalyzer
 
 from aimet_tf.datasets import load_bundled_model, load_fashion_mnist
@@ -26,7 +27,7 @@ def main(workdir):
     eval_callback_fn = CallbackFunc(eval_callback, func_callback_args=(images[:500], labels[:500]))
     quant_analyzer = QuantAnalyzer(model, forward_pass_callback=forward_pass_callback_fn, eval_callback=eval_callback_fn)
     quant_analyzer.enable_per_layer_mse_loss(unlabeled_dataset=calibration[:64], num_batches=2)
-    quant_analyzer.analyze(quant_scheme=QuantScheme.post_training_tf_enhanced, default_param_bw=4, default_output_bw=8,
+    returned = quant_analyzer.analyze(quant_scheme=QuantScheme.post_training_tf_enhanced, default_param_bw=4, default_output_bw=8,
                            config_file=None, results_dir=workdir)
     import json, os
 
@@ -35,6 +36,7 @@ def main(workdir):
             return json.load(f)
 
     return {
+        "returned": returned,
         "files": sorted(f for f in os.listdir(workdir)),
         "sensitivity": read("model_sensitivity.json"),
         "enabled": read("per_layer_quant_enabled.json"),
