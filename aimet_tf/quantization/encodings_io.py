@@ -47,6 +47,7 @@ __all__ = [
     "activation_name",
     "layer_of_activation",
     "param_name",
+    "same_encoding",
     "to_dict",
     "from_dict",
     "read_json",
@@ -104,6 +105,11 @@ def _enc_061(enc: Encoding) -> list[dict]:
         }
         for mn, mx, sc, off in zip(mins, maxs, scales, offsets)
     ]
+
+
+def same_encoding(a: Encoding, b: Encoding) -> bool:
+    """True when ``a`` and ``b`` write the same file entry (bitwidth, symmetry, min/max/scale/offset)."""
+    return _enc_061(a) == _enc_061(b)
 
 
 def _enc_100(name: str, enc: Encoding) -> dict:
