@@ -110,7 +110,7 @@ def _structural_cases() -> list[dict]:
             cases.append(_case(cls, {"num_inputs": n}, {}, [img] * n))
     for dims, shape in (("1D", seq), ("2D", img), ("3D", vol)):
         for kind in ("Max", "Average"):
-            cases.append(_case(f"{kind}Pooling{dims}", {}, {}, [shape]))
+            cases.append(_case(f"{kind}Pooling{dims}", {}, {"pool_size": 2}, [shape]))
             for keepdims in (False, True):
                 cases.append(_case(f"Global{kind}Pooling{dims}", {"keepdims": keepdims}, {}, [shape]))
     cases += [
@@ -154,7 +154,7 @@ def _argument_probes() -> list[dict]:
         _case("DepthwiseConv2D", {**common, "depth_multiplier": 2}, {"kernel_size": 3}, [(8, 8, 3)]),
         _case("UpSampling1D", {"size": 3}, {}, [(8, 3)]),
         _case("UpSampling2D", {"interpolation": "nearest", "size": 3}, {}, [(6, 6, 3)]),
-        _case("MaxPooling2D", {"strides": 1, "padding": "same"}, {}, [(6, 6, 3)]),
+        _case("MaxPooling2D", {"strides": 1, "padding": "same"}, {"pool_size": 2}, [(6, 6, 3)]),
     ]
 
 
