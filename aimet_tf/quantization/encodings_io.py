@@ -10,17 +10,20 @@ Float entries (a tensor the target keeps in float) are ``[{"bitwidth": 16, "dtyp
 0.6.1 and ``{"name", "dtype": "FLOAT", "bw": 16}`` in 1.0.0; ``from_dict(..., allow_float=True)``
 returns them as :class:`FloatEncoding`.
 
-Tensor names. aimet_tf names activations ``"<layer>/input:<i>"`` / ``"<layer>/output:<i>"``
-(:func:`activation_name`) and parameters ``"<layer>/<variable>:0"`` (:func:`param_name`, the
-same names AIMET Keras uses). AIMET Keras names an activation by the TF tensor its layer
-produces, ``"<layer>/<TF op>:0"`` (``conv2d_1/Tanh:0``, ``conv2d/BiasAdd:0``, ``add/add:0``) and
-a model input by its input layer, ``"input_1:0"``. :func:`layer_of_activation` reads the layer
-out of such a name; ``QuantizationSimModel.load_encodings_to_sim`` maps it to that layer's output
-quantizer (a model input: to the input quantizers of the layers reading it). Files this module
-writes keep aimet_tf's names: the TF op that ends a Keras layer depends on its arguments and on
-TF's lowering (Conv2D ends in BiasAdd, Conv2D, Relu, Tanh...), so it is not produced by guess. A
-reader on AIMET's side matches a name to a layer by the same rule: the part before the first
-'/' is the layer, ``output:<i>`` its i-th output, ``input:<i>`` its i-th input.
+Tensor names. Inside the sim, activations are named ``"<layer>/input:<i>"`` /
+``"<layer>/output:<i>"`` (:func:`activation_name`) and parameters ``"<layer>/<variable>:0"``
+(:func:`param_name`, the names AIMET Keras uses). AIMET Keras keys an activation by the tf.keras 2
+tensor it is on: a layer's output ``"<layer>/<TF op>:0"`` (``conv2d_1/Tanh:0``,
+``conv2d/BiasAdd:0``, ``add/add:0``), an input quantizer by the tensor it reads, a model input
+``"<input layer>:0"``. The TF op that ends a Keras layer depends on its class and arguments, so
+it is measured, not derived: :mod:`aimet_tf.quantization.aimet_names` looks layers up in a table
+recorded in tf.keras 2.21 (``benchmarks/peers/keras2_tensor_names.py``).
+``QuantizationSimModel.get_encodings_dict`` / ``export`` write those names by default (one
+entry per tensor) and keep the sim's names, with a warning, for tensors the table does not cover
+or whose quantizers disagree; ``activation_names="aimet_tf"`` keeps the sim's names throughout.
+:func:`layer_of_activation` reads the layer out of either kind of name;
+``QuantizationSimModel.load_encodings_to_sim`` maps an AIMET name to every quantizer on that
+tensor.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "activation_name",
     "layer_of_activation",
     "param_name",
+    "same_encoding",
     "to_dict",
     "from_dict",
     "read_json",
@@ -104,6 +108,11 @@ def _enc_061(enc: Encoding) -> list[dict]:
         }
         for mn, mx, sc, off in zip(mins, maxs, scales, offsets)
     ]
+
+
+def same_encoding(a: Encoding, b: Encoding) -> bool:
+    """True when ``a`` and ``b`` write the same file entry (bitwidth, symmetry, min/max/scale/offset)."""
+    return _enc_061(a) == _enc_061(b)
 
 
 def _enc_100(name: str, enc: Encoding) -> dict:

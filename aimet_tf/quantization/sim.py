@@ -11,8 +11,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
+import re
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -22,10 +24,11 @@ import tensorflow as tf
 from absl import logging
 
 from aimet_tf import files
-from aimet_tf.graph import ModelGraph, all_layers, check_prepared
+from aimet_tf.graph import ModelGraph, all_layers, check_prepared, tensor_name
 from aimet_tf.quantization import config as hw_config
-from aimet_tf.quantization import calibration_data, encodings_io, graph
+from aimet_tf.quantization import aimet_names, calibration_data, encodings_io, graph
 from aimet_tf.quantization import output_mse
+from aimet_tf.quantization.primitives import Encoding
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme, validate_percentile
 from aimet_tf.quantization.graph_statistics import GraphStatistics, NonFiniteWatch
 from aimet_tf.quantization.quantizers import Quantizer, traced_state
@@ -606,19 +609,44 @@ class QuantizationSimModel:
 
     # -- encodings I/O -------------------------------------------------------------------------
 
-    def get_encodings_dict(self, version: str = "0.6.1") -> dict:
+    def get_encodings_dict(self, version: str = "0.6.1", *, activation_names: str = "aimet_keras") -> dict:
         """The AIMET encodings of this sim as a JSON-ready dict (version "0.6.1" or "1.0.0").
+
+        Args:
+            version: "0.6.1" or "1.0.0".
+            activation_names: "aimet_keras" (default): activations are keyed as AIMET Keras keys
+                them, by the tf.keras 2 tensor name (``"conv2d/BiasAdd:0"``, a model input
+                ``"input_1:0"``; ``aimet_names``), an input quantizer by the tensor it reads, so
+                AIMET's tooling finds them. One entry stands for every quantizer on a tensor
+                (the producer's output quantizer and the readers' input quantizers). A tensor
+                keeps aimet_tf's names (``"<layer>/output:0"``, ``"<layer>/input:0"``) for each
+                of its quantizers, with one warning listing them, when the table of measured
+                names does not cover its layer, when its quantizers disagree (different
+                encodings, or some disabled), and for tensors inside a layer (an LSTM's gates) or
+                crossing a nested model's boundary. "aimet_tf": aimet_tf's names throughout.
+                Parameter names (``"conv2d/kernel:0"``) are AIMET Keras's in both.
 
         The header's ``activation_bitwidth`` / ``param_bitwidth`` are the bitwidth every
         exported encoding of that kind has (e.g. 4 after loading 4-bit parameter encodings into
         an 8-bit sim); when they differ (mixed precision) it is the sim's default, and each
         entry's own ``bitwidth`` tells its grid.
+
+        Raises:
+            ValueError: for an unknown version or ``activation_names``.
         """
+        if activation_names not in _ACTIVATION_NAMINGS:
+            raise ValueError(
+                f"Expected activation_names in {_ACTIVATION_NAMINGS}. Received: activation_names={activation_names!r}"
+            )
         acts = {n: q.get_encoding() for n, q in self.activation_quantizers() if q.enabled and q.is_initialized}
+        exported = acts
+        if activation_names == "aimet_keras":
+            enabled = {n for n, q in self.activation_quantizers() if q.enabled}
+            exported = _aimet_keras_keys(acts, enabled, _activation_tensors(self.model))
         params = {n: q for n, q, _ in self.param_quantizers() if q.enabled and q.is_initialized}
         param_encs = {n: q.get_encoding() for n, q in params.items()}
         return encodings_io.to_dict(
-            acts,
+            exported,
             param_encs,
             version=version,
             quantizer_args={
@@ -638,6 +666,7 @@ class QuantizationSimModel:
         convert_to_pb: bool = True,
         *,
         encoding_version: str = "0.6.1",
+        activation_names: str = "aimet_keras",
     ) -> dict:
         """Writes ``{prefix}.encodings`` (AIMET JSON) and ``{prefix}.keras`` (the float model).
 
@@ -659,6 +688,8 @@ class QuantizationSimModel:
                 with True (AIMET's default) a warning says that the .keras file is written
                 instead; False writes the same files without it.
             encoding_version: "0.6.1" or "1.0.0".
+            activation_names: "aimet_keras" (AIMET Keras's tensor names, the default) or
+                "aimet_tf" (see ``get_encodings_dict``).
 
         Returns:
             {"encodings": path, "model": path, "manifest": path}.
@@ -668,8 +699,8 @@ class QuantizationSimModel:
             TypeError: for a ``custom_objects`` that is not a mapping of names, or a non-bool
                 ``convert_to_pb``.
             ValueError: if a parameter or an encoding holds NaN/Inf (nothing is written), for a
-                prefix that is not a plain file name, an unknown version, or a model that does
-                not load back under ``custom_objects``.
+                prefix that is not a plain file name, an unknown version or naming, or a model
+                that does not load back under ``custom_objects``.
         """
         files.check_file_name(filename_prefix, "filename_prefix")
         custom_objects = _checked_custom_objects(custom_objects)
@@ -690,7 +721,7 @@ class QuantizationSimModel:
                 UserWarning,
                 stacklevel=2,
             )
-        encodings = self.get_encodings_dict(encoding_version)
+        encodings = self.get_encodings_dict(encoding_version, activation_names=activation_names)
         float_model = self.float_model()
 
         def write_model(target: str) -> None:
@@ -730,11 +761,13 @@ class QuantizationSimModel:
                 one warning.
 
         Names. aimet_tf's own names (``"conv1/output:0"``, ``"conv1/input:0"``) match directly.
-        Any other activation name is matched by its layer, the part before the first '/'
-        (``encodings_io.layer_of_activation``), as AIMET Keras names tensors by TF op
-        (``"conv2d_1/Tanh:0"``, ``"add/add:0"``): it sets that layer's output quantizer, and a
-        model input's name (``"input_1:0"``) the input quantizers of every layer reading that
-        input. Parameter names (``"conv2d/kernel:0"``) are the same in both.
+        An AIMET Keras tensor name (what ``get_encodings_dict`` writes by default, and AIMET
+        writes) sets every quantizer on that tensor, as in AIMET: the producer's output quantizer
+        and the input quantizers of the layers reading it; a model input's name (``"input_1:0"``)
+        the input quantizers reading that input. A name that is neither (an op the table of
+        measured names does not know) is matched by its layer, the part before the first '/'
+        (``encodings_io.layer_of_activation``), standing for that layer's one output tensor.
+        Parameter names (``"conv2d/kernel:0"``) are the same in both.
 
         Float entries (``[{"bitwidth": 16, "dtype": "float"}]``, 1.0.0 ``"dtype": "FLOAT"``) say
         the target keeps the tensor in float: its quantizer is disabled (the sim computes it in
@@ -755,38 +788,12 @@ class QuantizationSimModel:
         """
         acts, params = encodings_io.from_dict(encodings_io.read_json(encoding_file_path), allow_float=True)
         targets = dict(self.activation_quantizers())
-        acts = _by_sim_names(acts, targets, self._activation_names_by_layer())
+        tensors = _activation_tensors(self.model)
+        by_name = {t.aimet_name: t.slots for t in tensors if t.aimet_name is not None and t.slots}
+        inputs = [l.name for l in self.model.layers if isinstance(l, keras.layers.InputLayer)]
+        acts = _by_sim_names(acts, targets, by_name, _tensors_by_layer(tensors), inputs)
         targets.update({n: q for n, q, _ in self.param_quantizers()})
         self._apply_encodings({**acts, **params}, targets, strict=strict, freeze=False)
-
-    def _activation_names_by_layer(self) -> dict[str, tuple[str, list[str]]]:
-        """Layer name -> (kind, the activation tensor names an AIMET name of that layer stands for).
-
-        A wrapped layer (kind "output") stands for its output quantizers; a model input layer
-        (kind "input") for the input quantizers that read it: each reader holds its own copy of
-        the input's grid.
-        """
-        names: dict[str, tuple[str, list[str]]] = {}
-        for wrapper in self.wrappers():
-            outputs = [
-                encodings_io.activation_name(wrapper.name, "output", i)
-                for i, q in enumerate(wrapper.output_quantizers)
-                if q is not None
-            ]
-            names[wrapper.name] = ("output", outputs)
-        producers, _ = graph.layer_edges(self.model)
-        inputs = {layer.name for layer in self.model.layers if isinstance(layer, keras.layers.InputLayer)}
-        for name in inputs:
-            names[name] = ("input", [])
-        by_name = {w.name: w for w in self.wrappers()}
-        for layer_name, sources in producers.items():
-            wrapper = by_name.get(layer_name)
-            if wrapper is None:
-                continue
-            for i, source in enumerate(sources):
-                if source in inputs and i < len(wrapper.input_quantizers) and wrapper.input_quantizers[i] is not None:
-                    names[source][1].append(encodings_io.activation_name(layer_name, "input", i))
-        return names
 
     def set_and_freeze_param_encodings(self, encoding_path: str | os.PathLike | dict) -> None:
         """Loads parameter encodings (e.g. AdaRound's output) and freezes those quantizers.
@@ -923,41 +930,191 @@ def _listing(names: Iterable[str], limit: int = 30) -> str:
     return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _by_sim_names(encs: dict, targets: dict, by_layer: dict[str, tuple[str, list[str]]]) -> dict:
+_ACTIVATION_NAMINGS = ("aimet_keras", "aimet_tf")
+_COUNTED_NAME = re.compile(r"keras_tensor(_\d+)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ActivationTensor:
+    """One tensor between layers and the quantizer slots on it.
+
+    Attributes:
+        layer: the layer producing it (an InputLayer for a model input).
+        aimet_name: AIMET Keras's name of it (``aimet_names``), None when there is none here
+            (the table does not cover the layer, the tensor crosses a nested model's boundary,
+            or a model input has Keras 3's per-session name); ``unnamed_because`` says which.
+        slots: the sim's activation names of the quantizers on it, the producer's output
+            quantizer first, then the readers' input quantizers in graph order.
+    """
+
+    layer: str
+    aimet_name: str | None
+    slots: tuple[str, ...]
+    unnamed_because: str = ""
+
+
+def _activation_tensors(model: keras.Model, top: bool = True) -> list[_ActivationTensor]:
+    """Every tensor of the sim model (nested models included) that a layer or input produces.
+
+    Model inputs are named only at the top level (AIMET Keras names the sim's own inputs); a
+    nested model's inputs and outputs have no AIMET name, so quantizers reading them keep
+    aimet_tf's names. Neither has an input that Keras 3 named ``keras_tensor_<n>`` (a
+    Sequential model's): that name is counted per session, so two builds of one model differ.
+    """
+    g = ModelGraph(model)
+    inputs = {tensor_name(l.name): l.name for l in model.layers if isinstance(l, keras.layers.InputLayer)}
+    producer: dict[str, str] = dict(inputs)
+    names: dict[str, str | None] = {}
+    why: dict[str, str] = {}
+    for t, name in inputs.items():
+        names[t] = aimet_names.model_input_name(name) if top and not _COUNTED_NAME.fullmatch(name) else None
+        if not top:
+            why[t] = f"{name!r} is an input of nested model {model.name!r}"
+        elif names[t] is None:
+            why[t] = (f"model input {name!r} has Keras 3's per-session name (name the keras.Input "
+                      "to get AIMET's '<input>:0')")
+    slots: dict[str, list[str]] = {t: [] for t in inputs}
+    nested: list[_ActivationTensor] = []
+    for node in g.nodes:
+        op = node.operation
+        for i, t in enumerate(node.outputs):
+            producer[t] = op.name
+            names[t] = None
+            slots[t] = []
+            kind = "a nested model" if isinstance(op, keras.Model) else "not a quantized layer"
+            why[t] = f"{op.name!r} is {kind}"
+            if isinstance(op, QuantizationWrapper):
+                shapes = [shape for shape, _ in g.input_specs(node.name)]
+                names[t] = aimet_names.output_name(op.layer, i, shapes, num_outputs=len(node.outputs))
+                why[t] = (f"the measured tf.keras 2 table has no name for {type(op.layer).__name__} "
+                          f"{op.name!r} with these arguments and inputs")
+                if op.output_quantizers[i] is not None:
+                    slots[t].append(encodings_io.activation_name(op.name, "output", i))
+        if isinstance(op, keras.Model):
+            nested += _activation_tensors(op, top=False)
+        elif isinstance(op, QuantizationWrapper):
+            for i, t in enumerate(node.inputs):
+                if op.input_quantizers[i] is not None:
+                    slots[t].append(encodings_io.activation_name(op.name, "input", i))
+    own = [_ActivationTensor(producer[t], names[t], tuple(slots[t]), why.get(t, "")) for t in slots]
+    return own + nested
+
+
+def _tensors_by_layer(tensors: list[_ActivationTensor]) -> dict[str, list[tuple[str, ...]]]:
+    """Layer name -> the slot groups of its output tensors that hold quantizers."""
+    by_layer: dict[str, list[tuple[str, ...]]] = {}
+    for t in tensors:
+        groups = by_layer.setdefault(t.layer, [])
+        if t.slots:
+            groups.append(t.slots)
+    return by_layer
+
+
+def _aimet_keras_keys(
+    acts: dict[str, Encoding], enabled: set[str], tensors: list[_ActivationTensor]
+) -> dict[str, Encoding]:
+    """Re-keys activation encodings by AIMET Keras tensor name where that is lossless.
+
+    Args:
+        acts: the exported encodings under the sim's names (enabled, calibrated quantizers).
+        enabled: names of every enabled activation quantizer.
+        tensors: ``_activation_tensors`` of the sim.
+
+    Returns:
+        The encodings in the sim's order: one entry under the AIMET name for each tensor whose
+        quantizers are all exported with one encoding; the others under the sim's names, listed
+        (with the reason) in one warning.
+    """
+    renamed: dict[str, str] = {}
+    kept: dict[str, list[str]] = {}
+    for t in tensors:
+        present = [n for n in t.slots if n in acts]
+        if not present:
+            continue
+        if t.aimet_name is None:
+            reason = f"no AIMET Keras name: {t.unnamed_because}"
+        elif len(present) < len(t.slots):
+            off = [n for n in t.slots if n not in acts]
+            why = "disabled" if any(n not in enabled for n in off) else "not calibrated"
+            reason = f"{t.aimet_name!r} also has quantizers {off} ({why}), which AIMET would set too"
+        elif any(not encodings_io.same_encoding(acts[present[0]], acts[n]) for n in present[1:]):
+            reason = f"{t.aimet_name!r} has quantizers with different encodings"
+        else:
+            renamed.update({n: t.aimet_name for n in present})
+            continue
+        kept.setdefault(reason, []).extend(present)
+    out: dict[str, Encoding] = {}
+    for name, enc in acts.items():
+        key = renamed.get(name, name)
+        out.setdefault(key, enc)
+    listed = {n for names in kept.values() for n in names}
+    unlisted = [n for n in acts if n not in renamed and n not in listed]  # tensors inside layers
+    if unlisted:
+        kept.setdefault("a tensor inside a layer, which AIMET Keras does not name", []).extend(unlisted)
+    if kept:
+        warnings.warn(
+            "Encodings: %d activation entries keep aimet_tf's names ('<layer>/output:<i>', "
+            "'<layer>/input:<i>'), which AIMET's tooling does not match: %s. Pass "
+            "activation_names='aimet_tf' to use aimet_tf's names throughout."
+            % (sum(len(v) for v in kept.values()), "; ".join(f"{r}: {', '.join(n)}" for r, n in kept.items())),
+            UserWarning,
+            stacklevel=3,
+        )
+    return out
+
+
+def _by_sim_names(
+    encs: dict,
+    targets: dict,
+    by_name: dict[str, tuple[str, ...]],
+    by_layer: dict[str, list[tuple[str, ...]]],
+    model_inputs: list[str],
+) -> dict:
     """Renames a file's activation encodings to the sim's tensor names.
 
-    A name the sim has is kept; any other names a layer (``encodings_io.layer_of_activation``)
-    and stands for ``by_layer[layer]`` (``_activation_names_by_layer``): the layer's one output
-    quantizer, or the input quantizers reading a model input.
+    A name the sim has is kept. An AIMET Keras tensor name of the sim (``by_name``) stands for
+    every quantizer on that tensor. Any other name names a layer
+    (``encodings_io.layer_of_activation``) and stands for the quantizers on that layer's one
+    output tensor that has any (``by_layer``, from ``_tensors_by_layer``). A model-input name
+    (``"<input>:0"``, no '/') of no layer of a single-input sim names that input, with a
+    warning: input layer names are not stable (tf.keras 2 ``input_1``, Keras 3 ``input_layer``,
+    a Keras 3 Sequential ``keras_tensor_<n>`` counted per session).
 
     Raises:
-        ValueError: listing every name that matches nothing, a layer with no (or several) output
-            quantizers, and every pair of names that land on the same quantizer.
+        ValueError: listing every name that matches nothing, a layer with no (or several)
+            quantized output tensors, and every pair of names that land on the same quantizer.
     """
     renamed: dict[str, Any] = {}
     source_of: dict[str, str] = {}
     problems: list[str] = []
     for name, enc in encs.items():
         if name in targets:
-            sim_names = [name]
+            sim_names: tuple[str, ...] = (name,)
+        elif name in by_name:
+            sim_names = by_name[name]
         else:
             try:
                 layer = encodings_io.layer_of_activation(name)
             except ValueError as exc:
                 problems.append(str(exc))
                 continue
+            if layer not in by_layer and "/" not in name and len(model_inputs) == 1:
+                logging.warning("Encodings: model input %r is taken as this sim's only input %r.",
+                                name, model_inputs[0])
+                layer = model_inputs[0]
             if layer not in by_layer:
                 problems.append(f"{name!r}: no layer {layer!r} in this sim")
                 continue
-            kind, sim_names = by_layer[layer]
-            if not sim_names:
-                problems.append(f"{name!r}: layer {layer!r} has no {kind} quantizer in this sim "
-                                "(not quantized here, e.g. fused by a supergroup)")
+            groups = by_layer[layer]
+            if not groups:
+                problems.append(f"{name!r}: layer {layer!r} has no output quantizer and no reader "
+                                "quantizes its output (not quantized here, e.g. fused by a supergroup)")
                 continue
-            if kind == "output" and len(sim_names) > 1:
-                problems.append(f"{name!r}: layer {layer!r} has {len(sim_names)} output quantizers "
-                                f"({', '.join(sim_names)}); name one of them")
+            if len(groups) > 1:
+                problems.append(f"{name!r}: layer {layer!r} has {len(groups)} quantized outputs "
+                                f"({'; '.join(', '.join(g) for g in groups)}); name one of them")
                 continue
+            sim_names = groups[0]
         for sim_name in sim_names:
             if sim_name in source_of:
                 problems.append(f"{source_of[sim_name]!r} and {name!r} both set {sim_name!r}")

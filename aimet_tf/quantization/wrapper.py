@@ -129,8 +129,9 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
     def activation_slots(self) -> list[tuple[str, Quantizer | None]]:
         """(tensor name, slot occupant) of every activation slot: inputs, internal tensors, outputs.
 
-        Names as in the encodings files: ``"<layer>/input:0"``, ``"<layer>/forget_gate:0"``,
-        ``"<layer>/output:0"``.
+        The sim's names (``"<layer>/input:0"``, ``"<layer>/forget_gate:0"``,
+        ``"<layer>/output:0"``); encodings files key activations by AIMET Keras's tensor names
+        instead unless written with ``activation_names="aimet_tf"`` (``QuantizationSimModel.get_encodings_dict``).
         """
         slots = [(activation_name(self.name, "input", i), q) for i, q in enumerate(self.input_quantizers)]
         slots += [(activation_name(self.name, n, 0), q) for n, q in zip(self.internal_names, self.internal_quantizer_list)]

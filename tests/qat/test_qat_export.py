@@ -57,7 +57,7 @@ def test_exported_encodings_carry_the_learned_ranges(tmp_path):
     paths = sim.export(tmp_path, "qat")
     doc = json.loads(open(paths["encodings"]).read())
     trained = {n: q.get_encoding() for n, q in find_quantizers(sim)}
-    act = doc["activation_encodings"]["fc/output:0"][0]
+    act = doc["activation_encodings"]["fc/BiasAdd:0"][0]
     assert act["max"] == pytest.approx(float(trained["fc/output:0"].max), rel=1e-6)
     assert act["max"] != pytest.approx(float(initial["fc/output:0"]), rel=1e-6)
     # A new sim on the exported (trained) float model + the encodings reproduces the trained sim.

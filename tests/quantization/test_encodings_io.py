@@ -168,9 +168,15 @@ def _as_aimet_names(doc: dict) -> dict:
 def test_aimet_tf_op_names_load_by_layer():
     sim = _named_sim()
     fresh = QuantizationSimModel(sim._original, quant_scheme="tf")
-    fresh.load_encodings_to_sim(_as_aimet_names(sim.get_encodings_dict()))
+    fresh.load_encodings_to_sim(_as_aimet_names(sim.get_encodings_dict(activation_names="aimet_tf")))
     x = models.random_images(8, shape=(6,))
     np.testing.assert_array_equal(fresh.model.predict(x, verbose=0), sim.model.predict(x, verbose=0))
+
+
+def test_written_activation_names_are_aimet_keras_names_by_default():
+    sim = _named_sim()
+    ours = sim.get_encodings_dict(activation_names="aimet_tf")
+    assert sim.get_encodings_dict() == _as_aimet_names(ours)
 
 
 @pytest.mark.parametrize("name, problem", [
@@ -179,7 +185,7 @@ def test_aimet_tf_op_names_load_by_layer():
 ])
 def test_unmatched_aimet_name_lists_the_sims_tensors(name, problem):
     sim = _named_sim()
-    doc = _as_aimet_names(sim.get_encodings_dict())
+    doc = sim.get_encodings_dict()
     doc["activation_encodings"][name] = doc["activation_encodings"]["re_lu/Relu:0"]
     with pytest.raises(ValueError, match=problem) as info:
         sim.load_encodings_to_sim(doc)
@@ -188,7 +194,7 @@ def test_unmatched_aimet_name_lists_the_sims_tensors(name, problem):
 
 def test_two_names_for_one_quantizer_are_refused():
     sim = _named_sim()
-    doc = sim.get_encodings_dict()
+    doc = sim.get_encodings_dict(activation_names="aimet_tf")
     doc["activation_encodings"]["re_lu/Relu:0"] = doc["activation_encodings"]["re_lu/output:0"]
     with pytest.raises(ValueError, match="'re_lu/output:0' and 're_lu/Relu:0' both set 're_lu/output:0'"):
         sim.load_encodings_to_sim(doc)
@@ -197,7 +203,7 @@ def test_two_names_for_one_quantizer_are_refused():
 @pytest.mark.parametrize("version", ["0.6.1", "1.0.0"])
 def test_float_entries_disable_their_quantizers_with_a_warning(version, caplog):
     sim = _named_sim()
-    doc = sim.get_encodings_dict(version)
+    doc = sim.get_encodings_dict(version, activation_names="aimet_tf")
     if version == "0.6.1":
         doc["activation_encodings"]["dense/Tanh:0"] = [{"bitwidth": 16, "dtype": "float"}]
         del doc["activation_encodings"]["dense/output:0"]
@@ -224,7 +230,7 @@ def test_float_entry_is_refused_where_only_grids_make_sense():
 
 def test_non_strict_load_disables_quantizers_without_encodings_in_one_warning(caplog):
     sim = _named_sim()
-    doc = sim.get_encodings_dict()
+    doc = sim.get_encodings_dict(activation_names="aimet_tf")
     del doc["activation_encodings"]["re_lu/output:0"]
     fresh = QuantizationSimModel(sim._original, quant_scheme="tf")
     with pytest.raises(ValueError, match="missing for 1 enabled quantizers"):

@@ -145,7 +145,7 @@ def test_061_layout(calibrated):
     assert len(entry) == 8
     assert set(entry[0]) == {"bitwidth", "dtype", "is_symmetric", "max", "min", "offset", "scale"}
     assert entry[0]["is_symmetric"] == "True" and entry[0]["offset"] == -128
-    act = doc["activation_encodings"]["r1/output:0"][0]
+    act = doc["activation_encodings"]["r1/Relu6:0"][0]
     assert act["offset"] <= 0 and act["bitwidth"] == 8
 
 
@@ -223,7 +223,7 @@ def test_unknown_layer_names_registration_call():
 def test_mismatched_encodings_rejected_and_sim_unchanged(calibrated, tmp_path):
     model, sim, _ = calibrated
     doc = sim.get_encodings_dict("0.6.1")
-    doc["activation_encodings"]["nonexistent/output:0"] = doc["activation_encodings"]["r1/output:0"]
+    doc["activation_encodings"]["nonexistent/output:0"] = doc["activation_encodings"]["r1/Relu6:0"]
     fresh = QuantizationSimModel(model, config_file="htp")
     with pytest.raises(ValueError, match="'nonexistent/output:0': no layer 'nonexistent' in this sim"):
         fresh.load_encodings_to_sim(doc)

@@ -1,4 +1,5 @@
-"""AIMET's flow: a sim loads an encodings file that uses AIMET Keras's TF tensor names."""
+"""AIMET's flow: export writes activations under AIMET Keras's TF tensor names, and a fresh sim
+loads that file back."""
 
 import json
 import os
@@ -8,17 +9,6 @@ import numpy as np
 
 from aimet_tensorflow.keras.quantsim import QuantizationSimModel
 from aimet_common.defs import QuantScheme
-
-# The tensor each layer ends in, as AIMET Keras names it in its encodings files.
-TF_NAMES = {
-    "input_1": "input_1:0",
-    "re_lu": "re_lu/Relu:0",
-    "conv2d_1": "conv2d_1/Tanh:0",
-    "add": "add/add:0",
-    "global_average_pooling2d": "global_average_pooling2d/Mean:0",
-    "dense": "dense/Softmax:0",
-}
-
 
 def build_model() -> keras.Model:
     keras.utils.set_random_seed(0)
@@ -47,24 +37,15 @@ def main(workdir: str) -> dict:
     sim.compute_encodings(forward_pass_callback=pass_calibration_data, forward_pass_callback_args=images)
     sim.export(path=workdir, filename_prefix="ours")
 
-    # The same encodings as AIMET Keras writes them: activations under TF tensor names.
-    with open(os.path.join(workdir, "ours.encodings")) as f:
-        ours = json.load(f)
-    activations = {}
-    for name, entries in ours["activation_encodings"].items():
-        layer, tensor = name.split("/")
-        activations[TF_NAMES["input_1"] if tensor == "input:0" else TF_NAMES[layer]] = entries
-    aimet_file = os.path.join(workdir, "aimet.encodings")
-    with open(aimet_file, "w") as f:
-        json.dump({**ours, "activation_encodings": activations}, f)
+    # The file is keyed as AIMET Keras keys it: activations by the TF tensor each layer ends in.
+    encodings_file = os.path.join(workdir, "ours.encodings")
+    with open(encodings_file) as f:
+        written = json.load(f)
 
-    from_aimet = new_sim(model)
-    from_aimet.load_encodings_to_sim(encoding_file_path=aimet_file)
-    from_ours = new_sim(model)
-    from_ours.load_encodings_to_sim(encoding_file_path=os.path.join(workdir, "ours.encodings"))
+    loaded = new_sim(model)
+    loaded.load_encodings_to_sim(encoding_file_path=encodings_file)
     return {
-        "aimet_names": sorted(activations),
-        "outputs_aimet_file": from_aimet.model(images).numpy().tolist(),
-        "outputs_our_file": from_ours.model(images).numpy().tolist(),
+        "aimet_names": sorted(written["activation_encodings"]),
+        "outputs_loaded": loaded.model(images).numpy().tolist(),
         "outputs_calibrated": sim.model(images).numpy().tolist(),
     }

@@ -86,7 +86,8 @@ def main(workdir):
         "kernel_encoding": as_records(kernel_quantizer.encoding),
         "kernel_is_symmetric": kernel_quantizer.is_symmetric,
         "kernel_bitwidth": kernel_quantizer.bitwidth,
-        "logits_output_name": logits.name + "/output:0",
+        # AIMET's name of the tensor: the TF op a linear Dense with bias ends in.
+        "logits_output_name": logits.name + "/BiasAdd:0",
         "logits_output_encoding": as_records(logits_output.encoding),
         "enabled_after_disable": disabled_flag,
         "disable_changed_by": float(np.max(np.abs(disabled - before))),
