@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
 import numpy as np
 
-__all__ = ["top1_accuracy", "top1_agreement", "sqnr_db", "model_weight_bytes"]
+__all__ = ["checked_score", "top1_accuracy", "top1_agreement", "sqnr_db", "model_weight_bytes"]
+
+
+def checked_score(value: Any, where: str) -> float:
+    """An evaluation callback's return value as a float, or TypeError/ValueError naming ``where``.
+
+    Raises:
+        TypeError: for anything but a real number (bool included).
+        ValueError: for NaN or an infinity.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Expected eval_callback to return a number ({where}). Received: {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"Expected eval_callback to return a finite number ({where}). Received: {value}")
+    return value
 
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

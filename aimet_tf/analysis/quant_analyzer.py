@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import numbers
 import os
 from typing import Any, Callable
 
@@ -34,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from aimet_tf import files
+from aimet_tf.metrics import checked_score
 from aimet_tf.analysis import report
 from aimet_tf.graph import GraphRunner
 from aimet_tf.graph.catalogue import output_channel_axis
@@ -55,13 +54,6 @@ def _callback(value: Any, what: str):
     return callback
 
 
-def _score(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Expected eval_callback to return a number ({where}). Received: {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"Expected eval_callback to return a finite number ({where}). Received: {value}")
-    return value
 
 
 def _encoding_range(quantizer) -> tuple[float, float] | None:
@@ -94,7 +86,7 @@ class QuantAnalyzer:
         self._mse_data = (unlabeled_dataset, num_batches)
 
     def _evaluate(self, model: keras.Model, where: str) -> float:
-        return _score(self._eval.func(model, self._eval.args), where)
+        return checked_score(self._eval.func(model, self._eval.args), where)
 
     def analyze(
         self,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import decimal
 import json
-import math
 import numbers
 import os
 from typing import Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from aimet_tf import files
+from aimet_tf.metrics import checked_score
 from aimet_tf.compression import schemes
 from aimet_tf.compression.channel_pruning import kept_channel_count, producer_of, prune_input_channels
 from aimet_tf.graph.cost import total_cost
@@ -165,13 +165,6 @@ def ratio_savings(model: keras.Model, name: str, scheme: str, ratio: float, cost
     return full - schemes.chain_cost(scheme, layer, *graph_shapes, ranks, cost_metric)
 
 
-def _score(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"Expected eval_callback to return a number ({where}). Received: {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"Expected eval_callback to return a finite number ({where}). Received: {value}")
-    return value
 
 
 def _fingerprint(model: keras.Model, scheme: str, cost_metric: str, candidates: Sequence[float], multiplicity: int) -> str:
@@ -220,7 +213,7 @@ def layer_sensitivity(
     fingerprint = _fingerprint(model, scheme, cost_metric, candidates, multiplicity)
     cache_path = None if cache_path is None else os.fspath(cache_path)
     cached = _read_cache(cache_path, fingerprint) if cache_path else {}
-    baseline = _score(eval_fn(model), "uncompressed model")
+    baseline = checked_score(eval_fn(model), "uncompressed model")
     table: dict[str, dict[str, float]] = {}
     for index, name in enumerate(layers, 1):
         scores = dict(cached.get(name, {}))
@@ -235,7 +228,7 @@ def layer_sensitivity(
                 model, name, scheme, ratio, cost_metric,
                 samples=samples, tucker_iterations=tucker_iterations, multiplicity=multiplicity,
             )
-            scores[key] = _score(eval_fn(compressed), f"layer {name!r} at ratio {ratio}")
+            scores[key] = checked_score(eval_fn(compressed), f"layer {name!r} at ratio {ratio}")
             logging.info("compression sensitivity [%d/%d] %s at %.2f: %.4f", index, len(layers), name, ratio, scores[key])
         table[name] = scores
         if cache_path:
@@ -359,7 +352,7 @@ def compress_model(
     if (ratios is None) == (target_ratio is None):
         raise ValueError("Expected either ratios (manual mode) or target_ratio (auto mode). Received: "
                          f"ratios={ratios!r}, target_ratio={target_ratio!r}")
-    baseline = _score(eval_fn(model), "uncompressed model")
+    baseline = checked_score(eval_fn(model), "uncompressed model")
     scores: dict[str, dict[float, float]] = {}
     if ratios is None:
         ignored = set(layers_to_ignore)
@@ -394,7 +387,7 @@ def compress_model(
         per_layer.append(LayerCompression(name, float(ratio), full, full - saved))
     stats = CompressionStats(
         baseline_model_accuracy=baseline,
-        compressed_model_accuracy=_score(eval_fn(compressed), "compressed model"),
+        compressed_model_accuracy=checked_score(eval_fn(compressed), "compressed model"),
         mac_compression_ratio=after.macs / before.macs if before.macs else 1.0,
         memory_compression_ratio=after.params / before.params if before.params else 1.0,
         scheme=scheme,

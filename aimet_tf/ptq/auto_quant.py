@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import numbers
 import os
 import time
@@ -35,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from aimet_tf import files
+from aimet_tf.metrics import checked_score
 from aimet_tf.graph import prepare_model
 from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
 from aimet_tf.ptq.adaround_checkpoint import check_writable_folder, run_fingerprint
@@ -113,13 +113,6 @@ class _State:
     frozen_encodings: str | None = None  # AdaRound's parameter encodings file
 
 
-def _score(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Expected eval_callback to return a number ({where}). Received: {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"Expected eval_callback to return a finite number ({where}). Received: {value}")
-    return value
 
 
 class _Cache:
@@ -237,7 +230,7 @@ def auto_quantize(
 
     def evaluate(sim_or_model, where: str) -> float:
         target_model = sim_or_model.model if isinstance(sim_or_model, QuantizationSimModel) else sim_or_model
-        return _score(eval_fn(target_model), where)
+        return checked_score(eval_fn(target_model), where)
 
     def cached(step: str) -> tuple[dict, dict[str, str]] | None:
         return None if cache is None else cache.load(step)

@@ -73,3 +73,14 @@ def test_compress_example(tmp_path):
     tuned = _accuracy_of(out, "weight_svd + 1 epoch(s) fine-tune")
     assert fp32 > 90.0 and tuned > fp32 - 5.0
     assert "sim == TFLite outputs" in out and os.path.isfile(tmp_path / "weight_svd_int8.tflite")
+
+
+@pytest.mark.slow
+def test_quant_analyzer_example(tmp_path):
+    out = _run("quant_analyzer.py", "--param_bw=4", "--eval_images=200", "--calibration_images=128",
+               "--mse_batches=2", f"--results_dir={tmp_path}")
+    fp32, weights = _accuracy_of(out, "fp32"), _accuracy_of(out, "weights_quantized")
+    assert fp32 > 85.0 and weights < fp32  # W4 weights cost accuracy on this model
+    assert "most sensitive layers" in out
+    for page in ("index.html", "model_sensitivity.html", "per_layer_mse_loss.html", "weight_ranges/index.html"):
+        assert os.path.exists(os.path.join(tmp_path, page)), page
