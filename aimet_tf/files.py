@@ -36,6 +36,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from typing import Callable, Mapping
 
 __all__ = [
@@ -121,6 +122,33 @@ def _target_file(path: str | os.PathLike) -> tuple[str, str]:
     folder, name = os.path.split(path)
     check_file_name(name, "the file name of path")
     return os.path.abspath(folder or "."), name
+
+
+def check_writable_folder(path: str | os.PathLike, purpose: str = "the output") -> str:
+    """Creates ``path`` if needed and proves that a file can be created in it, before any work.
+
+    Args:
+        path: the folder.
+        purpose: what the folder is for, as the error message names it.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        OSError: naming the folder, when it cannot be created or written to.
+    """
+    folder = os.fspath(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"Expected a writable folder for {purpose}. Received: path={folder!r}: {exc.strerror or exc}",
+        ) from exc
+    return folder
 
 
 # --- single files --------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ For the bundled model and ``plain_cnn`` (Fashion-MNIST), each scheme runs AIMET'
 to a target of 0.5 of the model's MACs. Selection is scored on 1,000 bundled calibration images
 (train split); channel pruning re-fits on the other 1,000. Accuracy is on the 10k test split,
 before and after one epoch of fine-tuning on the 60k train split (Debian's dataset-fashion-mnist;
-Adam, learning rate 1e-4, batch 128). The compressed, fine-tuned model is then quantized W8A8
+Adam, learning rate 1e-4, batch 128), plain and with layer-wise distillation from the uncompressed
+model (``aimet_tf.compression.distillation.DistillationModel``, same epoch and optimiser). The compressed, fine-tuned model is then quantized W8A8
 (`tflite` config, `tf_enhanced`, BN folded by `prepare_model_for_tflite`), exported to int8 TFLite and
 checked against the sim; float and int8 file sizes and LiteRT latency (batch 1) sit beside the
 uncompressed model's, measured in the same run. A scheme that cannot reach 50% on a model (it has
@@ -29,6 +30,10 @@ import numpy as np
 
 from aimet_tf import datasets, files, metrics
 from aimet_tf.compression import compressor, schemes
+from aimet_tf.compression.distillation import DistillationModel
+from aimet_tf.compression.report import sensitivity_chart
+from aimet_tf.analysis.report import write_png
+from aimet_tf.graph.rewrite import clone_model_graph
 from aimet_tf.export import export_tflite, measure_latency, prepare_model_for_tflite, run_tflite, verify_tflite
 from aimet_tf.export.baselines import tflite_float
 from aimet_tf.graph.cost import total_cost
@@ -51,11 +56,12 @@ def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     return metrics.top1_accuracy(model.predict(x, batch_size=500, verbose=0), y)
 
 
-def _fine_tune(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
-    """One epoch; returns seconds."""
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+def _fine_tune(model: keras.Model, x: np.ndarray, y: np.ndarray, teacher: keras.Model | None = None) -> float:
+    """One epoch, with layer-wise distillation from ``teacher`` when given; returns seconds."""
+    trainer = model if teacher is None else DistillationModel(model, teacher)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-4), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     start = time.perf_counter()
-    model.fit(x, y, batch_size=128, epochs=1, verbose=0, shuffle=True)
+    trainer.fit(x, y, batch_size=128, epochs=1, verbose=0, shuffle=True)
     return time.perf_counter() - start
 
 
@@ -166,6 +172,7 @@ def run() -> str:
                     continue
                 greedy_s = time.perf_counter() - start
                 before = _accuracy(compressed, xt, y_test)
+                distilled = clone_model_graph(compressed)
                 tune_s = _fine_tune(compressed, xtr, y_train)
                 after = _accuracy(compressed, xt, y_test)
                 exp = _export(compressed, xv, xt, y_test, folder, f"{model_name}_{scheme}")
@@ -174,6 +181,10 @@ def run() -> str:
                 ratios = ", ".join(f"{c.layer} {c.ratio:.1f}" for c in stats.per_layer if c.ratio < 1.0)
                 lines.append(_row(scheme, cost.macs / base.macs, cost.params / base.params, before, after, tune_s, exp,
                                   f"{ratios}; {greedy_s:.0f} s"))
+                tune_s = _fine_tune(distilled, xtr, y_train, teacher=model)
+                exp = _export(distilled, xv, xt, y_test, folder, f"{model_name}_{scheme}_distilled")
+                lines.append(_row(f"{scheme}, distillation fine-tune", cost.macs / base.macs, cost.params / base.params, before,
+                                  _accuracy(distilled, xt, y_test), tune_s, exp, "same compressed model; layer-wise + output distillation from the uncompressed model"))
             if kept_weights:
                 sparsity = 1.0 - min(kept_weights)
                 peer = tfmot_pruning(model, sparsity, xtr, y_train, xv, xt, y_test, folder)
@@ -199,8 +210,8 @@ def _mltk_section(folder: str) -> list[str]:
         f"### MLTK models: greedy auto mode at {MLTK_TARGET} of the MACs, no fine-tuning",
         "",
         "Real inputs: even indices select (scores = top-1 agreement with FP32) and calibrate, odd "
-        "indices score. The per-layer sensitivity tables are kept in "
-        "`benchmarks/results/compress_sensitivity_<model>_<scheme>.json`.",
+        "indices score. The per-layer sensitivity tables and plots are kept in "
+        "`benchmarks/results/compress_sensitivity_<model>_<scheme>.json` / `.png`.",
         "",
         "| model | scheme | MACs kept | weights kept | agreement with FP32 % | W8A8 int8 TFLite agreement % | sim == TFLite outputs % | per-layer ratios | greedy s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -228,6 +239,9 @@ def _mltk_section(folder: str) -> list[str]:
                 continue
             seconds = time.perf_counter() - start
             files_path = os.path.join(RESULTS_DIR, f"compress_sensitivity_{name}_{scheme}.json")
+            write_png(sensitivity_chart(stats.eval_scores, f"{name}: per-layer {scheme} sensitivity (agreement with FP32)",
+                                        stats.baseline_model_accuracy, "top-1 agreement with FP32", {c.layer: c.ratio for c in stats.per_layer}),
+                      files_path[: -len(".json")] + ".png", size=(8.0, 5.0))
             files.atomic_write(files_path, json.dumps({
                 "model": name, "scheme": scheme, "target": MLTK_TARGET, "inputs": describe_inputs(name),
                 "scores": {layer: {repr(r): v for r, v in by.items()} for layer, by in stats.eval_scores.items()},

@@ -7,6 +7,7 @@ per-layer scores in --output_dir, so a rerun resumes.
 
 Usage (from the repository root):
     python examples/compress.py --scheme=weight_svd --target_ratio=0.6
+    python examples/compress.py --scheme=weight_svd --target_ratio=0.5 --epochs=1 --distill
     python examples/compress.py --scheme=channel_pruning --ratios=block4_pw:0.5,block5_pw:0.5
     python examples/compress.py --model=benchmarks/models/plain_cnn.keras --scheme=tucker \
         --target_ratio=0.5 --epochs=1 --train_split=train
@@ -24,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from aimet_tf import datasets, metrics  # noqa: E402
 from aimet_tf.compression import compress_model, compressible_layers  # noqa: E402
+from aimet_tf.compression.distillation import DistillationModel  # noqa: E402
 from aimet_tf.export import export_tflite, prepare_model_for_tflite, verify_tflite  # noqa: E402
 from aimet_tf.graph.cost import total_cost  # noqa: E402
 from aimet_tf.quantization import QuantizationSimModel  # noqa: E402
@@ -38,6 +40,8 @@ flags.DEFINE_integer("num_candidates", 10, "Greedy mode: candidate ratios k/n, k
 flags.DEFINE_integer("epochs", 0, "Fine-tuning epochs after compression.")
 flags.DEFINE_enum("train_split", "calibration", ["calibration", "train"], "Fine-tuning data ('train' needs dataset-fashion-mnist).")
 flags.DEFINE_float("learning_rate", 1e-4, "Fine-tuning learning rate (Adam).")
+flags.DEFINE_bool("distill", False, "Fine-tune with layer-wise distillation from the uncompressed model "
+                  "(aimet_tf.compression.distillation) on top of the label loss.")
 flags.DEFINE_integer("eval_images", 1000, "Held-out calibration images that score greedy candidates.")
 flags.DEFINE_string("output_dir", "compress_output", "Where the scores cache and the exported .tflite go.")
 flags.DEFINE_bool("export", True, "Quantize W8A8 and export an int8 .tflite.")
@@ -79,16 +83,19 @@ def main(argv):
         ratios=None if FLAGS.ratios is None else _parse_ratios(FLAGS.ratios),
         target_ratio=FLAGS.target_ratio, cost_metric=FLAGS.cost_metric, num_candidates=FLAGS.num_candidates,
         samples=x_refit, cache_path=os.path.join(FLAGS.output_dir, f"{FLAGS.scheme}_scores.json"),
+        results_dir=FLAGS.output_dir,
     )
     print(stats)
     rows = [("FP32", model), (f"{FLAGS.scheme}", compressed)]
     if FLAGS.epochs:
         x_train, y_train = datasets.load_fashion_mnist(FLAGS.train_split)
-        compressed.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
-                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        logging.info("Fine-tuning %d epoch(s) on %d images", FLAGS.epochs, len(x_train))
-        compressed.fit(x_train, y_train, batch_size=128, epochs=FLAGS.epochs, verbose=0)
-        rows.append((f"{FLAGS.scheme} + {FLAGS.epochs} epoch(s) fine-tune", compressed))
+        trainer = DistillationModel(compressed, model) if FLAGS.distill else compressed
+        trainer.compile(optimizer=keras.optimizers.Adam(FLAGS.learning_rate),
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        logging.info("Fine-tuning %d epoch(s) on %d images%s", FLAGS.epochs, len(x_train), " with distillation" if FLAGS.distill else "")
+        trainer.fit(x_train, y_train, batch_size=128, epochs=FLAGS.epochs, verbose=0)
+        how = "distillation fine-tune" if FLAGS.distill else "fine-tune"
+        rows.append((f"{FLAGS.scheme} + {FLAGS.epochs} epoch(s) {how}", compressed))
     base = total_cost(model)
     print(f"\n{'model':45s} {'test top-1 %':>12s} {'MACs kept':>10s} {'weights kept':>13s}")
     for label, m in rows:
@@ -104,6 +111,8 @@ def main(argv):
             f"(sim == TFLite outputs {100 * report.exact_fraction:.2f}%, {report.file_size_bytes / 1024:.1f} KB, {path})"
         )
     print(f"\n{len(x_test)} test images; greedy candidates scored on {len(x_val)} held-out calibration images.")
+    if FLAGS.target_ratio is not None:
+        print(f"Per-layer sensitivity: {os.path.join(FLAGS.output_dir, f'compression_sensitivity_{FLAGS.scheme}.png')} (and .html)")
 
 
 if __name__ == "__main__":

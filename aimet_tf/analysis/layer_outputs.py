@@ -90,8 +90,7 @@ def collect_layer_outputs(model: keras.Model, input_batch: Any, batch_size: int 
     """
     names = layer_output_names(model)
     g = ModelGraph(model, "LayerOutputUtil")
-    model_inputs = g.model.inputs[0] if len(g.model.inputs) == 1 else g.model.inputs
-    probe = keras.Model(model_inputs, [g.keras_tensor(t) for t in names])
+    probe = g.probe(names)
     inputs = calibration_data.model_inputs(model)
     parts: list[list[np.ndarray]] = [[] for _ in names]
     for batch in calibration_data.iterate_batches(input_batch, inputs, batch_size, purpose="layer-output inputs"):

@@ -36,7 +36,6 @@ from aimet_tf.metrics import checked_score
 from aimet_tf.analysis import report
 from aimet_tf.graph import GraphRunner
 from aimet_tf.graph.catalogue import output_channel_axis
-from aimet_tf.ptq.adaround_checkpoint import check_writable_folder
 from aimet_tf.quantization.analyzers import make_analyzer
 from aimet_tf.quantization.calibration_data import as_forward_pass_callback, iterate_batches, model_inputs
 from aimet_tf.quantization.sim import QuantizationSimModel
@@ -103,7 +102,7 @@ class QuantAnalyzer:
             OSError: for a ``results_dir`` that cannot be written (before any work).
             TypeError / ValueError: an eval callback returning a non-number or a non-finite one.
         """
-        folder = check_writable_folder(results_dir)
+        folder = files.check_writable_folder(results_dir, "QuantAnalyzer's results (checked before any work)")
         sim = QuantizationSimModel(self.model, quant_scheme=quant_scheme, rounding_mode=rounding_mode,
                                    default_param_bw=default_param_bw, default_output_bw=default_output_bw, config_file=config_file)
         sim.compute_encodings(self._forward.func, self._forward.args)

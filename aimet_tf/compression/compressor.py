@@ -339,8 +339,13 @@ def compress_model(
     saved_eval_scores: Mapping[str, Mapping[float, float]] | None = None,
     tucker_iterations: int = 10,
     multiplicity: int = 1,
+    results_dir: str | os.PathLike | None = None,
 ) -> tuple[keras.Model, CompressionStats]:
     """Compresses ``model`` with given ``ratios`` (manual) or to ``target_ratio`` (greedy auto mode).
+
+    In auto mode with ``results_dir``, the per-layer sensitivity is drawn to
+    ``results_dir/compression_sensitivity_<scheme>.png`` and ``.html``
+    (:func:`aimet_tf.compression.report.write_sensitivity_report`).
 
     Returns:
         ``(compressed model, stats)``; ``model`` is untouched.
@@ -352,6 +357,8 @@ def compress_model(
     if (ratios is None) == (target_ratio is None):
         raise ValueError("Expected either ratios (manual mode) or target_ratio (auto mode). Received: "
                          f"ratios={ratios!r}, target_ratio={target_ratio!r}")
+    if results_dir is not None:
+        results_dir = files.check_writable_folder(results_dir, "the compression report (checked before any work)")
     baseline = checked_score(eval_fn(model), "uncompressed model")
     scores: dict[str, dict[float, float]] = {}
     if ratios is None:
@@ -396,4 +403,11 @@ def compress_model(
         eval_scores=scores,
     )
     logging.info("%s", stats)
+    if results_dir is not None and scores:
+        from aimet_tf.compression.report import write_sensitivity_report
+
+        write_sensitivity_report(
+            scores, os.path.join(os.fspath(results_dir), f"compression_sensitivity_{scheme}"),
+            f"Per-layer {scheme} sensitivity of {model.name}", baseline=baseline, chosen=choice,
+        )
     return compressed, stats

@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -258,6 +258,16 @@ class ModelGraph:
     def keras_tensor(self, tensor: str) -> Any:
         """The symbolic ``KerasTensor`` behind ``tensor`` (to build sub-models on it)."""
         return self._keras_tensor[tensor]
+
+    def probe(self, tensors: Sequence[str], name: str | None = None) -> keras.Model:
+        """A model over the same layers whose outputs are ``tensors`` (e.g. ``"conv1/output:0"``), in order;
+        it takes the model's inputs (one tensor, or a list for several)."""
+        inputs = self.model.inputs[0] if len(self.model.inputs) == 1 else self.model.inputs
+        missing = [t for t in tensors if t not in self._keras_tensor]
+        if missing:
+            raise KeyError(f"Model {self.model.name!r} has no tensor named {missing}. Expected names like "
+                           f"{(self.nodes[0].outputs[0] if self.nodes else 'layer/output:0')!r}.")
+        return keras.Model(inputs, [self._keras_tensor[t] for t in tensors], name=name)
 
     def input_specs(self, name: str) -> list[tuple[tuple, str]]:
         """``(shape, dtype)`` of every input of node ``name`` (batch dimension first, None if unknown)."""

@@ -26,13 +26,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import keras
 import numpy as np
 from absl import logging
 
+from aimet_tf import files
 from aimet_tf.graph.model_graph import all_layers
 from aimet_tf.quantization import encodings_io
 
@@ -46,27 +46,8 @@ _MANIFEST = "manifest.json"
 
 
 def check_writable_folder(path: str | os.PathLike) -> str:
-    """Creates ``path`` if needed and proves that a file can be created in it.
-
-    Returns:
-        ``path`` as a string.
-
-    Raises:
-        OSError: naming the folder, when it cannot be created or written to.
-    """
-    folder = os.fspath(path)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".adaround-probe-", dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise OSError(
-            exc.errno,
-            f"Expected a writable folder for AdaRound's output (checked before optimising). "
-            f"Received: path={folder!r}: {exc.strerror or exc}",
-        ) from exc
-    return folder
+    """:func:`aimet_tf.files.check_writable_folder` for AdaRound's output."""
+    return files.check_writable_folder(path, "AdaRound's output (checked before optimising)")
 
 
 def run_fingerprint(model: keras.Model, samples: np.ndarray, settings: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ from aimet_tf import files
 from aimet_tf.metrics import checked_score
 from aimet_tf.graph import prepare_model
 from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
-from aimet_tf.ptq.adaround_checkpoint import check_writable_folder, run_fingerprint
+from aimet_tf.ptq.adaround_checkpoint import run_fingerprint
 from aimet_tf.ptq.batch_norm_fold import fold_batch_norms
 from aimet_tf.ptq.bias_correction import correct_bias
 from aimet_tf.ptq.cle import equalize_model
@@ -202,7 +202,7 @@ def auto_quantize(
     unknown = sorted(set(steps) - set(STEPS))
     if unknown:
         raise ValueError(f"Unknown AutoQuant steps {unknown}. Expected names from {STEPS}.")
-    results_dir = check_writable_folder(results_dir)
+    results_dir = files.check_writable_folder(results_dir, "AutoQuant's results (checked before any work)")
     records: list[StepRecord] = []
     prepared = prepare_model(model)
     samples = _samples(data, prepared, num_calibration_batches, batch_size)

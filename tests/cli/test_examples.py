@@ -66,11 +66,11 @@ def test_adaround_example(tmp_path):
 
 @pytest.mark.slow
 def test_compress_example(tmp_path):
-    out = _run("compress.py", "--scheme=weight_svd", "--ratios=block5_pw:0.5,block6_pw:0.5", "--epochs=1",
+    out = _run("compress.py", "--scheme=weight_svd", "--ratios=block5_pw:0.5,block6_pw:0.5", "--epochs=1", "--distill",
                "--eval_images=500", f"--output_dir={tmp_path}")
     assert "weight_svd can compress: block1_pw" in out
     fp32 = _accuracy_of(out, "FP32")
-    tuned = _accuracy_of(out, "weight_svd + 1 epoch(s) fine-tune")
+    tuned = _accuracy_of(out, "weight_svd + 1 epoch(s) distillation fine-tune")
     assert fp32 > 90.0 and tuned > fp32 - 5.0
     assert "sim == TFLite outputs" in out and os.path.isfile(tmp_path / "weight_svd_int8.tflite")
 
