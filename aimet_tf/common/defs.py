@@ -2,7 +2,7 @@
 
 ``QuantScheme`` is aimet_tf's own enum, which holds AIMET's members with AIMET's meaning (and adds
 aimet_tf's schemes); ``QuantizationDataType``, ``CallbackFunc``, ``CompressionScheme``,
-``CostMetric``, ``GreedySelectionParameters`` and ``EvalFunction`` have AIMET's shapes;
+``CostMetric``, ``GreedySelectionParameters``, ``EvalFunction`` and ``AMPSearchAlgo`` have AIMET's shapes;
 ``CompressionStats`` is ``aimet_tf.compression.compressor.CompressionStats``.
 """
 
@@ -13,9 +13,11 @@ import enum
 from typing import Any, Callable, Mapping, Optional
 
 from aimet_tf.compression.compressor import CompressionStats
+from aimet_tf.ptq.mixed_precision import AMPSearchAlgo
 from aimet_tf.quantization.analyzers import QuantScheme
 
 __all__ = [
+    "AMPSearchAlgo",
     "CallbackFunc",
     "CompressionScheme",
     "CompressionStats",
