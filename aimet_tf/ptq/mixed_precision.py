@@ -24,7 +24,8 @@ The flow (AIMET's AMP, REFERENCE.md; the maths of groups, costs and the search i
    bits x activation bits, divided by the baseline's) or relative weight memory.
 5. **Phase 2**: the front is searched (binary search, or interpolation search, or all points
    when ``allowed_accuracy_drop`` is None) with ``eval_fn_phase2`` for the cheapest point whose
-   score is at least ``baseline score - allowed_accuracy_drop``. The choice is applied to the sim
+   score is at least ``FP32 score - allowed_accuracy_drop`` (FP32: the phase-2 score with every
+   quantizer off, as AIMET's; if even the baseline misses it, the baseline is kept, with a warning). The choice is applied to the sim
    and its encodings computed with the forward pass, as a plain ``compute_encodings`` would.
 
 Every phase's results are written to ``results_dir`` as JSON after each evaluation (atomically), so
@@ -176,7 +177,8 @@ class MixedPrecisionResult:
     groups: list[QuantizerGroup]
     candidates: list[Candidate]
     baseline: Candidate
-    baseline_score: float
+    baseline_score: float  # phase 1's score of the baseline candidate
+    fp32_score: float  # phase 2's score with every quantizer off: the reference of allowed_accuracy_drop
     phase1: dict[str, dict[str, float]]  # group name -> str(candidate) -> score
     front: list[ParetoPoint]
     chosen: ParetoPoint | None
@@ -589,8 +591,9 @@ def choose_mixed_precision(
         candidates: ``(activation_bw, param_bw)`` pairs or AIMET's ``((bw, dtype), (bw, dtype))``.
         eval_fn: ``eval_fn(sim.model) -> score`` for phase 1 (higher is better).
         eval_fn_phase2: the same for phase 2 (None: ``eval_fn``).
-        allowed_accuracy_drop: the score the result may lose against the baseline candidate, in the
-            score's own units; None evaluates the whole front and leaves the sim at the baseline.
+        allowed_accuracy_drop: the score the result may lose against FP32 (the phase-2 score with
+            every quantizer off, as AIMET's), in the score's own units; None evaluates the whole
+            front and leaves the sim at the baseline.
         results_dir: where the cache, the plot and the choice go (checked writable before any work).
         clean_start: False resumes from the cache of an earlier run with the same model and settings.
         forward_pass: calibration data or callback, as ``sim.compute_encodings`` takes it.
@@ -678,7 +681,6 @@ def choose_mixed_precision(
     front = _front(searched, options, baseline, phase1, costs, cost_metric)
 
     phase2_cache = cache.data["phase2"]
-    base2: dict[str, float] = {}
 
     def evaluate_point(k: int) -> float:
         key = ",".join(str(c) for c in front[k].choice)
@@ -694,24 +696,24 @@ def choose_mixed_precision(
         front[k] = dataclasses.replace(front[k], score=value)
         return value
 
-    target = None
+    # AIMET's reference: the FP32 score (every quantizer off), with the phase-2 callback.
+    with sim.quantizers_disabled():
+        fp32_score = score(phase2_fn, "FP32 (quantizers disabled)", "phase2")
+    target = None if allowed_accuracy_drop is None else fp32_score - allowed_accuracy_drop
     chosen_index = 0
-    base2["score"] = evaluate_point(0)
-    if allowed_accuracy_drop is None or amp_search_algo is AMPSearchAlgo.BruteForce:
+    evaluate_point(0)
+    if target is None or amp_search_algo is AMPSearchAlgo.BruteForce:
         for k in range(1, len(front)):
             evaluate_point(k)
-        if allowed_accuracy_drop is not None:
-            target = base2["score"] - allowed_accuracy_drop
+        if target is not None:
             fits = [k for k in range(len(front)) if front[k].score >= target]
-            chosen_index = max(fits)
-    else:
-        target = base2["score"] - allowed_accuracy_drop
+            chosen_index = max(fits) if fits else 0
+    elif front[0].score >= target:
         lo, hi = 0, len(front) - 1  # front[lo] meets the target; find the last index that does
         if evaluate_point(hi) >= target:
             lo = hi
         while hi - lo > 1:
-            if amp_search_algo is AMPSearchAlgo.Interpolation and front[hi].score is not None and front[lo].score is not None \
-                    and front[lo].score > front[hi].score:
+            if amp_search_algo is AMPSearchAlgo.Interpolation and front[lo].score > front[hi].score:
                 fraction = (front[lo].score - target) / (front[lo].score - front[hi].score)
                 mid = min(hi - 1, max(lo + 1, lo + int(round(fraction * (hi - lo)))))
             else:
@@ -721,6 +723,9 @@ def choose_mixed_precision(
             else:
                 hi = mid
         chosen_index = lo
+    if target is not None and front[chosen_index].score < target:
+        logging.warning("AMP: even the baseline %s scores %.4f, below the target %.4f (FP32 %.4f - allowed drop %s); "
+                        "keeping the baseline", baseline, front[0].score, target, fp32_score, allowed_accuracy_drop)
     uniform: dict[str, tuple[float, float]] = {}
     for c in ordered:
         choice = [c if c in opts else opts[-1] for opts in options]
@@ -738,7 +743,7 @@ def choose_mixed_precision(
     if final_score is not None:
         evaluations["phase2"] += 1
     result = MixedPrecisionResult(
-        groups=searched, candidates=ordered, baseline=baseline, baseline_score=base_score, phase1=phase1,
+        groups=searched, candidates=ordered, baseline=baseline, baseline_score=base_score, fp32_score=fp32_score, phase1=phase1,
         front=front, chosen=chosen, final_score=final_score, evaluations=evaluations, uniform=uniform,
         seconds=time.perf_counter() - start, cost_metric=cost_metric,
     )
@@ -763,7 +768,7 @@ def _write_results(folder: str, result: MixedPrecisionResult, costs: _Costs, tar
         "Mixed precision: Pareto front", f"relative cost ({result.cost_metric})", "phase-2 score",
         [report.Series("Pareto front (evaluated points)", [p.cost for p in evaluated], [p.score for p in evaluated],
                        labels=[f"{p.group or 'baseline'} -> {p.candidate or result.baseline}" for p in evaluated])],
-        hlines=() if target is None else ((target, "target (baseline - allowed drop)"),),
+        hlines=((result.fp32_score, "FP32"),) + (() if target is None else ((target, "target (FP32 - allowed drop)"),)),
     )
     if result.uniform:
         names = list(result.uniform)
@@ -781,7 +786,7 @@ def _write_results(folder: str, result: MixedPrecisionResult, costs: _Costs, tar
                      [[g, *[scores.get(str(c), float("nan")) for c in result.candidates]] for g, scores in result.phase1.items()]),
     ])
     files.atomic_write(os.path.join(folder, "mixed_precision_choice.json"), json.dumps({
-        "baseline": str(result.baseline), "baseline_score": result.baseline_score,
+        "baseline": str(result.baseline), "baseline_score": result.baseline_score, "fp32_score": result.fp32_score,
         "chosen": None if result.chosen is None else {
             "cost": result.chosen.cost, "score": result.chosen.score, "final_score": result.final_score,
             "relative_weight_memory": costs.memory_bits(result.chosen.choice) / base_bits if base_bits else 1.0,

@@ -88,7 +88,8 @@ def _penalty_eval(sim, weights):
     params = {n: q for n, q, _ in sim.param_quantizers()}
 
     def evaluate(model):
-        return 1.0 - sum(w for layer, w in weights.items() if params[f"{layer}/kernel:0"].bitwidth < 8)
+        return 1.0 - sum(w for layer, w in weights.items()
+                         if params[f"{layer}/kernel:0"].enabled and params[f"{layer}/kernel:0"].bitwidth < 8)
 
     return evaluate
 
@@ -149,7 +150,7 @@ def test_a_rerun_resumes_from_the_cache_and_a_changed_model_does_not(tmp_path):
     n_first = len(calls)
     calls.clear()
     second = run(model, False)
-    assert len(calls) == 2  # the baseline (to check the eval data) and the final score
+    assert len(calls) == 3  # the baseline (to check the eval data), FP32 and the final score
     assert second.choice_by_group() == first.choice_by_group()
     calls.clear()
     run(model, False, shift=-0.1)  # other eval data: the baseline differs, nothing reused
@@ -227,3 +228,44 @@ def test_fast_mode_ranks_groups_by_output_sqnr(tmp_path):
     assert min(s["W4A8"] - s["W8A8"] for s in result.phase1.values()) < -10  # c1 and fc lose >10 dB at 4 bits
     # Every point scores 1.0, so the cheapest (every group at 4 bits) is chosen.
     assert result.chosen.cost == pytest.approx(0.5)
+
+
+def test_the_mixed_int4_int8_result_exports_to_one_tflite_that_reproduces_the_sim(tmp_path):
+    from aimet_tf.export import export_tflite, prepare_model_for_tflite, verify_tflite
+
+    x = random_images(64, (16, 16, 3), seed=2)
+    sim = QuantizationSimModel(prepare_model_for_tflite(conv_bn_relu_model()), quant_scheme="tf_enhanced", config_file="tflite")
+    penalties = {w.name: 0.01 * (k + 1) for k, w in enumerate(sim.quant_wrappers()) if "kernel" in w.param_names}
+    assert len(penalties) >= 3
+    chosen_drop = sum(sorted(penalties.values())[:2]) + 1e-6  # room for the two cheapest-to-lose layers only
+    result = amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], _penalty_eval(sim, penalties), None, chosen_drop,
+                                        tmp_path, forward_pass=x, verbose=False)
+    bits = _bits(sim)
+    kernel_bits = {n: b for n, b in bits.items() if n.endswith("/kernel:0")}
+    assert sorted(kernel_bits.values()).count(4) == 2 and 8 in kernel_bits.values(), kernel_bits
+    path = export_tflite(sim, tmp_path / "mixed.tflite")
+    report = verify_tflite(sim, path, x)
+    assert report.exact_fraction == 1.0
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    types = {t.name.decode(): t.type for t in flatbuffer_utils.read_model(path).subgraphs[0].tensors}
+    int4, int8 = 17, 9  # TensorType.INT4 / INT8
+    assert int4 in types.values() and int8 in types.values()
+    # The 4-bit conv/dense filters are packed int4 (a 4-bit depthwise filter is stored as int8).
+    packable = [n.split("/")[0] for n, b in kernel_bits.items() if b == 4 and not n.startswith("dw/")]
+    assert all(any(name.startswith(layer) and t == int4 for name, t in types.items()) for layer in packable), (packable, types)
+    assert result.chosen is not None and result.chosen.cost < 1.0
+
+
+def test_the_target_is_fp32_minus_the_drop_and_a_missed_target_keeps_the_baseline(tmp_path):
+    x = random_images(16, (16, 16, 3))
+    sim = _sim()
+    acts = [q for _, q in sim.activation_quantizers()]
+
+    def evaluate(model):  # FP32 1.0; any quantized configuration 0.5
+        return 1.0 if not any(q.enabled for q in acts) else 0.5
+
+    result = amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], evaluate, None, 0.1, tmp_path, forward_pass=x, verbose=False)
+    assert result.fp32_score == 1.0
+    assert result.chosen.cost == 1.0 and result.chosen.group is None
+    assert set(_bits(sim).values()) == {8}
