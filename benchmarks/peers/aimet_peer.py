@@ -308,11 +308,113 @@ def score(outputs: np.ndarray, fp32_outputs: np.ndarray, labels: np.ndarray | No
     return result
 
 
-def _write_json(path: str, result: dict) -> None:
+def write_json(path: str, result: dict) -> None:
+    """Writes ``result`` to ``path`` as JSON through a temporary file renamed over it (no half-written file)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     os.replace(tmp, path)
+
+
+def load_workdir(workdir: str) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Reads the files ``keras_to_peer.export_for_peer`` wrote.
+
+    Args:
+        workdir: the export folder.
+
+    Returns:
+        (graph.json dictionary, weights by "{layer}/kernel" / "{layer}/bias", data arrays by name:
+        ``x_cal``, ``x_test``, ``fp32_outputs`` and ``y_test`` if it was written).
+
+    Raises:
+        FileNotFoundError: naming the missing file when the folder is not a complete export.
+        ValueError: when data.npz lacks one of its required arrays.
+    """
+    paths = {name: os.path.join(workdir, name) for name in ("graph.json", "weights.npz", "data.npz")}
+    missing = [path for path in paths.values() if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(
+            f"{workdir!r} is not a folder written by keras_to_peer.export_for_peer: missing {missing}."
+        )
+    with open(paths["graph.json"], encoding="utf-8") as f:
+        graph = json.load(f)
+    weights = dict(np.load(paths["weights.npz"]))
+    with np.load(paths["data.npz"]) as npz:
+        data = {name: npz[name] for name in npz.files}
+    absent = [name for name in ("x_cal", "x_test", "fp32_outputs") if name not in data]
+    if absent:
+        raise ValueError(f"{paths['data.npz']} lacks {absent}; it holds {sorted(data)}.")
+    return graph, weights, data
+
+
+def check_fp32(model: onnx.ModelProto, graph: dict, x_test: np.ndarray, fp32_keras: np.ndarray,
+               labels: np.ndarray | None) -> dict:
+    """Checks that onnxruntime runs ``model`` like Keras ran the original on ``x_test``.
+
+    Args:
+        model: the ONNX model :func:`build_onnx` made from ``graph``.
+        graph: the graph.json dictionary (for its input and model name).
+        x_test: test inputs in ONNX layout.
+        fp32_keras: the Keras FP32 outputs on ``x_test``.
+        labels: labels of ``x_test``, or None.
+
+    Returns:
+        ``{"max_abs_diff", "max_abs_output", "relative_diff"}`` plus :func:`score` of the ONNX outputs.
+
+    Raises:
+        RuntimeError: if the largest difference is above ``FP32_TOLERANCE`` of the largest |output|.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    fp32_onnx = predict(session, x_test, graph["input"]["name"])
+    max_abs_diff = float(np.max(np.abs(fp32_onnx - fp32_keras)))
+    scale = float(np.max(np.abs(fp32_keras)))
+    relative = max_abs_diff / max(scale, 1e-12)
+    if relative > FP32_TOLERANCE:
+        raise RuntimeError(
+            f"onnxruntime does not reproduce the Keras FP32 outputs of {graph.get('name')!r}: max |diff| "
+            f"{max_abs_diff:.3g} is {relative:.3g} of the largest |output| {scale:.3g} (tolerance {FP32_TOLERANCE})."
+        )
+    return {"max_abs_diff": max_abs_diff, "max_abs_output": scale, "relative_diff": relative,
+            **score(fp32_onnx, fp32_keras, labels)}
+
+
+def versions() -> dict:
+    """The versions of the peer's packages (aimet-onnx, torch, onnxruntime)."""
+    import onnxruntime as ort
+    import torch
+
+    import aimet_onnx
+
+    return {"aimet_onnx": aimet_onnx.__version__, "torch": torch.__version__, "onnxruntime": ort.__version__}
+
+
+def calibration_batches(x_cal: np.ndarray, input_name: str) -> list[dict[str, np.ndarray]]:
+    """``x_cal`` (ONNX layout) as aimet-onnx calibration inputs: feeds of ``BATCH`` images."""
+    return [{input_name: x_cal[i : i + BATCH]} for i in range(0, len(x_cal), BATCH)]
+
+
+def make_sim(model: onnx.ModelProto, param_bw: int, act_bw: int, quant_scheme: str, per_channel: bool = True):
+    """An aimet-onnx ``QuantizationSimModel`` of ``model`` (CPU) with integer weights and activations.
+
+    Args:
+        model: the ONNX model (the sim works on it in place).
+        param_bw: weight bitwidth.
+        act_bw: activation bitwidth.
+        quant_scheme: as aimet-onnx spells it ("min_max", "tf_enhanced", "percentile").
+        per_channel: aimet-onnx's own "default" config (per-channel weights) if True, else its
+            default_config.json, the same with per-tensor weights.
+
+    Returns:
+        The sim, without encodings.
+    """
+    from aimet_onnx import QuantizationSimModel
+
+    return QuantizationSimModel(
+        model, param_type=f"int{param_bw}", activation_type=f"int{act_bw}", quant_scheme=quant_scheme,
+        providers=["CPUExecutionProvider"], config_file="default" if per_channel else "default_config.json",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -325,36 +427,20 @@ def main(argv: list[str] | None = None) -> None:
     if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
         raise ValueError(f"--configs must be a JSON list of objects. Received: {args.configs}")
 
-    import onnxruntime as ort
     import torch
 
-    import aimet_onnx
-    from aimet_onnx import QuantizationSimModel, apply_adaround
+    from aimet_onnx import apply_adaround
     from aimet_onnx.cross_layer_equalization import equalize_model
 
-    with open(os.path.join(args.workdir, "graph.json"), encoding="utf-8") as f:
-        graph = json.load(f)
-    weights = dict(np.load(os.path.join(args.workdir, "weights.npz")))
-    data = np.load(os.path.join(args.workdir, "data.npz"))
+    graph, weights, data = load_workdir(args.workdir)
     x_cal, x_test = to_onnx_layout(data["x_cal"]), to_onnx_layout(data["x_test"])
     fp32_keras = data["fp32_outputs"]
-    labels = data["y_test"] if "y_test" in data.files else None
+    labels = data.get("y_test")
     input_name = graph["input"]["name"]
     model = build_onnx(graph, weights)
-
-    fp32_session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    fp32_onnx = predict(fp32_session, x_test, input_name)
-    max_abs_diff = float(np.max(np.abs(fp32_onnx - fp32_keras)))
-    scale = float(np.max(np.abs(fp32_keras)))
-    relative = max_abs_diff / max(scale, 1e-12)
-    if relative > FP32_TOLERANCE:
-        raise RuntimeError(
-            f"onnxruntime does not reproduce the Keras FP32 outputs of {graph.get('name')!r}: max |diff| "
-            f"{max_abs_diff:.3g} is {relative:.3g} of the largest |output| {scale:.3g} (tolerance {FP32_TOLERANCE})."
-        )
     result = {
         "model": graph.get("name"),
-        "versions": {"aimet_onnx": aimet_onnx.__version__, "torch": torch.__version__, "onnxruntime": ort.__version__},
+        "versions": versions(),
         "torch_threads": torch.get_num_threads(),
         "layers": sum(1 for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")),
         "onnx_nodes": len(model.graph.node),
@@ -362,12 +448,11 @@ def main(argv: list[str] | None = None) -> None:
         "calibration_batch": BATCH,
         "test_images": int(len(x_test)),
         "labels": labels is not None,
-        "fp32": {"max_abs_diff": max_abs_diff, "max_abs_output": scale, "relative_diff": relative,
-                 **score(fp32_onnx, fp32_keras, labels)},
+        "fp32": check_fp32(model, graph, x_test, fp32_keras, labels),
         "runs": [],
         "complete": False,
     }
-    calibration = [{input_name: x_cal[i : i + BATCH]} for i in range(0, len(x_cal), BATCH)]
+    calibration = calibration_batches(x_cal, input_name)
     for config in configs:
         run = {"param_bw": int(config.get("param_bw", 8)), "act_bw": int(config.get("act_bw", 8)),
                "quant_scheme": config.get("quant_scheme", "min_max"),
@@ -387,13 +472,7 @@ def main(argv: list[str] | None = None) -> None:
                 if t.name in before and (before[t.name].shape != numpy_helper.to_array(t).shape
                                          or not np.array_equal(before[t.name], numpy_helper.to_array(t)))
             )
-        sim = QuantizationSimModel(
-            copy, param_type=f"int{run['param_bw']}", activation_type=f"int{run['act_bw']}",
-            quant_scheme=run["quant_scheme"], providers=["CPUExecutionProvider"],
-            # aimet-onnx's own configs: "default" has per-channel weights, default_config.json
-            # is the same with per-tensor weights.
-            config_file="default" if run["per_channel"] else "default_config.json",
-        )
+        sim = make_sim(copy, run["param_bw"], run["act_bw"], run["quant_scheme"], run["per_channel"])
         run["adaround_seconds"] = 0.0
         if run["adaround_iterations"] > 0:
             start = time.perf_counter()
@@ -404,9 +483,9 @@ def main(argv: list[str] | None = None) -> None:
         run["compute_encodings_seconds"] = time.perf_counter() - start
         run.update(score(predict(sim.session, x_test, input_name), fp32_keras, labels))
         result["runs"].append(run)
-        _write_json(args.output, result)
+        write_json(args.output, result)
     result["complete"] = True
-    _write_json(args.output, result)
+    write_json(args.output, result)
     print(json.dumps(result))
 
 

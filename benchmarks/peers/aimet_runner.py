@@ -4,7 +4,8 @@ The peer lives in its own virtual environment (``$AIMET_VENV``, default ``/tmp/a
 made by ``benchmarks/peers/setup_aimet.sh`` when missing) because aimet-onnx and its PyTorch
 conflict with TensorFlow / Keras 3. :func:`run_aimet_peer` writes the model and data with
 :func:`benchmarks.peers.keras_to_peer.export_for_peer`, runs the peer script there as a
-subprocess and returns its parsed JSON.
+subprocess and returns its parsed JSON; :func:`run_aimet_amp` does the same for aimet-onnx's
+automatic mixed precision (``benchmarks/peers/aimet_amp_peer.py``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import tempfile
 import keras
 import numpy as np
 
+from aimet_tf.files import atomic_write
 from benchmarks.peers.keras_to_peer import export_for_peer
 
-__all__ = ["PEER_DIR", "aimet_python", "run_aimet_peer"]
+__all__ = ["PEER_DIR", "aimet_python", "run_aimet_amp", "run_aimet_peer"]
 
 PEER_DIR = os.path.dirname(os.path.abspath(__file__))
 _STDERR_TAIL = 3000
@@ -72,30 +74,126 @@ def run_aimet_peer(
         RuntimeError: if the venv cannot be made or the peer fails (the message carries the tail
             of its stderr).
     """
-    python = aimet_python()
     workdir = workdir or tempfile.mkdtemp(prefix="aimet_peer_")
     os.makedirs(workdir, exist_ok=True)
     export_for_peer(folded_model, workdir, x_cal, x_test, y_test)
     output = os.path.join(workdir, "aimet_peer.json")
+    return _run_peer_script(
+        "aimet_peer.py", ["--workdir", workdir, "--configs", json.dumps(configs), "--output", output],
+        output, folded_model.name, timeout,
+    ) | {"workdir": workdir}
+
+
+def _run_peer_script(script: str, args: list[str], output: str, model_name: str, timeout: float) -> dict:
+    """Runs ``script`` (a file of PEER_DIR) with the AIMET venv's python and returns the JSON it wrote.
+
+    Args:
+        script: the script's file name.
+        args: its command-line arguments.
+        output: the JSON file the script writes (removed first, so a stale one is never read).
+        model_name: for error messages.
+        timeout: seconds the script may take.
+
+    Returns:
+        The script's JSON result plus ``load_before`` (1-minute load average when it started).
+
+    Raises:
+        RuntimeError: if the venv cannot be made, the script fails, or its result is incomplete (the
+            message carries the tail of its stderr).
+    """
+    python = aimet_python()
     if os.path.exists(output):
         os.remove(output)
     load = os.getloadavg()[0]
     proc = subprocess.run(
-        [python, os.path.join(PEER_DIR, "aimet_peer.py"), "--workdir", workdir, "--configs", json.dumps(configs),
-         "--output", output],
-        capture_output=True, text=True, timeout=timeout,
+        [python, os.path.join(PEER_DIR, script), *args], capture_output=True, text=True, timeout=timeout
     )
     if proc.returncode != 0 or not os.path.exists(output):
         raise RuntimeError(
-            f"aimet_peer.py on {folded_model.name!r} exited with {proc.returncode}; stderr tail:\n"
-            f"{proc.stderr[-_STDERR_TAIL:]}"
+            f"{script} on {model_name!r} exited with {proc.returncode}; stderr tail:\n{proc.stderr[-_STDERR_TAIL:]}"
         )
     with open(output, encoding="utf-8") as f:
         result = json.load(f)
     if not result.get("complete"):
         raise RuntimeError(
-            f"aimet_peer.py left an incomplete result in {output}; stderr tail:\n{proc.stderr[-_STDERR_TAIL:]}"
+            f"{script} left an incomplete result in {output}; stderr tail:\n{proc.stderr[-_STDERR_TAIL:]}"
         )
     result["load_before"] = load
-    result["workdir"] = workdir
     return result
+
+
+def run_aimet_amp(
+    folded_model: keras.Model,
+    x_cal: np.ndarray,
+    x_eval: np.ndarray,
+    y_eval: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    candidates: list[list[int]],
+    allowed_accuracy_drop: float,
+    quant_scheme: str = "min_max",
+    workdir: str | None = None,
+    timeout: float = 4 * 3600,
+) -> dict:
+    """Measures aimet-onnx's own automatic mixed precision on ``folded_model`` (``aimet_amp_peer.py``).
+
+    Args:
+        folded_model: a Keras model with its batch norms folded.
+        x_cal: calibration inputs (Keras layout); the peer uses them in batches of 32, for the
+            first encodings and as AMP's forward pass.
+        x_eval: the inputs both AMP phases score top-1 accuracy on.
+        y_eval: labels of ``x_eval``.
+        x_test: inputs the final mixed-precision sim is scored on.
+        y_test: labels of ``x_test``.
+        candidates: ``[act_bw, param_bw]`` pairs, e.g. ``[[8, 8], [8, 4]]``; the pair of the largest
+            activation and weight bitwidths must be one of them (the sim starts there).
+        allowed_accuracy_drop: absolute drop of eval accuracy AIMET may spend, a fraction in [0, 1).
+        quant_scheme: "min_max" or "tf_enhanced" (weights per channel: aimet-onnx's "default" config).
+        workdir: folder for the exported files, AIMET's results_dir (``aimet_amp_results``) and the
+            result; a new temporary folder if None.
+        timeout: seconds the peer may take.
+
+    Returns:
+        The peer's result (see ``aimet_amp_peer.py``): ``amp_seconds``, ``eval_calls``
+        (``{"phase1", "phase2"}``), ``pareto``, ``chosen``, ``weights``, ``test``, ``versions``, ...;
+        plus ``load_before`` and ``workdir``.
+
+    Raises:
+        ValueError: if ``x_eval`` and ``y_eval`` differ in length (the peer checks everything else
+            and stops with a message naming the bad input, raised here as RuntimeError).
+        RuntimeError: if the venv cannot be made or the peer fails (the message carries the tail
+            of its stderr).
+
+    Example (the bundled-model measurement of issue 16; a few minutes on 2 cores):
+        python -c "
+        from aimet_tf import datasets
+        from aimet_tf.ptq.batch_norm_fold import fold_all_batch_norms
+        from aimet_tf.quantization.encodings_io import write_json_atomic
+        from benchmarks.peers.aimet_runner import run_aimet_amp
+        _, folded = fold_all_batch_norms(datasets.load_bundled_model())
+        x, y = datasets.load_fashion_mnist('calibration')
+        x_test, y_test = datasets.load_fashion_mnist('test')
+        r = run_aimet_amp(folded, x[:1000], x[1000:], y[1000:], x_test, y_test, [[8, 8], [8, 4]], 0.003)
+        write_json_atomic(r, '/tmp/aimet_amp_bundled.json')"
+    """
+    if len(x_eval) != len(y_eval):
+        raise ValueError(f"x_eval has {len(x_eval)} images but y_eval {len(y_eval)} labels.")
+    workdir = workdir or tempfile.mkdtemp(prefix="aimet_amp_")
+    os.makedirs(workdir, exist_ok=True)
+    export_for_peer(folded_model, workdir, x_cal, x_test, y_test)
+    eval_path = os.path.join(workdir, "eval.npz")
+    arrays = {"x_eval": np.asarray(x_eval, np.float32), "y_eval": np.asarray(y_eval).astype(np.int64).reshape(-1)}
+    atomic_write(eval_path, lambda path: _savez(path, arrays))
+    output = os.path.join(workdir, "aimet_amp.json")
+    return _run_peer_script(
+        "aimet_amp_peer.py",
+        ["--workdir", workdir, "--eval", eval_path, "--candidates", json.dumps(candidates),
+         "--allowed-accuracy-drop", repr(float(allowed_accuracy_drop)), "--quant-scheme", quant_scheme,
+         "--output", output],
+        output, folded_model.name, timeout,
+    ) | {"workdir": workdir}
+
+
+def _savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to a path without it
+        np.savez(f, **arrays)
