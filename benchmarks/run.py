@@ -22,6 +22,7 @@ from absl import app, flags, logging  # noqa: E402
 from aimet_tf import files  # noqa: E402
 from benchmarks import (  # noqa: E402
     bench_adaround,
+    bench_amp,
     bench_cle,
     bench_compress,
     bench_defaults,
@@ -51,6 +52,7 @@ BENCHMARKS = {
     "peers_qat": bench_peers.run_qat,
     "depthwise": bench_depthwise.run,
     "compress": bench_compress.run,
+    "amp": bench_amp.run,
 }
 
 FLAGS = flags.FLAGS

@@ -187,6 +187,7 @@ class MixedPrecisionResult:
     seconds: float
     cost_metric: str
     uniform: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)  # candidate -> (cost, phase-2 score)
+    encoding_passes: int = 0  # compute_encodings calls AMP made
 
     def choice_by_group(self) -> dict[str, str]:
         if self.chosen is None:
@@ -545,19 +546,36 @@ class _Progress:
 # -- the search -------------------------------------------------------------------------------------
 
 
+FRONT_ORDERS = ("efficiency", "sensitivity")
+
+
 def _front(groups: Sequence[QuantizerGroup], options: Sequence[Sequence[Candidate]], baseline: Candidate,
-           phase1: Mapping[str, Mapping[str, float]], costs: _Costs, cost_metric: str) -> list[ParetoPoint]:
-    """Points from the baseline down, lowering (group, candidate) pairs from the least sensitive."""
+           phase1: Mapping[str, Mapping[str, float]], costs: _Costs, cost_metric: str,
+           order: str = "efficiency") -> list[ParetoPoint]:
+    """Points from the baseline down, each lowering one more (group, candidate) pair.
+
+    ``order="sensitivity"`` (AIMET's) applies the pairs from the highest phase-1 score down;
+    ``"efficiency"`` from the smallest score drop per unit of cost saved (a drop at or below zero
+    counts as zero; ties go to the larger saving), so that a cheap-to-lower, costly layer comes
+    before a small one that is just as harmless."""
     base = costs.cost([baseline] * len(groups), cost_metric)
+    base_score = phase1[groups[0].name][str(baseline)]
     choice = [baseline] * len(groups)
     points = [ParetoPoint(1.0, None, None, None, tuple(choice))]
     pairs = []
     for index, (g, opts) in enumerate(zip(groups, options)):
         for c in opts:
-            if c != baseline:
-                pairs.append((-phase1[g.name][str(c)], costs.cost([c if i == index else baseline for i in range(len(groups))], cost_metric), index, c))
-    pairs.sort(key=lambda t: (t[0], t[1], t[2]))
-    for _, _, index, c in pairs:
+            if c == baseline:
+                continue
+            score = phase1[g.name][str(c)]
+            saving = base - costs.cost([c if i == index else baseline for i in range(len(groups))], cost_metric)
+            if order == "sensitivity":
+                key = (-score, -saving, index)
+            else:
+                key = (max(base_score - score, 0.0) / max(saving, 1e-30), -saving, index)
+            pairs.append((key, index, c))
+    pairs.sort(key=lambda t: t[0])
+    for _, index, c in pairs:
         current = choice[index]
         trial = list(choice)
         trial[index] = c
@@ -582,6 +600,7 @@ def choose_mixed_precision(
     *,
     cost_metric: str = "bops",
     phase1_metric: Callable[[keras.Model], float] | None = None,
+    front_order: str = "efficiency",
     verbose: bool = True,
 ) -> MixedPrecisionResult:
     """Finds and applies the cheapest per-group candidates within ``allowed_accuracy_drop``.
@@ -601,6 +620,7 @@ def choose_mixed_precision(
         phase1_optimize: compute each candidate's encodings once (see the module docstring).
         cost_metric: "bops" (MACs x weight bits x activation bits) or "memory" (weight bits).
         phase1_metric: scores phase 1 instead of ``eval_fn`` (``choose_fast_mixed_precision``'s SQNR).
+        front_order: how the Pareto front is built from phase 1 (``FRONT_ORDERS``; see ``_front``).
         verbose: a progress line per evaluation on stderr (else absl logging).
 
     Returns:
@@ -613,6 +633,8 @@ def choose_mixed_precision(
     """
     start = time.perf_counter()
     folder = files.check_writable_folder(results_dir, "mixed precision's results (checked before any work)")
+    if front_order not in FRONT_ORDERS:
+        raise ValueError(f"Expected front_order in {FRONT_ORDERS}. Received: {front_order!r}")
     if cost_metric not in ("bops", "memory"):
         raise ValueError(f"Expected cost_metric 'bops' or 'memory'. Received: {cost_metric!r}")
     if not isinstance(amp_search_algo, AMPSearchAlgo):
@@ -678,7 +700,7 @@ def choose_mixed_precision(
             scores[str(c)] = score(phase1_fn, f"group {g.name!r} at {c}", "phase1")
             cache.save()
             progress.show("phase 1", step, total, f"{g.name} at {c}", scores[str(c)])
-    front = _front(searched, options, baseline, phase1, costs, cost_metric)
+    front = _front(searched, options, baseline, phase1, costs, cost_metric, front_order)
 
     phase2_cache = cache.data["phase2"]
 
@@ -745,6 +767,7 @@ def choose_mixed_precision(
     result = MixedPrecisionResult(
         groups=searched, candidates=ordered, baseline=baseline, baseline_score=base_score, fp32_score=fp32_score, phase1=phase1,
         front=front, chosen=chosen, final_score=final_score, evaluations=evaluations, uniform=uniform,
+        encoding_passes=applier.encoding_passes,
         seconds=time.perf_counter() - start, cost_metric=cost_metric,
     )
     _write_results(folder, result, costs, target)

@@ -641,6 +641,38 @@ def requantize_fixed_point(acc: tf.Tensor, multiplier: tf.Tensor, ties_away: boo
     return exact + tf.stop_gradient(tf.cast(rounded, tf.float32) - exact)
 
 
+def requantize_mean(acc, count: float, s_in, s_out, min_in, min_out) -> tf.Tensor:
+    """Output level (before the zero point) of XNNPACK's int8 MEAN over ``count`` elements.
+
+    XNNPACK works on the int8 levels themselves: with S = sum(q) = acc + count * z_in,
+    m = float32(float32(s_in / s_out) * float32(1 / count)) and
+    b = float32(z_out - float32(count * z_in) * m), it outputs round_half_even(float32(S * m) + b)
+    clamped to int8; z = -128 - round(min / s) are the int8 zero points of the 8-bit grids.
+    Measured bit-exact on ai-edge-litert 2.3 (``tests/export``); the plain
+    ``round(acc * s_in / (s_out * count))`` differs where that product sits within float32
+    rounding of a tie. Gradient: identity.
+
+    Args:
+        acc: sum of (level - input zero point) over the window, integer-valued float32.
+        count: elements averaged.
+        s_in, s_out: the input and output steps; min_in, min_out: the grids' encoding minima.
+
+    Returns:
+        Integer-valued float32 tensor: the output level minus the output zero point.
+    """
+    f32 = tf.float32
+    s_in, s_out = tf.cast(s_in, f32), tf.cast(s_out, f32)
+    z_in = -128.0 - tf.round(tf.cast(min_in, f32) / s_in)
+    z_out = -128.0 - tf.round(tf.cast(min_out, f32) / s_out)
+    m = (s_in / s_out) * tf.constant(1.0 / count, f32)
+    bias = z_out - (tf.constant(float(count), f32) * z_in) * m
+    total = tf.cast(acc, f32) + tf.constant(float(count), f32) * z_in
+    value = total * m + bias
+    level = tf.clip_by_value(tf.round(value), -128.0, 127.0) - z_out
+    reference = tf.cast(acc, f32) * (s_in / (s_out * count))
+    return reference + tf.stop_gradient(level - reference)
+
+
 def requantize_float(acc: tf.Tensor, multiplier: tf.Tensor) -> tf.Tensor:
     """Output level (before the zero point) as XNNPACK's "fp32" requantization computes it.
 

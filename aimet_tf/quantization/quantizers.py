@@ -860,7 +860,7 @@ class Requantizer(_TracedState, keras.layers.Layer):
         self._initialized = bool(initialized)
         self._links = _Links()
         self.input_scale = self.weight_scale = self.output_scale = None
-        self.operand_scales = self.grid_minimum = None
+        self.operand_scales = self.grid_minimum = self.input_minimum = None
 
     @property
     def mode(self) -> str:
@@ -894,6 +894,7 @@ class Requantizer(_TracedState, keras.layers.Layer):
         self.output_scale = snapshot_variable("output_scale", ())
         self.operand_scales = snapshot_variable("operand_scales", (2,))
         self.grid_minimum = snapshot_variable("grid_minimum", ())
+        self.input_minimum = snapshot_variable("input_minimum", ())
         self.built = True
 
     # -- links -----------------------------------------------------------------------------------
@@ -936,9 +937,12 @@ class Requantizer(_TracedState, keras.layers.Layer):
             if scale is None:
                 return None
             out[role] = scale
-        if self._mode == "average_pool":
+        if self._mode in ("average_pool", "mean"):
             grid = self._links.output._grid()
             out["minimum"] = tf.stop_gradient(tf.convert_to_tensor(grid.encoding_min))
+        if self._mode == "mean":
+            grid = self._links.input._grid()
+            out["input_minimum"] = tf.stop_gradient(tf.convert_to_tensor(grid.encoding_min))
         return out
 
     def _scales(self) -> dict | None:
@@ -952,6 +956,7 @@ class Requantizer(_TracedState, keras.layers.Layer):
             "output": tf.convert_to_tensor(self.output_scale),
             "operands": [self.operand_scales[0], self.operand_scales[1]],
             "minimum": tf.convert_to_tensor(self.grid_minimum),
+            "input_minimum": tf.convert_to_tensor(self.input_minimum),
         }
 
     def snapshot(self) -> None:
@@ -967,6 +972,8 @@ class Requantizer(_TracedState, keras.layers.Layer):
             self.operand_scales.assign(tf.stack(scales["operands"]))
         if "minimum" in scales:
             self.grid_minimum.assign(scales["minimum"])
+        if "input_minimum" in scales:
+            self.input_minimum.assign(scales["input_minimum"])
         self.output_scale.assign(scales["output"])
         self._initialized = True
 
@@ -999,8 +1006,8 @@ class Requantizer(_TracedState, keras.layers.Layer):
             return levels * s_out + minimum
         if mode == "mean":
             s_in, count = scales["input"], float(self.count)
-            acc = _round_ste(x * count / s_in)
-            return primitives.requantize_float(acc, s_in / (s_out * count)) * s_out
+            acc = _round_ste(x * count / s_in)  # sum of (level - zero point) over the window
+            return primitives.requantize_mean(acc, count, s_in, s_out, scales["input_minimum"], scales["minimum"]) * s_out
         s_in, s_w = scales["input"], scales["weight"]
         acc = _round_ste(x / (s_in * s_w))
         if mode == "float":

@@ -84,3 +84,14 @@ def test_quant_analyzer_example(tmp_path):
     assert "most sensitive layers" in out
     for page in ("index.html", "model_sensitivity.html", "per_layer_mse_loss.html", "weight_ranges/index.html"):
         assert os.path.exists(os.path.join(tmp_path, page)), page
+
+
+@pytest.mark.slow
+def test_amp_example(tmp_path):
+    out = _run("amp.py", "--calibration_images=500", "--phase1_images=200", "--phase2_images=500",
+               "--allowed_accuracy_drop=0.01", f"--results_dir={tmp_path}")
+    fp32, w8, w4, mixed = (_accuracy_of(out, label) for label in ("FP32", "uniform W8A8", "uniform W4A8", "AMP (mixed)"))
+    assert fp32 > 90.0 and w4 < w8 and mixed > fp32 - 2.0
+    assert "sim == TFLite outputs 100.00%" in out
+    for name in ("pareto_front.png", "pareto_front.html", "mixed_precision_choice.json", "amp_mixed.tflite"):
+        assert (tmp_path / name).exists(), name

@@ -269,3 +269,23 @@ def test_the_target_is_fp32_minus_the_drop_and_a_missed_target_keeps_the_baselin
     assert result.fp32_score == 1.0
     assert result.chosen.cost == 1.0 and result.chosen.group is None
     assert set(_bits(sim).values()) == {8}
+
+
+def test_efficiency_order_lowers_the_larger_saving_first_when_drops_are_close():
+    sim = _sim(dense_model())
+    groups = [g for g in amp.find_quantizer_groups(sim) if g.layers]
+    assert [g.name for g in groups] == ["d1", "d2", "d3"]
+    c88, c84 = amp.Candidate(8, 8), amp.Candidate(8, 4)
+    costs = amp._Costs(sim, groups)
+    assert costs.macs == [160, 128, 16]
+    phase1 = {"d1": {"W8A8": 0.9, "W4A8": 0.889}, "d2": {"W8A8": 0.9, "W4A8": 0.89}, "d3": {"W8A8": 0.9, "W4A8": 0.9}}
+    options = [[c88, c84]] * 3
+    by_sensitivity = amp._front(groups, options, c88, phase1, costs, "bops", "sensitivity")
+    by_efficiency = amp._front(groups, options, c88, phase1, costs, "bops", "efficiency")
+    assert [p.group for p in by_sensitivity] == [None, "d3", "d2", "d1"]
+    # 0.011 / 160 MAC-bits saved < 0.010 / 128: d1 goes before d2.
+    assert [p.group for p in by_efficiency] == [None, "d3", "d1", "d2"]
+    assert by_efficiency[2].cost == pytest.approx(1 - (16 + 160) * 32 / (304 * 64))  # d3 and d1 at 4 bits
+    with pytest.raises(ValueError, match="front_order"):
+        amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], lambda m: 1.0, None, 0.0, "/tmp/amp_never2",
+                                   forward_pass=random_images(4, (10,)), front_order="magic")
