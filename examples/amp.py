@@ -46,13 +46,12 @@ flags.DEFINE_bool("export", True, "Export the mixed sim to int8/int4 TFLite and 
 
 
 def _candidates(pairs: list[str]) -> list[tuple[int, int]]:
-    out = []
-    for pair in pairs:
-        a, sep, p = pair.partition(":")
-        if not sep or not a.isdigit() or not p.isdigit():
-            raise app.UsageError(f"Expected --candidates as activation_bw:param_bw pairs, e.g. 8:4. Received: {pair!r}")
-        out.append((int(a), int(p)))
-    return out
+    from aimet_tf.ptq.mixed_precision import Candidate
+
+    try:
+        return [(c.activation_bw, c.param_bw) for c in map(Candidate.from_text, pairs)]
+    except ValueError as error:
+        raise app.UsageError(f"--candidates: {error}") from None
 
 
 def main(argv):

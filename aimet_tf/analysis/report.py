@@ -29,7 +29,7 @@ import numpy as np
 
 from aimet_tf import files
 
-__all__ = ["BarChart", "HistogramChart", "LineChart", "Series", "Table", "write_html", "write_index", "write_png"]
+__all__ = ["BarChart", "HistogramChart", "Html", "LineChart", "Series", "Table", "write_html", "write_index", "write_png"]
 
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -96,6 +96,14 @@ class HistogramChart:
 
 
 @dataclasses.dataclass(frozen=True)
+class Html:
+    """Trusted markup written into the page as it is (e.g. an inline SVG diagram). The caller
+    escapes any text in it; it must not load anything from the network."""
+
+    markup: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Table:
     title: str
     columns: Sequence[str]
@@ -103,7 +111,7 @@ class Table:
 
 
 Chart = Union[LineChart, BarChart, HistogramChart]
-Block = Union[LineChart, BarChart, HistogramChart, Table, str]
+Block = Union[LineChart, BarChart, HistogramChart, Table, Html, str]
 
 
 def _finite(values) -> np.ndarray:
@@ -254,6 +262,8 @@ def write_html(path: str | os.PathLike, title: str, blocks: Sequence[Block]) -> 
             parts.append(divs.pop(0))
         elif isinstance(block, Table):
             parts.append(_table_html(block))
+        elif isinstance(block, Html):
+            parts.append(block.markup)
         elif isinstance(block, str):
             parts.append(f"<p>{html.escape(block)}</p>")
         else:

@@ -35,6 +35,7 @@ from absl import logging
 
 from aimet_tf import files
 from aimet_tf.metrics import checked_score
+from aimet_tf.progress import Progress
 from aimet_tf.graph import prepare_model
 from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
 from aimet_tf.ptq.adaround_checkpoint import run_fingerprint
@@ -44,13 +45,14 @@ from aimet_tf.ptq.cle import equalize_model
 from aimet_tf.quantization.calibration_data import iterate_batches, model_inputs
 from aimet_tf.quantization.sim import QuantizationSimModel
 
-__all__ = ["AutoQuantResult", "QuantSchemeCandidate", "StepRecord", "DEFAULT_SCHEME_CANDIDATES", "auto_quantize"]
+__all__ = ["AutoQuantResult", "QuantSchemeCandidate", "StepRecord", "DEFAULT_SCHEME_CANDIDATES", "auto_quantize", "write_report"]
 
 _CACHE_VERSION = 1
 # AdaRound iterations per layer when no AdaroundParameters are given (BENCHMARKS.md: 2k iterations
 # recover most of what 10k do on the benchmark models, in a fifth of the time).
 DEFAULT_ADAROUND_ITERATIONS = 2000
-STEPS = ("prepare", "w16a16", "baseline", "batch_norm_fold", "quant_scheme", "cle", "bias_correction", "adaround")
+_BITWIDTH_FREE_STEPS = ("batch_norm_fold", "quant_scheme", "cle")
+STEPS = ("prepare", "w16a16", "baseline", "batch_norm_fold", "quant_scheme", "cle", "bias_correction", "adaround", "amp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +102,7 @@ class AutoQuantResult:
     encoding_path: str | None
     model_path: str | None
     steps: list[StepRecord]
+    report_path: str | None = None
 
     @property
     def target_met(self) -> bool:
@@ -111,6 +114,7 @@ class _State:
     model: keras.Model
     scheme: QuantSchemeCandidate
     frozen_encodings: str | None = None  # AdaRound's parameter encodings file
+    bitwidths: dict[str, int] | None = None  # AMP's choice: quantizer name -> bits
 
 
 
@@ -171,6 +175,10 @@ def auto_quantize(
     filename_prefix: str = "auto_quant",
     steps: Sequence[str] = STEPS,
     stop_after_baseline: bool = False,
+    amp_candidates: Sequence[Any] | None = None,
+    amp_eval_fn_phase2: Callable[[keras.Model], float] | None = None,
+    analyze: bool = False,
+    verbose: bool = True,
 ) -> AutoQuantResult:
     """Runs the AutoQuant flow (module docstring) and returns the best result.
 
@@ -190,6 +198,14 @@ def auto_quantize(
         num_calibration_batches: batches of ``data`` used (None: all).
         steps: the steps to run, a subset of ``STEPS`` in any order (run in ``STEPS`` order).
         stop_after_baseline: ``run_inference``: stop after the baseline.
+        amp_candidates: ``(activation_bw, param_bw)`` candidates of the last-resort ``amp`` step
+            (``aimet_tf.ptq.mixed_precision``; None: the step is skipped). It starts from the last kept
+            BN-fold / scheme / CLE state (bias correction and AdaRound fit the weights to ``param_bw``
+            and are not carried over) and is kept only if it scores higher.
+        amp_eval_fn_phase2: AMP's phase-2 score (None: ``eval_fn`` for both phases).
+        analyze: also run ``QuantAnalyzer`` on the best result into ``results_dir/quant_analyzer``
+            (linked from the report).
+        verbose: a progress line per step on stderr (else absl logging).
 
     Raises:
         ValueError: for ``allowed_accuracy_drop`` outside [0, 1], unknown steps, a model
@@ -203,13 +219,25 @@ def auto_quantize(
     if unknown:
         raise ValueError(f"Unknown AutoQuant steps {unknown}. Expected names from {STEPS}.")
     results_dir = files.check_writable_folder(results_dir, "AutoQuant's results (checked before any work)")
+    if amp_candidates is not None:
+        from aimet_tf.ptq.mixed_precision import Candidate
+
+        amp_candidates = [Candidate.parse(c) for c in amp_candidates]
     records: list[StepRecord] = []
+    progress = Progress("AutoQuant", verbose)
+    planned = [step for step in STEPS if step in steps or step in ("prepare", "baseline")]
+
+    def note(record: StepRecord) -> None:
+        records.append(record)
+        progress.show("step", len(records), len(planned), f"{record.name}: {record.detail[:70]}", record.score, record.cached)
+
     prepared = prepare_model(model)
     samples = _samples(data, prepared, num_calibration_batches, batch_size)
     settings = {
         "param_bw": param_bw, "output_bw": output_bw, "quant_scheme": str(quant_scheme), "config": repr(config_file),
         "candidates": [dataclasses.astuple(c) for c in scheme_candidates], "steps": list(steps),
         "adaround": None if adaround_params is None else repr(vars(adaround_params)),
+        "amp": None if amp_candidates is None else [str(c) for c in amp_candidates],
     }
     cache = None
     if cache_id is not None:
@@ -223,6 +251,10 @@ def auto_quantize(
         )
         for _, quantizer, _ in sim.param_quantizers():
             quantizer.quant_scheme = state.scheme.param_scheme
+        if state.bitwidths:
+            by_name = {**dict(sim.activation_quantizers()), **{n: q for n, q, _ in sim.param_quantizers()}}
+            for name, bits in state.bitwidths.items():
+                by_name[name].bitwidth = bits
         if state.frozen_encodings:
             sim.set_and_freeze_param_encodings(state.frozen_encodings)
         sim.compute_encodings(samples, batch_size=batch_size)
@@ -237,7 +269,7 @@ def auto_quantize(
 
     fp32 = evaluate(prepared, "FP32 model")
     target = fp32 - float(allowed_accuracy_drop)
-    records.append(StepRecord("prepare", fp32, True, "FP32 score of the prepared model", 0.0))
+    note(StepRecord("prepare", fp32, True, "FP32 score of the prepared model", 0.0))
     base_scheme = QuantSchemeCandidate(str(quant_scheme), str(quant_scheme))
     best = _State(prepared, base_scheme)
 
@@ -248,7 +280,7 @@ def auto_quantize(
         if cache is not None and not hit:
             cache.save("w16a16", {"score": score}, None)
         ok = score >= fp32 - 0.01
-        records.append(StepRecord("w16a16", score, ok, "16-bit sim within 1 point of FP32" if ok else "16-bit sim more than 1 point below FP32", time.perf_counter() - start, bool(hit)))
+        note(StepRecord("w16a16", score, ok, "16-bit sim within 1 point of FP32" if ok else "16-bit sim more than 1 point below FP32", time.perf_counter() - start, bool(hit)))
         if not ok:
             message = (f"AutoQuant: the W16A16 sim scores {score:.4f} against FP32 {fp32:.4f}: the model is not simulated "
                        "faithfully (an unsupported layer or a data-dependent op?). Expected a drop below 0.01.")
@@ -259,21 +291,24 @@ def auto_quantize(
     start = time.perf_counter()
     best_sim = make_sim(best)
     best_score = evaluate(best_sim, "baseline sim")
-    records.append(StepRecord("baseline", best_score, True, f"W{param_bw}A{output_bw}, {base_scheme.label}", time.perf_counter() - start))
+    note(StepRecord("baseline", best_score, True, f"W{param_bw}A{output_bw}, {base_scheme.label}", time.perf_counter() - start))
     if stop_after_baseline:
         return AutoQuantResult(best_sim, best_score, fp32, target, None, None, records)
+
+    amp_start = [best]  # the last kept state whose weights do not depend on the bitwidths
 
     def try_step(step: str, build: Callable[[], tuple[_State, QuantizationSimModel | None, str]], keep_ties: bool = False) -> None:
         nonlocal best, best_sim, best_score
         if step not in steps or best_score >= target:
             if step in steps:
-                records.append(StepRecord(step, None, False, "skipped: target already met", 0.0))
+                note(StepRecord(step, None, False, "skipped: target already met", 0.0))
             return
         start = time.perf_counter()
         hit = cached(step)
         if hit:
             record, paths = hit
-            state = _State(keras.saving.load_model(paths[".keras"], compile=False), QuantSchemeCandidate(*record["scheme"]), paths.get(".encodings"))
+            state = _State(keras.saving.load_model(paths[".keras"], compile=False), QuantSchemeCandidate(*record["scheme"]),
+                           paths.get(".encodings"), record.get("bitwidths"))
             score, detail, was_cached = record["score"], record["detail"], True
             sim = None
         else:
@@ -283,13 +318,16 @@ def auto_quantize(
             score = evaluate(sim, step)
             was_cached = False
             if cache is not None:
-                cache.save(step, {"score": score, "detail": detail, "scheme": dataclasses.astuple(state.scheme)}, state)
+                cache.save(step, {"score": score, "detail": detail, "scheme": dataclasses.astuple(state.scheme),
+                                  "bitwidths": state.bitwidths}, state)
         kept = score > best_score or (keep_ties and score == best_score)
         why = "" if kept else f"; not kept ({score:.4f} {'<' if keep_ties else '<='} {best_score:.4f})"
-        records.append(StepRecord(step, score, kept, detail + why, time.perf_counter() - start, was_cached))
+        note(StepRecord(step, score, kept, detail + why, time.perf_counter() - start, was_cached))
         logging.info("AutoQuant %s: %.4f (%s)", step, score, "kept" if kept else "not kept")
         if kept:
             best, best_sim, best_score = state, sim if sim is not None else make_sim(state), score
+            if step in _BITWIDTH_FREE_STEPS:
+                amp_start[0] = state
             if was_cached:
                 logging.info("AutoQuant %s: restored from the cache", step)
 
@@ -329,8 +367,119 @@ def auto_quantize(
 
     try_step("adaround", adaround_step)
 
+    def amp_step():
+        from aimet_tf.ptq.mixed_precision import Candidate, choose_mixed_precision
+
+        candidates = [Candidate.parse(c) for c in amp_candidates]
+        top = max(candidates, key=lambda c: (c.bit_ops, c.activation_bw, c.param_bw))
+        # AMP changes bitwidths, so it starts from the last state whose weights fit any bitwidth: bias
+        # correction and AdaRound fitted the weights to param_bw and are not carried over.
+        start_state = _State(amp_start[0].model, amp_start[0].scheme)
+        sim = make_sim(start_state, (top.param_bw, top.activation_bw))
+        result = choose_mixed_precision(
+            sim, candidates, eval_fn, amp_eval_fn_phase2, float(allowed_accuracy_drop), os.path.join(results_dir, "amp"),
+            clean_start=cache is None, forward_pass=samples, verbose=False,
+        )
+        bitwidths = {n: q.bitwidth for n, q in sim.activation_quantizers()}
+        bitwidths.update({n: q.bitwidth for n, q, _ in sim.param_quantizers()})
+        chosen = result.choice_by_group()
+        counts = {c: list(chosen.values()).count(c) for c in sorted(set(chosen.values()))}
+        detail = f"mixed precision over {[str(c) for c in candidates]}: groups per candidate {counts}"
+        return _State(start_state.model, start_state.scheme, None, bitwidths), sim, detail
+
+    if amp_candidates:
+        try_step("amp", amp_step)
+    elif "amp" in steps and best_score < target:
+        note(StepRecord("amp", None, False, "skipped: no mixed-precision candidates given", 0.0))
+
     paths = best_sim.export(results_dir, filename_prefix, convert_to_pb=False)
     encoding_path, model_path = paths["encodings"], paths["model"]
     for record in records:
         logging.info("AutoQuant step %-16s %s %s", record.name, "-" if record.score is None else f"{record.score:.4f}", record.detail)
-    return AutoQuantResult(best_sim, best_score, fp32, target, encoding_path, model_path, records)
+    result = AutoQuantResult(best_sim, best_score, fp32, target, encoding_path, model_path, records)
+    analysis = None
+    if analyze:
+        analysis = _analyze(best, eval_fn, samples, batch_size, param_bw, output_bw, config_file, results_dir)
+    result.report_path = write_report(results_dir, result, filename_prefix, analysis)
+    return result
+
+
+def _analyze(best: _State, eval_fn, samples, batch_size, param_bw, output_bw, config_file, results_dir) -> str:
+    """QuantAnalyzer on the best float model with the best scheme; returns its index page."""
+    from aimet_tf.analysis.quant_analyzer import QuantAnalyzer
+    from aimet_tf.common.defs import CallbackFunc
+
+    def forward(model, data):
+        for start in range(0, len(data), batch_size):
+            model(data[start:start + batch_size], training=False)
+
+    analyzer = QuantAnalyzer(best.model, CallbackFunc(forward, samples), CallbackFunc(lambda m, _: eval_fn(m), None))
+    folder = os.path.join(results_dir, "quant_analyzer")
+    analyzer.analyze(quant_scheme=best.scheme.output_scheme, default_param_bw=param_bw, default_output_bw=output_bw,
+                     config_file=config_file, results_dir=folder)
+    return os.path.join(folder, "index.html")
+
+
+_STEP_COLOURS = {"kept": "#2ca02c", "not kept": "#d62728", "skipped": "#bbbbbb"}
+
+
+def _status(record: StepRecord) -> str:
+    if record.score is None:
+        return "skipped"
+    return "kept" if record.kept else "not kept"
+
+
+def _diagram(records: Sequence[StepRecord]) -> str:
+    """The steps as a row of boxes (inline SVG), coloured by what happened to each."""
+    import html as _html
+
+    width, gap, height = 118, 22, 58
+    parts = []
+    for k, record in enumerate(records):
+        x = k * (width + gap) + 4
+        colour = _STEP_COLOURS[_status(record)]
+        score = "" if record.score is None else f"{record.score:.4f}"
+        parts.append(
+            f'<rect x="{x}" y="4" width="{width}" height="{height}" rx="8" fill="{colour}" fill-opacity="0.18" stroke="{colour}" stroke-width="2"/>'
+            f'<text x="{x + width / 2}" y="27" text-anchor="middle" font-size="13" font-family="sans-serif">{_html.escape(record.name)}</text>'
+            f'<text x="{x + width / 2}" y="47" text-anchor="middle" font-size="12" font-family="monospace">{score or _status(record)}</text>'
+        )
+        if k + 1 < len(records):
+            ax = x + width
+            parts.append(f'<line x1="{ax}" y1="{4 + height / 2}" x2="{ax + gap - 4}" y2="{4 + height / 2}" stroke="#444" stroke-width="2"/>'
+                         f'<polygon points="{ax + gap - 4},{4 + height / 2 - 5} {ax + gap},{4 + height / 2} {ax + gap - 4},{4 + height / 2 + 5}" fill="#444"/>')
+    total = len(records) * (width + gap)
+    legend = " ".join(f'<span style="color:{c}">&#9632;</span> {name}' for name, c in _STEP_COLOURS.items())
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{height + 10}" role="img" '
+            f'aria-label="AutoQuant steps">{"".join(parts)}</svg><p>{legend}</p>')
+
+
+def write_report(results_dir: str, result: AutoQuantResult, filename_prefix: str = "auto_quant",
+                 analysis_index: str | None = None) -> str:
+    """``results_dir/<prefix>_report.html``: the step diagram, each step's score, whether it was kept
+    and why, a chart of the score after each step against FP32 and the target, the files of the best
+    result and, when given, a link to the QuantAnalyzer pages. Self-contained (no network)."""
+    from aimet_tf.analysis import report
+
+    scored = [(k, r) for k, r in enumerate(result.steps) if r.score is not None]
+    chart = report.LineChart(
+        "Score after each step", "step", "eval score",
+        [report.Series("score", [k for k, _ in scored], [r.score for _, r in scored], labels=[r.name for _, r in scored])],
+        hlines=((result.fp32_score, "FP32"), (result.target, "target")),
+    )
+    rows = [[r.name, "" if r.score is None else r.score, _status(r), r.detail, f"{r.seconds:.1f}", "yes" if r.cached else ""]
+            for r in result.steps]
+    links = []
+    for label, path in (("encodings", result.encoding_path), ("model", result.model_path), ("QuantAnalyzer pages", analysis_index)):
+        if path:
+            links.append(f'<li>{label}: <a href="{os.path.relpath(path, results_dir)}">{os.path.relpath(path, results_dir)}</a></li>')
+    summary = (f"Best score {result.score:.4f} against FP32 {result.fp32_score:.4f} (target {result.target:.4f}: "
+               f"{'met' if result.target_met else 'not met'}).")
+    blocks = [
+        report.Html(_diagram(result.steps)),
+        summary,
+        chart,
+        report.Table("Steps", ["step", "score", "status", "what and why", "seconds", "from cache"], rows),
+        report.Html("<h3>Files of the best result</h3><ul>" + "".join(links) + "</ul>"),
+    ]
+    return report.write_html(os.path.join(results_dir, f"{filename_prefix}_report.html"), "AutoQuant report", blocks)

@@ -43,7 +43,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -55,6 +54,7 @@ from aimet_tf import files
 from aimet_tf.graph.cost import layer_costs
 from aimet_tf.graph.model_graph import ModelGraph, is_graph_model
 from aimet_tf.metrics import checked_score
+from aimet_tf.progress import Progress
 from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization.encodings_io import activation_name, param_name
 from aimet_tf.quantization.quantizers import Quantizer
@@ -126,6 +126,18 @@ class Candidate:
                 raise ValueError(f"Candidate {value!r}: expected an integer {what} bitwidth in 2..32. Received: {part!r}")
             bits.append(int(part))
         return cls(bits[0], bits[1])
+
+    @classmethod
+    def from_text(cls, text: str) -> "Candidate":
+        """From ``"activation_bw:param_bw"`` (a command-line flag), e.g. ``"8:4"``.
+
+        Raises:
+            ValueError: for any other text.
+        """
+        a, sep, p = str(text).partition(":")
+        if not sep or not a.strip().isdigit() or not p.strip().isdigit():
+            raise ValueError(f"Expected a candidate as activation_bw:param_bw, e.g. 8:4. Received: {text!r}")
+        return cls.parse((int(a), int(p)))
 
     @property
     def bit_ops(self) -> int:
@@ -519,30 +531,6 @@ class _Cache:
         files.atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
-# -- progress ---------------------------------------------------------------------------------------
-
-
-class _Progress:
-    """One line per evaluation: phase, step k/n, group and candidate, score."""
-
-    def __init__(self, verbose: bool):
-        self.verbose = verbose
-        self.tty = sys.stderr.isatty()
-
-    def show(self, phase: str, step: int, total: int, what: str, score: float | None, cached: bool = False) -> None:
-        width = 24
-        done = int(width * step / max(total, 1))
-        bar = "#" * done + "." * (width - done)
-        text = f"AMP {phase} [{bar}] {step}/{total} {what}" + ("" if score is None else f": {score:.4f}") + (" (cached)" if cached else "")
-        if not self.verbose:
-            logging.info("%s", text)
-            return
-        sys.stderr.write(("\r" + text.ljust(110)) if self.tty else text + "\n")
-        if self.tty and step == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 # -- the search -------------------------------------------------------------------------------------
 
 
@@ -669,7 +657,7 @@ def choose_mixed_precision(
     phase1_fn = eval_fn if phase1_metric is None else phase1_metric
     fingerprint = _fingerprint(sim, searched, ordered, cost_metric, phase1_optimize)
     cache = _Cache(folder, fingerprint, clean_start)
-    progress = _Progress(verbose)
+    progress = Progress("AMP", verbose)
     evaluations = {"phase1": 0, "phase2": 0}
     applier = _Applier(sim, searched, forward_pass, ordered if phase1_optimize else None)
     costs = _Costs(sim, searched)

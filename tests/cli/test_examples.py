@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,3 +96,21 @@ def test_amp_example(tmp_path):
     assert "sim == TFLite outputs 100.00%" in out
     for name in ("pareto_front.png", "pareto_front.html", "mixed_precision_choice.json", "amp_mixed.tflite"):
         assert (tmp_path / name).exists(), name
+
+
+@pytest.mark.slow
+def test_autoquant_example_with_npz_data(tmp_path):
+    from aimet_tf import datasets
+
+    x, _ = datasets.load_fashion_mnist("calibration")
+    xt, yt = datasets.load_fashion_mnist("test")
+    np.savez(tmp_path / "cal.npz", x=x[:256])
+    np.savez(tmp_path / "eval.npz", x=xt[:500], y=yt[:500])
+    out = _run("autoquant.py", f"--calibration={tmp_path / 'cal.npz'}", f"--eval={tmp_path / 'eval.npz'}",
+               "--adaround_iterations=20", "--allowed_accuracy_drop=0.02", "--analyze=false", "--amp=8:8,8:4",
+               f"--results_dir={tmp_path / 'out'}")
+    assert "on 500 eval samples" in out and "sim == TFLite outputs 100.00%" in out
+    for name in ("auto_quant_report.html", "auto_quant.encodings", "auto_quant.tflite"):
+        assert (tmp_path / "out" / name).exists(), name
+    with pytest.raises(AssertionError):  # a missing data file is refused with the reason
+        _run("autoquant.py", "--calibration=/nonexistent.npz", f"--results_dir={tmp_path / 'bad'}")

@@ -65,7 +65,7 @@ def test_cache_is_reused_and_refused_for_another_model(tmp_path):
         return evaluate(m)
 
     again = auto_quantize(model, counted, x, 0.0, param_bw=4, results_dir=tmp_path, cache_id="c", adaround_params=ada)
-    assert all(s.cached for s in again.steps if s.name not in ("prepare", "baseline"))
+    assert all(s.cached for s in again.steps if s.name not in ("prepare", "baseline") and s.score is not None)
     assert again.score == pytest.approx(first.score)
     assert len(calls) == 2  # FP32 and the baseline; every other step came from the cache
     other, _, _ = _setup(3)
@@ -131,3 +131,43 @@ def test_resume_after_a_kill_during_adaround(tmp_path):
     clean_line = [l for l in clean.stdout.splitlines() if l.startswith("RESULT")][0]
     assert "('batch_norm_fold', True)" in resumed_line  # the finished step came from the cache
     assert resumed_line.split()[1] == clean_line.split()[1]  # the same score as an uninterrupted run
+
+
+def test_amp_is_the_last_resort_its_choice_is_cached_and_the_report_lists_every_step(tmp_path):
+    model, x, evaluate = _setup(3)
+    steps = [s for s in STEPS if s != "adaround"]
+    kwargs = dict(param_bw=4, results_dir=tmp_path, cache_id="amp", steps=steps, amp_candidates=[(8, 8), (8, 4)], verbose=False)
+    first = auto_quantize(model, evaluate, x, 0.0, **kwargs)
+    amp = first.steps[-1]
+    assert amp.name == "amp" and amp.score is not None and "mixed precision over ['W8A8', 'W4A8']" in amp.detail
+    bits = sorted({q.bitwidth for _, q, _ in first.sim.param_quantizers() if q.enabled})
+    # The score is 1 - relative error: only more bits help it, so AMP ends above the W4 steps and is kept.
+    assert amp.kept and 8 in bits and first.score == pytest.approx(evaluate(first.sim.model))
+    second = auto_quantize(model, evaluate, x, 0.0, **kwargs)
+    assert second.steps[-1].cached and second.score == pytest.approx(first.score)
+    assert sorted({q.bitwidth for _, q, _ in second.sim.param_quantizers() if q.enabled}) == bits
+    page = open(first.report_path, encoding="utf-8").read()
+    assert first.report_path == os.path.join(str(tmp_path), "auto_quant_report.html")
+    for record in first.steps:
+        assert f">{record.name}</text>" in page  # one box per step in the diagram
+    assert "auto_quant.encodings" in page and "<script src=" not in page
+
+
+def test_amp_candidates_are_checked_before_any_work(tmp_path):
+    model, x, evaluate = _setup(4)
+    calls = []
+    with pytest.raises(ValueError, match="bitwidth in 2..32"):
+        auto_quantize(model, lambda m: calls.append(1) or 1.0, x, 0.0, results_dir=tmp_path, amp_candidates=[(8, 1), (8, 8)])
+    assert calls == []
+
+
+@pytest.mark.slow
+def test_the_report_with_quant_analyzer_links_opens_in_chromium(tmp_path):
+    from aimet_tf.testing.browser import check_page
+
+    model, x, evaluate = _setup(5)
+    result = auto_quantize(model, evaluate, x, 1.0, results_dir=tmp_path, analyze=True, verbose=False)
+    page = open(result.report_path, encoding="utf-8").read()
+    assert 'href="quant_analyzer/index.html"' in page
+    checked = check_page(result.report_path)
+    assert checked.problems == [] and checked.drawn_canvases >= 1

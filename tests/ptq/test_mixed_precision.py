@@ -289,3 +289,10 @@ def test_efficiency_order_lowers_the_larger_saving_first_when_drops_are_close():
     with pytest.raises(ValueError, match="front_order"):
         amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], lambda m: 1.0, None, 0.0, "/tmp/amp_never2",
                                    forward_pass=random_images(4, (10,)), front_order="magic")
+
+
+def test_candidates_from_command_line_text():
+    assert amp.Candidate.from_text("8:4") == amp.Candidate(8, 4)
+    for bad in ("8", "8:x", ":4", "8:1"):
+        with pytest.raises(ValueError):
+            amp.Candidate.from_text(bad)
