@@ -101,9 +101,9 @@ def test_the_search_picks_the_cheapest_front_point_within_the_drop(tmp_path):
         sim = _sim()
         evaluate = _penalty_eval(sim, {"c1": 0.05, "dw": 0.001, "fc": 0.002})
         result = amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], evaluate, None, 0.0025, tmp_path / algo.name,
-                                            forward_pass=x, amp_search_algo=algo, verbose=False)
+                                            forward_pass=x, amp_search_algo=algo, verbose=False, front_order="sensitivity")
         results[algo] = result
-        # Phase 1 ranks dw, then fc, then c1: the front lowers dw, then fc, then c1.
+        # Phase 1 ranks dw, then fc, then c1: AIMET's order lowers dw, then fc, then c1.
         assert [p.group for p in result.front] == [None, "dw", "fc", "c1"]
         costs = [p.cost for p in result.front]
         assert costs == sorted(costs, reverse=True) and costs[0] == 1.0
