@@ -23,6 +23,7 @@ from aimet_tf import files  # noqa: E402
 from benchmarks import (  # noqa: E402
     bench_adaround,
     bench_amp,
+    bench_autoquant,
     bench_cle,
     bench_compress,
     bench_defaults,
@@ -53,6 +54,7 @@ BENCHMARKS = {
     "depthwise": bench_depthwise.run,
     "compress": bench_compress.run,
     "amp": bench_amp.run,
+    "autoquant": bench_autoquant.run,
 }
 
 FLAGS = flags.FLAGS
