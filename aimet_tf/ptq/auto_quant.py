@@ -407,13 +407,12 @@ def auto_quantize(
 def _analyze(best: _State, eval_fn, samples, batch_size, param_bw, output_bw, config_file, results_dir) -> str:
     """QuantAnalyzer on the best float model with the best scheme; returns its index page."""
     from aimet_tf.analysis.quant_analyzer import QuantAnalyzer
-    from aimet_tf.common.defs import CallbackFunc
 
     def forward(model, data):
         for start in range(0, len(data), batch_size):
             model(data[start:start + batch_size], training=False)
 
-    analyzer = QuantAnalyzer(best.model, CallbackFunc(forward, samples), CallbackFunc(lambda m, _: eval_fn(m), None))
+    analyzer = QuantAnalyzer(best.model, (forward, samples), (lambda m, _: eval_fn(m), None))
     folder = os.path.join(results_dir, "quant_analyzer")
     analyzer.analyze(quant_scheme=best.scheme.output_scheme, default_param_bw=param_bw, default_output_bw=output_bw,
                      config_file=config_file, results_dir=folder)
