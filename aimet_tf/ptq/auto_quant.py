@@ -360,10 +360,13 @@ def auto_quantize(
             samples, num_batches=max(1, len(samples) // batch_size), default_num_iterations=DEFAULT_ADAROUND_ITERATIONS, batch_size=batch_size
         )
         folder = os.path.join(results_dir, ".auto_quant", cache_id or "adaround")
-        ada = apply_adaround(best.model, params, folder, "adaround", default_param_bw=param_bw,
+        # AdaRound learns the rounding of the weights as they are: it starts from the last
+        # bitwidth-free state, not from bias-corrected weights (AIMET's v2 has no bias correction).
+        start = amp_start[0]
+        ada = apply_adaround(start.model, params, folder, "adaround", default_param_bw=param_bw,
                              default_quant_scheme=best.scheme.param_scheme, config_file=config_file,
                              default_output_bw=output_bw, verbose=0)
-        return _State(ada, best.scheme, os.path.join(folder, "adaround.encodings")), None, "AdaRound"
+        return _State(ada, best.scheme, os.path.join(folder, "adaround.encodings")), None, "AdaRound (from the last BN-fold / scheme / CLE state)"
 
     try_step("adaround", adaround_step)
 
