@@ -296,3 +296,15 @@ def test_candidates_from_command_line_text():
     for bad in ("8", "8:x", ":4", "8:1"):
         with pytest.raises(ValueError):
             amp.Candidate.from_text(bad)
+
+
+@pytest.mark.slow
+def test_the_pareto_page_opens_in_chromium_and_draws(tmp_path):
+    from aimet_tf.testing.browser import check_page
+
+    x = random_images(16, (16, 16, 3))
+    sim = _sim()
+    amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], _penalty_eval(sim, {"c1": 0.05, "dw": 0.001, "fc": 0.002}),
+                               None, 0.0025, tmp_path, forward_pass=x, verbose=False)
+    result = check_page(tmp_path / "pareto_front.html")
+    assert result.problems == [] and result.drawn_canvases >= 1
