@@ -145,7 +145,7 @@ def run_quickstart(
             report = verify_tflite(sim, tflite_path, x_test, labels=y_test, batch_size=batch_size)
             rows.append(
                 Row(f"{name} sim", report.accuracy_sim, sim_weight_bytes(sim), time.perf_counter() - t,
-                    f"simulation, {technique}{quant_scheme}; encodings {paths['encodings']}")
+                    f"simulation, {technique}{quant_scheme}; encodings {os.path.relpath(paths['encodings'])}")
             )
             rows.append(
                 Row(f"{name} tflite", report.accuracy_tflite, report.file_size_bytes, 0.0,
@@ -157,7 +157,7 @@ def run_quickstart(
             accuracy = evaluate(sim.model, x_test, y_test, batch_size)
             rows.append(
                 Row(f"{name} sim", accuracy, sim_weight_bytes(sim), time.perf_counter() - t,
-                    f"simulation, {technique}{quant_scheme}, config {config}; encodings {paths['encodings']}")
+                    f"simulation, {technique}{quant_scheme}, config {config}; encodings {os.path.relpath(paths['encodings'])}")
             )
         progress.update(step)
     if cle_rows:
