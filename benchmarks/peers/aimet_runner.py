@@ -6,6 +6,13 @@ conflict with TensorFlow / Keras 3. :func:`run_aimet_peer` writes the model and 
 :func:`benchmarks.peers.keras_to_peer.export_for_peer`, runs the peer script there as a
 subprocess and returns its parsed JSON; :func:`run_aimet_amp` does the same for aimet-onnx's
 automatic mixed precision (``benchmarks/peers/aimet_amp_peer.py``).
+
+There is no AutoQuant peer: neither the oldest (2.28.0) nor the newest (2.42.0) aimet-onnx
+release the package index offers ships AutoQuant (no ``aimet_onnx.auto_quant_v2``; the only
+match, ``aimet_onnx/common/auto_quant.py``, is a diagnostics helper), and neither does
+aimet-torch 2.42.0. AIMET soft-deprecated AutoQuant in aimet-onnx (qualcomm/aimet pull request
+#3925), so "AIMET's own AutoQuant" cannot be run in this venv. Checked with
+``pip index versions aimet-onnx`` and ``pip download --no-deps`` of those wheels + ``unzip -l``.
 """
 
 from __future__ import annotations
