@@ -70,8 +70,8 @@ def run() -> str:
 # Checked by the peer helper (session 11): aimet-onnx 2.28.0 (the oldest release on the package
 # index) and 2.42.0 (the newest), and aimet-torch 2.42.0, ship no AutoQuant class; AIMET
 # soft-deprecated it (qualcomm/aimet PR #3925). See benchmarks/peers/aimet_runner.py.
-_NO_PEER = ("no AutoQuant in aimet-onnx 2.28.0 / 2.42.0 or aimet-torch 2.42.0 (the releases on the "
-            "package index): AIMET's own AutoQuant cannot run here")
+_NO_PEER = ("no AutoQuant in aimet-onnx 2.28.0 / 2.42.0 (the oldest and newest on the package index) "
+            "or aimet-torch 2.42.0: AIMET's own AutoQuant cannot run here")
 
 
 def _peer_row(param_bw: int, drop: float) -> str:
