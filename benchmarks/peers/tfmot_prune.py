@@ -31,7 +31,7 @@ import tf_keras  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tfmot_qat import build_model  # noqa: E402
+from tfmot_qat import build_model, load_inputs  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -49,15 +49,9 @@ def main(argv=None) -> int:
     if not 0.0 <= args.sparsity < 1.0:
         raise SystemExit(f"Expected --sparsity in [0, 1). Received: {args.sparsity}")
 
-    with open(args.arch, encoding="utf-8") as f:
-        arch = json.load(f)
-    weights = dict(np.load(args.weights))
-    data = np.load(args.data)
-    scale = np.float32(255.0)
-    x_train = (data["x_train"].astype(np.float32) / scale)[..., np.newaxis]
-    x_test = (data["x_test"].astype(np.float32) / scale)[..., np.newaxis]
-    x_cal = (data["x_cal"].astype(np.float32) / scale)[..., np.newaxis]
-    y_train, y_test = data["y_train"].astype(np.int64), data["y_test"].astype(np.int64)
+    arch, weights, data = load_inputs(args.arch, args.weights, args.data)
+    x_train, x_test, x_cal = data["x_train"], data["x_test"], data["x_cal"]
+    y_train, y_test = data["y_train"], data["y_test"]
 
     tf_keras.utils.set_random_seed(args.seed)
     steps = int(np.ceil(len(x_train) / args.batch_size)) * args.epochs

@@ -75,6 +75,21 @@ def build_model(arch: dict, weights: dict) -> tf_keras.Model:
     return model
 
 
+def load_inputs(arch_path: str, weights_path: str, data_path: str) -> tuple[dict, dict, dict]:
+    """The handed-over architecture, weights and data: images as float32 in [0, 1] with a channel
+    axis (``x_*`` arrays of uint8 pixels in the file), labels as int64 (``y_*``)."""
+    with open(arch_path, encoding="utf-8") as f:
+        arch = json.load(f)
+    weights = dict(np.load(weights_path))
+    scale = np.float32(255.0)
+    arrays = {}
+    with np.load(data_path) as data:
+        for key in data.files:
+            value = data[key]
+            arrays[key] = (value.astype(np.float32) / scale)[..., np.newaxis] if key.startswith("x_") else value.astype(np.int64)
+    return arch, weights, arrays
+
+
 def _accuracy(model, x, y, batch_size: int) -> float:
     logits = model.predict(x, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(logits, axis=-1) == y))
@@ -118,14 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    with open(args.arch, encoding="utf-8") as f:
-        arch = json.load(f)
-    weights = dict(np.load(args.weights))
-    data = np.load(args.data)
-    scale = np.float32(255.0)
-    x_train = (data["x_train"].astype(np.float32) / scale)[..., np.newaxis]
-    x_test = (data["x_test"].astype(np.float32) / scale)[..., np.newaxis]
-    y_train, y_test = data["y_train"].astype(np.int64), data["y_test"].astype(np.int64)
+    arch, weights, data = load_inputs(args.arch, args.weights, args.data)
+    x_train, x_test, y_train, y_test = data["x_train"], data["x_test"], data["y_train"], data["y_test"]
     bs = args.batch_size
     result = {
         "versions": {
