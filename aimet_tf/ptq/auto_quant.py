@@ -371,9 +371,9 @@ def auto_quantize(
     try_step("adaround", adaround_step)
 
     def amp_step():
-        from aimet_tf.ptq.mixed_precision import Candidate, choose_mixed_precision
+        from aimet_tf.ptq.mixed_precision import choose_mixed_precision
 
-        candidates = [Candidate.parse(c) for c in amp_candidates]
+        candidates = amp_candidates  # parsed before any work
         top = max(candidates, key=lambda c: (c.bit_ops, c.activation_bw, c.param_bw))
         # AMP changes bitwidths, so it starts from the last state whose weights fit any bitwidth: bias
         # correction and AdaRound fitted the weights to param_bw and are not carried over.

@@ -692,17 +692,19 @@ def choose_mixed_precision(
 
     phase2_cache = cache.data["phase2"]
 
-    def evaluate_point(k: int) -> float:
-        key = ",".join(str(c) for c in front[k].choice)
+    def phase2_score(choice: Sequence[Candidate], where: str) -> tuple[float, bool]:
+        """The phase-2 score of a configuration, from the cache or evaluated (and cached)."""
+        key = ",".join(str(c) for c in choice)
         if key in phase2_cache:
-            value = phase2_cache[key]
-            progress.show("phase 2", k, len(front) - 1, f"point {k} (cost {front[k].cost:.3f})", value, cached=True)
-        else:
-            applier.apply(list(front[k].choice))
-            value = score(phase2_fn, f"Pareto point {k}", "phase2")
-            phase2_cache[key] = value
-            cache.save()
-            progress.show("phase 2", k, len(front) - 1, f"point {k} (cost {front[k].cost:.3f})", value)
+            return phase2_cache[key], True
+        applier.apply(list(choice))
+        phase2_cache[key] = score(phase2_fn, where, "phase2")
+        cache.save()
+        return phase2_cache[key], False
+
+    def evaluate_point(k: int) -> float:
+        value, was_cached = phase2_score(front[k].choice, f"Pareto point {k}")
+        progress.show("phase 2", k, len(front) - 1, f"point {k} (cost {front[k].cost:.3f})", value, cached=was_cached)
         front[k] = dataclasses.replace(front[k], score=value)
         return value
 
@@ -739,13 +741,9 @@ def choose_mixed_precision(
     uniform: dict[str, tuple[float, float]] = {}
     for c in ordered:
         choice = [c if c in opts else opts[-1] for opts in options]
-        key = ",".join(str(x) for x in choice)
-        if key not in phase2_cache:
-            applier.apply(choice)
-            phase2_cache[key] = score(phase2_fn, f"every group at {c}", "phase2")
-            cache.save()
-        uniform[str(c)] = (costs.cost(choice, cost_metric) / costs.cost([baseline] * len(searched), cost_metric), phase2_cache[key])
-        progress.show("uniform", ordered.index(c) + 1, len(ordered), f"every group at {c}", phase2_cache[key])
+        value, was_cached = phase2_score(choice, f"every group at {c}")
+        uniform[str(c)] = (costs.cost(choice, cost_metric) / costs.cost([baseline] * len(searched), cost_metric), value)
+        progress.show("uniform", ordered.index(c) + 1, len(ordered), f"every group at {c}", value, cached=was_cached)
     chosen = front[chosen_index] if allowed_accuracy_drop is not None else None
     final_choice = list(chosen.choice) if chosen is not None else [baseline] * len(searched)
     applier.apply(final_choice, exact=True)
