@@ -187,3 +187,15 @@ def test_tight_encoding_is_idempotent_and_keeps_tiny_ranges():
     np.testing.assert_allclose(enc.max[2], 0.01, rtol=1e-6)
     # The grid covers the observed range without clipping.
     assert np.all(enc.min <= np.float32([-0.004, -0.3, 0.0])) and np.all(enc.max >= np.float32([0.003, 0.7, 0.0]))
+
+
+def test_requantize_mean_follows_xnnpack_on_a_near_tie():
+    """Measured on LiteRT (bundled model's MEAN): acc = 699 over 49 elements is 34.50003 output steps
+    exactly, and XNNPACK outputs 34 (its float32 multiplier (s_in / s_out) * (1 / 49) and float32
+    zero-point bias land just below the tie), where round(acc * s_in / (s_out * n)) gives 35."""
+    s_in, s_out = np.float32(0.0235294122248888), np.float32(0.00972910039126873)
+    min_in, min_out = np.float32(0.0), np.float32(0.0)  # zero points -128 on both grids
+    level = P.requantize_mean(tf.constant([699.0, 700.0]), 49.0, s_in, s_out, min_in, min_out)
+    naive = np.round(np.array([699.0, 700.0]) * float(s_in) / (float(s_out) * 49))
+    assert list(np.asarray(level)) == [34.0, 35.0]
+    assert list(naive) == [35.0, 35.0]  # the plain product would round the other way
