@@ -19,6 +19,11 @@ model inputs, never at shapes, so no form can be read two ways:
   ``func`` and ``func_callback_args`` (AIMET's ``CallbackFunc``). Only ``compute_encodings`` can
   use one (see ``as_forward_pass_callback``); the passes that need the inputs themselves raise.
 
+Under a ``tf.distribute`` strategy (``iterate_replica_batches``) the same forms are read, plus a
+**distributed data set** (``strategy.experimental_distribute_dataset(...)``, or any iterable of
+per-replica values): each replica's part of a batch is checked like a batch. Whole-array and
+plain-iterable data is cut into global batches that are split across the replicas.
+
 Every batch is checked against the model inputs (rank, known dimensions, numeric dtype, equal
 batch sizes across inputs, finite values) and cast to the input dtype, so errors say what was
 expected and what was received instead of failing inside a traced function.
@@ -45,6 +50,7 @@ __all__ = [
     "as_forward_pass_callback",
     "as_model_input",
     "iterate_batches",
+    "iterate_replica_batches",
     "model_inputs",
 ]
 
@@ -148,6 +154,85 @@ def iterate_batches(
         )
 
 
+def iterate_replica_batches(
+    data: Any,
+    inputs: Sequence[InputSpec],
+    strategy: tf.distribute.Strategy,
+    batch_size: int = 32,
+    num_batches: int | None = None,
+    *,
+    check_finite: bool = True,
+    purpose: str = "calibration data",
+) -> Iterator[Any]:
+    """Yields per-replica batches of ``data`` for ``strategy.run(fn, args=(batch,))``, checked.
+
+    A distributed data set yields its own per-replica values, each replica's part checked like a
+    batch (on a multi-worker strategy, this worker's replicas). Any other form is read by
+    ``iterate_batches`` into global batches of ``batch_size``, and replica ``r`` of ``R`` (its
+    ``replica_id_in_sync_group``) gets rows ``[r * n // R, (r + 1) * n // R)`` of each: every worker
+    must read the same data, as with ``model.fit`` on arrays.
+
+    Args:
+        data: see ``iterate_batches``; also a distributed data set.
+        inputs: the model inputs (``model_inputs(model)``).
+        strategy: the strategy the model's variables were created under.
+        batch_size, num_batches, check_finite, purpose: see ``iterate_batches`` (``num_batches``
+            counts global batches).
+
+    Yields:
+        What ``strategy.experimental_distribute_values_from_function`` makes of the replicas'
+        parts: the model input of each replica (an array, or a list for several inputs).
+
+    Raises:
+        TypeError, ValueError: as ``iterate_batches``, naming the replica of a bad part.
+    """
+    inputs = list(inputs)
+    replicas = strategy.num_replicas_in_sync
+    if not _is_distributed_data(data):
+        for batch in iterate_batches(data, inputs, batch_size, num_batches, check_finite=check_finite, purpose=purpose):
+            rows = len(batch[0])
+            yield strategy.experimental_distribute_values_from_function(
+                lambda ctx, b=batch, n=rows: as_model_input([
+                    a[ctx.replica_id_in_sync_group * n // replicas : (ctx.replica_id_in_sync_group + 1) * n // replicas]
+                    for a in b
+                ])
+            )
+        return
+    _check_positive("batch_size", batch_size)
+    count = 0
+    for count, element in enumerate(itertools.islice(iter(data), num_batches), 1):
+        parts = _local_parts(element, strategy)
+        checked = [
+            _check_batch(_split(part, inputs, f"batch {count - 1} (replica part {i})", whole=False), inputs,
+                         f"replica part {i} of batch {count - 1} of the {purpose}", check_finite)
+            for i, part in enumerate(parts)
+        ]
+        yield strategy.experimental_distribute_values_from_function(
+            lambda ctx, c=checked: as_model_input(c[ctx.replica_id_in_sync_group % len(c)])
+        )
+    if count == 0:
+        raise ValueError(f"Expected at least one batch of {purpose}. Received: an empty distributed data set.")
+
+
+def _is_distributed_data(data: Any) -> bool:
+    """A distributed data set or iterator (``strategy.experimental_distribute_dataset``)."""
+    return isinstance(data, (tf.distribute.DistributedDataset, tf.distribute.DistributedIterator))
+
+
+def _has_replica_values(element: Any) -> bool:
+    return any(isinstance(v, tf.distribute.DistributedValues) for v in tf.nest.flatten(element))
+
+
+def _local_parts(element: Any, strategy: tf.distribute.Strategy) -> list:
+    """This worker's replica parts of a per-replica element (a structure of DistributedValues)."""
+    leaves = tf.nest.flatten(element)
+    local = [strategy.experimental_local_results(v) for v in leaves]
+    count = {len(v) for v in local}
+    if len(count) != 1:
+        raise ValueError(f"Expected every part of a distributed batch on the same replicas. Received: {sorted(count)} replica counts")
+    return [tf.nest.pack_sequence_as(element, [v[i] for v in local]) for i in range(count.pop())]
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading the forms
 
@@ -182,6 +267,13 @@ def _raw_batches(data: Any, inputs: list[InputSpec], batch_size: int) -> Iterato
             f"callback. Received: {type(data).__name__}"
         )
     for index, element in enumerate(data):
+        if _has_replica_values(element):
+            raise TypeError(
+                f"Expected batch {index} as arrays: this model was not built under a tf.distribute "
+                "strategy with several replicas. Received: per-replica values (a distributed data set). "
+                "Build the sim (QuantizationSimModel) under strategy.scope(), or pass the data set "
+                "before strategy.experimental_distribute_dataset."
+            )
         yield _split(element, inputs, f"batch {index}", whole=False)
 
 

@@ -17,6 +17,14 @@ After the pass, ``read`` returns the statistics as numpy values for
 and otherwise ignored, so that the caller can reject the pass with a clear error. Empty tensors
 are skipped (``RangeAnalyzer.observe`` rejects them instead); a quantizer that only ever saw empty
 tensors then counts as having seen no data.
+
+Under a ``tf.distribute`` strategy with more than one replica (``strategy`` argument), every
+variable is a sync-on-read variable: each replica (on every worker) accumulates the batches it
+runs into its own copy, and ``read`` gathers the copies from all replicas and merges them with
+``merge_values`` (exact for counts and min/max; histograms are re-binned over the union range
+and summed, which differs from one device's sequential re-binning by at most the re-binning's
+interpolation, within a bin). An update run outside replica context (a forward pass that calls
+the model directly) goes to the first local copy, so no batch is counted twice.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["GraphStatisticsSpec", "GraphStatisticsValues", "GraphStatistics", "NonFiniteWatch"]
+__all__ = ["GraphStatisticsSpec", "GraphStatisticsValues", "GraphStatistics", "NonFiniteWatch", "merge_values"]
 
 _SERIALS = itertools.count()
 
@@ -162,28 +170,30 @@ class GraphStatistics:
     they are never saved with a model.
     """
 
-    def __init__(self, spec: GraphStatisticsSpec) -> None:
+    def __init__(self, spec: GraphStatisticsSpec, strategy: tf.distribute.Strategy | None = None) -> None:
         if spec.num_bins == 1 or spec.num_bins < 0:
             raise ValueError(f"Expected num_bins 0 (no histogram) or >= 2. Received: {spec.num_bins}")
         self.spec = spec
         # Unique for the life of the process (unlike id()): traced functions are cached on it.
         self.serial = next(_SERIALS)
-        with tf.init_scope():
-            self._num_batches = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self._nonfinite = tf.Variable(0, dtype=tf.int64, trainable=False)
-            self._data_min = tf.Variable(0.0, dtype=tf.float32, trainable=False)
-            self._data_max = tf.Variable(0.0, dtype=tf.float32, trainable=False)
-            self._lo = tf.Variable(0.0, dtype=tf.float32, trainable=False)
-            self._hi = tf.Variable(0.0, dtype=tf.float32, trainable=False)
-            self._counts = tf.Variable(tf.zeros([max(spec.num_bins, 1)], tf.float64), trainable=False)
-            self._zeros = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self._replicas = _Replicas(strategy)
+        make = self._replicas.variable
+        self._num_batches = make(tf.constant(0, tf.int64))
+        self._nonfinite = make(tf.constant(0, tf.int64))
+        self._data_min = make(tf.constant(0.0, tf.float32))
+        self._data_max = make(tf.constant(0.0, tf.float32))
+        self._lo = make(tf.constant(0.0, tf.float32))
+        self._hi = make(tf.constant(0.0, tf.float32))
+        self._counts = make(tf.zeros([max(spec.num_bins, 1)], tf.float64))
+        self._zeros = make(tf.constant(0.0, tf.float64))
+
+    def _variables(self) -> tuple:
+        return (self._num_batches, self._nonfinite, self._data_min, self._data_max, self._lo, self._hi,
+                self._counts, self._zeros)
 
     def reset(self) -> None:
-        """Forgets every observed batch."""
-        for var in (self._num_batches, self._nonfinite, self._data_min, self._data_max, self._lo,
-                    self._hi, self._zeros):
-            var.assign(tf.zeros_like(var))
-        self._counts.assign(tf.zeros_like(self._counts))
+        """Forgets every observed batch (on every replica)."""
+        self._replicas.reset(self._variables())
 
     def observe(self, x: tf.Tensor) -> tf.Operation | tf.Tensor:
         """Adds one batch (graph or eager); returns the update to depend on.
@@ -192,23 +202,102 @@ class GraphStatistics:
         variables are its arguments): a model with many quantizers traces it once.
         """
         flat = tf.reshape(tf.cast(x, tf.float32), [-1])
-        return _update_function(self.spec)(
-            flat, self._num_batches, self._nonfinite, self._data_min, self._data_max, self._lo,
-            self._hi, self._counts, self._zeros,
-        )
+        variables = self._replicas.writable(self._variables())
+        if self._replicas.strategy is not None:
+            # Inline: a traced function takes sync-on-read variables as captures, not arguments,
+            # and would reuse one quantizer's variables for another (measured on TF 2.21).
+            return _update(self.spec, flat, *variables)
+        return _update_function(self.spec)(flat, *variables)
 
     def read(self) -> GraphStatisticsValues:
-        """The statistics so far, as numpy values."""
-        return GraphStatisticsValues(
-            num_batches=int(self._num_batches.numpy()),
-            nonfinite_batches=int(self._nonfinite.numpy()),
-            data_min=float(self._data_min.numpy()),
-            data_max=float(self._data_max.numpy()),
-            hist_lo=float(self._lo.numpy()),
-            hist_hi=float(self._hi.numpy()),
-            counts=self._counts.numpy().copy() if self.spec.num_bins else None,
-            zeros=float(self._zeros.numpy()),
-        )
+        """The statistics so far, as numpy values (merged over every replica under a strategy)."""
+        rows = self._replicas.rows(self._variables())
+        num_bins = self.spec.num_bins
+        values = [
+            GraphStatisticsValues(
+                num_batches=int(row[0]), nonfinite_batches=int(row[1]), data_min=float(row[2]),
+                data_max=float(row[3]), hist_lo=float(row[4]), hist_hi=float(row[5]),
+                counts=row[6 : 6 + num_bins].copy() if num_bins else None, zeros=float(row[-1]),
+            )
+            for row in rows
+        ]
+        return values[0] if len(values) == 1 else merge_values(values)
+
+
+def merge_values(values: list[GraphStatisticsValues]) -> GraphStatisticsValues:
+    """The statistics of the union of the batches behind each of ``values`` (one per replica).
+
+    Counts add; min/max are the extremes over the replicas that saw data. Histograms (all with the
+    same number of bins) are re-binned over the union of their ranges (``rebin_counts``) and
+    summed.
+
+    Raises:
+        ValueError: for no values, or histograms with different numbers of bins.
+    """
+    if not values:
+        raise ValueError("Expected statistics of at least one replica. Received: none")
+    seen = [v for v in values if v.num_batches > 0]
+    total = sum(v.num_batches for v in values)
+    nonfinite = sum(v.nonfinite_batches for v in values)
+    if not seen:
+        return values[0]._replace(num_batches=0, nonfinite_batches=nonfinite)
+    counts = None
+    lo = min(v.hist_lo for v in seen)
+    hi = max(v.hist_hi for v in seen)
+    if seen[0].counts is not None:
+        sizes = {v.counts.shape for v in seen}
+        if len(sizes) != 1:
+            raise ValueError(f"Expected histograms with one number of bins. Received: shapes {sorted(sizes)}")
+        counts = np.zeros_like(seen[0].counts)
+        for v in seen:
+            counts += rebin_counts(tf.constant(v.counts, tf.float64), v.hist_lo, v.hist_hi, lo, hi).numpy()
+    return GraphStatisticsValues(
+        num_batches=total, nonfinite_batches=nonfinite, data_min=min(v.data_min for v in seen),
+        data_max=max(v.data_max for v in seen), hist_lo=lo, hist_hi=hi, counts=counts,
+        zeros=sum(v.zeros for v in seen),
+    )
+
+
+class _Replicas:
+    """Where statistics variables live: plain variables, or one sync-on-read copy per replica of
+    ``strategy`` (None, or a strategy with one replica: plain)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy | None) -> None:
+        self.strategy = strategy if strategy is not None and strategy.num_replicas_in_sync > 1 else None
+
+    def variable(self, initial: tf.Tensor) -> tf.Variable:
+        with tf.init_scope():
+            if self.strategy is None:
+                return tf.Variable(initial, trainable=False)
+            with self.strategy.scope():
+                return tf.Variable(
+                    initial, trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                    aggregation=tf.VariableAggregation.NONE,
+                )
+
+    def _components(self, var: tf.Variable) -> list:
+        return [var] if self.strategy is None else list(self.strategy.experimental_local_results(var))
+
+    def reset(self, variables) -> None:
+        for var in variables:
+            for component in self._components(var):
+                component.assign(tf.zeros_like(component))
+
+    def writable(self, variables) -> list:
+        """What an update may write to here: in replica context the replica's own copy (the
+        sync-on-read variable resolves to it); outside it, the first local copy."""
+        if self.strategy is None or not tf.distribute.in_cross_replica_context():
+            return list(variables)
+        return [self._components(v)[0] for v in variables]
+
+    def rows(self, variables) -> np.ndarray:
+        """``[replicas, values]`` float64: each replica's variables flattened, concatenated."""
+        def pack():
+            return tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in variables], 0)[None]
+
+        if self.strategy is None:
+            return pack().numpy()
+        return self.strategy.gather(self.strategy.run(pack), axis=0).numpy()
 
 
 class NonFiniteWatch:
@@ -220,15 +309,15 @@ class NonFiniteWatch:
     Like ``GraphStatistics``, the variable is created eagerly and never saved with a model.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, strategy: tf.distribute.Strategy | None = None) -> None:
         # Unique for the life of the process (unlike id()): traced functions are cached on it.
         self.serial = next(_SERIALS)
-        with tf.init_scope():
-            self._batches = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._replicas = _Replicas(strategy)
+        self._batches = self._replicas.variable(tf.constant(0, tf.int64))
 
     def reset(self) -> None:
-        """Forgets every observed batch."""
-        self._batches.assign(0)
+        """Forgets every observed batch (on every replica)."""
+        self._replicas.reset([self._batches])
 
     def watch(self, outputs):
         """Returns ``outputs`` unchanged, made to depend on counting whether they are all finite.
@@ -239,12 +328,13 @@ class NonFiniteWatch:
         if not flat:
             return outputs
         finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in flat]))
-        update = self._batches.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+        (batches,) = self._replicas.writable([self._batches])
+        update = batches.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
         with tf.control_dependencies([update]):
             return tf.nest.map_structure(
                 lambda t: tf.identity(t) if tf.is_tensor(t) else t, outputs
             )
 
     def read(self) -> int:
-        """How many batches held NaN/Inf since the last ``reset``."""
-        return int(self._batches.numpy())
+        """How many batches held NaN/Inf since the last ``reset`` (summed over replicas)."""
+        return int(self._replicas.rows([self._batches]).sum())

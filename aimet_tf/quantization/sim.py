@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from aimet_tf import files
+from aimet_tf import distribute, files
 from aimet_tf.graph import ModelGraph, all_layers, check_prepared, tensor_name
 from aimet_tf.quantization import config as hw_config
 from aimet_tf.quantization import aimet_names, calibration_data, encodings_io, graph
@@ -565,7 +565,7 @@ class QuantizationSimModel:
         # One set per (quantizer, spec): alternating schemes reuse their variables and traces.
         stats = self._graph_stats.get((id(quantizer), spec))
         if stats is None:
-            stats = GraphStatistics(spec)
+            stats = GraphStatistics(spec, distribute.replica_strategy(self.model))
             self._graph_stats[(id(quantizer), spec)] = stats
         stats.reset()
         return stats
@@ -577,25 +577,32 @@ class QuantizationSimModel:
         for wrapper in self.wrappers():
             watch = self._watches.get(id(wrapper))
             if watch is None:
-                watch = self._watches[id(wrapper)] = NonFiniteWatch()
+                watch = self._watches[id(wrapper)] = NonFiniteWatch(distribute.replica_strategy(self.model))
             watch.reset()
             out.append((wrapper, watch))
         return out
 
-    def _calibration_step(self, specs) -> Callable:
+    def _calibration_step(self, specs, strategy: tf.distribute.Strategy | None = None) -> Callable:
         # Everything the trace depends on: which quantizers observe, and into which variables (the
-        # others are all disabled during calibration), and the input signature.
-        key = (repr(specs),) + tuple(
+        # others are all disabled during calibration), the input signature and the strategy.
+        key = (repr(specs), id(strategy)) + tuple(
             (name, -1 if q._statistics is None else q._statistics.serial)
             for name, q in self.activation_quantizers()
             if q._analyzer is not None
         ) + tuple(w._finite_watch.serial for w in self.wrappers() if w._finite_watch is not None)
         step = self._calibration_steps.get(key)
         if step is None:
-            # One trace for every batch size (the last batch is usually smaller).
-            step = tf.function(
-                lambda x: self.model(x, training=False), input_signature=[specs], autograph=False
-            )
+            if strategy is None:
+                # One trace for every batch size (the last batch is usually smaller).
+                step = tf.function(
+                    lambda x: self.model(x, training=False), input_signature=[specs], autograph=False
+                )
+            else:
+                # Per-replica inputs have no input signature: traces are shared where shapes allow.
+                step = tf.function(
+                    lambda x: strategy.run(lambda v: self.model(v, training=False), args=(x,)),
+                    autograph=False, reduce_retracing=True,
+                )
             self._calibration_steps[key] = step
         return step
 
@@ -603,9 +610,14 @@ class QuantizationSimModel:
         """Runs the traced calibration step on every batch of ``data`` (``calibration_data`` rules)."""
         inputs = calibration_data.model_inputs(self.model)
         specs = [tf.TensorSpec(spec.shape, spec.dtype) for spec in inputs]
-        step = self._calibration_step(specs[0] if len(specs) == 1 else specs)
-        for batch in calibration_data.iterate_batches(data, inputs, batch_size):
-            step(calibration_data.as_model_input(batch))
+        strategy = distribute.replica_strategy(self.model)
+        step = self._calibration_step(specs[0] if len(specs) == 1 else specs, strategy)
+        if strategy is None:
+            for batch in calibration_data.iterate_batches(data, inputs, batch_size):
+                step(calibration_data.as_model_input(batch))
+            return
+        for values in calibration_data.iterate_replica_batches(data, inputs, strategy, batch_size):
+            step(values)
 
     # -- encodings I/O -------------------------------------------------------------------------
 

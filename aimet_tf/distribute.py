@@ -1,0 +1,128 @@
+"""``tf.distribute`` support: which strategy a model's replicas run under, and training on them.
+
+A sim built under ``strategy.scope()`` (MirroredStrategy, MultiWorkerMirroredStrategy) has
+distributed variables; Keras records the strategy on the model (``model.distribute_strategy``).
+Passes that run the model themselves (``compute_encodings``) ask :func:`replica_strategy` whether
+to run it once per replica, and then gather the replicas' statistics (``graph_statistics``).
+
+``sim.model.fit`` trains under MirroredStrategy as for any Keras model. Under
+MultiWorkerMirroredStrategy, Keras 3's ``fit`` fails before its first step on TF 2.21 (its symbolic
+build reduces a whole ``(x, y)`` batch with ``strategy.reduce``, which that strategy only accepts
+per tensor; keras-team/keras issue 20585): :func:`fit` runs the model's own ``train_step`` (the
+compiled loss, optimizer and range learning, exactly what ``fit`` runs) on every replica instead.
+
+Example (2 replicas on one CPU):
+    >>> cpu = tf.config.list_physical_devices("CPU")[0]
+    >>> tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    >>> strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    >>> with strategy.scope():
+    ...     sim = QuantizationSimModel(model, default_param_bw=8)
+    >>> sim.compute_encodings(strategy.experimental_distribute_dataset(dataset))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["fit", "num_workers", "replica_strategy"]
+
+
+def replica_strategy(model: keras.Model) -> tf.distribute.Strategy | None:
+    """The strategy ``model`` runs on when it has more than one replica, else None.
+
+    The strategy of the current ``strategy.scope()`` wins; outside any scope it is the one the model
+    was built under.
+    """
+    if tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+    else:
+        strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None or strategy.num_replicas_in_sync <= 1:
+        return None
+    return strategy
+
+
+def num_workers(strategy: tf.distribute.Strategy | None) -> int:
+    """How many worker processes take part in ``strategy`` (1 for None or a one-machine strategy)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec()
+    jobs = spec.jobs
+    return sum(spec.num_tasks(job) for job in jobs if job in ("chief", "worker")) or 1
+
+
+def fit(
+    model: keras.Model,
+    x: Any,
+    y: Any = None,
+    *,
+    batch_size: int = 32,
+    epochs: int = 1,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> dict[str, list[float]]:
+    """Trains a compiled ``model`` for ``epochs`` on every replica of ``strategy`` with its own
+    ``train_step``, as ``model.fit`` would (for strategies where ``fit`` fails; see the module).
+
+    Args:
+        model: a compiled model built under ``strategy.scope()`` (e.g. ``sim.model``).
+        x: inputs (arrays), or a ``tf.data.Dataset`` of ``(x, y)`` batches of the global batch size.
+        y: labels when ``x`` is arrays; None with a data set.
+        batch_size: global batch size (split across replicas) when ``x`` is arrays.
+        epochs: passes over the data.
+        strategy: default: the model's (``replica_strategy``); None and a one-replica model train
+            on one device.
+        callbacks: Keras callbacks; they get ``on_epoch_begin`` / ``on_epoch_end`` and
+            ``on_train_batch_begin`` / ``on_train_batch_end`` with the logs ``fit`` would pass.
+
+    Returns:
+        ``{metric: [its value at the end of each epoch]}`` like ``fit(...).history``: the running
+        mean over the epoch's steps, averaged over the replicas.
+
+    Raises:
+        ValueError: for an uncompiled model, ``y`` with a data set, arrays without ``y``, or
+            ``epochs`` / ``batch_size`` below 1.
+    """
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError(f"Expected a compiled model (model.compile(optimizer, loss)). Received: {model.name!r} with no optimizer")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"Expected {name} to be an integer >= 1. Received: {name}={value!r}")
+    if isinstance(x, tf.data.Dataset):
+        if y is not None:
+            raise ValueError("Expected y=None with a tf.data.Dataset of (x, y) batches. Received: y as well")
+        dataset = x
+    else:
+        if y is None:
+            raise ValueError("Expected labels y with array inputs x. Received: y=None")
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+    strategy = strategy or replica_strategy(model) or tf.distribute.get_strategy()
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+    distributed = strategy.experimental_distribute_dataset(dataset)
+
+    @tf.function
+    def step(batch):
+        logs = strategy.run(model.train_step, args=(batch,))
+        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+
+    callbacks = keras.callbacks.CallbackList(callbacks or [], model=model)
+    history: dict[str, list[float]] = {}
+    for epoch in range(epochs):
+        model.reset_metrics()
+        callbacks.on_epoch_begin(epoch)
+        logs: dict[str, float] = {}
+        for index, batch in enumerate(distributed):
+            callbacks.on_train_batch_begin(index)
+            # train_step's metrics are running means over the epoch, as in fit's logs.
+            logs = {k: float(v) for k, v in step(batch).items()}
+            callbacks.on_train_batch_end(index, logs)
+        callbacks.on_epoch_end(epoch, logs)
+        for k, v in logs.items():
+            history.setdefault(k, []).append(v)
+    return history
