@@ -18,7 +18,7 @@ from aimet_tf.quantization.graph_statistics import (
 )
 from aimet_tf.testing import distributed
 
-SCHEMES = "tf,tf_enhanced"
+SCHEMES = "tf,tf_enhanced,auto"  # auto: output_mse parameters, tf_enhanced activations
 
 
 def _values(x: np.ndarray, num_bins: int = 0, count_zeros: bool = False) -> GraphStatisticsValues:
@@ -136,13 +136,20 @@ def _bin_width(table: dict, name: str) -> float:
     return (high - low) / 512  # the SQNR analyzer's histogram (AIMET's 512 bins)
 
 
-def _check_calibration(result: dict, single: dict) -> None:
+def _check_calibration(result: dict, single: dict, workers: int) -> None:
     assert result["replicas"] == 2
     for scheme in SCHEMES.split(","):
         want = single[scheme]
         got = result[scheme]
         assert got["params"] == want["params"]
-        for source in ("arrays", "distributed_dataset"):
+        sources = ["arrays", "distributed_dataset"]
+        if scheme == "auto" and workers > 1:
+            # Each worker's shard would give the parameter search its own grids: refused.
+            assert "every worker reads whole" in got["distributed_dataset_error"]
+            sources.remove("distributed_dataset")
+        else:
+            assert got["distributed_dataset_params"] == want["params"]
+        for source in sources:
             assert got[source].keys() == want["arrays"].keys()
             for name, (low, high, bits) in want["arrays"].items():
                 if scheme == "tf":
@@ -174,6 +181,6 @@ def _check_qat(result: dict, single: dict) -> None:
 def test_calibration_and_qat_under_a_strategy_match_one_device(run, single_calibration, single_qat):
     result = run("calibrate,qat", scheme=SCHEMES)
     assert result["strategy"] == run.__name__.removeprefix("run_")
-    _check_calibration(result["calibrate"], single_calibration)
+    _check_calibration(result["calibrate"], single_calibration, 2 if run is distributed.run_multi_worker else 1)
     assert single_qat["reload_outputs_identical"] and single_qat["reload_variables_identical"]
     _check_qat(result["qat"], single_qat)

@@ -49,6 +49,7 @@ __all__ = [
     "InputSpec",
     "as_forward_pass_callback",
     "as_model_input",
+    "is_distributed_data",
     "iterate_batches",
     "iterate_replica_batches",
     "model_inputs",
@@ -115,6 +116,7 @@ def iterate_batches(
     *,
     check_finite: bool = True,
     purpose: str = "calibration data",
+    strategy: tf.distribute.Strategy | None = None,
 ) -> Iterator[Batch]:
     """Yields the batches of ``data`` (see the module docstring for the accepted forms), checked.
 
@@ -125,6 +127,8 @@ def iterate_batches(
         num_batches: stop after this many batches (None: all); an endless data set is fine.
         check_finite: raise on NaN/Inf in float inputs.
         purpose: what the data is for, used in error messages.
+        strategy: the strategy of a distributed data set: each of this worker's replica parts of
+            a per-replica batch is yielded as a batch (``num_batches`` then counts parts).
 
     Yields:
         One list per batch holding an array per model input, cast to the input's dtype.
@@ -145,6 +149,8 @@ def iterate_batches(
             "needs the inputs themselves. Received: a forward-pass callback "
             f"{getattr(callback.func, '__name__', callback.func)!r} (only compute_encodings runs callbacks)."
         )
+    if strategy is not None and is_distributed_data(data):
+        data = (part for element in data for part in _local_parts(element, strategy))
     count = 0
     for count, raw in enumerate(itertools.islice(_raw_batches(data, inputs, batch_size), num_batches), 1):
         yield _check_batch(raw, inputs, f"batch {count - 1} of the {purpose}", check_finite)
@@ -188,7 +194,7 @@ def iterate_replica_batches(
     """
     inputs = list(inputs)
     replicas = strategy.num_replicas_in_sync
-    if not _is_distributed_data(data):
+    if not is_distributed_data(data):
         for batch in iterate_batches(data, inputs, batch_size, num_batches, check_finite=check_finite, purpose=purpose):
             rows = len(batch[0])
             yield strategy.experimental_distribute_values_from_function(
@@ -214,7 +220,7 @@ def iterate_replica_batches(
         raise ValueError(f"Expected at least one batch of {purpose}. Received: an empty distributed data set.")
 
 
-def _is_distributed_data(data: Any) -> bool:
+def is_distributed_data(data: Any) -> bool:
     """A distributed data set or iterator (``strategy.experimental_distribute_dataset``)."""
     return isinstance(data, (tf.distribute.DistributedDataset, tf.distribute.DistributedIterator))
 

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import enum
 import math
+import threading
 from typing import Iterator, Sequence
 
 import keras
@@ -33,6 +34,8 @@ from aimet_tf.quantization.analyzers import (
     parse_quant_scheme,
 )
 from aimet_tf.quantization.graph_statistics import GraphStatistics
+
+_OBSERVE_LOCK = threading.Lock()
 
 __all__ = ["Quantizer", "BiasQuantizer", "Requantizer", "REQUANTIZATION_MODES", "traced_state"]
 
@@ -585,8 +588,10 @@ class Quantizer(_Switchable, _TracedState, keras.layers.Layer):
             token = self._statistics.observe(x)
         else:
             # The analyzer is looked up when the graph runs, so a traced function can be reused.
+            # Replicas of a MirroredStrategy run their steps in threads: one observation at a time.
             def observe(value):
-                self._analyzer.observe(value)
+                with _OBSERVE_LOCK:
+                    self._analyzer.observe(value)
                 return np.int32(0)
 
             token = tf.numpy_function(observe, [x], tf.int32, stateful=True, name="observe")

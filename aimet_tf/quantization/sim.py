@@ -416,6 +416,7 @@ class QuantizationSimModel:
         """
         act = [(n, q) for n, q in self.activation_quantizers() if q.enabled and not q.frozen]
         analyzers = {id(q): q.make_analyzer() for _, q in act}
+        _check_multi_worker_analyzers(self.model, [(n, analyzers[id(q)]) for n, q in act])
         # The observed forward pass is the float one: activation quantizers observe and pass
         # through, every other quantizer (bias grids and requantizers too) is off for its duration.
         others = [q for w in self.wrappers() for q in w.quantizers() if q.enabled and id(q) not in analyzers]
@@ -531,7 +532,8 @@ class QuantizationSimModel:
             return {}, []
         inputs = calibration_data.model_inputs(self.model)
         batches, count = [], 0
-        for batch in calibration_data.iterate_batches(data, inputs, batch_size):
+        for batch in calibration_data.iterate_batches(
+                data, inputs, batch_size, strategy=_search_strategy(self.model, data)):
             batches.append(batch)
             count += len(batch[0])
             if count >= output_mse.SEARCH_SAMPLES:
@@ -1181,6 +1183,44 @@ def _disabled(quantizers: list[Quantizer]) -> Iterator[None]:
     finally:
         for q, state in zip(quantizers, states):
             q.enabled = state
+
+
+
+
+def _search_strategy(model: keras.Model, data: Any) -> tf.distribute.Strategy | None:
+    """The strategy whose per-replica batches the parameter search reads as plain batches.
+
+    The search runs in Python on each worker and must choose the same grids on every worker (the
+    parameters are mirrored): that holds for arrays and undistributed data sets, which every
+    worker reads whole, not for a distributed data set's per-worker shards."""
+    strategy = distribute.replica_strategy(model)
+    if strategy is not None and distribute.num_workers(strategy) > 1 and calibration_data.is_distributed_data(data):
+        raise ValueError(
+            "Expected calibration data that every worker reads whole (arrays or a tf.data.Dataset "
+            "before experimental_distribute_dataset) for the output_mse parameter search under a "
+            f"{distribute.num_workers(strategy)}-worker strategy. Received: a distributed data set, "
+            "whose shards differ per worker and would give each worker its own parameter grids."
+        )
+    return strategy
+
+
+def _check_multi_worker_analyzers(model: keras.Model, analyzers: list) -> None:
+    """Across worker processes only in-graph statistics are gathered: an analyzer that takes whole
+    batches in Python (per-channel activation ranges, the MSE search) would see one worker's
+    share of the data."""
+    strategy = distribute.replica_strategy(model)
+    if distribute.num_workers(strategy) <= 1:
+        return
+    python_side = [name for name, a in analyzers if a.graph_statistics_spec is None]
+    if python_side:
+        raise ValueError(
+            "Expected activation quantizers whose statistics are gathered in the graph under a "
+            f"{distribute.num_workers(strategy)}-worker strategy (per-tensor tf, tf_enhanced or "
+            f"percentile). Received: {len(python_side)} that observe whole batches in Python "
+            f"({', '.join(python_side[:5])}{' ...' if len(python_side) > 5 else ''}), which would see "
+            "this worker's share of the data only. Calibrate them on one worker, or use a per-tensor "
+            "histogram scheme."
+        )
 
 
 def _forward_pass(callback: Any, callback_args: Any) -> calibration_data.ForwardPassCallback | None:

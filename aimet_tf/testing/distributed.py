@@ -197,8 +197,12 @@ def _calibrate(strategy, args) -> dict:
         entry = {"arrays": _encoding_table(sim), "params": _param_table(sim)}
         if strategy is not None:
             dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(args.batch))
-            sim.compute_encodings(dataset)
-            entry["distributed_dataset"] = _encoding_table(sim)
+            try:
+                sim.compute_encodings(dataset)
+                entry["distributed_dataset"] = _encoding_table(sim)
+                entry["distributed_dataset_params"] = _param_table(sim)
+            except ValueError as exc:  # refused: the output_mse search under several workers
+                entry["distributed_dataset_error"] = str(exc)
             # A sim built outside the scope cannot take per-replica batches: the error users get.
             plain = QuantizationSimModel(model, quant_scheme=scheme, default_param_bw=8, config_file="tflite")
             try:
