@@ -22,8 +22,8 @@ Check a rebuild with :func:`check_fp32` (largest difference to the Keras FP32 ou
 ``FP32_TOLERANCE`` of the largest |output|).
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations": torch.fx keeps the root forward's annotations, and as
+# strings they would make the traced model (which AutoQuant pickles) unpicklable.
 import re
 
 import numpy as np
