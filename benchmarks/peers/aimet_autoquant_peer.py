@@ -57,8 +57,8 @@ import time
 import numpy as np
 import torch
 
-from aimet_amp_peer import load_eval_set, parse_accuracy_drop
-from aimet_peer import BATCH, load_workdir, score, to_onnx_layout, write_json
+from aimet_amp_peer import load_scored_workdir, parse_accuracy_drop
+from aimet_peer import BATCH, score, write_json
 from torch_model import build_torch, check_fp32, predict
 
 QUANT_SCHEMES = {"min_max": "post_training_tf", "tf_enhanced": "post_training_tf_enhanced",
@@ -302,12 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     from aimet_torch.v2.auto_quant import AutoQuant
     from aimet_torch.v2.quantsim import QuantizationSimModel
 
-    graph, weights, data = load_workdir(args.workdir)
-    if "y_test" not in data:
-        raise ValueError(f"{args.workdir}/data.npz has no y_test: the AutoQuant peer scores test accuracy and needs labels.")
-    num_classes = int(data["fp32_outputs"].shape[-1])
-    x_eval, y_eval = load_eval_set(args.eval, graph["input"]["shape"], num_classes)
-    x_cal, x_test, x_eval = to_onnx_layout(data["x_cal"]), to_onnx_layout(data["x_test"]), to_onnx_layout(x_eval)
+    graph, weights, data, (x_cal, x_test, x_eval), y_eval = load_scored_workdir(args.workdir, args.eval, "AutoQuant")
     model = build_torch(graph, weights)
     result = {
         "model": graph.get("name"),

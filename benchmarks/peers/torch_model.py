@@ -19,7 +19,9 @@ Softmax, Dropout); anything else, BatchNormalization included (fold it first), r
 with -inf (what Keras' max ignores) in a ``ConstantPad2d`` of its own.
 
 Check a rebuild with :func:`check_fp32` (largest difference to the Keras FP32 outputs at most
-``FP32_TOLERANCE`` of the largest |output|).
+``FP32_TOLERANCE`` of the largest |output|), or from the shell on export folders:
+    /tmp/aimet_torch_venv/bin/python benchmarks/peers/torch_model.py DIR [DIR ...]
+(the bundled model and the four MLTK models, BN-folded, reproduce within 2e-6.)
 """
 
 # No "from __future__ import annotations": torch.fx keeps the root forward's annotations, and as
@@ -329,3 +331,23 @@ def check_fp32(model: nn.Module, graph: dict, x_test: np.ndarray, fp32_keras: np
                          f"The torch rebuild of {graph.get('name')!r}")
     report.pop("predictions")
     return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Checks the torch rebuild of each export folder given (``python torch_model.py DIR [DIR ...]``, in the venv)."""
+    import argparse
+    import json
+
+    from aimet_peer import load_workdir, to_onnx_layout
+
+    parser = argparse.ArgumentParser(description="Checks torch rebuilds of keras_to_peer exports against Keras FP32.")
+    parser.add_argument("workdirs", nargs="+", help="folders written by keras_to_peer.export_for_peer")
+    for workdir in parser.parse_args(argv).workdirs:
+        graph, weights, data = load_workdir(workdir)
+        model = build_torch(graph, weights)
+        report = check_fp32(model, graph, to_onnx_layout(data["x_test"]), data["fp32_outputs"], data.get("y_test"))
+        print(json.dumps({"workdir": workdir, "model": graph.get("name"), **report}))
+
+
+if __name__ == "__main__":
+    main()
