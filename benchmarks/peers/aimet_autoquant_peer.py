@@ -20,16 +20,18 @@ The script
    of it (AIMET's own default: at most 2,000 images) and ``--adaround-iterations`` per layer;
 4. times ``optimize(allowed_accuracy_drop)``, which returns (model, eval score, encodings path);
 5. puts the returned model in a new ``QuantizationSimModel`` with the same bitwidths and config,
-   loads the returned encodings into it (their ``_torch.encodings`` form AIMET writes beside them), and scores it on the eval set (a check that it is the
-   model AutoQuant scored; not counted) and on ``x_test``.
+   loads the returned encodings into it (their ``_torch.encodings`` form, which AIMET writes
+   beside them), and scores it on the eval set (a check that it is the model AutoQuant scored;
+   not counted) and on ``x_test``.
 
 ``--output`` (JSON, written atomically; ``"complete"`` turns true at the end) holds ``versions``,
 ``torch_threads``, ``fp32`` (the rebuild check), ``fp32_eval_accuracy``, ``target_accuracy``,
 ``autoquant_accuracy`` (what ``optimize`` returned), ``optimize_seconds``, ``eval_calls`` and
-``eval_seconds``, ``sessions`` (AIMET's log: each step's title and eval score), ``quant_scheme_scores``
-(each scheme pair AIMET tried and its score) and ``chosen_quant_scheme``, ``applied`` (the steps behind the returned result,
-from the encodings file AIMET returned and its log), ``final_eval_accuracy`` and ``test``
-(accuracy and agreement of the final sim on ``x_test``, with its predictions).
+``eval_seconds``, ``sessions`` (AIMET's log: each step's title, eval score and when it ended),
+``quant_scheme_scores`` (each scheme pair AIMET tried, its score and when it ended) and
+``chosen_quant_scheme``, ``applied`` (the steps behind the returned result, from the encodings
+file AIMET returned and its log), ``final_eval_accuracy`` and ``test`` (accuracy and agreement
+of the final sim on ``x_test``, with its predictions).
 
 torchvision: aimet-torch imports it, and the package index only has CUDA builds of it, whose
 compiled ops cannot load beside the CPU build of torch this venv uses. When they cannot load,
@@ -186,32 +188,35 @@ def top1(model: torch.nn.Module, x: np.ndarray, labels: np.ndarray) -> float:
 
 
 class _LogLines(logging.Handler):
-    """Keeps the messages of one logger."""
+    """Keeps the messages of one logger, each with its time (``time.time()`` seconds)."""
 
     def __init__(self):
         super().__init__(logging.INFO)
-        self.lines: list[str] = []
+        self.lines: list[tuple[float, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        self.lines.append((record.created, record.getMessage()))
 
 
-def read_log(lines: list[str]) -> dict:
+def read_log(lines: list[tuple[float, str]], start: float) -> dict:
     """What AutoQuant's log says: each finished session's score, each scheme pair's score, the W32 score.
 
     Args:
-        lines: the messages of AIMET's "AutoQuant" logger, in order.
+        lines: (time, message) of AIMET's "AutoQuant" logger, in order.
+        start: the ``time.time()`` at which ``optimize`` was called.
 
     Returns:
-        ``{"sessions": [{"title", "eval_score"}], "quant_scheme_scores": [{"pair", "eval_score"}],
-        "w32_eval_score": float or None}``.
+        ``{"sessions": [{"title", "eval_score", "ended_at_seconds"}], "quant_scheme_scores":
+        [{"pair", "eval_score", "ended_at_seconds"}], "w32_eval_score": float or None}``;
+        ``ended_at_seconds`` counts from ``start``.
     """
     sessions, schemes, w32 = [], [], None
-    for line in lines:
+    for created, line in lines:
+        at = round(created - start, 3)
         if match := _SESSION.match(line):
-            sessions.append({"title": match["title"], "eval_score": float(match["score"])})
+            sessions.append({"title": match["title"], "eval_score": float(match["score"]), "ended_at_seconds": at})
         elif match := _SCHEME.match(line):
-            schemes.append({"pair": match["pair"], "eval_score": float(match["score"])})
+            schemes.append({"pair": match["pair"], "eval_score": float(match["score"]), "ended_at_seconds": at})
         elif match := _W32.match(line):
             w32 = float(match["score"])
     return {"sessions": sessions, "quant_scheme_scores": schemes, "w32_eval_score": w32}
@@ -347,14 +352,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     log = _LogLines()
     logging.getLogger("AutoQuant").addHandler(log)
-    start = time.perf_counter()
+    start, wall_start = time.perf_counter(), time.time()
     final_model, accuracy, encoding_path = auto_quant.optimize(args.allowed_accuracy_drop)
     result["optimize_seconds"] = time.perf_counter() - start
     logging.getLogger("AutoQuant").removeHandler(log)
     result["eval_calls"], result["eval_seconds"] = evaluate.calls, evaluate.seconds
     result["autoquant_accuracy"] = accuracy
     result["encoding_path"] = encoding_path
-    result.update(read_log(log.lines))
+    result.update(read_log(log.lines, wall_start))
     schemes = result["quant_scheme_scores"]  # AIMET keeps the first of equal best scores (max)
     result["chosen_quant_scheme"] = max(schemes, key=lambda s: s["eval_score"])["pair"] if schemes else None
     result["applied"] = applied_steps(encoding_path, result["sessions"])
