@@ -4,8 +4,11 @@ Bundled Fashion-MNIST CNN, ``tflite`` config: AutoQuant with W4A8 and allowed_ac
 and W8A8 with 0.001. AutoQuant scores on the even-indexed 5,000 test images' first 2,000 (the
 selection set) and every accuracy below is on the odd-indexed 5,000 it never saw; calibration is
 1,000 bundled calibration images. The best result is exported to .tflite and checked against the
-sim. AIMET's own AutoQuant would be the peer, but no aimet-onnx release on the package index ships
-it any more (see ``_NO_PEER``).
+sim. The peer is AIMET's own AutoQuant, in the same run: aimet-torch 2.28.0 (no aimet-onnx release
+ships AutoQuant), on the same BN-folded model rebuilt in PyTorch, with the same calibration images,
+the selection set as its eval data, the same bitwidths and allowed drop, scored on the same held-out
+half; it runs with aimet-torch's default per-channel config (aimet-torch refuses the "tflite"
+preset: "Strict symmetric is not supported in quantsim v2") and has no .tflite export.
 
 MLTK models on their real inputs, ``tflite`` config, W4A8: even indices calibrate and select
 (score = top-1 agreement with FP32), odd indices score. AutoQuant (target 1 point of agreement
@@ -25,7 +28,9 @@ from aimet_tf import datasets, metrics
 from aimet_tf.export import export_tflite, prepare_model_for_tflite, verify_tflite
 from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
 from aimet_tf.ptq.auto_quant import auto_quantize
+from aimet_tf.ptq.batch_norm_fold import fold_all_batch_norms
 from aimet_tf.quantization import QuantizationSimModel
+from benchmarks.peers.aimet_runner import run_aimet_autoquant
 
 MLTK = ("resnet8", "ds_cnn", "vww_mobilenetv1", "mobilenetv2_kws")
 
@@ -46,6 +51,7 @@ def run() -> str:
     model = datasets.load_bundled_model()
     prepared = prepare_model_for_tflite(model)
     fp32 = _accuracy(model, x_test, y_test)
+    _, folded = fold_all_batch_norms(prepared)  # graph.json carries no BatchNormalization
     lines = ["## AutoQuant (issue 18)", "", __doc__.split("\n\n", 1)[1].strip().replace("\n", " "), "",
              f"### Bundled model (FP32 {100 * fp32:.2f}% on the held-out half)", "",
              "| tool | bitwidths, allowed drop | held-out test % (vs FP32) | selection-set score % | steps kept | s | sim == TFLite outputs % |",
@@ -62,20 +68,23 @@ def run() -> str:
             kept = ", ".join(s.name for s in result.steps[3:] if s.kept) or "none"
             lines.append(f"| aimet_tf | W{param_bw}A8, {drop} | {100 * test:.2f} ({100 * (test - fp32):+.2f}) | {100 * result.score:.2f} | "
                          f"{kept} | {seconds:.0f} | {100 * report.exact_fraction:.2f} |")
-            lines.append(_peer_row(param_bw, drop))
+            peer = run_aimet_autoquant(folded, x_cal, x_sel, y_sel, x_test, y_test, param_bw, 8, drop,
+                                       workdir=os.path.join(folder, f"aimet_w{param_bw}"))
+            lines.append(_peer_row(peer, fp32))
         lines += ["", *_mltk_section(folder)]
     return "\n".join(lines)
 
 
-# Checked by the peer helper (session 11): aimet-onnx 2.28.0 (the oldest release on the package
-# index) and 2.42.0 (the newest), and aimet-torch 2.42.0, ship no AutoQuant class; AIMET
-# soft-deprecated it (qualcomm/aimet PR #3925). See benchmarks/peers/aimet_runner.py.
-_NO_PEER = ("no AutoQuant in aimet-onnx 2.28.0 / 2.42.0 (the oldest and newest on the package index) "
-            "or aimet-torch 2.42.0: AIMET's own AutoQuant cannot run here")
-
-
-def _peer_row(param_bw: int, drop: float) -> str:
-    return f"| aimet-onnx | W{param_bw}A8, {drop} | {_NO_PEER} | | | | |"
+def _peer_row(peer: dict, fp32: float) -> str:
+    """The table row of AIMET's AutoQuant from ``run_aimet_autoquant``'s result; ``fp32``: our FP32 held-out accuracy."""
+    label = f"AIMET AutoQuant (aimet-torch {peer['versions']['aimet_torch']}, default per-channel config)"
+    bits = f"W{peer['param_bw']}A{peer['output_bw']}, {peer['allowed_accuracy_drop']}"
+    if peer["early_exit"]:
+        return f"| {label} | {bits} | early exit: W32 eval below target, no model returned | | | {peer['optimize_seconds']:.0f} | n/a |"
+    test = peer["test"]["accuracy"]
+    steps = ", ".join(peer["applied"]["steps"]) or "none"
+    return (f"| {label} | {bits} | {100 * test:.2f} ({100 * (test - fp32):+.2f}) | {100 * peer['autoquant_accuracy']:.2f} | "
+            f"{steps} | {peer['optimize_seconds']:.0f} | n/a |")
 
 
 def _mltk_section(folder) -> list[str]:

@@ -168,6 +168,29 @@ def load_eval_set(path: str, input_shape: list, num_classes: int) -> tuple[np.nd
     return x, y.astype(np.int64)
 
 
+def load_scored_workdir(workdir: str, eval_path: str, peer: str) -> tuple[dict, dict, dict, tuple, np.ndarray]:
+    """Reads an export with labels and the eval set beside it, the inputs in NCHW (ONNX) layout.
+
+    Args:
+        workdir: the folder ``keras_to_peer.export_for_peer`` wrote (with ``y_test``).
+        eval_path: the .npz of :func:`load_eval_set`.
+        peer: names the peer in the error message.
+
+    Returns:
+        (graph, weights, data as :func:`aimet_peer.load_workdir` read them, (x_cal, x_test, x_eval)
+        in NCHW layout, y_eval).
+
+    Raises:
+        ValueError: if data.npz has no ``y_test``, or as :func:`load_eval_set` does.
+    """
+    graph, weights, data = load_workdir(workdir)
+    if "y_test" not in data:
+        raise ValueError(f"{workdir}/data.npz has no y_test: the {peer} peer scores test accuracy and needs labels.")
+    x_eval, y_eval = load_eval_set(eval_path, graph["input"]["shape"], int(data["fp32_outputs"].shape[-1]))
+    inputs = tuple(to_onnx_layout(x) for x in (data["x_cal"], data["x_test"], x_eval))
+    return graph, weights, data, inputs, y_eval
+
+
 class CountingEval:
     """An AMP eval callback: top-1 accuracy (fraction) of the session on a fixed set, counted and timed."""
 
@@ -292,13 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     from aimet_onnx.common.defs import CallbackFunc, QuantizationDataType
     from aimet_onnx.mixed_precision import AMPSearchAlgo, choose_mixed_precision
 
-    graph, weights, data = load_workdir(args.workdir)
-    if "y_test" not in data:
-        raise ValueError(f"{args.workdir}/data.npz has no y_test: the AMP peer scores test accuracy and needs labels.")
+    graph, weights, data, (x_cal, x_test, x_eval), y_eval = load_scored_workdir(args.workdir, args.eval, "AMP")
     input_name = graph["input"]["name"]
-    num_classes = int(data["fp32_outputs"].shape[-1])
-    x_eval, y_eval = load_eval_set(args.eval, graph["input"]["shape"], num_classes)
-    x_cal, x_test, x_eval = to_onnx_layout(data["x_cal"]), to_onnx_layout(data["x_test"]), to_onnx_layout(x_eval)
     model = build_onnx(graph, weights)
     result = {
         "model": graph.get("name"),

@@ -57,11 +57,110 @@ class UnsupportedLayerError(ValueError):
     """A layer of graph.json that this script cannot express in ONNX."""
 
 
-def _same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+def same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TF "SAME" padding along one axis: the odd pixel goes at the end."""
     effective = (kernel - 1) * dilation + 1
     total = max((-(-size // stride) - 1) * stride + effective - size, 0)
     return total // 2, total - total // 2
+
+
+def nchw_axis(axis: int, rank: int) -> int:
+    """A Keras (channels-last) axis of a rank-``rank`` tensor, batch included, in the NCHW layout."""
+    axis = axis + rank if axis < 0 else axis
+    return NHWC_TO_NCHW_AXIS[axis] if rank == 4 else axis
+
+
+def conv_pads(layer: dict, in_shape: list) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) zero padding of a Conv2D / DepthwiseConv2D layer of graph.json.
+
+    Raises:
+        UnsupportedLayerError: for a padding other than "same" / "valid", or "same" on an input
+            of unknown height or width.
+    """
+    name, cfg = layer["name"], layer["config"]
+    (kh, kw), (sh, sw), (dh, dw) = cfg["kernel_size"], cfg["strides"], cfg["dilation_rate"]
+    if cfg["padding"] == "valid":
+        return 0, 0, 0, 0
+    if cfg["padding"] != "same":
+        raise UnsupportedLayerError(f"Layer {name!r}: padding {cfg['padding']!r} is not supported.")
+    if in_shape[0] is None or in_shape[1] is None:
+        raise UnsupportedLayerError(f"Layer {name!r}: 'same' padding needs a static input size.")
+    return (*same_pads(in_shape[0], kh, sh, dh), *same_pads(in_shape[1], kw, sw, dw))
+
+
+def oihw_kernel(layer: dict, kernel: np.ndarray, in_channels: int) -> tuple[np.ndarray, int]:
+    """A Keras Conv2D / DepthwiseConv2D kernel in the [out, in/groups, kh, kw] layout, and the group count.
+
+    Conv2D: [kh, kw, in/g, out] -> [out, in/g, kh, kw]. DepthwiseConv2D: [kh, kw, in, mult] ->
+    [in*mult, 1, kh, kw] with groups = in, so that output channel c*mult + m is Keras' own.
+    """
+    if layer["class"] == "Conv2D":
+        return np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)), int(layer["config"].get("groups", 1))
+    kh, kw, _, multiplier = kernel.shape
+    return np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(in_channels * multiplier, 1, kh, kw)), in_channels
+
+
+def pool_geometry(cfg: dict, in_shape: list) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+    """((kh, kw), (sh, sw), (top, bottom, left, right)) of a MaxPooling2D / AveragePooling2D config."""
+    kh, kw = cfg["pool_size"]
+    sh, sw = cfg["strides"] or cfg["pool_size"]
+    pads = (0, 0, 0, 0)
+    if cfg["padding"] == "same":
+        pads = (*same_pads(in_shape[0], kh, sh), *same_pads(in_shape[1], kw, sw))
+    return (kh, kw), (sh, sw), pads
+
+
+def relu_params(layer: dict) -> tuple[float, float | None]:
+    """(negative_slope, max_value or None) of a Keras ReLU layer of graph.json.
+
+    Raises:
+        UnsupportedLayerError: for a non-zero threshold, or a slope together with a max_value.
+    """
+    name, cfg = layer["name"], layer["config"]
+    slope, threshold = cfg.get("negative_slope") or 0.0, cfg.get("threshold") or 0.0
+    max_value = cfg.get("max_value")
+    if threshold:
+        raise UnsupportedLayerError(f"Layer {name!r}: ReLU with threshold={threshold} is not supported.")
+    if slope and max_value is not None:
+        raise UnsupportedLayerError(f"Layer {name!r}: ReLU with both negative_slope and max_value is not supported.")
+    return float(slope), None if max_value is None else float(max_value)
+
+
+def softmax_axis(layer: dict) -> int:
+    """The Keras axis of a Softmax layer of graph.json (one axis only).
+
+    Raises:
+        UnsupportedLayerError: for a softmax over several axes.
+    """
+    axis = layer["config"].get("axis", -1)
+    axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+    if not isinstance(axis, int):
+        raise UnsupportedLayerError(f"Layer {layer['name']!r}: Softmax over several axes {axis} is not supported.")
+    return axis
+
+
+def flatten_needs_nhwc(in_shape: list) -> bool:
+    """Whether flattening a 4-D NCHW tensor of Keras shape ``in_shape`` must go through NHWC first.
+
+    Keras flattens channels-last; the orders agree when C == 1 or H = W = 1.
+    """
+    return len(in_shape) == 3 and in_shape[2] != 1 and in_shape[:2] != [1, 1]
+
+
+def refuse_layer(layer: dict, peer: str) -> None:
+    """Raises for the layers no peer builds: BatchNormalization (fold it first) and channels_first ones.
+
+    Raises:
+        UnsupportedLayerError: naming the layer and what to do.
+    """
+    name, cls, cfg = layer["name"], layer["class"], layer["config"]
+    if cfg.get("data_format", "channels_last") != "channels_last":
+        raise UnsupportedLayerError(f"Layer {name!r} ({cls}): only channels_last is supported by the {peer}.")
+    if cls == "BatchNormalization":
+        raise UnsupportedLayerError(
+            f"Layer {name!r} is a BatchNormalization, which the {peer} does not build: fold batch norms first "
+            "(aimet_tf.ptq.batch_norm_fold.fold_batch_norms)."
+        )
 
 
 class _Builder:
@@ -103,33 +202,14 @@ class _Builder:
     def to_nhwc(self, x: str, layer: str) -> str:
         return self.node("Transpose", [x], f"{layer}_nhwc", f"{layer}_to_nhwc", perm=[0, 2, 3, 1])
 
-    @staticmethod
-    def channel_axis(axis: int, rank: int) -> int:
-        axis = axis + rank if axis < 0 else axis
-        return NHWC_TO_NCHW_AXIS[axis] if rank == 4 else axis
-
     # ---- layers
     def conv(self, layer: dict, x: str, in_shape: list[int]) -> str:
         name, cfg = layer["name"], layer["config"]
-        kernel = self.weights[f"{name}/kernel"]
         kh, kw = cfg["kernel_size"]
         sh, sw = cfg["strides"]
         dh, dw = cfg["dilation_rate"]
-        hin, win, cin = in_shape
-        if layer["class"] == "Conv2D":
-            onnx_kernel = kernel.transpose(3, 2, 0, 1)  # [kh, kw, in/g, out] -> [out, in/g, kh, kw]
-            group = int(cfg.get("groups", 1))
-        else:  # [kh, kw, in, mult] -> [in*mult, 1, kh, kw]: output channel c*mult + m, as in Keras
-            onnx_kernel = kernel.transpose(2, 3, 0, 1).reshape(cin * kernel.shape[3], 1, kh, kw)
-            group = cin
-        if cfg["padding"] == "same":
-            if hin is None or win is None:
-                raise UnsupportedLayerError(f"Layer {name!r}: 'same' padding needs a static input size.")
-            (top, bottom), (left, right) = _same_pads(hin, kh, sh, dh), _same_pads(win, kw, sw, dw)
-        elif cfg["padding"] == "valid":
-            top = bottom = left = right = 0
-        else:
-            raise UnsupportedLayerError(f"Layer {name!r}: padding {cfg['padding']!r} is not supported.")
+        onnx_kernel, group = oihw_kernel(layer, self.weights[f"{name}/kernel"], in_shape[2])
+        top, bottom, left, right = conv_pads(layer, in_shape)
         cout = onnx_kernel.shape[0]
         bias = self.weights.get(f"{name}/bias", np.zeros(cout, np.float32))
         act = cfg.get("activation", "linear")
@@ -157,12 +237,7 @@ class _Builder:
 
     def pool(self, layer: dict, x: str, in_shape: list[int]) -> str:
         name, cfg = layer["name"], layer["config"]
-        kh, kw = cfg["pool_size"]
-        sh, sw = cfg["strides"] or cfg["pool_size"]
-        if cfg["padding"] == "same":
-            (top, bottom), (left, right) = _same_pads(in_shape[0], kh, sh), _same_pads(in_shape[1], kw, sw)
-        else:
-            top = bottom = left = right = 0
+        (kh, kw), (sh, sw), (top, bottom, left, right) = pool_geometry(cfg, in_shape)
         attrs = dict(kernel_shape=[kh, kw], strides=[sh, sw], pads=[top, left, bottom, right])
         if layer["class"] == "AveragePooling2D":
             return self.node("AveragePool", [x], name, name, count_include_pad=0, **attrs)
@@ -171,32 +246,19 @@ class _Builder:
     def layer(self, layer: dict) -> str:
         """Adds ``layer``'s nodes; returns the ONNX tensor that holds its output."""
         name, cls, cfg = layer["name"], layer["class"], layer["config"]
-        if cfg.get("data_format", "channels_last") != "channels_last":
-            raise UnsupportedLayerError(f"Layer {name!r} ({cls}): only channels_last is supported.")
+        refuse_layer(layer, "AIMET peer")
         ins = [self.tensor[i] for i in layer["inputs"]]
         in_shapes = [self.shape[i] for i in layer["inputs"]]
         rank = len(in_shapes[0]) + 1 if in_shapes else len(layer["output_shape"]) + 1
         out_rank = len(layer["output_shape"]) + 1
-        if cls == "BatchNormalization":
-            raise UnsupportedLayerError(
-                f"Layer {name!r} is a BatchNormalization: fold batch norms first "
-                "(aimet_tf.ptq.batch_norm_fold.fold_batch_norms)."
-            )
         if cls in ("Conv2D", "DepthwiseConv2D"):
             return self.conv(layer, ins[0], in_shapes[0])
         if cls == "Dense":
             return self.dense(layer, ins[0], rank)
         if cls == "ReLU":
-            slope, threshold = cfg.get("negative_slope") or 0.0, cfg.get("threshold") or 0.0
-            max_value = cfg.get("max_value")
-            if threshold:
-                raise UnsupportedLayerError(f"Layer {name!r}: ReLU with threshold={threshold} is not supported.")
-            if slope and max_value is not None:
-                raise UnsupportedLayerError(
-                    f"Layer {name!r}: ReLU with both negative_slope and max_value is not supported."
-                )
+            slope, max_value = relu_params(layer)
             if slope:
-                return self.node("LeakyRelu", ins, name, name, alpha=float(slope))
+                return self.node("LeakyRelu", ins, name, name, alpha=slope)
             if max_value is None:
                 return self.node("Relu", ins, name, name)
             return self.node("Clip", [ins[0], self.const(f"{name}.min", 0.0), self.const(f"{name}.max", max_value)],
@@ -204,11 +266,7 @@ class _Builder:
         if cls == "Activation":
             return self.activation(cfg["activation"], ins[0], name, name, rank)
         if cls == "Softmax":
-            axis = cfg.get("axis", -1)
-            axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-            if not isinstance(axis, int):
-                raise UnsupportedLayerError(f"Layer {name!r}: Softmax over several axes {axis} is not supported.")
-            return self.node("Softmax", ins, name, name, axis=self.channel_axis(axis, rank))
+            return self.node("Softmax", ins, name, name, axis=nchw_axis(softmax_axis(layer), rank))
         if cls == "Add":
             out = ins[0]  # ONNX Add takes two inputs: a chain, the last one named after the layer
             for k, other in enumerate(ins[1:], start=1):
@@ -216,7 +274,7 @@ class _Builder:
                 out = self.node("Add", [out, other], name if last else f"{name}_{k}", name if last else f"{name}_{k}")
             return out
         if cls == "Concatenate":
-            return self.node("Concat", ins, name, name, axis=self.channel_axis(cfg.get("axis", -1), rank))
+            return self.node("Concat", ins, name, name, axis=nchw_axis(cfg.get("axis", -1), rank))
         if cls in ("MaxPooling2D", "AveragePooling2D"):
             return self.pool(layer, ins[0], in_shapes[0])
         if cls in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
@@ -227,8 +285,8 @@ class _Builder:
             return self.node("Flatten", [pooled], name, f"{name}_flatten", axis=1)
         if cls == "Flatten":
             x = ins[0]
-            if rank == 4 and in_shapes[0][2] != 1 and in_shapes[0][:2] != [1, 1]:
-                x = self.to_nhwc(x, name)  # Keras flattens channels-last (same order if C == 1 or H = W = 1)
+            if flatten_needs_nhwc(in_shapes[0]):
+                x = self.to_nhwc(x, name)
             return self.node("Flatten", [x], name, name, axis=1)
         if cls == "Reshape":
             x = self.to_nhwc(ins[0], name) if rank == 4 else ins[0]
@@ -368,16 +426,36 @@ def check_fp32(model: onnx.ModelProto, graph: dict, x_test: np.ndarray, fp32_ker
 
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     fp32_onnx = predict(session, x_test, graph["input"]["name"])
-    max_abs_diff = float(np.max(np.abs(fp32_onnx - fp32_keras)))
+    return fp32_report(fp32_onnx, fp32_keras, labels, FP32_TOLERANCE, f"onnxruntime on {graph.get('name')!r}")
+
+
+def fp32_report(outputs: np.ndarray, fp32_keras: np.ndarray, labels: np.ndarray | None, tolerance: float,
+                what: str) -> dict:
+    """Compares a rebuilt model's FP32 ``outputs`` with the Keras ones.
+
+    Args:
+        outputs: the rebuild's outputs (Keras layout).
+        fp32_keras: the Keras FP32 outputs on the same inputs.
+        labels: labels of the inputs, or None.
+        tolerance: the largest difference allowed, as a fraction of the largest |Keras output|.
+        what: names the rebuild in the error message.
+
+    Returns:
+        ``{"max_abs_diff", "max_abs_output", "relative_diff"}`` plus :func:`score` of ``outputs``.
+
+    Raises:
+        RuntimeError: if the largest difference is above ``tolerance`` of the largest |output|.
+    """
+    max_abs_diff = float(np.max(np.abs(outputs - fp32_keras)))
     scale = float(np.max(np.abs(fp32_keras)))
     relative = max_abs_diff / max(scale, 1e-12)
-    if relative > FP32_TOLERANCE:
+    if relative > tolerance:
         raise RuntimeError(
-            f"onnxruntime does not reproduce the Keras FP32 outputs of {graph.get('name')!r}: max |diff| "
-            f"{max_abs_diff:.3g} is {relative:.3g} of the largest |output| {scale:.3g} (tolerance {FP32_TOLERANCE})."
+            f"{what} does not reproduce the Keras FP32 outputs: max |diff| {max_abs_diff:.3g} is {relative:.3g} "
+            f"of the largest |output| {scale:.3g} (tolerance {tolerance})."
         )
     return {"max_abs_diff": max_abs_diff, "max_abs_output": scale, "relative_diff": relative,
-            **score(fp32_onnx, fp32_keras, labels)}
+            **score(outputs, fp32_keras, labels)}
 
 
 def versions() -> dict:
