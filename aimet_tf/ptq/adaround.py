@@ -58,7 +58,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from aimet_tf import files
+from aimet_tf import distribute, files
 from aimet_tf.graph import GraphRunner, ModelGraph, activation_kind
 from aimet_tf.ptq import adaround_checkpoint
 from aimet_tf.quantization import calibration_data, encodings_io, graph, primitives
@@ -376,7 +376,11 @@ def _soft_kernel(grid_floor, h, scale, minimum, steps):
 class _LayerOptimizer:
     """Owns V, Adam's moments and the compiled multi-step training function of one layer."""
 
-    def __init__(self, task: _LayerTask, grid: _Grid, params: AdaroundParameters, jit_compile: bool):
+    def __init__(
+        self, task: _LayerTask, grid: _Grid, params: AdaroundParameters, jit_compile: bool,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        self.strategy = strategy
         self.layer = task.wrapper.layer
         self.kernel = self.layer.kernel
         self.activation = task.activation
@@ -395,7 +399,8 @@ class _LayerOptimizer:
 
         # A fresh function per layer (one trace each, so TF's frequent-retracing warning does not
         # fire); autograph=False: the loop is an explicit tf.while_loop, nothing needs converting.
-        self.run = tf.function(run, jit_compile=jit_compile, reduce_retracing=True, autograph=False)
+        # XLA cannot compile the cross-replica reduction.
+        self.run = tf.function(run, jit_compile=jit_compile and strategy is None, reduce_retracing=True, autograph=False)
 
     def forward(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         """f(x): the layer with ``kernel`` in place of its weights, then its activation."""
@@ -426,15 +431,19 @@ class _LayerOptimizer:
             step = tf.cast(start + i, tf.float32)
             x = tf.gather(xs, indices[i])
             y = tf.gather(ys, indices[i])
-            with tf.GradientTape() as tape:
-                h = rectified_sigmoid(self.v)
-                out = self.forward(x, _soft_kernel(self.floor, h, self.scale, self.minimum, self.steps))
-                recon = reconstruction_loss(out, y)
-                beta = annealed_beta(step, p.default_num_iterations, p.default_beta_range, p.default_warm_start)
-                round_term = p.default_reg_param * rounding_regularizer(h, beta)
-                round_term = tf.where(step < warm_end, 0.0, round_term)
+            beta = annealed_beta(step, p.default_num_iterations, p.default_beta_range, p.default_warm_start)
+            if self.strategy is None:
+                with tf.GradientTape() as tape:
+                    h = rectified_sigmoid(self.v)
+                    out = self.forward(x, _soft_kernel(self.floor, h, self.scale, self.minimum, self.steps))
+                    recon = reconstruction_loss(out, y)
+                    round_term = p.default_reg_param * rounding_regularizer(h, beta)
+                    round_term = tf.where(step < warm_end, 0.0, round_term)
+                    loss = recon + round_term
+                grad = tape.gradient(loss, self.v)
+            else:
+                recon, round_term, grad = self._replica_loss(x, y, beta, step < warm_end)
                 loss = recon + round_term
-            grad = tape.gradient(loss, self.v)
             # Adam (torch's form, as AIMET uses): bias-corrected moments, eps added after the sqrt.
             t = step + 1.0
             self.m1.assign(beta1 * self.m1 + (1.0 - beta1) * grad)
@@ -450,6 +459,36 @@ class _LayerOptimizer:
         )
         count = tf.cast(n, tf.float32)
         return total / count, recon / count, rounding / count
+
+    def _replica_loss(self, x: tf.Tensor, y: tf.Tensor, beta: tf.Tensor, warming: tf.Tensor):
+        """(reconstruction loss, rounding term, gradient of their sum in V) of batch (x, y), the
+        batch's rows split across the strategy's replicas: replica r of R takes rows
+        [r n / R, (r + 1) n / R) with its loss weighted by its share of rows, and 1/R of the
+        rounding term, so the sums over replicas are the whole batch's (the loss is a mean over
+        rows of equal size), up to float reduction order. Every worker holds the whole batch (it
+        caches the same layer data), so only these three values cross replicas."""
+        p = self.params
+
+        def replica(x, y):
+            context = tf.distribute.get_replica_context()
+            r, count = context.replica_id_in_sync_group, context.num_replicas_in_sync
+            n = tf.shape(x)[0]
+            lo, hi = r * n // count, (r + 1) * n // count
+            # Differentiated in the value of V this replica reads (a mirrored variable's local copy
+            # when the sim was built under the strategy's scope).
+            v = tf.convert_to_tensor(self.v)
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                h = rectified_sigmoid(v)
+                out = self.forward(x[lo:hi], _soft_kernel(self.floor, h, self.scale, self.minimum, self.steps))
+                recon = reconstruction_loss(out, y[lo:hi]) * tf.cast(hi - lo, tf.float32) / tf.cast(n, tf.float32)
+                round_term = p.default_reg_param * rounding_regularizer(h, beta) / float(count)
+                round_term = tf.where(warming, 0.0, round_term)
+                total = recon + round_term
+            return recon, round_term, tape.gradient(total, v)
+
+        summed = self.strategy.run(replica, args=(x, y))
+        return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in summed)
 
     def reconstruction_error(self, xs: tf.Tensor, ys: tf.Tensor, kernel: tf.Tensor, batch: int = 500) -> float:
         """AIMET's reconstruction loss of ``kernel`` over all cached samples (eager: no tracing)."""
@@ -546,6 +585,12 @@ def apply_adaround(
     loss. Afterwards each kernel holds its hard-rounded, dequantized value
     s * (clip(floor(W/s) + [V > 0] - o, 0, 2^b - 1) + o), exactly on the encoding's grid.
 
+    Called under a ``tf.distribute`` strategy's scope with several replicas (MirroredStrategy,
+    MultiWorkerMirroredStrategy), each step's batch is split across the replicas and their losses
+    and gradients summed (``_LayerOptimizer._replica_loss``): the same result as one device up to
+    float reduction order (measured identical on the bundled model, ``tests/test_distribute.py``).
+    Every worker caches the layer data itself, from the same ``params.data_set``.
+
     Args:
         model: Functional or Sequential Keras model with one input. It is not modified.
         params: ``AdaroundParameters``; its ``data_set`` holds the calibration data.
@@ -619,6 +664,12 @@ def apply_adaround(
         )
     if not isinstance(model, keras.Model):
         raise TypeError(f"Expected a keras.Model. Received: {type(model).__name__}")
+    strategy = distribute.replica_strategy(model)
+    if strategy is not None and params.batch_size < strategy.num_replicas_in_sync:
+        raise ValueError(
+            f"Expected AdaroundParameters.batch_size >= the {strategy.num_replicas_in_sync} replicas "
+            f"each step's batch is split across. Received: batch_size={params.batch_size}"
+        )
     if len(model.inputs or []) != 1:
         raise ValueError(
             f"apply_adaround supports models with one input. Received: model {model.name!r} with "
@@ -794,7 +845,7 @@ def _adaround_layer(
     kernel = task.wrapper.layer.kernel
     original = np.asarray(kernel.numpy())
     grid = _grid(original, task.quantizer)
-    optimizer = _LayerOptimizer(task, grid, params, jit_compile)
+    optimizer = _LayerOptimizer(task, grid, params, jit_compile, distribute.replica_strategy(sim.model))
     learn, held_out = _split_held_out(len(inputs), params.held_out_fraction)
     if held_out is None:
         xs, ys = tf.constant(inputs), tf.constant(targets)

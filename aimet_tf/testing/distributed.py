@@ -23,6 +23,10 @@ Jobs (``--job``):
   compares the reloaded outputs and variables bit for bit. The result also holds the mean train
   step time of the epoch after the first (tracing excluded).
 
+* ``adaround``: ``apply_adaround`` of the bundled model at W4 (``tflite`` config) on 256 bundled
+  calibration images for ``--iterations`` per layer, each step's batch split across the
+  replicas; the result holds every AdaRounded kernel.
+
 Single-device reference: the same jobs with ``strategy="none"`` run in one process without a
 strategy, so every figure has its peer from the same code.
 """
@@ -288,7 +292,20 @@ class _StepTimes(keras.callbacks.Callback):
         return sum(self.seconds) / len(self.seconds) if self.seconds else None
 
 
-JOBS = {"calibrate": _calibrate, "qat": _qat}
+def _adaround(strategy, args) -> dict:
+    from aimet_tf import datasets
+    from aimet_tf.ptq.adaround import AdaroundParameters, apply_adaround
+
+    x = datasets.load_fashion_mnist("calibration")[0][:256]
+    model = datasets.load_bundled_model()
+    params = AdaroundParameters(x, num_batches=8, default_num_iterations=args.iterations)
+    with _scope(strategy):
+        rounded = apply_adaround(model, params, default_param_bw=4, config_file="tflite", verbose=0)
+    return {"kernels": {layer.name: np.asarray(layer.kernel.numpy()).reshape(-1).tolist()
+                        for layer in rounded.layers if hasattr(layer, "kernel")}}
+
+
+JOBS = {"adaround": _adaround, "calibrate": _calibrate, "qat": _qat}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -301,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--scheme", default="tf")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=200)
     args = parser.parse_args(argv)
     jobs = args.job.split(",")
     unknown = [j for j in jobs if j not in JOBS]
