@@ -24,6 +24,7 @@ from benchmarks import (  # noqa: E402
     bench_adaround,
     bench_amp,
     bench_autoquant,
+    bench_distribute,
     bench_cle,
     bench_compress,
     bench_defaults,
@@ -55,6 +56,7 @@ BENCHMARKS = {
     "compress": bench_compress.run,
     "amp": bench_amp.run,
     "autoquant": bench_autoquant.run,
+    "distribute": bench_distribute.run,
 }
 
 FLAGS = flags.FLAGS
