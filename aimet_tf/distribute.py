@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["fit", "num_workers", "replica_strategy"]
+__all__ = ["fit", "num_workers", "replica_strategy", "worker_of"]
 
 
 def replica_strategy(model: keras.Model) -> tf.distribute.Strategy | None:
@@ -54,6 +54,24 @@ def num_workers(strategy: tf.distribute.Strategy | None) -> int:
     spec = resolver.cluster_spec()
     jobs = spec.jobs
     return sum(spec.num_tasks(job) for job in jobs if job in ("chief", "worker")) or 1
+
+
+def worker_of(strategy: tf.distribute.Strategy | None) -> tuple[int, int]:
+    """``(index, count)`` of this worker process among ``strategy``'s workers (``(0, 1)`` on one
+    machine), for passes that share independent work out across workers (``choose_mixed_precision``'s
+    ``workers``). The chief, when the cluster has one, is index 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    count = num_workers(strategy)
+    if resolver is None or count == 1:
+        return 0, 1
+    spec = resolver.cluster_spec()
+    chiefs = spec.num_tasks("chief") if "chief" in spec.jobs else 0
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return 0, count
+    if task_type != "worker" or task_id is None:
+        raise ValueError(f"Expected a chief or worker task in the cluster. Received: task {task_type!r} {task_id!r}")
+    return chiefs + int(task_id), count
 
 
 def fit(

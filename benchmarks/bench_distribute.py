@@ -1,4 +1,4 @@
-"""Issue 20 benchmark: calibration, QAT and AdaRound on 1 device, under MirroredStrategy over 2
+"""Issue 20 benchmark: calibration, QAT, AdaRound and AMP's phase 1 on 1 device, under MirroredStrategy over 2
 logical CPU devices, and under MultiWorkerMirroredStrategy with 2 local worker processes.
 
 Every run is a fresh process (``aimet_tf.testing.distributed``) on the bundled model: calibration
@@ -43,10 +43,30 @@ def run() -> str:
             f"| {label} | {r['qat']['replicas']} | {r['calibrate']['seconds']:.1f} | {1000 * r['qat']['step_seconds']:.1f} | "
             f"{100 * r['qat']['after']:.2f} | {r['adaround']['seconds']:.1f} | "
             f"{100 * _identical(r['adaround']['kernels'], single['adaround']['kernels']):.2f} | {equal} |")
+    lines += ["", *_amp_rows(), ""]
     from aimet_tf import datasets
 
     lines += ["", *_projection(single, half, workers, datasets.load_bundled_model().count_params()), ""]
     return "\n".join(lines)
+
+
+def _amp_rows() -> list[str]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as one, tempfile.TemporaryDirectory() as two:
+        single = distributed.run_single("amp", **{"results-dir": one})["amp"]
+        shared = distributed.run_multi_worker("amp", strategy="processes", **{"results-dir": two})["amp"]
+    same = shared["phase1"] == single["phase1"] and shared["choice"] == single["choice"]
+    return [
+        "AMP (`choose_mixed_precision(..., workers=(i, n))`): phase 1 shared out over worker processes that "
+        "exchange their scores through files in one results_dir; phase 2 runs on every worker. Bundled model, "
+        "candidates W8A8 / W4A8, `tf` scheme, top-1 on 1,000 test images, allowed drop 0.005.", "",
+        "| run | phase-1 evaluations on this worker | phase-1 wall s | whole AMP s | same phase-1 scores and choice as 1 process |",
+        "|---|---|---|---|---|",
+        f"| 1 process | {single['evaluations']['phase1']} | {single['phase1_seconds']:.1f} | {single['amp_seconds']:.1f} | reference |",
+        f"| 2 processes (worker 0) | {shared['evaluations']['phase1']} | {shared['phase1_seconds']:.1f} | "
+        f"{shared['amp_seconds']:.1f} | {'yes' if same else 'no'} |",
+    ]
 
 
 def _projection(single: dict, half: dict, workers: dict, num_params: int) -> list[str]:

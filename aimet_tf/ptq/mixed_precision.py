@@ -200,6 +200,7 @@ class MixedPrecisionResult:
     cost_metric: str
     uniform: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)  # candidate -> (cost, phase-2 score)
     encoding_passes: int = 0  # compute_encodings calls AMP made
+    phase1_seconds: float = 0.0  # wall time until every phase-1 score was known (all workers')
 
     def choice_by_group(self) -> dict[str, str]:
         if self.chosen is None:
@@ -531,6 +532,73 @@ class _Cache:
         files.atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
+def _check_workers(workers: Any) -> tuple[int, int]:
+    if workers is None:
+        return 0, 1
+    if (not isinstance(workers, (tuple, list)) or len(workers) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in workers)
+            or not 0 <= workers[0] < workers[1]):
+        raise ValueError(f"Expected workers as (index, count) with 0 <= index < count. Received: workers={workers!r}")
+    return int(workers[0]), int(workers[1])
+
+
+class _Shard:
+    """One worker's phase-1 scores in ``results_dir/amp_phase1.worker{i}-of-{n}.json`` (written after
+    every evaluation, atomically), and the reading of the other workers' files."""
+
+    def __init__(self, folder: str, index: int, count: int, fingerprint: str, baseline: float, clean_start: bool):
+        self.folder, self.index, self.count = folder, index, count
+        self.fingerprint, self.baseline = fingerprint, baseline
+        self.scores: dict[str, dict[str, float]] = {}
+        if count > 1 and not clean_start:
+            self.scores = self._read(index) or {}
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.folder, f"amp_phase1.worker{index}-of-{self.count}.json")
+
+    def _read(self, index: int) -> dict | None:
+        """Worker ``index``'s scores, or None while its file is missing or from another run."""
+        try:
+            with open(self.path(index), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        baseline = data.get("baseline")
+        if data.get("fingerprint") != self.fingerprint or not isinstance(baseline, (int, float)) \
+                or abs(baseline - self.baseline) > 1e-9:
+            return None  # another run's (or another model's) file, until that worker rewrites it
+        return data.get("phase1", {})
+
+    def record(self, group: str, candidate: str, value: float) -> None:
+        if self.count == 1:
+            return
+        self.scores.setdefault(group, {})[candidate] = value
+        files.atomic_write(self.path(self.index), json.dumps(
+            {"fingerprint": self.fingerprint, "baseline": self.baseline, "phase1": self.scores}, indent=1, sort_keys=True))
+
+    def gather(self, phase1: dict, needed: list[tuple[str, str]], timeout: float) -> None:
+        """Waits until every score in ``needed`` is in ``phase1`` or a worker's file; copies them in."""
+        if not self.scores:  # this worker had nothing to do (or everything was cached): say so
+            files.atomic_write(self.path(self.index), json.dumps(
+                {"fingerprint": self.fingerprint, "baseline": self.baseline, "phase1": {}}, indent=1, sort_keys=True))
+        deadline = time.monotonic() + timeout
+        while True:
+            for index in range(self.count):
+                for group, scores in (self._read(index) or {}).items():
+                    phase1.setdefault(group, {}).update(scores)
+            missing = [(g, c) for g, c in needed if c not in phase1.get(g, {})]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"AMP worker {self.index} of {self.count}: {len(missing)} phase-1 scores of the other workers "
+                    f"(e.g. group {missing[0][0]!r} at {missing[0][1]}) did not arrive in {timeout:.0f} s in "
+                    f"{self.folder} (amp_phase1.worker*-of-{self.count}.json). Expected every worker to run the same "
+                    "call on the same model, data and results_dir (a file written for another model, config or "
+                    "baseline score is ignored).")
+            time.sleep(0.2)
+
+
 # -- the search -------------------------------------------------------------------------------------
 
 
@@ -590,6 +658,8 @@ def choose_mixed_precision(
     phase1_metric: Callable[[keras.Model], float] | None = None,
     front_order: str = "efficiency",
     verbose: bool = True,
+    workers: tuple[int, int] | None = None,
+    worker_timeout: float = 24 * 3600.0,
 ) -> MixedPrecisionResult:
     """Finds and applies the cheapest per-group candidates within ``allowed_accuracy_drop``.
 
@@ -610,16 +680,28 @@ def choose_mixed_precision(
         phase1_metric: scores phase 1 instead of ``eval_fn`` (``choose_fast_mixed_precision``'s SQNR).
         front_order: how the Pareto front is built from phase 1 (``FRONT_ORDERS``; see ``_front``).
         verbose: a progress line per evaluation on stderr (else absl logging).
+        workers: ``(index, count)``: this process is worker ``index`` of ``count`` that run the same
+            call on the same model and data with one ``results_dir`` (a folder they all see). Phase
+            1's evaluations are shared out (worker i takes every count-th one, from the i-th); each
+            worker writes its scores, one at a time, to ``amp_phase1.worker{i}-of-{count}.json``
+            and then reads the others'. Phase 2 runs on every worker, so all return the same
+            result. A rerun resumes each worker's file. None or ``(0, 1)``: one process.
+            ``aimet_tf.distribute.worker_of(strategy)`` gives a MultiWorkerMirroredStrategy
+            worker's pair.
+        worker_timeout: seconds to wait for the other workers' phase-1 scores.
 
     Returns:
         A :class:`MixedPrecisionResult`.
 
     Raises:
         ValueError: for bad candidates (see the module docstring), an unknown metric or algorithm, a
-            negative ``allowed_accuracy_drop``, no group that can change, or a bad eval score.
+            negative ``allowed_accuracy_drop``, no group that can change, a bad eval score, or bad
+            ``workers``.
         OSError: for a ``results_dir`` that cannot be written (before any work).
+        TimeoutError: when another worker's phase-1 scores are not complete within ``worker_timeout``.
     """
     start = time.perf_counter()
+    worker_index, worker_count = _check_workers(workers)
     folder = files.check_writable_folder(results_dir, "mixed precision's results (checked before any work)")
     if front_order not in FRONT_ORDERS:
         raise ValueError(f"Expected front_order in {FRONT_ORDERS}. Received: {front_order!r}")
@@ -670,24 +752,30 @@ def choose_mixed_precision(
     base_score = score(phase1_fn, f"baseline {baseline}", "phase1")
     cache.check_baseline(base_score)
     phase1 = cache.data["phase1"]
-    total = sum(len(o) - 1 for o in options)
-    step = 0
-    for index, (g, opts) in enumerate(zip(searched, options)):
-        scores = phase1.setdefault(g.name, {})
-        for c in opts:
-            if c == baseline:
-                scores[str(c)] = base_score
-                continue
-            step += 1
-            if str(c) in scores:
-                progress.show("phase 1", step, total, f"{g.name} at {c}", scores[str(c)], cached=True)
-                continue
-            choice = [baseline] * len(searched)
-            choice[index] = c
-            applier.apply(choice)
-            scores[str(c)] = score(phase1_fn, f"group {g.name!r} at {c}", "phase1")
-            cache.save()
-            progress.show("phase 1", step, total, f"{g.name} at {c}", scores[str(c)])
+    tasks = [(index, g, c) for index, (g, opts) in enumerate(zip(searched, options)) for c in opts if c != baseline]
+    for g in searched:
+        phase1.setdefault(g.name, {})[str(baseline)] = base_score
+    shard = _Shard(folder, worker_index, worker_count, fingerprint, base_score, clean_start)
+    mine = tasks[worker_index::worker_count]
+    for step, (index, g, c) in enumerate(mine, 1):
+        scores = phase1[g.name]
+        known = scores.get(str(c), shard.scores.get(g.name, {}).get(str(c)))
+        if known is not None:
+            scores[str(c)] = known
+            shard.record(g.name, str(c), known)  # the other workers read it from this worker's file
+            progress.show("phase 1", step, len(mine), f"{g.name} at {c}", known, cached=True)
+            continue
+        choice = [baseline] * len(searched)
+        choice[index] = c
+        applier.apply(choice)
+        scores[str(c)] = score(phase1_fn, f"group {g.name!r} at {c}", "phase1")
+        cache.save()
+        shard.record(g.name, str(c), scores[str(c)])
+        progress.show("phase 1", step, len(mine), f"{g.name} at {c}", scores[str(c)])
+    if worker_count > 1:
+        shard.gather(phase1, [(g.name, str(c)) for _, g, c in tasks], worker_timeout)
+        cache.save()
+    phase1_seconds = time.perf_counter() - start
     front = _front(searched, options, baseline, phase1, costs, cost_metric, front_order)
 
     phase2_cache = cache.data["phase2"]
@@ -754,7 +842,7 @@ def choose_mixed_precision(
         groups=searched, candidates=ordered, baseline=baseline, baseline_score=base_score, fp32_score=fp32_score, phase1=phase1,
         front=front, chosen=chosen, final_score=final_score, evaluations=evaluations, uniform=uniform,
         encoding_passes=applier.encoding_passes,
-        seconds=time.perf_counter() - start, cost_metric=cost_metric,
+        seconds=time.perf_counter() - start, cost_metric=cost_metric, phase1_seconds=phase1_seconds,
     )
     _write_results(folder, result, costs, target)
     logging.info("AMP: %d groups searched, %d front points, %d + %d evaluations, %d encoding passes, %.1f s; chose %s",

@@ -27,6 +27,10 @@ Jobs (``--job``):
   calibration images for ``--iterations`` per layer, each step's batch split across the
   replicas; the result holds every AdaRounded kernel.
 
+* ``amp``: ``choose_mixed_precision`` of the bundled model (W8A8 / W8A4 weights per group, ``tf``
+  scheme, top-1 on 1,000 test images, allowed drop 0.005) with phase 1 shared out over the
+  processes (``workers`` from ``TF_CONFIG``; ``--results-dir`` must be the same folder for all).
+
 Single-device reference: the same jobs with ``strategy="none"`` run in one process without a
 strategy, so every figure has its peer from the same code.
 """
@@ -107,9 +111,11 @@ def _run_one(strategy: str, job: str, options: dict) -> dict:
         return _read(output, proc.stderr)
 
 
-def run_multi_worker(job: str, workers: int = 2, **options) -> dict:
+def run_multi_worker(job: str, workers: int = 2, strategy: str = "multi_worker", **options) -> dict:
     """Runs ``job`` under ``MultiWorkerMirroredStrategy`` with ``workers`` local processes on
-    loopback ports (one CPU device each); returns the chief's (worker 0's) result."""
+    loopback ports (one CPU device each); returns the chief's (worker 0's) result. With
+    ``strategy="processes"`` the processes get the same ``TF_CONFIG`` but make no strategy (for
+    work shared out through files, such as AMP's phase 1)."""
     ports = free_ports(workers)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     with tempfile.TemporaryDirectory(prefix="aimet_tf_dist_") as folder:
@@ -119,7 +125,7 @@ def run_multi_worker(job: str, workers: int = 2, **options) -> dict:
             config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
             log = open(os.path.join(folder, f"worker{index}.log"), "w+", encoding="utf-8")
             procs.append((subprocess.Popen(
-                _command("multi_worker", job, output if index == 0 else os.path.join(folder, f"w{index}.json"), options),
+                _command(strategy, job, output if index == 0 else os.path.join(folder, f"w{index}.json"), options),
                 stdout=log, stderr=subprocess.STDOUT, text=True, env=_env({"TF_CONFIG": config}),
             ), log))
         deadline = time.monotonic() + _TIMEOUT
@@ -158,6 +164,8 @@ def _make_strategy(kind: str, replicas: int):
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
     if kind == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "processes":
+        return None
     raise ValueError(f"Expected strategy none, mirrored or multi_worker. Received: {kind!r}")
 
 
@@ -305,12 +313,41 @@ def _adaround(strategy, args) -> dict:
                         for layer in rounded.layers if hasattr(layer, "kernel")}}
 
 
-JOBS = {"adaround": _adaround, "calibrate": _calibrate, "qat": _qat}
+def _worker_from_tf_config() -> tuple[int, int]:
+    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    workers = config.get("cluster", {}).get("worker", [])
+    if not workers:
+        return 0, 1
+    return int(config["task"]["index"]), len(workers)
+
+
+def _amp(strategy, args) -> dict:
+    from aimet_tf import datasets, distribute
+    from aimet_tf.ptq.mixed_precision import choose_mixed_precision
+    from aimet_tf.quantization import QuantizationSimModel
+
+    x_cal = datasets.load_fashion_mnist("calibration")[0][:500]
+    x_eval, y_eval = datasets.load_fashion_mnist("test")
+    x_eval, y_eval = x_eval[0::2][:1000], y_eval[0::2][:1000]
+    workers = distribute.worker_of(strategy) if strategy is not None else _worker_from_tf_config()
+    sim = QuantizationSimModel(datasets.load_bundled_model(), quant_scheme="tf", default_param_bw=8, config_file="tflite")
+    sim.compute_encodings(x_cal, batch_size=250)
+    folder = args.results_dir or tempfile.mkdtemp(prefix="aimet_tf_amp_")
+    result = choose_mixed_precision(
+        sim, [(8, 8), (8, 4)], lambda m: _top1(m, x_eval, y_eval), None, 0.005, folder, forward_pass=x_cal,
+        verbose=False, workers=workers)
+    return {"workers": list(workers), "phase1": result.phase1, "choice": result.choice_by_group(),
+            "phase1_seconds": result.phase1_seconds, "amp_seconds": result.seconds,
+            "evaluations": result.evaluations, "final_score": result.final_score}
+
+
+JOBS = {"adaround": _adaround, "amp": _amp, "calibrate": _calibrate, "qat": _qat}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--strategy", choices=("none", "mirrored", "multi_worker"), required=True)
+    parser.add_argument("--strategy", choices=("none", "mirrored", "multi_worker", "processes"), required=True)
+    parser.add_argument("--results-dir", default=None, help="AMP's results_dir (shared by the workers)")
     parser.add_argument("--job", required=True, help=f"comma-separated, of {sorted(JOBS)}")
     parser.add_argument("--output", required=True)
     parser.add_argument("--replicas", type=int, default=2)

@@ -308,3 +308,47 @@ def test_the_pareto_page_opens_in_chromium_and_draws(tmp_path):
                                None, 0.0025, tmp_path, forward_pass=x, verbose=False)
     result = check_page(tmp_path / "pareto_front.html")
     assert result.problems == [] and result.drawn_canvases >= 1
+
+
+def test_workers_share_phase1_out_and_reach_the_one_process_result(tmp_path):
+    import threading
+
+    x = random_images(32, (16, 16, 3))
+    weights = {"c1": 0.05, "dw": 0.001, "fc": 0.002}
+    model = conv_bn_relu_model()  # one model: the workers must run the same one (its fingerprint)
+
+    def run(folder, workers):
+        sim = _sim(model)
+        calls = []
+        evaluate = _penalty_eval(sim, weights)
+        result = amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], lambda m: calls.append(1) or evaluate(m), None, 0.0025,
+                                            folder, forward_pass=x, verbose=False, workers=workers, worker_timeout=120)
+        return result, len(calls)
+
+    alone, alone_calls = run(tmp_path / "one", None)
+    shared = {}
+    threads = [threading.Thread(target=lambda i=i: shared.__setitem__(i, run(tmp_path / "two", (i, 2)))) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for result, calls in shared.values():
+        assert result.phase1 == alone.phase1
+        assert result.choice_by_group() == alone.choice_by_group() == {"c1": "W8A8", "dw": "W4A8", "fc": "W8A8"}
+        assert calls < alone_calls  # each worker scored only its share of phase 1 (plus the baseline)
+    assert shared[0][0].evaluations["phase1"] + shared[1][0].evaluations["phase1"] == alone.evaluations["phase1"] + 1
+    files = sorted(p.name for p in (tmp_path / "two").iterdir() if p.name.startswith("amp_phase1"))
+    assert files == ["amp_phase1.worker0-of-2.json", "amp_phase1.worker1-of-2.json"]
+
+
+def test_a_worker_without_the_others_times_out_clearly_and_bad_workers_are_refused(tmp_path):
+    x = random_images(32, (16, 16, 3))
+    sim = _sim()
+    with pytest.raises(TimeoutError, match=r"worker 1 of 2: .* did not arrive"):
+        amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], _penalty_eval(sim, {"c1": 0.05}), None, 0.01, tmp_path,
+                                   forward_pass=x, verbose=False, workers=(1, 2), worker_timeout=0.5)
+    assert (tmp_path / "amp_phase1.worker1-of-2.json").exists()  # its own share, kept for a rerun
+    for bad in ((2, 2), (0,), (-1, 2), (0, True), "0/2"):
+        with pytest.raises(ValueError, match="Expected workers as"):
+            amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], lambda m: 1.0, None, 0.01, tmp_path, forward_pass=x,
+                                       verbose=False, workers=bad)
