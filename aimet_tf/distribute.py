@@ -22,13 +22,16 @@ Example (2 replicas on one CPU):
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+import time
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["fit", "num_workers", "replica_strategy", "worker_of"]
+__all__ = ["SharedResults", "check_workers", "fit", "num_workers", "replica_strategy", "worker_of"]
 
 
 def replica_strategy(model: keras.Model) -> tf.distribute.Strategy | None:
@@ -72,6 +75,113 @@ def worker_of(strategy: tf.distribute.Strategy | None) -> tuple[int, int]:
     if task_type != "worker" or task_id is None:
         raise ValueError(f"Expected a chief or worker task in the cluster. Received: task {task_type!r} {task_id!r}")
     return chiefs + int(task_id), count
+
+
+def check_workers(workers: Any) -> tuple[int, int]:
+    """``workers`` as ``(index, count)`` (None: ``(0, 1)``, one process).
+
+    Raises:
+        ValueError: unless ``0 <= index < count`` are integers.
+    """
+    if workers is None:
+        return 0, 1
+    if (not isinstance(workers, (tuple, list)) or len(workers) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in workers)
+            or not 0 <= workers[0] < workers[1]):
+        raise ValueError(f"Expected workers as (index, count) with 0 <= index < count. Received: workers={workers!r}")
+    return int(workers[0]), int(workers[1])
+
+
+class SharedResults:
+    """Results of independent tasks (AMP's phase-1 evaluations, the compression sensitivity sweep)
+    shared out over ``count`` worker processes that run the same call with one folder they all see.
+
+    Worker ``index`` takes tasks ``index, index + count, ...`` (``mine``), writes each result to
+    ``{folder}/{name}.worker{index}-of-{count}.json`` as soon as it has it (``record``, atomic), and
+    ``gather`` reads every worker's file until the results it needs are there. A file written
+    under another ``fingerprint`` (another model, settings or baseline score) is ignored until its
+    worker rewrites it, so stale files from an earlier run cannot leak in. A rerun resumes from
+    this worker's own file (``own``) unless ``clean_start``. With ``count == 1`` nothing is written.
+
+    Args:
+        folder: the shared folder (it must exist).
+        name: file name stem, e.g. "amp_phase1".
+        workers: ``(index, count)``, see ``check_workers``.
+        fingerprint: identifies the run; every worker must compute the same one.
+        clean_start: ignore this worker's earlier file.
+    """
+
+    def __init__(self, folder: str, name: str, workers: tuple[int, int] | None, fingerprint: str,
+                 clean_start: bool = False) -> None:
+        self.folder, self.name = os.fspath(folder), name
+        self.index, self.count = check_workers(workers)
+        self.fingerprint = fingerprint
+        self.own: dict[str, Any] = {}
+        if self.count > 1 and not clean_start:
+            self.own = self._read(self.index) or {}
+
+    def mine(self, tasks: Sequence) -> list:
+        """This worker's share of ``tasks`` (the same list on every worker)."""
+        return list(tasks[self.index :: self.count])
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.folder, f"{self.name}.worker{index}-of-{self.count}.json")
+
+    def _read(self, index: int) -> dict | None:
+        try:
+            with open(self.path(index), encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("fingerprint") != self.fingerprint:
+            return None
+        return dict(data.get("results", {}))
+
+    def _write(self) -> None:
+        from aimet_tf import files
+
+        files.atomic_write(self.path(self.index), json.dumps(
+            {"fingerprint": self.fingerprint, "results": self.own}, indent=1, sort_keys=True))
+
+    def record(self, key: str, value: Any) -> None:
+        """Keeps this worker's result for ``key`` (JSON-serialisable) and rewrites its file."""
+        if self.count == 1:
+            return
+        self.own[key] = value
+        self._write()
+
+    def gather(self, keys: Sequence[str], timeout: float, known: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every result in ``keys``: from ``known``, this worker, or the others' files, waiting up to
+        ``timeout`` seconds for them.
+
+        Raises:
+            TimeoutError: naming a missing result, when they are not all there in time.
+        """
+        results = dict(known or {})
+        results.update(self.own)
+        if self.count == 1:
+            missing = [k for k in keys if k not in results]
+            if missing:
+                raise ValueError(f"Expected results for every task on one worker. Missing: {missing[:3]}")
+            return results
+        if not os.path.exists(self.path(self.index)):
+            self._write()  # this worker had nothing to do: its (empty) file says it ran
+        deadline = time.monotonic() + timeout
+        while True:
+            for index in range(self.count):
+                if index != self.index:
+                    results.update(self._read(index) or {})
+            missing = [k for k in keys if k not in results]
+            if not missing:
+                return results
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"Worker {self.index} of {self.count}: {len(missing)} results of the other workers (e.g. "
+                    f"{missing[0]!r}) did not arrive in {timeout:.0f} s in {self.folder} "
+                    f"({self.name}.worker*-of-{self.count}.json). Expected every worker to run the same call on "
+                    "the same model, data and folder (a file written for another model, setting or baseline "
+                    "score is ignored).")
+            time.sleep(0.2)
 
 
 def fit(

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from aimet_tf import files
+from aimet_tf import distribute, files
 from aimet_tf.metrics import checked_score
 from aimet_tf.compression import schemes
 from aimet_tf.compression.channel_pruning import kept_channel_count, producer_of, prune_input_channels
@@ -201,40 +201,72 @@ def layer_sensitivity(
     cache_path: str | os.PathLike | None = None,
     tucker_iterations: int = 10,
     multiplicity: int = 1,
+    workers: tuple[int, int] | None = None,
+    worker_timeout: float = 24 * 3600.0,
 ) -> dict[str, dict[float, float]]:
     """Eval score of ``model`` with each layer alone compressed at each candidate ratio.
 
     ``scores[layer][1.0]`` is the uncompressed model's score. With ``cache_path`` the table is
     written after every layer and reused by a rerun (see the module docstring).
+
+    ``workers=(index, count)`` shares the (layer, ratio) evaluations out over ``count`` processes
+    running the same call on the same model and data, with a ``cache_path`` in a folder they all
+    see (``aimet_tf.distribute.SharedResults``: each worker's scores go to
+    ``compression_sensitivity.worker{i}-of-{count}.json`` beside it, one at a time, and every
+    worker returns the whole table).
+
+    Raises:
+        ValueError: for a bad scheme, ratio or ``workers``, or ``workers`` without ``cache_path``.
+        TimeoutError: when another worker's scores do not arrive within ``worker_timeout``.
     """
     _check_scheme(scheme)
     layers = list(schemes.compressible_layers(model, scheme) if layers is None else layers)
     candidates = [_check_ratio(c, "a candidate ratio") for c in candidates]
+    workers = distribute.check_workers(workers)
+    if workers[1] > 1 and cache_path is None:
+        raise ValueError(f"Expected cache_path (in a folder every worker sees) with workers={workers}. Received: cache_path=None")
     fingerprint = _fingerprint(model, scheme, cost_metric, candidates, multiplicity)
     cache_path = None if cache_path is None else os.fspath(cache_path)
     cached = _read_cache(cache_path, fingerprint) if cache_path else {}
     baseline = checked_score(eval_fn(model), "uncompressed model")
+    shared = distribute.SharedResults(
+        os.path.dirname(os.path.abspath(cache_path)) if cache_path else ".", "compression_sensitivity", workers,
+        f"{fingerprint}:{baseline!r}")
+    tasks = [(name, repr(ratio)) for name in layers for ratio in candidates if ratio < 1.0]
+    mine = set(shared.mine(tasks))
     table: dict[str, dict[str, float]] = {}
     for index, name in enumerate(layers, 1):
         scores = dict(cached.get(name, {}))
         for ratio in candidates:
             key = repr(ratio)
-            if key in scores:
-                continue
             if ratio >= 1.0:
-                scores[key] = baseline
+                scores.setdefault(key, baseline)
                 continue
-            compressed = compress_layer(
-                model, name, scheme, ratio, cost_metric,
-                samples=samples, tucker_iterations=tucker_iterations, multiplicity=multiplicity,
-            )
-            scores[key] = checked_score(eval_fn(compressed), f"layer {name!r} at ratio {ratio}")
-            logging.info("compression sensitivity [%d/%d] %s at %.2f: %.4f", index, len(layers), name, ratio, scores[key])
+            if (name, key) not in mine:
+                continue
+            known = scores.get(key, shared.own.get(f"{name}|{key}"))
+            if known is None:
+                compressed = compress_layer(
+                    model, name, scheme, ratio, cost_metric,
+                    samples=samples, tucker_iterations=tucker_iterations, multiplicity=multiplicity,
+                )
+                known = checked_score(eval_fn(compressed), f"layer {name!r} at ratio {ratio}")
+                logging.info("compression sensitivity [%d/%d] %s at %.2f: %.4f", index, len(layers), name, ratio, known)
+            scores[key] = known
+            shared.record(f"{name}|{key}", known)
         table[name] = scores
-        if cache_path:
-            merged = {**cached, **table}
-            files.atomic_write(cache_path, json.dumps({"version": _CACHE_VERSION, "fingerprint": fingerprint, "scores": merged}, indent=1))
+        if cache_path and shared.count == 1:
+            _write_cache(cache_path, fingerprint, {**cached, **table})
+    if shared.count > 1:
+        everything = shared.gather([f"{n}|{k}" for n, k in tasks], worker_timeout)
+        for name, key in tasks:
+            table[name][key] = everything[f"{name}|{key}"]
+        _write_cache(cache_path, fingerprint, {**cached, **table})
     return {name: {float(k): v for k, v in scores.items()} for name, scores in table.items()}
+
+
+def _write_cache(path: str, fingerprint: str, scores: dict) -> None:
+    files.atomic_write(path, json.dumps({"version": _CACHE_VERSION, "fingerprint": fingerprint, "scores": scores}, indent=1))
 
 
 def greedy_ratios(
@@ -340,12 +372,14 @@ def compress_model(
     tucker_iterations: int = 10,
     multiplicity: int = 1,
     results_dir: str | os.PathLike | None = None,
+    workers: tuple[int, int] | None = None,
 ) -> tuple[keras.Model, CompressionStats]:
     """Compresses ``model`` with given ``ratios`` (manual) or to ``target_ratio`` (greedy auto mode).
 
     In auto mode with ``results_dir``, the per-layer sensitivity is drawn to
     ``results_dir/compression_sensitivity_<scheme>.png`` and ``.html``
-    (:func:`aimet_tf.compression.report.write_sensitivity_report`).
+    (:func:`aimet_tf.compression.report.write_sensitivity_report`). ``workers`` shares the
+    sensitivity sweep out over processes (:func:`layer_sensitivity`; needs ``cache_path``).
 
     Returns:
         ``(compressed model, stats)``; ``model`` is untouched.
@@ -377,6 +411,7 @@ def compress_model(
             scores = layer_sensitivity(
                 model, scheme, eval_fn, candidates, layers, cost_metric,
                 samples=samples, cache_path=cache_path, tucker_iterations=tucker_iterations, multiplicity=multiplicity,
+                workers=workers,
             )
         savings = {n: {r: ratio_savings(model, n, scheme, r, cost_metric, multiplicity) for r in scores[n]} for n in layers}
         cost = total_cost(model)

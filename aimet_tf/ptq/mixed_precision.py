@@ -50,7 +50,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from aimet_tf import files
+from aimet_tf import distribute, files
 from aimet_tf.graph.cost import layer_costs
 from aimet_tf.graph.model_graph import ModelGraph, is_graph_model
 from aimet_tf.metrics import checked_score
@@ -532,73 +532,6 @@ class _Cache:
         files.atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True))
 
 
-def _check_workers(workers: Any) -> tuple[int, int]:
-    if workers is None:
-        return 0, 1
-    if (not isinstance(workers, (tuple, list)) or len(workers) != 2
-            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in workers)
-            or not 0 <= workers[0] < workers[1]):
-        raise ValueError(f"Expected workers as (index, count) with 0 <= index < count. Received: workers={workers!r}")
-    return int(workers[0]), int(workers[1])
-
-
-class _Shard:
-    """One worker's phase-1 scores in ``results_dir/amp_phase1.worker{i}-of-{n}.json`` (written after
-    every evaluation, atomically), and the reading of the other workers' files."""
-
-    def __init__(self, folder: str, index: int, count: int, fingerprint: str, baseline: float, clean_start: bool):
-        self.folder, self.index, self.count = folder, index, count
-        self.fingerprint, self.baseline = fingerprint, baseline
-        self.scores: dict[str, dict[str, float]] = {}
-        if count > 1 and not clean_start:
-            self.scores = self._read(index) or {}
-
-    def path(self, index: int) -> str:
-        return os.path.join(self.folder, f"amp_phase1.worker{index}-of-{self.count}.json")
-
-    def _read(self, index: int) -> dict | None:
-        """Worker ``index``'s scores, or None while its file is missing or from another run."""
-        try:
-            with open(self.path(index), encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return None
-        baseline = data.get("baseline")
-        if data.get("fingerprint") != self.fingerprint or not isinstance(baseline, (int, float)) \
-                or abs(baseline - self.baseline) > 1e-9:
-            return None  # another run's (or another model's) file, until that worker rewrites it
-        return data.get("phase1", {})
-
-    def record(self, group: str, candidate: str, value: float) -> None:
-        if self.count == 1:
-            return
-        self.scores.setdefault(group, {})[candidate] = value
-        files.atomic_write(self.path(self.index), json.dumps(
-            {"fingerprint": self.fingerprint, "baseline": self.baseline, "phase1": self.scores}, indent=1, sort_keys=True))
-
-    def gather(self, phase1: dict, needed: list[tuple[str, str]], timeout: float) -> None:
-        """Waits until every score in ``needed`` is in ``phase1`` or a worker's file; copies them in."""
-        if not self.scores:  # this worker had nothing to do (or everything was cached): say so
-            files.atomic_write(self.path(self.index), json.dumps(
-                {"fingerprint": self.fingerprint, "baseline": self.baseline, "phase1": {}}, indent=1, sort_keys=True))
-        deadline = time.monotonic() + timeout
-        while True:
-            for index in range(self.count):
-                for group, scores in (self._read(index) or {}).items():
-                    phase1.setdefault(group, {}).update(scores)
-            missing = [(g, c) for g, c in needed if c not in phase1.get(g, {})]
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"AMP worker {self.index} of {self.count}: {len(missing)} phase-1 scores of the other workers "
-                    f"(e.g. group {missing[0][0]!r} at {missing[0][1]}) did not arrive in {timeout:.0f} s in "
-                    f"{self.folder} (amp_phase1.worker*-of-{self.count}.json). Expected every worker to run the same "
-                    "call on the same model, data and results_dir (a file written for another model, config or "
-                    "baseline score is ignored).")
-            time.sleep(0.2)
-
-
 # -- the search -------------------------------------------------------------------------------------
 
 
@@ -701,7 +634,7 @@ def choose_mixed_precision(
         TimeoutError: when another worker's phase-1 scores are not complete within ``worker_timeout``.
     """
     start = time.perf_counter()
-    worker_index, worker_count = _check_workers(workers)
+    workers = distribute.check_workers(workers)
     folder = files.check_writable_folder(results_dir, "mixed precision's results (checked before any work)")
     if front_order not in FRONT_ORDERS:
         raise ValueError(f"Expected front_order in {FRONT_ORDERS}. Received: {front_order!r}")
@@ -755,14 +688,16 @@ def choose_mixed_precision(
     tasks = [(index, g, c) for index, (g, opts) in enumerate(zip(searched, options)) for c in opts if c != baseline]
     for g in searched:
         phase1.setdefault(g.name, {})[str(baseline)] = base_score
-    shard = _Shard(folder, worker_index, worker_count, fingerprint, base_score, clean_start)
-    mine = tasks[worker_index::worker_count]
+    # The baseline score is part of the run's identity: workers scoring other data never mix.
+    shared = distribute.SharedResults(folder, "amp_phase1", workers, f"{fingerprint}:{base_score!r}", clean_start)
+    mine = shared.mine(tasks)
     for step, (index, g, c) in enumerate(mine, 1):
         scores = phase1[g.name]
-        known = scores.get(str(c), shard.scores.get(g.name, {}).get(str(c)))
+        key = f"{g.name}|{c}"
+        known = scores.get(str(c), shared.own.get(key))
         if known is not None:
             scores[str(c)] = known
-            shard.record(g.name, str(c), known)  # the other workers read it from this worker's file
+            shared.record(key, known)  # the other workers read it from this worker's file
             progress.show("phase 1", step, len(mine), f"{g.name} at {c}", known, cached=True)
             continue
         choice = [baseline] * len(searched)
@@ -770,10 +705,12 @@ def choose_mixed_precision(
         applier.apply(choice)
         scores[str(c)] = score(phase1_fn, f"group {g.name!r} at {c}", "phase1")
         cache.save()
-        shard.record(g.name, str(c), scores[str(c)])
+        shared.record(key, scores[str(c)])
         progress.show("phase 1", step, len(mine), f"{g.name} at {c}", scores[str(c)])
-    if worker_count > 1:
-        shard.gather(phase1, [(g.name, str(c)) for _, g, c in tasks], worker_timeout)
+    if shared.count > 1:
+        everything = shared.gather([f"{g.name}|{c}" for _, g, c in tasks], worker_timeout)
+        for _, g, c in tasks:
+            phase1[g.name][str(c)] = everything[f"{g.name}|{c}"]
         cache.save()
     phase1_seconds = time.perf_counter() - start
     front = _front(searched, options, baseline, phase1, costs, cost_metric, front_order)

@@ -115,3 +115,34 @@ def test_bad_input():
         compressor.compress_model(model, "spatial_svd", lambda m: "0.9", ratios={"c2": 0.5})
     with pytest.raises(ValueError, match="needs calibration samples"):
         compressor.compress_model(model, "channel_pruning", evaluate, ratios={"c2": 0.5})
+
+
+def test_workers_share_the_sensitivity_sweep_and_return_the_whole_table(tmp_path):
+    import threading
+
+    model = _model(1)
+    x = random_images(16, (10, 10, 3), seed=2)
+    evaluate = _agreement(model, x)
+    alone = compressor.layer_sensitivity(model, "spatial_svd", evaluate, [0.25, 0.5, 1.0], cache_path=tmp_path / "one.json")
+    out, calls = {}, {0: [], 1: []}
+
+    def worker(i):
+        def counted(m):
+            calls[i].append(1)
+            return evaluate(m)
+
+        out[i] = compressor.layer_sensitivity(model, "spatial_svd", counted, [0.25, 0.5, 1.0],
+                                              cache_path=tmp_path / "two" / "scores.json", workers=(i, 2), worker_timeout=120)
+
+    (tmp_path / "two").mkdir()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out[0] == out[1] == alone
+    # 3 layers x 2 ratios below 1 split 3 / 3, plus each worker's baseline.
+    assert sorted(len(c) for c in calls.values()) == [4, 4]
+    assert json.loads((tmp_path / "two" / "scores.json").read_text())["scores"] == json.loads((tmp_path / "one.json").read_text())["scores"]
+    with pytest.raises(ValueError, match="Expected cache_path"):
+        compressor.layer_sensitivity(model, "spatial_svd", evaluate, [0.5, 1.0], workers=(0, 2))

@@ -344,7 +344,7 @@ def test_workers_share_phase1_out_and_reach_the_one_process_result(tmp_path):
 def test_a_worker_without_the_others_times_out_clearly_and_bad_workers_are_refused(tmp_path):
     x = random_images(32, (16, 16, 3))
     sim = _sim()
-    with pytest.raises(TimeoutError, match=r"worker 1 of 2: .* did not arrive"):
+    with pytest.raises(TimeoutError, match=r"Worker 1 of 2: .* did not arrive"):
         amp.choose_mixed_precision(sim, [(8, 8), (8, 4)], _penalty_eval(sim, {"c1": 0.05}), None, 0.01, tmp_path,
                                    forward_pass=x, verbose=False, workers=(1, 2), worker_timeout=0.5)
     assert (tmp_path / "amp_phase1.worker1-of-2.json").exists()  # its own share, kept for a rerun
