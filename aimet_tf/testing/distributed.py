@@ -11,11 +11,11 @@ for each job of ``--job`` (comma-separated; one process runs them in turn).
 Jobs (``--job``):
 
 * ``calibrate``: for each quant scheme of ``--scheme`` (comma-separated), builds a sim of the
-  bundled model under the strategy and runs ``compute_encodings`` on the first ``--samples``
+  bundled model (and the other ``--model`` names: MLTK models on their real inputs) under the strategy and runs ``compute_encodings`` on the first ``--samples``
   bundled calibration images, once from the arrays and once from
   ``strategy.experimental_distribute_dataset``; the result holds both activation encoding tables
   (``{name: [min, max, bitwidth]}``), the parameter ones, and the error a sim built outside the
-  scope gives for the distributed data set.
+  scope gives for the distributed data set; ``{"replicas", model: {scheme: ...}}``.
 * ``qat``: calibrates as above (arrays), then ``sim.model.fit`` (``aimet_tf.distribute.fit`` under
   MultiWorkerMirroredStrategy, where Keras 3's ``fit`` fails) for ``--epochs`` on the bundled
   calibration images (range learning, the ``tflite`` config), scores the held-out half of the
@@ -195,13 +195,31 @@ def _flat(value):
     return np.asarray(value, dtype=np.float64).reshape(-1)
 
 
-def _calibrate(strategy, args) -> dict:
+def _calibration_model(name: str, samples: int) -> tuple[keras.Model, np.ndarray]:
+    """The bundled model with bundled calibration images, or an MLTK model with its real inputs."""
     from aimet_tf import datasets
+
+    if name == "bundled":
+        return datasets.load_bundled_model(), datasets.load_fashion_mnist("calibration")[0][:samples]
+    from aimet_tf.export import prepare_model_for_tflite
+    from aimet_tf.testing.mltk_models import load_mltk_model
+    from aimet_tf.testing.real_inputs import real_inputs
+
+    return prepare_model_for_tflite(load_mltk_model(name).keras_model), real_inputs(name)[:samples]
+
+
+def _calibrate(strategy, args) -> dict:
+    result = {"replicas": 1 if strategy is None else strategy.num_replicas_in_sync}
+    for name in args.model.split(","):
+        result[name] = _calibrate_model(strategy, name, args)
+    return result
+
+
+def _calibrate_model(strategy, name: str, args) -> dict:
     from aimet_tf.quantization import QuantizationSimModel
 
-    x = datasets.load_fashion_mnist("calibration")[0][: args.samples]
-    model = datasets.load_bundled_model()
-    result = {"replicas": 1 if strategy is None else strategy.num_replicas_in_sync}
+    model, x = _calibration_model(name, args.samples)
+    result = {}
     for scheme in args.scheme.split(","):
         with _scope(strategy):
             sim = QuantizationSimModel(model, quant_scheme=scheme, default_param_bw=8, config_file="tflite")
@@ -359,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--scheme", default="tf")
+    parser.add_argument("--model", default="bundled", help="calibrate: comma-separated, bundled or MLTK model names")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=200)
     args = parser.parse_args(argv)
