@@ -1,7 +1,7 @@
-"""Real data and a trained FP32 model that ship with aimet_tf.
+"""Real data and trained FP32 models that ship with aimet_tf.
 
 The toolkit's examples, tests and benchmarks need real images and a real
-trained network that work offline. This module provides both:
+trained networks that work offline. This module provides them:
 
 * Fashion-MNIST (Zalando SE, MIT/Expat licence), read from idx files:
 
@@ -17,6 +17,11 @@ trained network that work offline. This module provides both:
   ``aimet_tf/assets/fashion_mnist_cnn.keras`` together with a JSON record of
   how it was trained and the FP32 test accuracy it reached
   (``fashion_mnist_cnn.json``). ``examples/train_fashion_mnist.py`` rebuilds it.
+
+* A small vision transformer (about 206k parameters, 6 encoder blocks) trained on
+  Fashion-MNIST, stored in ``aimet_tf/assets/fashion_mnist_vit.keras`` with its record
+  ``fashion_mnist_vit.json``; :func:`load_bundled_vit` loads it and ``examples/train_vit.py``
+  rebuilds it.
 
 Example:
     >>> from aimet_tf import datasets
@@ -51,7 +56,10 @@ __all__ = [
     "bundled_data_dir",
     "bundled_model_metadata",
     "bundled_model_path",
+    "bundled_vit_metadata",
+    "bundled_vit_path",
     "load_bundled_model",
+    "load_bundled_vit",
     "load_fashion_mnist",
     "read_idx",
     "write_idx",
@@ -322,6 +330,53 @@ def load_fashion_mnist(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     return x, labels.astype(np.int64)
 
 
+_ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
+
+# Bundled model name -> the example script that trains it (named in "not found" errors).
+_ASSET_TRAINERS = {
+    "fashion_mnist_cnn": "examples/train_fashion_mnist.py",
+    "fashion_mnist_vit": "examples/train_vit.py",
+}
+
+
+def _asset_path(name: str) -> pathlib.Path:
+    return _ASSETS_DIR / f"{name}.keras"
+
+
+def _asset_metadata(path: pathlib.Path, trainer: str) -> dict[str, Any]:
+    """Reads the JSON training record next to the bundled ``.keras`` file ``path``.
+
+    Raises:
+        FileNotFoundError: If the JSON file is missing; the message names ``trainer``.
+    """
+    record = path.with_suffix(".json")
+    if not record.is_file():
+        raise FileNotFoundError(
+            f"Bundled model record not found. Expected {record}. Received: missing. "
+            f"Regenerate it with `python {trainer}`."
+        )
+    return json.loads(record.read_text(encoding="utf-8"))
+
+
+def _load_asset_model(path: pathlib.Path, trainer: str) -> keras.Model:
+    """Loads the bundled ``.keras`` file ``path`` uncompiled (a new model each call).
+
+    Raises:
+        FileNotFoundError: If the file is missing; the message names ``trainer``.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Bundled model not found. Expected {path}. Received: missing. "
+            f"Regenerate it with `python {trainer}`, or "
+            "reinstall aimet_tf with its package data."
+        )
+    import keras  # Deferred: importing keras/TF is slow and not needed for data.
+
+    import aimet_tf.layers  # noqa: F401  (registers the aimet_tf layers the file may use)
+
+    return keras.saving.load_model(path, compile=False)
+
+
 def bundled_model_path() -> pathlib.Path:
     """Returns the path of the bundled trained FP32 Fashion-MNIST CNN.
 
@@ -329,7 +384,7 @@ def bundled_model_path() -> pathlib.Path:
         ``aimet_tf/assets/fashion_mnist_cnn.keras`` (may not exist if the
         assets were stripped; :func:`load_bundled_model` checks).
     """
-    return pathlib.Path(__file__).resolve().parent / "assets" / "fashion_mnist_cnn.keras"
+    return _asset_path("fashion_mnist_cnn")
 
 
 def bundled_model_metadata() -> dict[str, Any]:
@@ -343,13 +398,7 @@ def bundled_model_metadata() -> dict[str, Any]:
     Raises:
         FileNotFoundError: If the JSON file is missing.
     """
-    path = bundled_model_path().with_suffix(".json")
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Bundled model record not found. Expected {path}. Received: missing. "
-            "Regenerate it with `python examples/train_fashion_mnist.py`."
-        )
-    return json.loads(path.read_text(encoding="utf-8"))
+    return _asset_metadata(bundled_model_path(), _ASSET_TRAINERS["fashion_mnist_cnn"])
 
 
 def load_bundled_model() -> keras.Model:
@@ -371,13 +420,52 @@ def load_bundled_model() -> keras.Model:
         >>> model.output_shape
         (None, 10)
     """
-    import keras  # Deferred: importing keras/TF is slow and not needed for data.
+    return _load_asset_model(bundled_model_path(), _ASSET_TRAINERS["fashion_mnist_cnn"])
 
-    path = bundled_model_path()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Bundled model not found. Expected {path}. Received: missing. "
-            "Regenerate it with `python examples/train_fashion_mnist.py`, or "
-            "reinstall aimet_tf with its package data."
-        )
-    return keras.saving.load_model(path, compile=False)
+
+def bundled_vit_path() -> pathlib.Path:
+    """Returns the path of the bundled trained FP32 Fashion-MNIST vision transformer.
+
+    Returns:
+        ``aimet_tf/assets/fashion_mnist_vit.keras`` (may not exist if the
+        assets were stripped; :func:`load_bundled_vit` checks).
+    """
+    return _asset_path("fashion_mnist_vit")
+
+
+def bundled_vit_metadata() -> dict[str, Any]:
+    """Returns the training record of the bundled vision transformer.
+
+    Returns:
+        The parsed ``fashion_mnist_vit.json``: ``fp32_test_accuracy`` (fraction
+        in [0, 1] on the 10,000 test images), ``params``, ``architecture``,
+        ``epochs``, ``seconds``, ``command``, ``sha256``, versions and date, among others.
+
+    Raises:
+        FileNotFoundError: If the JSON file is missing.
+    """
+    return _asset_metadata(bundled_vit_path(), _ASSET_TRAINERS["fashion_mnist_vit"])
+
+
+def load_bundled_vit() -> keras.Model:
+    """Loads the bundled trained FP32 Fashion-MNIST vision transformer (uncompiled).
+
+    The model (:func:`aimet_tf.vit.vit_model`) maps float32 images ``[N, 28, 28, 1]`` in
+    [0, 1] to 10 logits (no softmax): a 4x4 ``Conv2D`` patch embedding to 49 tokens of
+    width 64, a learned class token (:class:`aimet_tf.layers.ClassToken`) and position
+    embeddings (:class:`aimet_tf.layers.PositionEmbedding`), 6 pre-norm encoder blocks
+    (``LayerNormalization``, 4-head ``MultiHeadAttention``, GELU ``Dense`` MLP, ``Add``), a final
+    ``LayerNormalization``, the class token (``Cropping1D`` + ``Flatten``) and a ``Dense`` head.
+
+    Returns:
+        A new ``keras.Model`` each call (safe to modify).
+
+    Raises:
+        FileNotFoundError: If the ``.keras`` file is missing.
+
+    Example:
+        >>> model = load_bundled_vit()
+        >>> model.output_shape
+        (None, 10)
+    """
+    return _load_asset_model(bundled_vit_path(), _ASSET_TRAINERS["fashion_mnist_vit"])

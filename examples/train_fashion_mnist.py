@@ -22,27 +22,16 @@ Usage:
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import json
-import os
 import pathlib
-import platform
-import shlex
-import sys
 import time
 
 from absl import app, flags, logging
+
+import fashion_mnist_training as training  # examples/ is on sys.path when run as a script
+import keras  # noqa: E402  (fashion_mnist_training chose the backend)
 import numpy as np
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-import keras  # noqa: E402  (the backend must be chosen first)
-import tensorflow as tf  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from aimet_tf import datasets, files  # noqa: E402
-
-_REPO = pathlib.Path(__file__).resolve().parents[1]
+from aimet_tf import datasets  # noqa: E402  (fashion_mnist_training put the repo on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("epochs", 15, "Training epochs over the 60k train split.")
@@ -56,7 +45,7 @@ flags.DEFINE_integer("seed", 0, "Seed for keras.utils.set_random_seed (weights, 
 flags.DEFINE_integer("max_train_images", 0, "If > 0, train on only this many images (smoke tests).")
 flags.DEFINE_string(
     "output",
-    str(_REPO / "aimet_tf" / "assets" / "fashion_mnist_cnn.keras"),
+    str(training.REPO / "aimet_tf" / "assets" / "fashion_mnist_cnn.keras"),
     "Where to save the trained .keras model; the JSON record goes next to it.",
 )
 
@@ -122,31 +111,6 @@ def build_model(width: int = 32) -> keras.Model:
     return keras.Model(inputs, logits, name="fashion_mnist_cnn")
 
 
-def _augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    # Stateless ops keyed by a per-example seed make the augmentation reproducible.
-    flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    image = tf.pad(image, [[2, 2], [2, 2], [0, 0]])
-    image = tf.image.stateless_random_crop(image, [28, 28, 1], crop_seed)
-    return image, label
-
-
-def _train_dataset(images: np.ndarray, labels: np.ndarray, seed: int) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    if FLAGS.augment:
-        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(seed, tf.int64), i]))
-        ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda xy, s: _augment(xy[0], xy[1], s), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    return ds.batch(FLAGS.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def _accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
-    logits = model.predict(images, batch_size=500, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
-
-
 def main(argv: list[str]) -> None:
     del argv
     output = pathlib.Path(FLAGS.output).resolve()
@@ -163,14 +127,8 @@ def main(argv: list[str]) -> None:
     model = build_model(FLAGS.width)
     model.summary(print_fn=logging.info)
     steps_per_epoch = int(np.ceil(len(train_x) / FLAGS.batch_size))
-    total_steps = steps_per_epoch * FLAGS.epochs
-    warmup_steps = min(int(FLAGS.warmup_epochs * steps_per_epoch), total_steps - 1)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=FLAGS.learning_rate / 100.0,
-        decay_steps=total_steps - warmup_steps,
-        warmup_target=FLAGS.learning_rate,
-        warmup_steps=warmup_steps,
-    )
+    schedule = training.warmup_cosine(FLAGS.learning_rate, steps_per_epoch, FLAGS.epochs,
+                                      FLAGS.warmup_epochs)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=FLAGS.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(
@@ -181,32 +139,19 @@ def main(argv: list[str]) -> None:
 
     start = time.perf_counter()
     history = model.fit(
-        _train_dataset(train_x, train_y, FLAGS.seed), epochs=FLAGS.epochs, shuffle=False, verbose=2
+        training.train_dataset(train_x, train_y, FLAGS.seed, FLAGS.batch_size, FLAGS.augment),
+        epochs=FLAGS.epochs, shuffle=False, verbose=2,
     )
     seconds = time.perf_counter() - start
 
     # Save a clean copy: same weights, no optimizer state or compile config.
-    clean = build_model(FLAGS.width)
-    clean.set_weights(model.get_weights())
-    test_accuracy = _accuracy(clean, test_x, test_y)
-    first_1000 = _accuracy(clean, test_x[:1000], test_y[:1000])
+    clean = training.clean_copy(lambda: build_model(FLAGS.width), model)
+    test_accuracy = training.accuracy(clean, test_x, test_y)
+    first_1000 = training.save_checked(clean, output, test_x[:1000], test_y[:1000])
     logging.info("FP32 test accuracy %.4f (first 1000: %.4f), %.0f s", test_accuracy, first_1000, seconds)
 
-    files.atomic_write(output, clean.save)
-    reloaded = keras.saving.load_model(output, compile=False)
-    reloaded_first_1000 = _accuracy(reloaded, test_x[:1000], test_y[:1000])
-    if reloaded_first_1000 != first_1000:
-        raise RuntimeError(
-            f"Saved model at {output} does not reproduce the trained one. Expected "
-            f"first-1000 accuracy {first_1000}. Received: {reloaded_first_1000}."
-        )
-
-    command = " ".join(["python", shlex.quote(os.path.relpath(sys.argv[0], _REPO))]
-                       + [shlex.quote(a) for a in sys.argv[1:]])
-    record = {
+    record = training.run_record(output, {
         "model": "fashion_mnist_cnn",
-        "file": output.name,
-        "sha256": hashlib.sha256(output.read_bytes()).hexdigest(),
         "fp32_test_accuracy": round(test_accuracy, 6),
         "fp32_test_accuracy_first_1000": round(first_1000, 6),
         "test_images": int(len(test_x)),
@@ -214,7 +159,7 @@ def main(argv: list[str]) -> None:
         "final_train_accuracy": round(float(history.history["accuracy"][-1]), 6),
         "final_train_loss": round(float(history.history["loss"][-1]), 6),
         "params": int(clean.count_params()),
-        "trainable_params": int(sum(int(np.prod(w.shape)) for w in clean.trainable_weights)),
+        "trainable_params": training.count_trainable(clean),
         "epochs": FLAGS.epochs,
         "batch_size": FLAGS.batch_size,
         "learning_rate": FLAGS.learning_rate,
@@ -226,16 +171,9 @@ def main(argv: list[str]) -> None:
         "seconds": round(seconds, 1),
         "input": "float32 [N, 28, 28, 1], pixel / 255 (aimet_tf.datasets.load_fashion_mnist)",
         "output": "logits [N, 10]",
-        "command": command,
-        "keras_version": keras.__version__,
-        "tensorflow_version": tf.__version__,
-        "numpy_version": np.__version__,
-        "python_version": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    files.atomic_write(output.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
-    logging.info("Wrote %s and %s", output, output.with_suffix(".json"))
+    })
+    json_path = training.write_record(output, record)
+    logging.info("Wrote %s and %s", output, json_path)
 
 
 if __name__ == "__main__":
