@@ -33,6 +33,32 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _SHIFT = 2  # pixels of random shift (pad then random crop)
 
 
+def start(output_flag: str, seed: int, max_train_images: int):
+    """What both training scripts do first: the checked ``--output`` path, the seed, and the data.
+
+    Returns:
+        ``(output, train_x, train_y, test_x, test_y)``; ``max_train_images > 0`` keeps that many
+        training images.
+
+    Raises:
+        absl.app.UsageError: for an ``--output`` that does not end with ``.keras``.
+    """
+    from absl import app, logging
+
+    from aimet_tf import datasets
+
+    output = pathlib.Path(output_flag).resolve()
+    if output.suffix != ".keras":
+        raise app.UsageError(f"--output must end with .keras. Received: --output={output_flag}.")
+    keras.utils.set_random_seed(seed)
+    train_x, train_y = datasets.load_fashion_mnist("train")
+    if max_train_images > 0:
+        train_x, train_y = train_x[:max_train_images], train_y[:max_train_images]
+    test_x, test_y = datasets.load_fashion_mnist("test")
+    logging.info("train %s, test %s", train_x.shape, test_x.shape)
+    return output, train_x, train_y, test_x, test_y
+
+
 def _augment(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     # Stateless ops keyed by a per-example seed make the augmentation reproducible.
     flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))

@@ -22,7 +22,6 @@ Usage:
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 from absl import app, flags, logging
@@ -31,7 +30,6 @@ import fashion_mnist_training as training  # examples/ is on sys.path when run a
 import keras  # noqa: E402  (fashion_mnist_training chose the backend)
 import numpy as np
 
-from aimet_tf import datasets  # noqa: E402  (fashion_mnist_training put the repo on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("epochs", 15, "Training epochs over the 60k train split.")
@@ -113,16 +111,7 @@ def build_model(width: int = 32) -> keras.Model:
 
 def main(argv: list[str]) -> None:
     del argv
-    output = pathlib.Path(FLAGS.output).resolve()
-    if output.suffix != ".keras":
-        raise app.UsageError(f"--output must end with .keras. Received: --output={FLAGS.output}.")
-    keras.utils.set_random_seed(FLAGS.seed)
-
-    train_x, train_y = datasets.load_fashion_mnist("train")
-    if FLAGS.max_train_images > 0:
-        train_x, train_y = train_x[: FLAGS.max_train_images], train_y[: FLAGS.max_train_images]
-    test_x, test_y = datasets.load_fashion_mnist("test")
-    logging.info("train %s, test %s", train_x.shape, test_x.shape)
+    output, train_x, train_y, test_x, test_y = training.start(FLAGS.output, FLAGS.seed, FLAGS.max_train_images)
 
     model = build_model(FLAGS.width)
     model.summary(print_fn=logging.info)

@@ -20,7 +20,6 @@ Usage:
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 from absl import app, flags, logging
@@ -28,7 +27,6 @@ from absl import app, flags, logging
 import fashion_mnist_training as training  # examples/ is on sys.path when run as a script
 import keras  # noqa: E402  (fashion_mnist_training chose the backend)
 
-from aimet_tf import datasets  # noqa: E402  (fashion_mnist_training put the repo on sys.path)
 from aimet_tf.vit import vit_model  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -66,16 +64,7 @@ def _build() -> keras.Model:
 
 def main(argv: list[str]) -> None:
     del argv
-    output = pathlib.Path(FLAGS.output).resolve()
-    if output.suffix != ".keras":
-        raise app.UsageError(f"--output must end with .keras. Received: --output={FLAGS.output}.")
-    keras.utils.set_random_seed(FLAGS.seed)
-
-    train_x, train_y = datasets.load_fashion_mnist("train")
-    if FLAGS.max_train_images > 0:
-        train_x, train_y = train_x[: FLAGS.max_train_images], train_y[: FLAGS.max_train_images]
-    test_x, test_y = datasets.load_fashion_mnist("test")
-    logging.info("train %s, test %s", train_x.shape, test_x.shape)
+    output, train_x, train_y, test_x, test_y = training.start(FLAGS.output, FLAGS.seed, FLAGS.max_train_images)
 
     model = _build()
     model.summary(print_fn=logging.info)
