@@ -26,6 +26,7 @@ from typing import Any
 import keras
 
 from aimet_tf.graph.op_layer import OpLayer
+from aimet_tf.layers import ClassToken, PositionEmbedding
 
 __all__ = [
     "INPUT_CHANNEL_AXIS",
@@ -86,6 +87,8 @@ _LAYER_OP_TYPES: tuple[tuple[tuple[type, ...], str], ...] = (
     ((_L.Embedding,), "Gather"),
     ((_L.MultiHeadAttention,), "MultiHeadAttention"),
     ((_L.Identity,), "Identity"),
+    ((ClassToken,), "Concat"),
+    ((PositionEmbedding,), "Add"),
 )
 
 # Activation function __name__ -> ONNX op. Keras resolves aliases to one function, so "swish"
@@ -163,7 +166,8 @@ def onnx_op_type(layer: keras.layers.Layer | keras.Operation) -> str | None:
     * ``BatchNormalization``, ``LayerNormalization``, ``GroupNormalization``, ``Flatten``,
       ``Reshape``, ``Dropout`` (and ``SpatialDropout*``) map to the same name; ``Permute`` ->
       ``"Transpose"``, ``ZeroPadding*D`` -> ``"Pad"``, ``UpSampling*D`` -> ``"Resize"``,
-      ``Embedding`` -> ``"Gather"``, ``Identity`` -> ``"Identity"``.
+      ``Embedding`` -> ``"Gather"``, ``Identity`` -> ``"Identity"``; aimet_tf's ``ClassToken`` ->
+      ``"Concat"`` and ``PositionEmbedding`` -> ``"Add"`` (what they compute).
     * ``MultiHeadAttention`` -> ``"MultiHeadAttention"``. ONNX has no such single op (exporters
       write MatMul / Softmax / Reshape subgraphs); the name lets a config address the layer as a
       whole in ``op_type``.

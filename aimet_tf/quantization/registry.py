@@ -20,6 +20,7 @@ import keras
 
 from aimet_tf.graph.op_layer import DataMovementOpLayer, OpLayer
 from aimet_tf.graph.prepare import mark_atomic
+from aimet_tf.layers import ClassToken, PositionEmbedding
 from aimet_tf.quantization.fused_batch_norm import fused_batch_norm_training
 from aimet_tf.quantization.recurrent import INTERNAL_TENSORS, recurrent_forward
 
@@ -33,11 +34,14 @@ class ParamSpec:
     Attributes:
         role: "weight" or "bias" (the hardware config's ``params`` keys).
         channel_axes: axes that carry one encoding each in per-channel mode (flattened together when
-            more than one, e.g. a depthwise kernel [kh, kw, in, mult] uses (2, 3)).
+            more than one, e.g. a depthwise kernel [kh, kw, in, mult] uses (2, 3)); None for a
+            parameter that is always quantized per tensor, because the op that reads it takes
+            a per-tensor operand (a class token that is concatenated, a position table that is
+            added).
     """
 
     role: str
-    channel_axes: tuple[int, ...] = (-1,)
+    channel_axes: tuple[int, ...] | None = (-1,)
 
     def __post_init__(self):
         if self.role not in ("weight", "bias"):
@@ -193,6 +197,10 @@ register_layer(
         for var in ("kernel", "bias")
     },
 )
+# A class token is concatenated and a position table added to activations: TFLite's CONCATENATION
+# and ADD take per-tensor operands, so these tables are per-tensor in every config.
+register_layer(ClassToken, params={"token": ParamSpec("weight", None)})
+register_layer(PositionEmbedding, params={"embeddings": ParamSpec("weight", None)})
 for _cls in (
     L.ReLU, L.Activation, L.LeakyReLU, L.ELU, L.Softmax,
     L.Add, L.Subtract, L.Multiply, L.Concatenate, L.Average, L.Maximum, L.Minimum,

@@ -245,7 +245,7 @@ class QuantizationSimModel:
                 symmetric=prule.symmetric,
                 strict=self.config.strict_symmetric and prule.symmetric,
                 unsigned_symmetric=False,
-                channel_axis=pspec.channel_axes if prule.per_channel else None,
+                channel_axis=pspec.channel_axes if prule.per_channel and pspec.channel_axes is not None else None,
                 quant_scheme=self.quant_scheme.for_parameters,
                 percentile=self.percentile,
                 name=f"{name}_{path.replace('.', '_').lstrip('_')}_quantizer",
