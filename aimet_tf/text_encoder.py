@@ -23,6 +23,12 @@ GELU is exact (erf) by default: ``block{i}_ffn1`` is ``Dense(ffn_dim, activation
 no string for that form, and ``aimet_tf.graph.prepare`` splits only Keras' own activation names
 out of a Dense (it would name the split layer ``block{i}_ffn1_gelu`` too).
 
+Conversion: TFLite's float converter keeps the model to 1e-6 on random weights. Its full-int8
+PTQ converts too, but the masked attention scores get an int8 grid wide enough to hold the
+``-0.7 * float32 max`` that Keras' TensorFlow attention fills masked scores with, so every real
+score falls on one level and attention becomes uniform over the real tokens
+(``python -m benchmarks.text_encoder_ptq`` measures this).
+
 What is left out of BERT: token-type (segment) embeddings, dropout and the masked-LM head.
 LayerNormalization uses BERT's epsilon, 1e-12.
 
@@ -108,7 +114,9 @@ def bert_encoder(
         classes: Number of output logits.
         gelu_approximate: Use GELU's tanh form instead of the exact (erf) form.
         causal: Also pass ``use_causal_mask=True`` to every MultiHeadAttention (decoder-style:
-            position ``i`` sees positions ``<= i`` only).
+            position ``i`` sees positions ``<= i`` only). The pooled first token then sees only
+            itself, so the logits depend on token 0 alone; read a block's sequence output
+            (e.g. ``block{depth}_ln2``) to see the causal mask at work.
         mask_dtype: dtype of the ``padding_mask`` input, ``"int32"`` or ``"bool"``.
         name: Model name.
 
