@@ -192,7 +192,8 @@ class PaddingAttentionMask(keras.layers.Layer):
         """Returns ``broadcast_to(bool(inputs)[:, None, :], [N, T, T])``."""
         keys = keras.ops.cast(inputs, "bool")
         shape = keras.ops.shape(inputs)
-        return keras.ops.broadcast_to(keras.ops.expand_dims(keys, 1), (shape[0], shape[1], shape[1]))
+        keys = keras.ops.expand_dims(keys, 1)
+        return keras.ops.broadcast_to(keys, (shape[0], shape[1], shape[1]))
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """Returns ``[N, T, T]``.

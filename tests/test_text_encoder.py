@@ -99,7 +99,8 @@ def test_bert_encoder_parameter_count(kwargs: dict) -> None:
 def test_bert_encoder_layer_names_and_types() -> None:
     model = bert_encoder(depth=2)
     block = ["mha", "add1", "ln1", "ffn1", "ffn2", "add2", "ln2"]
-    expected = (["token_ids", "token_embed", "pos_embed", "padding_mask", "embed_ln", "attention_mask"]
+    expected = (["token_ids", "token_embed", "pos_embed", "padding_mask", "embed_ln",
+                 "attention_mask"]
                 + [f"block{i}_{part}" for i in (1, 2) for part in block]
                 + ["cls_crop", "cls_flatten", "pooler", "logits"])
     assert [layer.name for layer in model.layers] == expected
@@ -143,7 +144,8 @@ def test_both_gelu_forms_prepare_to_the_same_layer_names() -> None:
         model = bert_encoder(gelu_approximate=approximate, **_SMALL)
         prepared = prepare_model(model)
         names.append([layer.name for layer in prepared.layers])
-        np.testing.assert_allclose(_predict(prepared, ids, mask), _predict(model, ids, mask), atol=1e-6)
+        np.testing.assert_allclose(_predict(prepared, ids, mask), _predict(model, ids, mask),
+                                   atol=1e-6)
     assert names[0] == names[1]
     assert "block3_ffn1_gelu" in names[0]
 
@@ -265,8 +267,10 @@ def test_float_tflite_matches_keras() -> None:
         ({"seq_len": -1}, r"seq_len > 0. Received: seq_len=-1"),
         ({"depth": 0}, r"depth > 0. Received: depth=0"),
         ({"ffn_dim": 0}, r"ffn_dim > 0. Received: ffn_dim=0"),
-        ({"dim": 30, "num_heads": 4}, r"dim to be a multiple of num_heads. Received: dim=30, num_heads=4"),
-        ({"mask_dtype": "float32"}, r"mask_dtype in \('int32', 'bool'\). Received: mask_dtype='float32'"),
+        ({"dim": 30, "num_heads": 4},
+         r"dim to be a multiple of num_heads. Received: dim=30, num_heads=4"),
+        ({"mask_dtype": "float32"},
+         r"mask_dtype in \('int32', 'bool'\). Received: mask_dtype='float32'"),
     ],
 )
 def test_bert_encoder_refuses_bad_arguments(kwargs: dict, message: str) -> None:
@@ -283,7 +287,8 @@ def test_random_token_batch_layout() -> None:
     assert ids.dtype == mask.dtype == np.int32
     lengths = mask.sum(axis=1)
     assert lengths.min() == 3 and lengths.max() == 16  # 500 draws from 14 lengths reach both ends
-    np.testing.assert_array_equal(mask, (np.arange(16)[None, :] < lengths[:, None]).astype(np.int32))
+    expected_mask = (np.arange(16)[None, :] < lengths[:, None]).astype(np.int32)
+    np.testing.assert_array_equal(mask, expected_mask)
     assert np.all(ids[mask == 0] == 0)
     real = ids[mask == 1]
     assert real.min() == 1 and real.max() == 29
