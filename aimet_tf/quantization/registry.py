@@ -20,13 +20,14 @@ import keras
 
 from aimet_tf.graph.op_layer import DataMovementOpLayer, OpLayer
 from aimet_tf.graph.prepare import mark_atomic
-from aimet_tf.layers import ClassToken, PositionEmbedding
+from aimet_tf.layers import ClassToken, PaddingAttentionMask, PositionEmbedding
 from aimet_tf.quantization.fused_batch_norm import fused_batch_norm_training
 from aimet_tf.quantization.recurrent import INTERNAL_TENSORS, recurrent_forward
 from aimet_tf.quantization.transformer import (
     ATTENTION_OP_TYPES,
     LAYER_NORM_OP_TYPES,
     attention_forward,
+    dense_forward,
     layer_norm_forward,
 )
 
@@ -180,8 +181,11 @@ def _kernel_bias(kernel_axes: tuple[int, ...] = (-1,)) -> dict[str, ParamSpec]:
 
 
 L = keras.layers
-for _cls in (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense):
+for _cls in (L.Conv1D, L.Conv2D, L.Conv3D):
     register_layer(_cls, params=_kernel_bias((-1,)))
+# A Dense on a sequence runs as one matrix product on [rows, features] (the same numbers), so the
+# converter fuses its bias into FULLY_CONNECTED (``transformer.dense_forward``).
+register_layer(L.Dense, params=_kernel_bias((-1,)), forward=dense_forward)
 # Transposed conv kernels are [kh, kw, out, in].
 for _cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
     register_layer(_cls, params=_kernel_bias((-2,)))
@@ -250,6 +254,8 @@ register_layer(
 # and ADD take per-tensor operands, so these tables are per-tensor in every config.
 register_layer(ClassToken, params={"token": ParamSpec("weight", None)})
 register_layer(PositionEmbedding, params={"embeddings": ParamSpec("weight", None)})
+# A boolean attention mask built from a padding mask: no float tensor, nothing to quantize.
+register_layer(PaddingAttentionMask, params={})
 for _cls in (
     L.ReLU, L.Activation, L.LeakyReLU, L.ELU, L.Softmax,
     L.Add, L.Subtract, L.Multiply, L.Concatenate, L.Average, L.Maximum, L.Minimum,

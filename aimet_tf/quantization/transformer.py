@@ -39,6 +39,7 @@ Both forwards are checked against the layers with every quantizer off
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import keras
@@ -50,6 +51,7 @@ __all__ = [
     "LAYER_NORM_TENSORS",
     "LAYER_NORM_OP_TYPES",
     "attention_forward",
+    "dense_forward",
     "layer_norm_forward",
 ]
 
@@ -80,6 +82,77 @@ LAYER_NORM_OP_TYPES: dict[str, str] = {
 }
 """Internal tensor of a decomposed LayerNormalization -> its ONNX op type."""
 LAYER_NORM_TENSORS: tuple[str, ...] = tuple(LAYER_NORM_OP_TYPES)
+
+
+def _leading_shape(x: Any) -> list[Any]:
+    """The shape of ``x`` without its last axis: static sizes where known, batch as -1."""
+    dims = list(x.shape[:-1])
+    if all(d is not None for d in dims[1:]):
+        return [-1, *dims[1:]]
+    return list(ops.shape(x)[:-1])
+
+
+def _rows_matmul(x: Any, kernel: Any, bias: Any, units: int) -> Any:
+    """``x [..., K] . kernel [K, units] + bias`` as one matrix product on ``[rows, K]``.
+
+    The TFLite converter writes this as RESHAPE -> FULLY_CONNECTED (bias fused) -> RESHAPE; the
+    same product through ``einsum`` / ``tensordot`` leaves the bias as a separate ADD whose input
+    has no quantization grid.
+    """
+    leading = _leading_shape(x)
+    rows = ops.reshape(x, (-1, int(kernel.shape[0])))
+    y = ops.matmul(rows, kernel)
+    if bias is not None:
+        y = ops.add(y, bias)
+    return ops.reshape(y, (*leading, units))
+
+
+def _project(dense: keras.layers.Layer, x: Any, contracted: int) -> Any:
+    """An attention projection (EinsumDense) as a matrix product over its flattened axes.
+
+    ``contracted`` is how many trailing axes of ``x`` the kernel's leading axes contract: 1 for the
+    query / key / value projections (kernel [D, heads, head_dim]), 2 for the output projection
+    (kernel [heads, head_dim, D]).
+    """
+    k_shape = [int(d) for d in dense.kernel.shape]
+    inner = math.prod(k_shape[:contracted])
+    out_shape = k_shape[contracted:]
+    units = math.prod(out_shape)
+    flat_kernel = ops.reshape(dense.kernel, (inner, units))
+    bias = None if dense.bias is None else ops.reshape(dense.bias, (units,))
+    if contracted > 1:
+        x = ops.reshape(x, (*_leading_shape(x)[: 1 - contracted], inner))
+    y = _rows_matmul(x, flat_kernel, bias, units)
+    return ops.reshape(y, (*_leading_shape(y), *out_shape))
+
+
+def _standard_projections(layer: keras.layers.Layer) -> bool:
+    """Whether the layer's projections use the standard self-attention equations on [B, T, D]."""
+    return (
+        getattr(layer._query_dense, "equation", None) == "abc,cde->abde"
+        and getattr(layer._key_dense, "equation", None) == "abc,cde->abde"
+        and getattr(layer._value_dense, "equation", None) == "abc,cde->abde"
+        and getattr(layer._output_dense, "equation", None) == "abcd,cde->abe"
+    )
+
+
+def dense_forward(layer: keras.layers.Layer, args: tuple, kwargs: dict, training: bool) -> Any:
+    """A ``Dense`` on inputs of rank > 2 as one matrix product on ``[rows, features]``.
+
+    The same numbers as the layer's call; the converter then fuses the bias into
+    FULLY_CONNECTED instead of leaving an ADD with no quantization grid. Rank-2 inputs (and
+    calls with a mask or LoRA) run the layer's own call (None).
+    """
+    del training
+    x = args[0] if args else None
+    if x is None or len(x.shape) <= 2 or kwargs.get("mask") is not None or getattr(layer, "lora_enabled", False):
+        return None
+    if getattr(layer, "quantization_mode", None):
+        return None
+    y = _rows_matmul(x, layer.kernel, layer.bias, int(layer.units))
+    if layer.activation is not None:
+        y = layer.activation(y)
+    return y
 
 
 def _bind_attention_call(layer: keras.layers.Layer, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -141,9 +214,14 @@ def attention_forward(
         attention_mask=call.get("attention_mask"),
         use_causal_mask=bool(call.get("use_causal_mask")),
     )
-    q = quantize("query", layer._query_dense(query))
-    k = quantize("key", layer._key_dense(key))
-    v = quantize("value", layer._value_dense(value))
+    standard = _standard_projections(layer)
+
+    def project(dense, x, contracted):
+        return _project(dense, x, contracted) if standard else dense(x)
+
+    q = quantize("query", project(layer._query_dense, query, 1))
+    k = quantize("key", project(layer._key_dense, key, 1))
+    v = quantize("value", project(layer._value_dense, value, 1))
     # [B, N, T, S]: the product first, then the 1/sqrt(key_dim) scale (the converter's order).
     scores = quantize("attention_scores", ops.einsum(layer._dot_product_equation, k, q))
     scaled = quantize(
@@ -154,7 +232,7 @@ def attention_forward(
     if layer._dropout > 0.0:
         kept = layer._dropout_layer(probs, training=training)
     context = quantize("attention_context", ops.einsum(layer._combine_equation, kept, v))
-    output = layer._output_dense(context)
+    output = project(layer._output_dense, context, 2)
     if call.get("return_attention_scores"):
         return output, probs
     return output
