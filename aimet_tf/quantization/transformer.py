@@ -101,6 +101,15 @@ def int8_constant(value: Any) -> Any:
     return tf.quantization.fake_quant_with_min_max_vars(c, -top, top, num_bits=8, narrow_range=True)
 
 
+def _on_int8_grid(quantize: Any, reader: str, value: Any) -> Any:
+    """``value`` on its int8 grid when the tensor ``reader`` (the int8 op reading it) is
+    quantized; the float value otherwise (a plain ``quantize`` function: always)."""
+    active = getattr(quantize, "active", None)
+    if active is not None and not active(reader):
+        return value
+    return int8_constant(value)
+
+
 def _leading_shape(x: Any) -> list[Any]:
     """The shape of ``x`` without its last axis: static sizes where known, batch as -1."""
     dims = list(x.shape[:-1])
@@ -241,7 +250,8 @@ def attention_forward(
     v = quantize("value", project(layer._value_dense, value, 1))
     # [B, N, T, S]: the product first, then the 1/sqrt(key_dim) scale (the converter's order).
     scores = quantize("attention_scores", ops.einsum(layer._dot_product_equation, k, q))
-    scaled = quantize("scaled_scores", ops.multiply(scores, int8_constant(layer._inverse_sqrt_key_dim)))
+    scale = _on_int8_grid(quantize, "scaled_scores", layer._inverse_sqrt_key_dim)
+    scaled = quantize("scaled_scores", ops.multiply(scores, scale))
     probs = quantize("attention_probs", layer._masked_softmax(scaled, mask))
     kept = probs
     if layer._dropout > 0.0:
@@ -294,14 +304,17 @@ def layer_norm_forward(
     centered = quantize("centered", ops.subtract(x, mean))
     squared = quantize("squared", ops.multiply(centered, centered))
     variance = quantize("variance", ops.mean(squared, axis=axes, keepdims=True))
-    variance_eps = quantize("variance_eps", ops.add(variance, int8_constant(layer.epsilon)))
+    epsilon = _on_int8_grid(quantize, "variance_eps", layer.epsilon)
+    variance_eps = quantize("variance_eps", ops.add(variance, epsilon))
     rstd = quantize("rstd", ops.rsqrt(variance_eps))
     normalized = quantize("normalized", ops.multiply(x if layer.rms_scaling else centered, rstd))
     out = normalized
     if layer.gamma is not None:
         out = quantize("scaled", ops.multiply(out, broadcast(layer.gamma)))
     if layer.beta is not None and not layer.rms_scaling:
-        # The ADD reads beta as int8 (``int8_constant``), after its parameter quantizer if the
-        # config quantizes biases: the converter keeps the last grid, so sim and file agree.
-        out = ops.add(out, broadcast(int8_constant(layer.beta)))
+        # The ADD reads beta as int8 (``int8_constant``) next to the quantized scaled values,
+        # after beta's parameter quantizer if the config quantizes biases: the converter keeps
+        # the last grid, so sim and file agree.
+        reader = "scaled" if layer.gamma is not None else "normalized"
+        out = ops.add(out, broadcast(_on_int8_grid(quantize, reader, layer.beta)))
     return ops.cast(out, layer.compute_dtype)
