@@ -278,20 +278,28 @@ def _constant_step(quantize: Any, reader: str, value: float) -> Any:
 _MASKED_SCORE = -1e9
 
 
-def _masked_scores(layer: keras.layers.Layer, scores: Any, mask: Any, quantize: Any) -> Any:
-    """The softmax input: masked keys replaced by the lowest level of the scores' grid.
-
-    An int8 target selects (SELECT_V2) between the quantized scores and a constant on their grid,
-    so a masked key keeps the weight exp(lowest - max) rather than exactly 0; the simulation
-    computes the same. While the scores are not quantized (calibration, quantizers off) the fill
-    is Keras' -1e9, which gives exactly 0.
-    """
+def _score_mask(layer: keras.layers.Layer, scores: Any, mask: Any) -> Any:
+    """The boolean mask broadcastable to the scores ``[B, heads, T, S]``, or None."""
     if mask is None:
-        return scores
+        return None
     mask = ops.cast(mask, "bool")
     axis = -len(layer._attention_axes) * 2 - 1
     for _ in range(len(scores.shape) - len(mask.shape)):
         mask = ops.expand_dims(mask, axis=axis)
+    return mask
+
+
+def _masked_scores(scores: Any, mask: Any, quantize: Any) -> Any:
+    """The softmax input: masked keys replaced by the lowest level of the scores' grid.
+
+    An int8 target selects (SELECT_V2) between the quantized scores and a constant on their grid,
+    so a masked key keeps the weight exp(lowest - max) rather than exactly 0: the simulation
+    computes the same, and ``attention_forward`` then zeroes the masked probabilities (a second
+    SELECT_V2, on the probabilities' grid) so that masked keys contribute nothing. While the
+    scores are not quantized (calibration, quantizers off) the fill is Keras' -1e9.
+    """
+    if mask is None:
+        return scores
     fill = tf.constant([_MASKED_SCORE], tf.float32)  # past any scores grid: clamps to its lowest level
     on_grid = getattr(quantize, "on_grid", None)
     if on_grid is not None:
@@ -393,9 +401,12 @@ def attention_forward(
         [(scores, _scale_of(quantize, "attention_scores")),
          (scale, _constant_step(quantize, "scaled_scores", layer._inverse_sqrt_key_dim))],
     )
-    masked = _masked_scores(layer, scaled, mask, quantize)
+    score_mask = _score_mask(layer, scaled, mask)
+    masked = _masked_scores(scaled, score_mask, quantize)
     probs = _requantized(quantize, "attention_probs", layer._softmax(masked), "softmax",
                          [(masked, _scale_of(quantize, "scaled_scores"))])
+    if score_mask is not None:
+        probs = ops.where(score_mask, probs, tf.zeros((1,), probs.dtype))
     kept = probs
     if layer._dropout > 0.0:
         kept = layer._dropout_layer(probs, training=training)
