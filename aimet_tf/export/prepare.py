@@ -860,7 +860,7 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
             q.rounding = rounding
     for wrapper in graph.order:
         layer = wrapper.layer
-        if wrapper.internal_names and isinstance(layer, (_L.MultiHeadAttention, _L.LayerNormalization)):
+        if wrapper.internal_names and isinstance(layer, (_L.MultiHeadAttention, _L.LayerNormalization, _L.RMSNormalization)):
             # Decomposed layers reproduce the kernels' arithmetic op by op (transformer.py).
             wrapper.internal_kernels = kernels if isinstance(kernels, str) else "reference"
             in_slot = _grid_slot_of_input(graph, wrapper, 0)

@@ -186,7 +186,7 @@ def _has_int8_constants(sim) -> bool:
     transpose (measured, TF 2.21). Such sims store 4-bit weights as int8 holding the 4-bit grid.
     """
     return any(
-        isinstance(w.layer, (_L.MultiHeadAttention, _L.LayerNormalization)) and w.internal_names
+        isinstance(w.layer, (_L.MultiHeadAttention, _L.LayerNormalization, _L.RMSNormalization)) and w.internal_names
         for w in sim.wrappers()
     )
 

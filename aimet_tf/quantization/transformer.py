@@ -58,6 +58,9 @@ __all__ = [
     "attention_forward",
     "dense_forward",
     "layer_norm_forward",
+    "RMS_NORM_OP_TYPES",
+    "RMS_NORM_TENSORS",
+    "rms_norm_forward",
 ]
 
 Quantize = Callable[[str, Any], Any]
@@ -87,6 +90,17 @@ LAYER_NORM_OP_TYPES: dict[str, str] = {
 }
 """Internal tensor of a decomposed LayerNormalization -> its ONNX op type."""
 LAYER_NORM_TENSORS: tuple[str, ...] = tuple(LAYER_NORM_OP_TYPES)
+
+RMS_NORM_OP_TYPES: dict[str, str] = {
+    "squared": "Mul",
+    "mean_square": "ReduceMean",
+    "mean_square_eps": "Add",
+    "rstd": "Sqrt",
+    "normalized": "Mul",
+}
+"""Internal tensor of a decomposed RMSNormalization -> its ONNX op type (the output, x * rstd *
+scale, gets the layer's output quantizer)."""
+RMS_NORM_TENSORS: tuple[str, ...] = tuple(RMS_NORM_OP_TYPES)
 
 
 def int8_constant(value: Any) -> Any:
@@ -249,14 +263,14 @@ def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[t
     return quantize(name, raw + tf.stop_gradient(out * s_out - raw))
 
 
-def _rsqrt(quantize: Any, x: Any) -> Any:
+def _rsqrt(quantize: Any, x: Any, input_name: str = "variance_eps") -> Any:
     """RSQRT quantized as ``rstd``. TFLite's reference kernel dequantizes the input level in
     float32 (s_in * level), computes 1 / sqrt of it and divides by the output step (measured
     bit-exact; ``rsqrt`` of the fake-quantized value can differ in the last bits)."""
     raw = ops.rsqrt(x)
     kernels = getattr(quantize, "kernels", None)
     s_out = quantize.scale("rstd") if kernels in _FIXED_POINT_KERNELS else None
-    s_in = quantize.scale("variance_eps") if s_out is not None else None
+    s_in = quantize.scale(input_name) if s_out is not None else None
     if s_out is None or s_in is None:
         return quantize("rstd", raw)
     s_in = tf.reshape(s_in, ())
@@ -479,4 +493,39 @@ def layer_norm_forward(
         # the last grid, so sim and file agree.
         reader = "scaled" if layer.gamma is not None else "normalized"
         out = ops.add(out, broadcast(_on_int8_grid(quantize, reader, layer.beta)))
+    return ops.cast(out, layer.compute_dtype)
+
+
+def rms_norm_forward(
+    layer: keras.layers.Layer, args: tuple, kwargs: dict, training: bool, quantize: Quantize | None = None
+) -> Any:
+    """Runs a ``keras.layers.RMSNormalization`` as int8 ops: squared = x * x,
+    mean_square = MEAN(squared), mean_square_eps = mean_square + epsilon,
+    rstd = RSQRT(mean_square_eps), normalized = x * rstd, output = normalized * scale
+    (``RMS_NORM_TENSORS``; the output gets the layer's output quantizer).
+
+    Args and returns as :func:`layer_norm_forward` (``quantize`` None: the layer's own call).
+    """
+    del kwargs, training
+    if quantize is None:
+        return None
+    x = ops.cast(args[0], "float32")
+    ndims = len(x.shape)
+    axes = sorted(a % ndims for a in ([layer.axis] if isinstance(layer.axis, int) else list(layer.axis)))
+    scale = functools.partial(_scale_of, quantize)
+    squared = _requantized(quantize, "squared", ops.multiply(x, x), "mul", [(x, scale("input:0"))] * 2)
+    mean_square = _requantized(quantize, "mean_square", ops.mean(squared, axis=axes, keepdims=True), "mean",
+                               [(squared, scale("squared"))], axes)
+    epsilon = _on_int8_grid(quantize, "mean_square_eps", layer.epsilon)
+    mean_square_eps = quantize("mean_square_eps", ops.add(mean_square, epsilon))
+    rstd = _rsqrt(quantize, mean_square_eps, input_name="mean_square_eps")
+    normalized = _requantized(quantize, "normalized", ops.multiply(x, rstd), "mul",
+                              [(x, scale("input:0")), (rstd, scale("rstd"))])
+    gamma = ops.cast(layer.scale, "float32")
+    if axes != [ndims - 1]:
+        shape = [1] * ndims
+        for a in axes:
+            shape[a] = x.shape[a]
+        gamma = ops.reshape(gamma, shape)
+    out = ops.multiply(normalized, gamma)
     return ops.cast(out, layer.compute_dtype)
