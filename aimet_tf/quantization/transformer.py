@@ -232,6 +232,10 @@ def _fixed_point_levels(kind: str, count: int, *args) -> np.ndarray:
     if kind == "mul":
         q_1, q_2, s_1, s_2, s_y = args
         levels = kernel_requantize.mul_levels(q_1, q_2, float(s_1), float(s_2), float(s_y))
+    elif kind == "sub":
+        # TFLite's SUB is its ADD with the second operand's multiplier negated.
+        q_1, q_2, s_1, s_2, s_y = args
+        levels = kernel_requantize.add_levels(q_1, -np.asarray(q_2), float(s_1), float(s_2), float(s_y))
     else:
         total, s_x, s_y = args
         levels = kernel_requantize.mean_levels(total, count, float(s_x), float(s_y))
@@ -240,17 +244,24 @@ def _fixed_point_levels(kind: str, count: int, *args) -> np.ndarray:
 
 def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[tuple[Any, Any]],
                  axes: list[int] | None = None) -> Any:
-    """``raw`` (a MUL of two quantized operands, or a MEAN of one) quantized as ``name``, with
-    the output level computed as TFLite's fixed-point kernels do once the sim is prepared for the
-    reference or builtin kernels. ``operands`` are (tensor, grid step or None) pairs."""
+    """``raw`` (a MUL or SUB of two quantized operands, a MEAN or SOFTMAX of one) quantized as
+    ``name``, with the output level computed as the kernels do once the sim is prepared for them:
+    TFLite's fixed point for the reference and builtin kernels, XNNPACK's ADD multipliers for a
+    SUB under the default resolver (its MUL and MEAN match float-then-round, measured).
+    ``operands`` are (tensor, grid step or None) pairs."""
     kernels = getattr(quantize, "kernels", None)
-    s_out = quantize.scale(name) if kernels in _FIXED_POINT_KERNELS else None
+    modelled = kernels in _FIXED_POINT_KERNELS or (kernels == "default" and kind == "sub")
+    s_out = quantize.scale(name) if modelled else None
     if s_out is None or any(step is None for _, step in operands):
         return quantize(name, raw)
     levels = [_round_ste(t / step) for t, step in operands]
     steps = [tf.cast(tf.reshape(step, ()), tf.float32) for _, step in operands]
     s_out = tf.cast(tf.reshape(s_out, ()), tf.float32)
-    if kind == "mul":
+    if kernels == "default":
+        # XNNPACK's SUB: its ADD's ~21-bit multipliers with the second operand negated.
+        out = primitives.requantize_add([levels[0], -levels[1]], steps, s_out)
+        return quantize(name, raw + tf.stop_gradient(out * s_out - raw))
+    if kind in ("mul", "sub"):
         args, count = [levels[0], levels[1], steps[0], steps[1], s_out], 1
     elif kind == "softmax":
         args, count = [levels[0], steps[0]], 1
@@ -471,7 +482,8 @@ def layer_norm_forward(
     scale = functools.partial(_scale_of, quantize)
     mean = _requantized(quantize, "mean", ops.mean(x, axis=axes, keepdims=True), "mean",
                         [(x, scale("input:0"))], axes)
-    centered = quantize("centered", ops.subtract(x, mean))
+    centered = _requantized(quantize, "centered", ops.subtract(x, mean), "sub",
+                            [(x, scale("input:0")), (mean, scale("mean"))])
     squared = _requantized(quantize, "squared", ops.multiply(centered, centered), "mul",
                            [(centered, scale("centered"))] * 2)
     variance = _requantized(quantize, "variance", ops.mean(squared, axis=axes, keepdims=True), "mean",
