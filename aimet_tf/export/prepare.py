@@ -880,8 +880,13 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
         if wrapper.internal_names and isinstance(layer, (_L.MultiHeadAttention, _L.LayerNormalization, _L.RMSNormalization)):
             # Decomposed layers reproduce the kernels' arithmetic op by op (transformer.py).
             wrapper.internal_kernels = kernels if isinstance(kernels, str) else "reference"
-            in_slot = _grid_slot_of_input(graph, wrapper, 0)
-            wrapper.input_grids = {0: _slot_get(in_slot)} if in_slot is not None else {}
+            wrapper.input_grids = {}
+            for index in range(len(graph.sources.get(id(wrapper), []))):
+                in_slot = _grid_slot_of_input(graph, wrapper, index)
+                if in_slot is not None:
+                    wrapper.input_grids[index] = _slot_get(in_slot)
+            if 1 not in wrapper.input_grids and 0 in wrapper.input_grids:
+                wrapper.input_grids[1] = wrapper.input_grids[0]  # mha(x) / key and value = query
         if isinstance(layer, ClassToken):
             # CONCATENATION takes one grid: the converter writes the token on the output grid
             # directly, so a separate token grid would round it twice in the simulation.
