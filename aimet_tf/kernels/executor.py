@@ -293,8 +293,9 @@ SUPPORTED_OPERATORS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD",
                        "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "SOFTMAX", "RSQRT", "GELU", "QUANTIZE", "DEQUANTIZE",
                        "RESHAPE", "TRANSPOSE", "BROADCAST_TO", "PAD", "PADV2", "CONCATENATION", "SHAPE",
                        "STRIDED_SLICE", "PACK")
-# Operators the numpy golden model runs but the C++ backend does not (yet): backend="cpp" rejects them.
-NUMPY_ONLY_OPERATORS = ("SUB", "MUL", "BATCH_MATMUL")
+# Operators the numpy golden model runs but the C++ backend does not (yet): backend="cpp" rejects them
+# with an UnsupportedOperatorError that suggests backend="numpy". Every operator has a C++ kernel now.
+NUMPY_ONLY_OPERATORS: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -635,7 +636,7 @@ class IntegerExecutor:
         def run(be, v1, v2):
             return be.kernel("mul", v1, v2, **kwargs)
 
-        return _Step(op, op.inputs[:2], op.outputs[0], run, cpp=False)
+        return _Step(op, op.inputs[:2], op.outputs[0], run, cpp=op.name not in NUMPY_ONLY_OPERATORS)
 
     def _prepare_batch_matmul(self, op: OperatorInfo) -> _Step:
         lhs = self._tensor(op, 0, ("INT8",), "left input")
@@ -655,7 +656,7 @@ class IntegerExecutor:
         def run(be, a, b):
             return be.kernel("batch_matmul", a, b, **kwargs)
 
-        return _Step(op, op.inputs[:2], op.outputs[0], run, cpp=False)
+        return _Step(op, op.inputs[:2], op.outputs[0], run, cpp=op.name not in NUMPY_ONLY_OPERATORS)
 
     def _prepare_rsqrt(self, op: OperatorInfo) -> _Step:
         x = self._tensor(op, 0, ("INT8",), "input")

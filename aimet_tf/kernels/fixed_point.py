@@ -138,7 +138,7 @@ def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
     s = ab + nudge
     # C++ division truncates towards zero; numpy's // floors.
-    high = np.where(s >= 0, s // 2**31, -((-s) // 2**31))
+    high = np.where(s >= 0, s >> 31, -((-s) >> 31))
     return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
 
 

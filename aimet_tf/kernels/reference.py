@@ -476,9 +476,13 @@ def softmax(x, *, input_multiplier: int, input_left_shift: int, diff_min: int,
     xs = x.astype(np.int64)
     diff = xs - xs.max(axis=-1, keepdims=True)
     keep = diff >= diff_min
-    scaled = fp.multiply_by_quantized_multiplier_greater_than_one(np.where(keep, diff, 0), input_multiplier, input_left_shift, target)
-    exps = fp.exp_on_negative_values(scaled, 5)
-    sum_of_exps = fp.wrap_int32(np.where(keep, fp.rounding_divide_by_pot(exps, 12), 0).sum(axis=-1, keepdims=True))
+    # d takes at most 256 values (-255 .. 0): evaluate exp(d') once per value, then index.
+    codes = np.arange(-255, 1, dtype=np.int64)
+    exp_table = fp.exp_on_negative_values(
+        fp.multiply_by_quantized_multiplier_greater_than_one(codes, input_multiplier, input_left_shift, target), 5)
+    exps = exp_table[np.where(keep, diff, 0) + 255]
+    sum_of_exps = fp.wrap_int32(np.where(keep, fp.rounding_divide_by_pot(exp_table, 12)[diff + 255], 0)
+                                .sum(axis=-1, keepdims=True))
     reciprocal, bits_over_unit = fp.get_reciprocal(sum_of_exps, 12)
     exponent = bits_over_unit + 31 - 8
     if np.any((exponent < 0) | (exponent > 31)):
