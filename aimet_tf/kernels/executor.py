@@ -6,15 +6,25 @@
     print(report.to_text()); assert report.bit_exact
     layer = executor.as_keras_layer()                      # the integer path inside a TF graph
 
-Each operator is prepared once, the way TFLite's `Prepare` does it (same double-precision
-multiplier arithmetic from the float32 scales, same activation clamps), then evaluated by
-either backend: "cpp" (the C++ TF ops of `aimet_tf.kernels.ops`) or "numpy" (the golden model
-`aimet_tf.kernels.reference`). Supported builtin operators: CONV_2D, DEPTHWISE_CONV_2D,
-FULLY_CONNECTED, ADD, AVERAGE_POOL_2D, MAX_POOL_2D, MEAN, SOFTMAX, QUANTIZE, DEQUANTIZE,
-RESHAPE, PAD, PADV2, CONCATENATION; int8 activations, int8 or packed int4 weights, int32 bias.
+Each operator is prepared once, the way TFLite's `Prepare` does it (same multiplier arithmetic
+from the float32 scales: double precision where TFLite computes in double, float32 for MUL and
+the RSQRT scale where TFLite multiplies floats; same activation clamps; GELU's lookup table built
+from the float32 function), then evaluated by either backend: "cpp" (the C++ TF ops of
+`aimet_tf.kernels.ops`) or "numpy" (the golden model `aimet_tf.kernels.reference`).
+
+Supported builtin operators: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, BATCH_MATMUL, ADD, SUB,
+MUL, AVERAGE_POOL_2D, MAX_POOL_2D, MEAN, SOFTMAX (over the last axis, any rank), RSQRT, GELU,
+QUANTIZE, DEQUANTIZE, RESHAPE, TRANSPOSE, BROADCAST_TO, PAD, PADV2, CONCATENATION, and the shape
+operators SHAPE, STRIDED_SLICE, PACK (int32 shape values that feed RESHAPE / BROADCAST_TO, or
+int8 slices); int8 activations, int8 or packed int4 weights, int32 bias. Both backends run all
+of them (GELU and RSQRT on the C++ backend as a 256-entry table of the golden model, gathered
+with TF); an operator listed in `NUMPY_ONLY_OPERATORS` would make backend="cpp" raise
+`UnsupportedOperatorError` naming it and suggesting backend="numpy".
 
 Batches: TFLite models usually fix the batch to 1; the executor accepts any leading batch size
-N and runs all rows at once (a RESHAPE target shape with a leading 1 is read as N).
+N and runs all rows at once (a RESHAPE target shape with a leading 1 is read as N, SHAPE reports
+N, a STRIDED_SLICE over [0, 1) of the batch axis keeps all N rows). `compare_with_litert`
+compares int32 shape values for one sample with each of LiteRT's samples.
 """
 
 from __future__ import annotations
@@ -1071,12 +1081,12 @@ class IntegerExecutor:
         theirs = run_litert(litert_model, arrays, tensor_ids, reference_kernels=reference_kernels)
         # Shape values (int32 outputs of SHAPE / STRIDED_SLICE / PACK) hold the batch size: LiteRT runs
         # one sample at a time, so compare ours for one sample with each of LiteRT's.
-        shape_steps = [step for step in self.steps if self._is_shape_value(step.output)]
-        single = self.run_with_intermediates(*[a[:1] for a in arrays], backend=backend) if shape_steps else {}
+        shape_outputs = {step.output for step in self.steps if self._is_shape_value(step.output)}
+        single = self.run_with_intermediates(*[a[:1] for a in arrays], backend=backend) if shape_outputs else {}
         samples = len(arrays[0])
         layers = []
         for step in self.steps:
-            if step in shape_steps:
+            if step.output in shape_outputs:
                 one = np.asarray(single[step.output])
                 a = np.broadcast_to(one, (samples, *one.shape))
                 b = theirs[step.output].reshape(a.shape) if theirs[step.output].size == a.size else theirs[step.output]

@@ -122,10 +122,10 @@ def add_levels(q_1, q_2, s_1: float, s_2: float, s_y: float, target: DspTarget |
 
 def mul_levels(q_1, q_2, s_1: float, s_2: float, s_y: float, target: DspTarget | str | None = None) -> np.ndarray:
     """MUL of zero-point-free operand levels q_i (broadcasting): level = MBQM(q_1 * q_2, m, e) with
-    (m, e) of double(s_1) * double(s_2) / double(s_y) (TFLite's Prepare; its reference and
-    optimized int8 kernels round the same way)."""
+    (m, e) from `mul_parameters` (TFLite's Prepare: the scale product and quotient in float32;
+    its reference and optimized int8 kernels round the same way)."""
     target = resolve_target(target)
-    m, e = fp.quantize_multiplier(float(np.float32(s_1)) * float(np.float32(s_2)) / float(np.float32(s_y)), target)
+    m, e = mul_parameters(s_1, s_2, s_y, target)
     product = np.asarray(q_1, dtype=np.int64) * np.asarray(q_2, dtype=np.int64)
     return fp.multiply_by_quantized_multiplier(fp.wrap_int32(product), m, e, target)
 
