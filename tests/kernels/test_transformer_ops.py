@@ -246,3 +246,26 @@ def test_bundled_vit_export_is_bit_exact(tmp_path):
         report = IntegerExecutor(path, backend=backend).compare_with_litert(images[:20])
         assert report.samples == 20 and len(report.layers) > 300
         assert report.bit_exact, (backend, report.to_text())
+
+
+@pytest.mark.parametrize("target", ["tflite_reference", "tflite_single_rounding", "fixed_point_dsp"])
+def test_cpp_ops_match_the_golden_model_on_every_target(target):
+    from aimet_tf.kernels import ops, requantize, resolve_target
+
+    t = resolve_target(target)
+    a, b = _codes((3, 4, 6, 5), 17), _codes((3, 1, 5, 7), 18)
+    m, e = requantize.mul_parameters(0.41, 0.73, 0.0093, t)
+    kwargs = dict(input1_zero_point=7, input2_zero_point=-11, output_zero_point=-3, multiplier=m, shift=e, target=t)
+    x1, x2 = _codes((2, 4, 5), 19), _codes((2, 1, 5), 20)
+    np.testing.assert_array_equal(ops.mul(x1, x2, **kwargs).numpy(), reference.mul(x1, x2, **kwargs))
+    add = dict(requantize.add_parameters(0.037, 0.0012, 0.039, t), input1_zero_point=19, input2_zero_point=36,
+               output_zero_point=-21, activation_min=-100, activation_max=120, target=t)
+    np.testing.assert_array_equal(ops.sub(x1, x2, **add).numpy(), reference.sub(x1, x2, **add))
+    np.testing.assert_array_equal(ops.add(x1, x2, **add).numpy(), reference.add(x1, x2, **add))
+    mm, me = requantize.conv_multipliers(0.037, 0.021, 0.113, t)
+    bmm = dict(lhs_zero_point=5, rhs_zero_point=-9, output_zero_point=3, multiplier=int(mm[0]), shift=int(me[0]),
+               target=t)
+    np.testing.assert_array_equal(ops.batch_matmul(a, b, **bmm).numpy(), reference.batch_matmul(a, b, **bmm))
+    bt = np.ascontiguousarray(np.swapaxes(b, -1, -2))
+    np.testing.assert_array_equal(ops.batch_matmul(a, bt, adj_y=True, **bmm).numpy(),
+                                  reference.batch_matmul(a, b, **bmm))
