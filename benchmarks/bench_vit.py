@@ -211,6 +211,29 @@ def grids_of(ops: Sequence[TfliteOp], substrings: Sequence[str]) -> list[tuple[s
     return rows
 
 
+def unchanged_weight_layers(before: keras.Model, after: keras.Model) -> list[str]:
+    """Names of the layers with a kernel (Conv / Dense / the projections inside
+    MultiHeadAttention) whose weights hold the same values in ``after`` as in ``before``. Same
+    layer names expected in both."""
+
+    def has_kernel(layer) -> bool:
+        return any(w.path.split("/")[-1] == "kernel" for w in layer.weights)
+
+    after_layers = {layer.name: layer for layer in after.layers}
+    missing = sorted(layer.name for layer in before.layers if has_kernel(layer) and layer.name not in after_layers)
+    if missing:
+        raise ValueError(f"Expected the same layer names in both models. Missing from `after`: {missing}")
+    same = []
+    for layer in before.layers:
+        if not has_kernel(layer):
+            continue
+        theirs = after_layers[layer.name].get_weights()
+        ours = layer.get_weights()
+        if len(theirs) == len(ours) and all(np.array_equal(a, b) for a, b in zip(ours, theirs)):
+            same.append(layer.name)
+    return same
+
+
 def _format_counts(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{name} x{n}" for name, n in counts.items()) if counts else "none"
 
@@ -348,7 +371,7 @@ def _peer_rows(model, x_cal, x_test, y_test) -> tuple[list[Row], list[str]]:
         floating = float_ops(details["int8"])
         return {
             "accuracy": accuracy, "size_bytes": len(content),
-            "note": f"conversion {convert_seconds:.0f} s; ops with float32 outputs (other than "
+            "note": f"run with LiteRT's default kernels (XNNPACK); conversion {convert_seconds:.0f} s; ops with float32 outputs (other than "
             f"QUANTIZE/DEQUANTIZE): {_format_counts(floating)}",
         }
 
@@ -373,12 +396,13 @@ def _peer_rows(model, x_cal, x_test, y_test) -> tuple[list[Row], list[str]]:
             f"TFLite int8 PTQ file, ops ({len(ops)}): {_format_counts(op_counts(ops))}.",
             "",
             f"Its grids in {GRID_BLOCK} (LayerNorm internals as the converter decomposes LayerNormalization, "
-            "and the attention softmax), output tensor of each op:",
+            "and the attention: Q/K/V projections, QK^T, scaling, softmax, attention x V, output projection), "
+            "output tensor of each op in execution order:",
             "",
             "| op | output tensor | grid |",
             "|---|---|---|",
         ]
-        for op_name, tensor, grid in grids_of(ops, (f"{GRID_BLOCK}_ln1", f"{GRID_BLOCK}_ln2", f"{GRID_BLOCK}_mha_1/Softmax")):
+        for op_name, tensor, grid in grids_of(ops, (f"{GRID_BLOCK}_ln1", f"{GRID_BLOCK}_mha", f"{GRID_BLOCK}_ln2")):
             extra.append(f"| {op_name} | `{tensor}` | {grid} |")
     return rows, extra
 
@@ -427,9 +451,12 @@ def run() -> str:
                 default_quant_scheme=PTQ_SCHEME, config_file=CONFIG, verbose=0,
             )
             sims["W4A8 AdaRound"] = _sim(rounded, 4, x_cal, encodings=os.path.join(folder, "vit_adaround.encodings"))
+            kept = unchanged_weight_layers(target_model, rounded)
             return {
                 "accuracy": _accuracy(sims["W4A8 AdaRound"].model, x_test, y_test),
                 "size_bytes": sim_weight_bytes(sims["W4A8 AdaRound"]),
+                "note": "layers whose weights AdaRound left as they were (nearest rounding in the sim): "
+                f"{', '.join(kept) if kept else 'none'}",
             }
 
         rows.append(attempt(Row("W4A8 AdaRound sim", "ours", target=Target("fp32", 1.0)), adaround))

@@ -131,3 +131,33 @@ def test_tflite_ops_read_a_real_file_int8_and_16x8():
     assert {"QUANTIZE", "DEQUANTIZE"} <= set(op_counts(int16))  # float I/O by default
     with pytest.raises(ValueError, match="at least one calibration"):
         tflite_ptq_16x8(model, x[:0])
+
+
+def test_unchanged_weight_layers_names_layers_with_identical_weights():
+    from benchmarks.bench_vit import unchanged_weight_layers
+
+    inputs = keras.Input((6,))
+    x = keras.layers.LayerNormalization(name="ln")(inputs)  # no kernel: never listed
+    before = keras.Model(inputs, keras.layers.Dense(3, name="fc2")(keras.layers.Dense(5, name="fc1")(x)))
+    after = keras.models.clone_model(before)
+    after.set_weights(before.get_weights())
+    dense = ["fc1", "fc2"]
+    assert unchanged_weight_layers(before, after) == dense
+    kernel, bias = after.get_layer(dense[1]).get_weights()
+    after.get_layer(dense[1]).set_weights([kernel + 1e-3, bias])
+    assert unchanged_weight_layers(before, after) == dense[:1]
+    other = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2, name="other")])
+    with pytest.raises(ValueError, match="same layer names"):
+        unchanged_weight_layers(before, other)
+
+
+def test_export_row_shows_agreement_and_exact_fraction():
+    rows = [
+        Row("FP32 Keras", "reference", accuracy=0.8805),
+        Row("W8A8 .tflite", "ours", accuracy=0.8801, size_bytes=300 * 1024, agreement=1.0, exact_fraction=0.98765,
+            target=Target("agreement")),
+        Row("W4A8 .tflite", "ours", accuracy=0.87, agreement=0.9993, exact_fraction=0.9, target=Target("agreement")),
+    ]
+    text = _render(rows)
+    assert "| 88.01 | -0.04 | 300.0 KB |  | 100.00% / 98.77% | 100% top-1 agreement with the sim | yes |" in text
+    assert _table_row(text, "W4A8 .tflite").endswith("| 99.93% / 90.00% | 100% top-1 agreement with the sim | no |")
