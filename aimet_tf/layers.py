@@ -8,14 +8,29 @@ A vision transformer needs two learned tensors that no built-in Keras layer hold
   ``[N, T, D]`` sequence.
 
 Both are plain ``keras.ops`` code with one weight each, so a quantizer can treat that weight as
-a parameter like a kernel. They are registered for serialization under the package name
-``aimet_tf`` (``"aimet_tf>ClassToken"``, ``"aimet_tf>PositionEmbedding"``): importing this
-module is enough for ``keras.saving.load_model`` to rebuild a model that uses them.
+a parameter like a kernel.
+
+A text encoder with padded batches needs one more, weightless, layer:
+
+* :class:`PaddingAttentionMask` turns a ``[N, T]`` padding mask (1 / True = real token) into
+  the ``[N, T, T]`` boolean ``attention_mask`` that ``keras.layers.MultiHeadAttention`` takes
+  (query ``i`` may attend to key ``j`` iff token ``j`` is real).
+
+and one activation that Keras names no string for:
+
+* :func:`gelu_approximate`, GELU in its tanh form (``keras.activations.gelu(x, approximate=True)``),
+  for ``keras.layers.Activation``.
+
+All four are registered for serialization under the package name ``aimet_tf``
+(``"aimet_tf>ClassToken"``, ...): importing this module is enough for
+``keras.saving.load_model`` to rebuild a model that uses them.
 
 Example:
     >>> tokens = keras.Input((49, 64))
     >>> x = ClassToken(name="cls_token")(tokens)            # [N, 50, 64]
     >>> x = PositionEmbedding(name="pos_embed")(x)          # [N, 50, 64]
+    >>> padding = keras.Input((32,), dtype="int32")
+    >>> mask = PaddingAttentionMask(name="attention_mask")(padding)  # bool [N, 32, 32]
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ from typing import Any
 
 import keras
 
-__all__ = ["ClassToken", "PositionEmbedding"]
+__all__ = ["ClassToken", "PaddingAttentionMask", "PositionEmbedding", "gelu_approximate"]
 
 _PACKAGE = "aimet_tf"
 _DEFAULT_STDDEV = 0.02
@@ -137,3 +152,70 @@ class PositionEmbedding(keras.layers.Layer):
         config = super().get_config()
         config["initializer"] = keras.initializers.serialize(self.initializer)
         return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PaddingAttentionMask(keras.layers.Layer):
+    """Builds a self-attention mask from a padding mask: ``[N, T] -> bool [N, T, T]``.
+
+    ``output[n, i, j] = padding_mask[n, j] != 0``: every query position (real or padding) may
+    attend to the real keys of its sequence and to no padding key. Rows of padding queries are
+    therefore never fully masked; their outputs are computed but read by nothing that the real
+    positions see (the BERT convention). Pass the result as ``attention_mask`` to
+    ``keras.layers.MultiHeadAttention``, which may combine it with its own causal mask.
+
+    The layer has no weights. Its input may be any integer, float or bool dtype (non-zero =
+    real token); its output is always bool.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+    def _check(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        shape = tuple(input_shape)
+        if len(shape) != 2:
+            raise ValueError(
+                f"PaddingAttentionMask '{self.name}' expects a padding mask of shape [N, T]. "
+                f"Received: input shape {shape}."
+            )
+        return shape
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        """Checks the input is ``[N, T]`` (no weights to create).
+
+        Raises:
+            ValueError: If the input is not rank 2.
+        """
+        self._check(input_shape)
+
+    def call(self, inputs: Any) -> Any:
+        """Returns ``broadcast_to(bool(inputs)[:, None, :], [N, T, T])``."""
+        keys = keras.ops.cast(inputs, "bool")
+        shape = keras.ops.shape(inputs)
+        keys = keras.ops.expand_dims(keys, 1)
+        return keras.ops.broadcast_to(keys, (shape[0], shape[1], shape[1]))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        """Returns ``[N, T, T]``.
+
+        Raises:
+            ValueError: If the input is not rank 2.
+        """
+        batch, length = self._check(input_shape)
+        return (batch, length, length)
+
+    def compute_output_spec(self, inputs: Any) -> keras.KerasTensor:
+        """A bool ``[N, T, T]`` tensor (the output dtype does not follow the layer's dtype)."""
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="bool")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+def gelu_approximate(x: Any) -> Any:
+    """GELU in its tanh form: ``0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))``.
+
+    Keras' ``"gelu"`` string is the exact (erf) form; this is ``keras.activations.gelu(x,
+    approximate=True)`` as a named, serializable function. Use it in an
+    ``keras.layers.Activation`` layer rather than as a ``Dense(activation=...)``:
+    ``aimet_tf.graph.prepare`` splits only Keras' own activation names out of a Dense.
+    """
+    return keras.activations.gelu(x, approximate=True)

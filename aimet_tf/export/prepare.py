@@ -617,19 +617,69 @@ def _fixed_output_range(layer: keras.layers.Layer) -> tuple[float, float] | None
     return None
 
 
+def _fix_grid(q: Any, bounds: tuple[float, float] | None) -> bool:
+    if bounds is None or not _active(q) or q.bitwidth != 8 or q.per_channel:
+        return False
+    q.tie_to(None)
+    q.set_encoding(Encoding(np.float32(bounds[0]), np.float32(bounds[1]), 8, False, False))
+    q.frozen = True
+    return True
+
+
 def _fix_output_grids(graph: _SimGraph) -> list[str]:
-    """Sets and freezes the fixed int8 output grids of Softmax / sigmoid / tanh layers."""
+    """Sets and freezes the fixed int8 output grids of Softmax / sigmoid / tanh layers, and of
+    the softmax probabilities inside an attention layer (its internal ``attention_probs``)."""
     fixed = []
     for wrapper in graph.order:
-        bounds = _fixed_output_range(wrapper.layer)
         q = wrapper.output_quantizers[0] if wrapper.output_quantizers else None
-        if bounds is None or not _active(q) or q.bitwidth != 8 or q.per_channel:
-            continue
-        q.tie_to(None)
-        q.set_encoding(Encoding(np.float32(bounds[0]), np.float32(bounds[1]), 8, False, False))
-        q.frozen = True
-        fixed.append(wrapper.name)
+        if _fix_grid(q, _fixed_output_range(wrapper.layer)):
+            fixed.append(wrapper.name)
+        if isinstance(wrapper.layer, _L.MultiHeadAttention):
+            probs = wrapper.internal_quantizers.get("attention_probs")
+            if _fix_grid(probs, _FIXED_OUTPUT_RANGES["softmax"]):
+                fixed.append(f"{wrapper.name}/attention_probs")
     return fixed
+
+
+# An attention layer's projections: (sub-layer, where its input grid comes from: the layer's
+# input slot, or an internal tensor).
+_ATTENTION_PROJECTIONS = (
+    ("_query_dense", 0), ("_key_dense", 1), ("_value_dense", 1), ("_output_dense", "attention_context"),
+)
+
+
+def _link_attention_biases(graph: _SimGraph, wrapper: QuantizationWrapper) -> bool:
+    """Puts the int32 grid s_in * s_w on an attention layer's projection biases.
+
+    TFLite's FULLY_CONNECTED adds its bias as int32 levels of the input step times the weight
+    step; the query projection reads the layer's first input, key and value the second (the
+    first again in self-attention called as ``mha(x, x)``), the output projection the internal
+    context tensor.
+    """
+    params = wrapper.param_quantizers_by_path()
+    linked = False
+    for sub, source in _ATTENTION_PROJECTIONS:
+        weight_q = params.get(f"{sub}.kernel")
+        path = f"{sub}.bias"
+        if not _active(weight_q) or path not in params or get_param_variable(wrapper.layer, path) is None:
+            continue
+        if isinstance(source, str):
+            input_q = wrapper.internal_quantizers.get(source)
+        else:
+            n_inputs = len(graph.sources.get(id(wrapper), []))
+            slot = _grid_slot_of_input(graph, wrapper, min(source, n_inputs - 1))
+            input_q = _slot_get(slot) if slot is not None else None
+        if not _active(input_q):
+            continue
+        bias_q = params[path]
+        if not isinstance(bias_q, BiasQuantizer):
+            bias_q = BiasQuantizer(name=f"{wrapper.name}_{sub.lstrip('_')}_bias_int32")
+            bias_q.build(tuple(get_param_variable(wrapper.layer, path).shape))
+            wrapper.replace_quantizer("param", path, bias_q)
+        bias_q.link(input_q, weight_q)
+        bias_q.snapshot()
+        linked = True
+    return linked
 
 
 def _weight_quantizer(wrapper: QuantizationWrapper) -> tuple[str, Quantizer] | None:
@@ -809,6 +859,10 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
             q.rounding = rounding
     for wrapper in graph.order:
         layer = wrapper.layer
+        if isinstance(layer, _L.MultiHeadAttention):
+            if _link_attention_biases(graph, wrapper):
+                report.bias_quantizers.append(wrapper.name)
+            continue
         if _link_softmax(graph, wrapper, target):
             report.requantizers.append(wrapper.name)
             continue

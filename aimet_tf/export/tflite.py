@@ -61,6 +61,8 @@ _PER_TENSOR_ONLY = (
 _PER_CHANNEL_REWRITTEN = (_L.Dense,)
 _UNFOLDED = (_L.BatchNormalization,)
 _UNSPLIT = (_L.SeparableConv1D, _L.SeparableConv2D)
+# Layers whose internal quantizers sit in a loop over time steps (``quantization/recurrent.py``).
+_RECURRENT = (_L.SimpleRNN, _L.LSTM, _L.GRU)
 # Op names that may legitimately produce float tensors in a full-integer model.
 _BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
@@ -85,7 +87,7 @@ def check_tflite_exportable(sim) -> list[str]:
     """Lists why ``sim`` cannot be exported as an integer TFLite model (empty: it can).
 
     Checked: every enabled quantizer has an encoding; no BatchNormalization is left unfolded and
-    no SeparableConv unsplit; no layer quantizes tensors inside itself (recurrent layers) (``prepare_model_for_tflite`` before building the sim); every
+    no SeparableConv unsplit; no recurrent layer quantizes tensors inside its loop (``prepare_model_for_tflite`` before building the sim); every
     Conv/Dense-like layer has an enabled weight quantizer that is symmetric (TFLite weights have
     zero point 0), 2..8 bits, and per-tensor where TFLite needs it; activations are 8-bit.
 
@@ -115,7 +117,7 @@ def check_tflite_exportable(sim) -> list[str]:
                 "it) cannot be exported as integer."
             )
             continue
-        if wrapper.internal_names:
+        if wrapper.internal_names and isinstance(layer, _RECURRENT):
             problems.append(
                 f"Layer {wrapper.name!r} ({kind}) quantizes tensors inside its own computation "
                 f"({', '.join(wrapper.internal_names[:4])}, ...): for a recurrent layer, in a loop over "

@@ -114,6 +114,7 @@ _OP_TYPE_KEYS = frozenset(
         "per_channel_quantization",
         "params",
         "supported_kernels",
+        "is_decomposed",
     }
 )
 _OP_TYPE_IGNORED = frozenset({"encoding_constraints"})
@@ -211,6 +212,11 @@ class OpRule:
             parameter type the config names in ``params`` or in this op's ``op_type`` entry.
         default_param: The rule for a parameter type the config never names (``defaults.params``
             with this op's per-channel setting); ``None`` only for hand-built rules.
+        decomposed: aimet_tf's ``is_decomposed`` key (not AIMET's): True to simulate a layer of
+            this op type as the ops a target without a kernel for it runs, each intermediate
+            tensor with its own quantizer (a LayerNormalization as MEAN, SUB, MUL, RSQRT...: the
+            tensors are listed in the layer's registry entry, ``LayerSpec.internal``), False to
+            quantize it as one op, None (key absent) for the layer's registered default.
     """
 
     input_quantized: bool
@@ -218,6 +224,7 @@ class OpRule:
     symmetric: bool
     params: Mapping[str, ParamRule]
     default_param: ParamRule | None = None
+    decomposed: bool | None = None
 
     def __post_init__(self) -> None:
         # A read-only view keeps the frozen rule from being changed through its mapping.
@@ -231,6 +238,7 @@ class OpRule:
                 self.symmetric,
                 tuple(sorted(self.params.items())),
                 self.default_param,
+                self.decomposed,
             )
         )
 
@@ -562,6 +570,7 @@ def _resolve(raw: Any, source: str, op_types: frozenset[str] = KNOWN_OP_TYPES) -
             symmetric=_bool(section, "is_symmetric", where, act_symmetric),
             params=rules,
             default_param=fallback,
+            decomposed=_bool(section, "is_decomposed", where, None),
         )
 
     supergroups = _supergroups(top.get("supergroups", []), source, op_types)

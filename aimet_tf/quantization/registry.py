@@ -20,9 +20,16 @@ import keras
 
 from aimet_tf.graph.op_layer import DataMovementOpLayer, OpLayer
 from aimet_tf.graph.prepare import mark_atomic
-from aimet_tf.layers import ClassToken, PositionEmbedding
+from aimet_tf.layers import ClassToken, PaddingAttentionMask, PositionEmbedding
 from aimet_tf.quantization.fused_batch_norm import fused_batch_norm_training
 from aimet_tf.quantization.recurrent import INTERNAL_TENSORS, recurrent_forward
+from aimet_tf.quantization.transformer import (
+    ATTENTION_OP_TYPES,
+    LAYER_NORM_OP_TYPES,
+    attention_forward,
+    dense_forward,
+    layer_norm_forward,
+)
 
 __all__ = ["ParamSpec", "LayerSpec", "register_layer", "get_layer_spec", "registered_classes"]
 
@@ -64,7 +71,15 @@ class LayerSpec:
         internal: names of tensors computed inside the layer that get activation quantizers of
             their own (e.g. an LSTM's gates). A layer with internal tensors needs a ``forward``,
             which is then called with ``quantize=fn`` as well: ``fn(name, tensor)`` applies the
-            wrapper's quantizer of that name (identity for an empty slot).
+            wrapper's quantizer of that name (identity for an empty slot), or ``quantize=None``
+            when the sim does not decompose the layer (the forward then returns None and the
+            layer's own call runs).
+        internal_op_types: internal tensor name -> the ONNX op type that produces it (a
+            MultiHeadAttention's scores: "MatMul", its probabilities: "Softmax"); the config's
+            rule for that op type decides whether the tensor is quantized. A name without an
+            entry follows the layer's own op type.
+        decomposed: whether the layer is simulated op by op (its internal tensors quantized)
+            when the config's op type entry has no ``is_decomposed`` key.
     """
 
     params: Mapping[str, ParamSpec] = dataclasses.field(default_factory=dict)
@@ -72,12 +87,20 @@ class LayerSpec:
     quantize_output: bool = True
     forward: Callable[..., object] | None = None
     internal: tuple[str, ...] = ()
+    internal_op_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    decomposed: bool = True
 
     def __post_init__(self):
         if self.internal and self.forward is None:
             raise ValueError(
                 "Expected a forward for a layer with internal tensors to quantize. Received: "
                 f"internal={self.internal!r}, forward=None"
+            )
+        unknown = sorted(set(self.internal_op_types) - set(self.internal))
+        if unknown:
+            raise ValueError(
+                "Expected internal_op_types keys among the internal tensor names "
+                f"{self.internal!r}. Received: {unknown!r}"
             )
 
 
@@ -92,6 +115,8 @@ def register_layer(
     quantize_output: bool = True,
     forward: Callable[..., object] | None = None,
     internal: tuple[str, ...] = (),
+    internal_op_types: Mapping[str, str] | None = None,
+    decomposed: bool = True,
 ) -> Callable[[type], type] | type:
     """Registers how a Keras layer class is quantized. Usable as a decorator or a call.
 
@@ -104,11 +129,15 @@ def register_layer(
             wrapper runs instead of the layer's call (None result: the layer's call runs).
         internal: names of intermediate tensors with activation quantizers of their own, which
             ``forward(..., quantize=fn)`` passes through ``fn(name, tensor)``.
+        internal_op_types: internal tensor name -> ONNX op type whose config rule governs it.
+        decomposed: whether the internal tensors are quantized when the config does not say
+            (its op type's ``is_decomposed`` key).
 
     Returns:
         The class (decorator form) unchanged.
     """
-    spec = LayerSpec(dict(params or {}), passthrough, quantize_output, forward, tuple(internal))
+    spec = LayerSpec(dict(params or {}), passthrough, quantize_output, forward, tuple(internal),
+                     dict(internal_op_types or {}), decomposed)
 
     def _register(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
@@ -152,8 +181,11 @@ def _kernel_bias(kernel_axes: tuple[int, ...] = (-1,)) -> dict[str, ParamSpec]:
 
 
 L = keras.layers
-for _cls in (L.Conv1D, L.Conv2D, L.Conv3D, L.Dense):
+for _cls in (L.Conv1D, L.Conv2D, L.Conv3D):
     register_layer(_cls, params=_kernel_bias((-1,)))
+# A Dense on a sequence runs as one matrix product on [rows, features] (the same numbers), so the
+# converter fuses its bias into FULLY_CONNECTED (``transformer.dense_forward``).
+register_layer(L.Dense, params=_kernel_bias((-1,)), forward=dense_forward)
 # Transposed conv kernels are [kh, kw, out, in].
 for _cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
     register_layer(_cls, params=_kernel_bias((-2,)))
@@ -171,7 +203,17 @@ for _cls in (L.SeparableConv1D, L.SeparableConv2D):
     )
 register_layer(L.EinsumDense, params=_kernel_bias((-1,)))
 register_layer(L.BatchNormalization, params={}, forward=fused_batch_norm_training)
-register_layer(L.LayerNormalization, params={"gamma": ParamSpec("weight"), "beta": ParamSpec("bias")})
+# Layer normalization: one op for targets with a norm kernel (AIMET's model); decomposed into
+# its statistics' ops where the config says so (``transformer.py``; the tflite preset). Its
+# gamma and beta enter MUL and ADD ops there, which take per-tensor operands.
+register_layer(
+    L.LayerNormalization,
+    params={"gamma": ParamSpec("weight", None), "beta": ParamSpec("bias", None)},
+    forward=layer_norm_forward,
+    internal=tuple(LAYER_NORM_OP_TYPES),
+    internal_op_types=LAYER_NORM_OP_TYPES,
+    decomposed=False,
+)
 register_layer(L.Embedding, params={"embeddings": ParamSpec("weight", (0,))})
 register_layer(L.PReLU, params={"alpha": ParamSpec("weight", (-1,))})
 # Recurrent layers: input and recurrent kernels per output unit (4 gates x units for an LSTM), and
@@ -189,18 +231,31 @@ for _cls, _names in INTERNAL_TENSORS.items():
         forward=recurrent_forward,
         internal=_names,
     )
+# Attention runs op by op (``transformer.py``): Q/K/V projections, scores, scaled scores,
+# softmax probabilities and context each get a quantizer of their op type's rule. The Q/K/V
+# kernels are [D, heads, head_dim] (one output channel per (head, head_dim) pair), the output
+# kernel [heads, head_dim, D].
 register_layer(
     L.MultiHeadAttention,
     params={
-        f"{sub}.{var}": ParamSpec("weight" if var == "kernel" else "bias", (-1,))
-        for sub in ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
-        for var in ("kernel", "bias")
+        **{
+            f"{sub}.{var}": ParamSpec("weight" if var == "kernel" else "bias", (-2, -1))
+            for sub in ("_query_dense", "_key_dense", "_value_dense")
+            for var in ("kernel", "bias")
+        },
+        "_output_dense.kernel": ParamSpec("weight", (-1,)),
+        "_output_dense.bias": ParamSpec("bias", (-1,)),
     },
+    forward=attention_forward,
+    internal=tuple(ATTENTION_OP_TYPES),
+    internal_op_types=ATTENTION_OP_TYPES,
 )
 # A class token is concatenated and a position table added to activations: TFLite's CONCATENATION
 # and ADD take per-tensor operands, so these tables are per-tensor in every config.
 register_layer(ClassToken, params={"token": ParamSpec("weight", None)})
 register_layer(PositionEmbedding, params={"embeddings": ParamSpec("weight", None)})
+# A boolean attention mask built from a padding mask: no float tensor, nothing to quantize.
+register_layer(PaddingAttentionMask, params={})
 for _cls in (
     L.ReLU, L.Activation, L.LeakyReLU, L.ELU, L.Softmax,
     L.Add, L.Subtract, L.Multiply, L.Concatenate, L.Average, L.Maximum, L.Minimum,

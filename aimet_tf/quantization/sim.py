@@ -250,11 +250,15 @@ class QuantizationSimModel:
                 percentile=self.percentile,
                 name=f"{name}_{path.replace('.', '_').lstrip('_')}_quantizer",
             )
-        # Tensors inside the layer (an LSTM's gates) are activations of the layer's op type.
-        internal_quantizers = {
-            t: self._activation_quantizer(f"{name}_{t}", rule) if rule.output_quantized else None
-            for t in spec.internal
-        }
+        # Tensors inside the layer (an LSTM's gates, attention scores) are activations of their
+        # own op type (the layer's when the registry names none), when the layer is decomposed.
+        decomposed = spec.decomposed if rule.decomposed is None else rule.decomposed
+        internal_quantizers: dict[str, Quantizer | None] = {}
+        for t in spec.internal if decomposed else ():
+            op_rule = self.config.op_rule(spec.internal_op_types[t]) if t in spec.internal_op_types else rule
+            internal_quantizers[t] = (
+                self._activation_quantizer(f"{name}_{t}", op_rule) if op_rule.output_quantized else None
+            )
         return QuantizationWrapper(new_layer, input_quantizers, output_quantizers, param_quantizers,
                                    internal_quantizers=internal_quantizers, name=name)
 

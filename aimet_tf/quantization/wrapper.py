@@ -293,7 +293,10 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             if training is None:
                 # Resolved by Keras from the outer call (model.fit passes training=True).
                 training = self._get_call_context().training
-            extra = {"quantize": self._quantize_internal} if spec.internal else {}
+            extra = {}
+            if spec.internal:
+                # No internal slots at all: the sim does not decompose this layer.
+                extra["quantize"] = self._quantize_internal if self.internal_names else None
             outputs = spec.forward(self.layer, args, kwargs, training, **extra)
             if outputs is not None:
                 return outputs

@@ -1,0 +1,290 @@
+"""Quantized forward passes of attention and layer normalization, as an integer target runs them.
+
+An integer target has no "MultiHeadAttention" kernel: it runs the layer as projections, batched
+matrix products and a softmax, and every tensor between those ops sits on an int8 grid. TF's
+TFLite converter writes Keras' ``MultiHeadAttention`` (dropout 0, inference) as
+
+    FULLY_CONNECTED (query, key, value) -> BATCH_MATMUL (scores = K . Q)
+    -> MUL (scores * 1/sqrt(key_dim)) -> SOFTMAX -> BATCH_MATMUL (probs . V)
+    -> FULLY_CONNECTED (output projection)
+
+with TRANSPOSE / RESHAPE (exact data movement) between them; measured on TF 2.21 with TFLite's own
+PTQ. :func:`attention_forward` computes the same ops in that order and passes each intermediate
+tensor through ``quantize(name, tensor)`` (``ATTENTION_TENSORS``), the wrapper's internal quantizer
+of that name. AIMET's Keras ``MultiHeadAttention`` wrapper quantizes the same tensors.
+
+LayerNormalization: targets with a layer-norm kernel (Qualcomm's HTP, what AIMET models) quantize
+only its input, output and parameters. TFLite has none: the converter writes it as MEAN,
+SQUARED_DIFFERENCE, RSQRT, MUL and ADD ops on int8 tensors, so the statistics themselves are
+quantized. A config decomposes it with aimet_tf's ``"is_decomposed": "True"`` on the
+``LayerNormalization`` op type (the ``tflite`` preset does); :func:`layer_norm_forward` then
+computes, for an input ``x`` normalized over the layer's axes:
+
+    mean = MEAN(x)                     centered = x - mean        squared = centered * centered
+    variance = MEAN(squared)           variance_eps = variance + epsilon
+    rstd = RSQRT(variance_eps)         normalized = centered * rstd
+    scaled = normalized * gamma        output = scaled + beta
+
+quantizing each named tensor (``LAYER_NORM_TENSORS``; the output gets the layer's output
+quantizer). The centred form subtracts the mean once, on the int8 input grid, so the variance and
+the normalized values are computed from one quantized tensor rather than from x and the mean
+separately. With ``rms_scaling=True`` the output is ``x * rstd * gamma`` (Keras' definition,
+which keeps the variance about the mean); ``center=False`` / ``scale=False`` drop the ``beta`` /
+``gamma`` steps.
+
+Both forwards are checked against the layers with every quantizer off
+(``tests/quantization/test_transformer.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable
+
+import keras
+from keras import ops
+
+__all__ = [
+    "ATTENTION_TENSORS",
+    "ATTENTION_OP_TYPES",
+    "LAYER_NORM_TENSORS",
+    "LAYER_NORM_OP_TYPES",
+    "attention_forward",
+    "dense_forward",
+    "layer_norm_forward",
+]
+
+Quantize = Callable[[str, Any], Any]
+
+ATTENTION_OP_TYPES: dict[str, str] = {
+    "query": "Gemm",
+    "key": "Gemm",
+    "value": "Gemm",
+    "attention_scores": "MatMul",
+    "scaled_scores": "Mul",
+    "attention_probs": "Softmax",
+    "attention_context": "MatMul",
+}
+"""Internal tensor of a quantized MultiHeadAttention -> the ONNX op type that produces it (the
+config's rule for that op type decides whether the tensor is quantized)."""
+ATTENTION_TENSORS: tuple[str, ...] = tuple(ATTENTION_OP_TYPES)
+
+LAYER_NORM_OP_TYPES: dict[str, str] = {
+    "mean": "ReduceMean",
+    "centered": "Sub",
+    "squared": "Mul",
+    "variance": "ReduceMean",
+    "variance_eps": "Add",
+    "rstd": "Sqrt",  # ONNX writes 1/sqrt as Sqrt and Reciprocal; TFLite has one RSQRT op
+    "normalized": "Mul",
+    "scaled": "Mul",
+}
+"""Internal tensor of a decomposed LayerNormalization -> its ONNX op type."""
+LAYER_NORM_TENSORS: tuple[str, ...] = tuple(LAYER_NORM_OP_TYPES)
+
+
+def _leading_shape(x: Any) -> list[Any]:
+    """The shape of ``x`` without its last axis: static sizes where known, batch as -1."""
+    dims = list(x.shape[:-1])
+    if all(d is not None for d in dims[1:]):
+        return [-1, *dims[1:]]
+    return list(ops.shape(x)[:-1])
+
+
+def _rows_matmul(x: Any, kernel: Any, bias: Any, units: int) -> Any:
+    """``x [..., K] . kernel [K, units] + bias`` as one matrix product on ``[rows, K]``.
+
+    The TFLite converter writes this as RESHAPE -> FULLY_CONNECTED (bias fused) -> RESHAPE; the
+    same product through ``einsum`` / ``tensordot`` leaves the bias as a separate ADD whose input
+    has no quantization grid.
+    """
+    leading = _leading_shape(x)
+    rows = ops.reshape(x, (-1, int(kernel.shape[0])))
+    y = ops.matmul(rows, kernel)
+    if bias is not None:
+        y = ops.add(y, bias)
+    return ops.reshape(y, (*leading, units))
+
+
+def _project(dense: keras.layers.Layer, x: Any, contracted: int) -> Any:
+    """An attention projection (EinsumDense) as a matrix product over its flattened axes.
+
+    ``contracted`` is how many trailing axes of ``x`` the kernel's leading axes contract: 1 for the
+    query / key / value projections (kernel [D, heads, head_dim]), 2 for the output projection
+    (kernel [heads, head_dim, D]).
+    """
+    k_shape = [int(d) for d in dense.kernel.shape]
+    inner = math.prod(k_shape[:contracted])
+    out_shape = k_shape[contracted:]
+    units = math.prod(out_shape)
+    flat_kernel = ops.reshape(dense.kernel, (inner, units))
+    bias = None if dense.bias is None else ops.reshape(dense.bias, (units,))
+    if contracted > 1:
+        x = ops.reshape(x, (*_leading_shape(x)[: 1 - contracted], inner))
+    y = _rows_matmul(x, flat_kernel, bias, units)
+    return ops.reshape(y, (*_leading_shape(y), *out_shape))
+
+
+def _standard_projections(layer: keras.layers.Layer) -> bool:
+    """Whether the layer's projections use the standard self-attention equations on [B, T, D]."""
+    return (
+        getattr(layer._query_dense, "equation", None) == "abc,cde->abde"
+        and getattr(layer._key_dense, "equation", None) == "abc,cde->abde"
+        and getattr(layer._value_dense, "equation", None) == "abc,cde->abde"
+        and getattr(layer._output_dense, "equation", None) == "abcd,cde->abe"
+    )
+
+
+def dense_forward(layer: keras.layers.Layer, args: tuple, kwargs: dict, training: bool) -> Any:
+    """A ``Dense`` on inputs of rank > 2 as one matrix product on ``[rows, features]``.
+
+    The same numbers as the layer's call; the converter then fuses the bias into
+    FULLY_CONNECTED instead of leaving an ADD with no quantization grid. Rank-2 inputs (and
+    calls with a mask or LoRA) run the layer's own call (None).
+    """
+    del training
+    x = args[0] if args else None
+    if x is None or len(x.shape) <= 2 or kwargs.get("mask") is not None or getattr(layer, "lora_enabled", False):
+        return None
+    if getattr(layer, "quantization_mode", None):
+        return None
+    y = _rows_matmul(x, layer.kernel, layer.bias, int(layer.units))
+    if layer.activation is not None:
+        y = layer.activation(y)
+    return y
+
+
+def _bind_attention_call(layer: keras.layers.Layer, args: tuple, kwargs: dict) -> dict[str, Any]:
+    signature = inspect.signature(type(layer).call)
+    bound = signature.bind(layer, *args, **kwargs)
+    bound.apply_defaults()
+    values = dict(bound.arguments)
+    values.pop("self", None)
+    return values
+
+
+def _refuse_unsupported_attention(layer: keras.layers.Layer) -> None:
+    if getattr(layer, "_use_gate", False):
+        raise NotImplementedError(
+            f"Layer {layer.name!r} (MultiHeadAttention) uses a gate (use_gate=True): the quantized "
+            "attention does not model the gated output. Expected use_gate=False."
+        )
+
+
+def attention_forward(
+    layer: keras.layers.Layer, args: tuple, kwargs: dict, training: bool, quantize: Quantize | None = None
+) -> Any:
+    """Runs a ``MultiHeadAttention`` call op by op, quantizing its intermediate tensors.
+
+    Args:
+        layer: the ``keras.layers.MultiHeadAttention`` (its projection variables may be mapped to
+            quantized values by the wrapper's ``StatelessScope``).
+        args: the call's positional arguments ``(query, value[, key, ...])``.
+        kwargs: its keyword arguments (``attention_mask``, ``use_causal_mask``,
+            ``return_attention_scores``, Keras masks...), as ``MultiHeadAttention.call`` takes them.
+        training: whether the call trains (attention dropout applies after the softmax
+            quantizer, as Keras applies it to the probabilities).
+        quantize: ``quantize(name, tensor)`` for the names in ``ATTENTION_TENSORS``; None when
+            the sim does not decompose the layer (the layer's own call then runs).
+
+    Returns:
+        The attention output, and the (quantized) attention probabilities when the call asks
+        for ``return_attention_scores``; None when ``quantize`` is None.
+
+    Raises:
+        NotImplementedError: for a gated attention layer (``use_gate=True``).
+    """
+    if quantize is None:
+        return None
+    _refuse_unsupported_attention(layer)
+    call = _bind_attention_call(layer, args, kwargs)
+    query, value = call["query"], call["value"]
+    key = value if call["key"] is None else call["key"]
+    # Keras masks travel on the tensors (e.g. from Embedding(mask_zero=True)) or as arguments.
+    query_mask = call.get("query_mask")
+    if query_mask is None:
+        query_mask = keras.backend.get_keras_mask(query) if hasattr(keras.backend, "get_keras_mask") else None
+    mask = layer._compute_attention_mask(
+        query,
+        value,
+        query_mask=query_mask,
+        value_mask=call.get("value_mask"),
+        key_mask=call.get("key_mask"),
+        attention_mask=call.get("attention_mask"),
+        use_causal_mask=bool(call.get("use_causal_mask")),
+    )
+    standard = _standard_projections(layer)
+
+    def project(dense, x, contracted):
+        return _project(dense, x, contracted) if standard else dense(x)
+
+    q = quantize("query", project(layer._query_dense, query, 1))
+    k = quantize("key", project(layer._key_dense, key, 1))
+    v = quantize("value", project(layer._value_dense, value, 1))
+    # [B, N, T, S]: the product first, then the 1/sqrt(key_dim) scale (the converter's order).
+    scores = quantize("attention_scores", ops.einsum(layer._dot_product_equation, k, q))
+    scaled = quantize(
+        "scaled_scores", ops.multiply(scores, ops.cast(layer._inverse_sqrt_key_dim, scores.dtype))
+    )
+    probs = quantize("attention_probs", layer._masked_softmax(scaled, mask))
+    kept = probs
+    if layer._dropout > 0.0:
+        kept = layer._dropout_layer(probs, training=training)
+    context = quantize("attention_context", ops.einsum(layer._combine_equation, kept, v))
+    output = project(layer._output_dense, context, 2)
+    if call.get("return_attention_scores"):
+        return output, probs
+    return output
+
+
+def layer_norm_forward(
+    layer: keras.layers.Layer, args: tuple, kwargs: dict, training: bool, quantize: Quantize | None = None
+) -> Any:
+    """Runs a ``LayerNormalization`` as the int8 ops a target without a norm kernel runs.
+
+    Args:
+        layer: the ``keras.layers.LayerNormalization`` (``gamma`` / ``beta`` may be mapped to
+            quantized values by the wrapper).
+        args: ``(inputs,)``.
+        kwargs: unused keyword arguments of the call.
+        training: unused (layer normalization has no training-time behaviour).
+        quantize: ``quantize(name, tensor)`` for the names in ``LAYER_NORM_TENSORS``; None when
+            the config does not decompose the layer (the layer's own call then runs).
+
+    Returns:
+        The normalized tensor (before the wrapper's output quantizer), or None when
+        ``quantize`` is None.
+    """
+    del kwargs, training
+    if quantize is None:
+        return None
+    x = args[0]
+    compute_dtype = "float32"
+    x = ops.cast(x, compute_dtype)
+    axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
+    ndims = len(x.shape)
+    axes = sorted(a % ndims for a in axes)
+
+    def broadcast(v):
+        # gamma / beta hold the normalized axes' shape; outside the last axis they need ones.
+        if axes == [ndims - 1]:
+            return ops.cast(v, compute_dtype)
+        shape = [1] * ndims
+        for a in axes:
+            shape[a] = x.shape[a]
+        return ops.reshape(ops.cast(v, compute_dtype), shape)
+
+    mean = quantize("mean", ops.mean(x, axis=axes, keepdims=True))
+    centered = quantize("centered", ops.subtract(x, mean))
+    squared = quantize("squared", ops.multiply(centered, centered))
+    variance = quantize("variance", ops.mean(squared, axis=axes, keepdims=True))
+    variance_eps = quantize("variance_eps", ops.add(variance, ops.cast(layer.epsilon, compute_dtype)))
+    rstd = quantize("rstd", ops.rsqrt(variance_eps))
+    normalized = quantize("normalized", ops.multiply(x if layer.rms_scaling else centered, rstd))
+    out = normalized
+    if layer.gamma is not None:
+        out = quantize("scaled", ops.multiply(out, broadcast(layer.gamma)))
+    if layer.beta is not None and not layer.rms_scaling:
+        out = ops.add(out, broadcast(layer.beta))
+    return ops.cast(out, layer.compute_dtype)
