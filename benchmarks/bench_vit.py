@@ -349,9 +349,15 @@ def _export_row(label: str, sims: dict, folder: str, x_test: np.ndarray, y_test:
         sim = sims[label]
         path = export_tflite(sim, os.path.join(folder, f"vit_{label.lower().replace(' ', '_')}.tflite"))
         report = verify_tflite(sim, path, x_test, labels=y_test, batch_size=EVAL_BATCH)
+        with open(path, "rb") as f:
+            ops = tflite_ops(f.read())
         return {
             "accuracy": report.accuracy_tflite, "size_bytes": report.file_size_bytes,
             "agreement": report.top1_agreement, "exact_fraction": report.exact_fraction,
+            "note": f"`verify_tflite` on {report.num_samples:,} test images: {report.interpreter}, resolver "
+            f"{report.resolver}, delegate {report.delegate}; max {report.max_step_difference:.0f} output "
+            f"steps apart, {100 * report.within_one_step:.2f}% within one step, SQNR {report.sqnr_db:.1f} dB; "
+            f"ops ({len(ops)}): {_format_counts(op_counts(ops))}",
         }
 
     return attempt(Row(f"{label} .tflite (`export_tflite`)", "ours", target=Target("agreement")), measure)
