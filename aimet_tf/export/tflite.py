@@ -176,9 +176,25 @@ def check_tflite_exportable(sim) -> list[str]:
     return problems
 
 
-def _low_bit_int8_storage(wrapper: QuantizationWrapper, q: Quantizer) -> bool:
+def _has_int8_constants(sim) -> bool:
+    """Whether the sim reads constant operands on int8 grids (attention scale, norm epsilon and
+    beta: ``quantization.transformer.int8_constant``).
+
+    The converter's int4-packing mode (``_experimental_low_bit_qat``) takes every fake-quantized
+    constant for a weight to pack: it leaves those ADD / MUL ops in float, or fails on a
+    transpose (measured, TF 2.21). Such sims store 4-bit weights as int8 holding the 4-bit grid.
+    """
+    return any(
+        isinstance(w.layer, (_L.MultiHeadAttention, _L.LayerNormalization)) and w.internal_names
+        for w in sim.wrappers()
+    )
+
+
+def _low_bit_int8_storage(wrapper: QuantizationWrapper, q: Quantizer, no_packing: bool = False) -> bool:
     if q.bitwidth >= 8:
         return False
+    if no_packing:
+        return True
     packable = isinstance(wrapper.layer, _INT4_PACKABLE) and not isinstance(
         wrapper.layer, _NOT_INT4_PACKABLE
     )
@@ -253,6 +269,9 @@ def _export_view(sim) -> Iterator[tuple[bool, dict[str, _ChannelFilter]]]:
     stand_ins = []
     channel_filters: dict[str, _ChannelFilter] = {}
     pack_int4 = False
+    no_packing = _has_int8_constants(sim)
+    if no_packing:
+        logging.info("export_tflite: attention / decomposed norms: 4-bit weights stored as int8")
     try:
         for r in requantizers:
             r.enabled = False
@@ -266,13 +285,13 @@ def _export_view(sim) -> Iterator[tuple[bool, dict[str, _ChannelFilter]]]:
                 if var is None:
                     continue
                 if q.per_channel and isinstance(wrapper.layer, _PER_CHANNEL_REWRITTEN):
-                    int8_storage = _low_bit_int8_storage(wrapper, q)
+                    int8_storage = _low_bit_int8_storage(wrapper, q, no_packing)
                     pack_int4 = pack_int4 or (q.bitwidth == 4 and not int8_storage)
                     channel_filters[wrapper.name] = _channel_filter(wrapper, path, q, var)
                     wrapper.replace_quantizer("param", path, _per_tensor_stand_in(wrapper, q, var, int8_storage))
                     stand_ins.append((wrapper, path, q))
                     continue
-                if not _low_bit_int8_storage(wrapper, q):
+                if not _low_bit_int8_storage(wrapper, q, no_packing):
                     pack_int4 = pack_int4 or q.bitwidth == 4
                     continue
                 # Same integers, stored as int8: snap the weight onto its low-bit grid, then

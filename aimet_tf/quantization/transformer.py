@@ -43,6 +43,7 @@ import math
 from typing import Any, Callable
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 __all__ = [
@@ -82,6 +83,31 @@ LAYER_NORM_OP_TYPES: dict[str, str] = {
 }
 """Internal tensor of a decomposed LayerNormalization -> its ONNX op type."""
 LAYER_NORM_TENSORS: tuple[str, ...] = tuple(LAYER_NORM_OP_TYPES)
+
+
+def int8_constant(value: Any) -> Any:
+    """A constant operand on a symmetric int8 grid whose top level is its largest magnitude.
+
+    The epsilon of a norm, the 1/sqrt(key_dim) of attention and an unquantized norm beta are
+    constants that int8 ADD / MUL ops read as int8 tensors. Putting them on an explicit grid
+    (step max|c| / 127, zero point 0: a scalar is exact) makes the sim and the converter use the
+    same integers; without it the converter picks a grid of its own, or leaves the op in float
+    when it converts low-bit weights.
+    """
+    c = tf.convert_to_tensor(value, tf.float32)
+    if c.shape.rank == 0:
+        c = tf.reshape(c, (1,))  # a rank-0 fake-quant constant is dropped by the low-bit converter
+    top = tf.maximum(tf.reduce_max(tf.abs(c)), tf.constant(1e-30, tf.float32))
+    return tf.quantization.fake_quant_with_min_max_vars(c, -top, top, num_bits=8, narrow_range=True)
+
+
+def _on_int8_grid(quantize: Any, reader: str, value: Any) -> Any:
+    """``value`` on its int8 grid when the tensor ``reader`` (the int8 op reading it) is
+    quantized; the float value otherwise (a plain ``quantize`` function: always)."""
+    active = getattr(quantize, "active", None)
+    if active is not None and not active(reader):
+        return value
+    return int8_constant(value)
 
 
 def _leading_shape(x: Any) -> list[Any]:
@@ -224,9 +250,8 @@ def attention_forward(
     v = quantize("value", project(layer._value_dense, value, 1))
     # [B, N, T, S]: the product first, then the 1/sqrt(key_dim) scale (the converter's order).
     scores = quantize("attention_scores", ops.einsum(layer._dot_product_equation, k, q))
-    scaled = quantize(
-        "scaled_scores", ops.multiply(scores, ops.cast(layer._inverse_sqrt_key_dim, scores.dtype))
-    )
+    scale = _on_int8_grid(quantize, "scaled_scores", layer._inverse_sqrt_key_dim)
+    scaled = quantize("scaled_scores", ops.multiply(scores, scale))
     probs = quantize("attention_probs", layer._masked_softmax(scaled, mask))
     kept = probs
     if layer._dropout > 0.0:
@@ -279,12 +304,17 @@ def layer_norm_forward(
     centered = quantize("centered", ops.subtract(x, mean))
     squared = quantize("squared", ops.multiply(centered, centered))
     variance = quantize("variance", ops.mean(squared, axis=axes, keepdims=True))
-    variance_eps = quantize("variance_eps", ops.add(variance, ops.cast(layer.epsilon, compute_dtype)))
+    epsilon = _on_int8_grid(quantize, "variance_eps", layer.epsilon)
+    variance_eps = quantize("variance_eps", ops.add(variance, epsilon))
     rstd = quantize("rstd", ops.rsqrt(variance_eps))
     normalized = quantize("normalized", ops.multiply(x if layer.rms_scaling else centered, rstd))
     out = normalized
     if layer.gamma is not None:
         out = quantize("scaled", ops.multiply(out, broadcast(layer.gamma)))
     if layer.beta is not None and not layer.rms_scaling:
-        out = ops.add(out, broadcast(layer.beta))
+        # The ADD reads beta as int8 (``int8_constant``) next to the quantized scaled values,
+        # after beta's parameter quantizer if the config quantizes biases: the converter keeps
+        # the last grid, so sim and file agree.
+        reader = "scaled" if layer.gamma is not None else "normalized"
+        out = ops.add(out, broadcast(_on_int8_grid(quantize, reader, layer.beta)))
     return ops.cast(out, layer.compute_dtype)

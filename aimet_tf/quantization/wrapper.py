@@ -85,6 +85,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         param_quantizers: Mapping[str, Quantizer | None] | None = None,
         requantizer: Requantizer | None = None,
         internal_quantizers: Mapping[str, Quantizer | None] | None = None,
+        call_options: Mapping[str, object] | None = None,
         **kwargs,
     ):
         kwargs.setdefault("name", layer.name)
@@ -103,6 +104,9 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         self.internal_names = list(internal)
         self.internal_quantizer_list = [internal[name] for name in self.internal_names]
         self._finite_watch = None
+        # Non-tensor keyword arguments of the wrapped call (use_causal_mask=True...): kept here,
+        # because Keras refuses a call whose **kwargs mix tensors and plain values.
+        self.call_options = dict(call_options or {})
         if layer.built:
             self._build_quantizers(None)
 
@@ -251,7 +255,15 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
                 out[i] = q(out[i])
         return tuple(out)
 
+    def __call__(self, *args, **kwargs):
+        options = {k: v for k, v in kwargs.items() if k not in _KERAS_CALL_KEYS and _is_option(v)}
+        if options:
+            self.call_options.update(options)
+            kwargs = {k: v for k, v in kwargs.items() if k not in options}
+        return super().__call__(*args, **kwargs)
+
     def call(self, *args, **kwargs):
+        kwargs = {**self.call_options, **kwargs}
         args = self._quantize_inputs(args)
         mapping = []
         for name, q in zip(self.param_names, self.param_quantizer_list):
@@ -296,7 +308,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             extra = {}
             if spec.internal:
                 # No internal slots at all: the sim does not decompose this layer.
-                extra["quantize"] = self._quantize_internal if self.internal_names else None
+                extra["quantize"] = _InternalQuantize(self) if self.internal_names else None
             outputs = spec.forward(self.layer, args, kwargs, training, **extra)
             if outputs is not None:
                 return outputs
@@ -337,6 +349,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             requantizer=_serialize(self.requantizer),
             # A list of pairs: the order of the internal tensors is the forward's.
             internal_quantizers=[[n, _serialize(q)] for n, q in self.internal_quantizers.items()],
+            call_options=dict(self.call_options),
         )
         return config
 
@@ -358,6 +371,30 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
     def __repr__(self) -> str:
         count = len(self.quantizers())
         return f"<QuantizationWrapper {self.name}: {type(self.layer).__name__}, {count} quantizers>"
+
+
+class _InternalQuantize:
+    """``quantize(name, tensor)`` for a registered forward: the wrapper's internal quantizer of
+    that name (identity for an empty slot); ``active(name)`` says whether it quantizes."""
+
+    def __init__(self, wrapper: QuantizationWrapper):
+        self._wrapper = wrapper
+
+    def __call__(self, name: str, tensor):
+        return self._wrapper._quantize_internal(name, tensor)
+
+    def active(self, name: str) -> bool:
+        q = self._wrapper.internal_quantizers.get(name)
+        return q is not None and q.enabled
+
+
+# Keyword arguments Keras itself handles in Layer.__call__.
+_KERAS_CALL_KEYS = frozenset({"training", "mask"})
+
+
+def _is_option(value) -> bool:
+    """A plain value (bool, number, string, None) rather than a tensor or a structure of them."""
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _serialize(q: Quantizer | None):
