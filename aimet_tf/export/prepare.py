@@ -48,6 +48,7 @@ from aimet_tf.ptq.batch_norm_fold import fold_all_batch_norms
 from aimet_tf.graph import ModelGraph, as_functional, replace_with_subgraph
 from aimet_tf.quantization.primitives import Encoding
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer
+from aimet_tf.layers import ClassToken
 from aimet_tf.quantization.registry import get_layer_spec
 from aimet_tf.quantization.resize_bilinear import bilinear_resize_flags, link_bilinear_resize
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
@@ -859,6 +860,20 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
             q.rounding = rounding
     for wrapper in graph.order:
         layer = wrapper.layer
+        if wrapper.internal_names and isinstance(layer, (_L.MultiHeadAttention, _L.LayerNormalization)):
+            # Decomposed layers reproduce the kernels' arithmetic op by op (transformer.py).
+            wrapper.internal_kernels = kernels if isinstance(kernels, str) else "reference"
+            in_slot = _grid_slot_of_input(graph, wrapper, 0)
+            wrapper.input_grids = {0: _slot_get(in_slot)} if in_slot is not None else {}
+        if isinstance(layer, ClassToken):
+            # CONCATENATION takes one grid: the converter writes the token on the output grid
+            # directly, so a separate token grid would round it twice in the simulation.
+            output_q = wrapper.output_quantizers[0] if wrapper.output_quantizers else None
+            token_q = wrapper.param_quantizers_by_path().get("token")
+            if _active(output_q) and _active(token_q):
+                token_q.enabled = False
+                report.fixed_grids.append(f"{wrapper.name}/token")
+            continue
         if isinstance(layer, _L.MultiHeadAttention):
             if _link_attention_biases(graph, wrapper):
                 report.bias_quantizers.append(wrapper.name)

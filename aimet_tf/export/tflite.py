@@ -36,6 +36,7 @@ from absl import logging
 from tensorflow.python.framework import convert_to_constants
 
 from aimet_tf import files
+from aimet_tf.layers import ClassToken
 from aimet_tf.export.prepare import kernel_target_of, prepare_sim_for_tflite, set_undelegated_layers
 from aimet_tf.quantization import primitives
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer
@@ -135,8 +136,8 @@ def check_tflite_exportable(sim) -> list[str]:
             )
             continue
         for path, q in _weight_param(wrapper):
-            if get_param_variable(layer, path) is None:
-                continue
+            if get_param_variable(layer, path) is None or isinstance(layer, ClassToken):
+                continue  # a class token is written on its concatenation's grid (prepare)
             where = f"Layer {wrapper.name!r} ({kind}) weight {path!r}"
             if not isinstance(q, Quantizer) or not q.enabled:
                 problems.append(
@@ -272,7 +273,11 @@ def _export_view(sim) -> Iterator[tuple[bool, dict[str, _ChannelFilter]]]:
     no_packing = _has_int8_constants(sim)
     if no_packing:
         logging.info("export_tflite: attention / decomposed norms: 4-bit weights stored as int8")
+    # Decomposed layers' kernel arithmetic is simulation only too (the file's kernels do it).
+    internal_kernels = [(w, w.internal_kernels) for w in sim.wrappers() if w.internal_kernels is not None]
     try:
+        for w, _ in internal_kernels:
+            w.internal_kernels = None
         for r in requantizers:
             r.enabled = False
         for q in rounded:
@@ -312,6 +317,8 @@ def _export_view(sim) -> Iterator[tuple[bool, dict[str, _ChannelFilter]]]:
             q.set_encoding(encoding)
         for r, state in zip(requantizers, states):
             r.enabled = state
+        for w, kernels in internal_kernels:
+            w.internal_kernels = kernels
         for q, rounding in zip(rounded, roundings):
             q.rounding = rounding
 

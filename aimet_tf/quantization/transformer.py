@@ -38,13 +38,17 @@ Both forwards are checked against the layers with every quantizer off
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any, Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
+
+from aimet_tf.quantization import primitives
 
 __all__ = [
     "ATTENTION_TENSORS",
@@ -162,6 +166,147 @@ def _standard_projections(layer: keras.layers.Layer) -> bool:
     )
 
 
+def _scale_of(quantize: Any, name: str) -> Any:
+    """``quantize.scale(name)`` where the wrapper provides it, else None (float-then-round)."""
+    scale = getattr(quantize, "scale", None)
+    return scale(name) if scale is not None else None
+
+
+def _round_ste(x: Any) -> Any:
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
+def _matmul(quantize: Any, name: str, equation: str, a: Any, a_name: str, b: Any, b_name: str) -> Any:
+    """A product of two quantized tensors (BATCH_MATMUL), quantized as ``name``.
+
+    Once the sim is prepared for LiteRT's kernels (``quantize.kernels``), the output level is
+    computed as BATCH_MATMUL computes it (the same in the reference and the optimized kernels,
+    measured on ai-edge-litert 2.3, ``benchmarks/transformer_op_gap.py``): the int32 sum of the
+    zero-point-free operand levels, times M = s_a * s_b / s_out in TFLite's fixed point
+    (``primitives.requantize_fixed_point``, ties away from zero). Float-then-round differs from
+    it in about 0.26% of the elements. Gradient: that of the float product.
+    """
+    raw = ops.einsum(equation, a, b)
+    if getattr(quantize, "kernels", None) is None:
+        return quantize(name, raw)
+    s_a, s_b, s_out = (quantize.scale(n) for n in (a_name, b_name, name))
+    if s_a is None or s_b is None or s_out is None:
+        return quantize(name, raw)
+    acc = tf.einsum(equation, _round_ste(a / s_a), _round_ste(b / s_b))
+    f64 = tf.float64
+    multiplier = tf.cast(s_a, f64) * tf.cast(s_b, f64) / tf.cast(s_out, f64)
+    level = primitives.requantize_fixed_point(acc, multiplier, ties_away=True)
+    return quantize(name, raw + tf.stop_gradient(level * s_out - raw))
+
+
+# Kernels whose int8 MEAN and MUL requantize in TFLite's fixed point (measured bit-exact with
+# ``aimet_tf.kernels.requantize``); XNNPACK's (the default resolver's) match float-then-round.
+_FIXED_POINT_KERNELS = ("reference", "builtin")
+
+
+def _fixed_point_levels(kind: str, count: int, *args) -> np.ndarray:
+    from aimet_tf.kernels import reference as kernel_reference
+    from aimet_tf.kernels import requantize as kernel_requantize
+
+    if kind == "softmax":
+        q, s_x = args
+        params = kernel_requantize.softmax_parameters(float(s_x), 1.0)
+        # The kernel only sees differences to the row maximum.
+        row = np.asarray(q, np.int64) - np.asarray(q, np.int64).max(axis=-1, keepdims=True) + 127
+        out = kernel_reference.softmax(row.astype(np.int8), **params).astype(np.int64) + 128
+        return out.astype(np.float32)
+    if kind == "mul":
+        q_1, q_2, s_1, s_2, s_y = args
+        levels = kernel_requantize.mul_levels(q_1, q_2, float(s_1), float(s_2), float(s_y))
+    else:
+        total, s_x, s_y = args
+        levels = kernel_requantize.mean_levels(total, count, float(s_x), float(s_y))
+    return np.asarray(levels, np.float32)
+
+
+def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[tuple[Any, Any]],
+                 axes: list[int] | None = None) -> Any:
+    """``raw`` (a MUL of two quantized operands, or a MEAN of one) quantized as ``name``, with
+    the output level computed as TFLite's fixed-point kernels do once the sim is prepared for the
+    reference or builtin kernels. ``operands`` are (tensor, grid step or None) pairs."""
+    kernels = getattr(quantize, "kernels", None)
+    s_out = quantize.scale(name) if kernels in _FIXED_POINT_KERNELS else None
+    if s_out is None or any(step is None for _, step in operands):
+        return quantize(name, raw)
+    levels = [_round_ste(t / step) for t, step in operands]
+    steps = [tf.cast(tf.reshape(step, ()), tf.float32) for _, step in operands]
+    s_out = tf.cast(tf.reshape(s_out, ()), tf.float32)
+    if kind == "mul":
+        args, count = [levels[0], levels[1], steps[0], steps[1], s_out], 1
+    elif kind == "softmax":
+        args, count = [levels[0], steps[0]], 1
+    else:
+        count = math.prod(int(operands[0][0].shape[a]) for a in axes)
+        args = [tf.reduce_sum(levels[0], axis=axes, keepdims=True), steps[0], s_out]
+    out = tf.numpy_function(lambda *v: _fixed_point_levels(kind, count, *v), args, tf.float32,
+                            stateful=False, name=f"{kind}_fixed_point")
+    out = tf.ensure_shape(out, raw.shape)
+    return quantize(name, raw + tf.stop_gradient(out * s_out - raw))
+
+
+def _rsqrt(quantize: Any, x: Any) -> Any:
+    """RSQRT quantized as ``rstd``. TFLite's reference kernel dequantizes the input level in
+    float32 (s_in * level), computes 1 / sqrt of it and divides by the output step (measured
+    bit-exact; ``rsqrt`` of the fake-quantized value can differ in the last bits)."""
+    raw = ops.rsqrt(x)
+    kernels = getattr(quantize, "kernels", None)
+    s_out = quantize.scale("rstd") if kernels in _FIXED_POINT_KERNELS else None
+    s_in = quantize.scale("variance_eps") if s_out is not None else None
+    if s_out is None or s_in is None:
+        return quantize("rstd", raw)
+    s_in = tf.reshape(s_in, ())
+    x_exact = s_in * tf.round(x / s_in)  # the kernel's float32 dequantization of the input level
+    exact = tf.constant(1.0, tf.float32) / tf.sqrt(x_exact)
+    level = primitives.round_half_away_from_zero(exact / tf.reshape(s_out, ()))
+    return quantize("rstd", raw + tf.stop_gradient(level * tf.reshape(s_out, ()) - raw))
+
+
+def _constant_step(quantize: Any, reader: str, value: float) -> Any:
+    """The grid step of a scalar ``int8_constant`` (its value is level 127), or None."""
+    active = getattr(quantize, "active", None)
+    if active is not None and not active(reader):
+        return None
+    return tf.constant(abs(float(value)) / 127.0, tf.float32)
+
+
+# Keras' fill for masked attention scores before the softmax (keras.layers.Softmax).
+_MASKED_SCORE = -1e9
+
+
+def _score_mask(layer: keras.layers.Layer, scores: Any, mask: Any) -> Any:
+    """The boolean mask broadcastable to the scores ``[B, heads, T, S]``, or None."""
+    if mask is None:
+        return None
+    mask = ops.cast(mask, "bool")
+    axis = -len(layer._attention_axes) * 2 - 1
+    for _ in range(len(scores.shape) - len(mask.shape)):
+        mask = ops.expand_dims(mask, axis=axis)
+    return mask
+
+
+def _masked_scores(scores: Any, mask: Any, quantize: Any) -> Any:
+    """The softmax input: masked keys replaced by the lowest level of the scores' grid.
+
+    An int8 target selects (SELECT_V2) between the quantized scores and a constant on their grid,
+    so a masked key keeps the weight exp(lowest - max) rather than exactly 0: the simulation
+    computes the same, and ``attention_forward`` then zeroes the masked probabilities (a second
+    SELECT_V2, on the probabilities' grid) so that masked keys contribute nothing. While the
+    scores are not quantized (calibration, quantizers off) the fill is Keras' -1e9.
+    """
+    if mask is None:
+        return scores
+    fill = tf.constant([_MASKED_SCORE], tf.float32)  # past any scores grid: clamps to its lowest level
+    on_grid = getattr(quantize, "on_grid", None)
+    if on_grid is not None:
+        fill = on_grid("scaled_scores", fill)
+    return ops.where(mask, scores, fill)
+
+
 def dense_forward(layer: keras.layers.Layer, args: tuple, kwargs: dict, training: bool) -> Any:
     """A ``Dense`` on inputs of rank > 2 as one matrix product on ``[rows, features]``.
 
@@ -249,14 +394,23 @@ def attention_forward(
     k = quantize("key", project(layer._key_dense, key, 1))
     v = quantize("value", project(layer._value_dense, value, 1))
     # [B, N, T, S]: the product first, then the 1/sqrt(key_dim) scale (the converter's order).
-    scores = quantize("attention_scores", ops.einsum(layer._dot_product_equation, k, q))
+    scores = _matmul(quantize, "attention_scores", layer._dot_product_equation, k, "key", q, "query")
     scale = _on_int8_grid(quantize, "scaled_scores", layer._inverse_sqrt_key_dim)
-    scaled = quantize("scaled_scores", ops.multiply(scores, scale))
-    probs = quantize("attention_probs", layer._masked_softmax(scaled, mask))
+    scaled = _requantized(
+        quantize, "scaled_scores", ops.multiply(scores, scale), "mul",
+        [(scores, _scale_of(quantize, "attention_scores")),
+         (scale, _constant_step(quantize, "scaled_scores", layer._inverse_sqrt_key_dim))],
+    )
+    score_mask = _score_mask(layer, scaled, mask)
+    masked = _masked_scores(scaled, score_mask, quantize)
+    probs = _requantized(quantize, "attention_probs", layer._softmax(masked), "softmax",
+                         [(masked, _scale_of(quantize, "scaled_scores"))])
+    if score_mask is not None:
+        probs = ops.where(score_mask, probs, tf.zeros((1,), probs.dtype))
     kept = probs
     if layer._dropout > 0.0:
         kept = layer._dropout_layer(probs, training=training)
-    context = quantize("attention_context", ops.einsum(layer._combine_equation, kept, v))
+    context = _matmul(quantize, "attention_context", layer._combine_equation, kept, "attention_probs", v, "value")
     output = project(layer._output_dense, context, 2)
     if call.get("return_attention_scores"):
         return output, probs
@@ -300,17 +454,25 @@ def layer_norm_forward(
             shape[a] = x.shape[a]
         return ops.reshape(ops.cast(v, compute_dtype), shape)
 
-    mean = quantize("mean", ops.mean(x, axis=axes, keepdims=True))
+    scale = functools.partial(_scale_of, quantize)
+    mean = _requantized(quantize, "mean", ops.mean(x, axis=axes, keepdims=True), "mean",
+                        [(x, scale("input:0"))], axes)
     centered = quantize("centered", ops.subtract(x, mean))
-    squared = quantize("squared", ops.multiply(centered, centered))
-    variance = quantize("variance", ops.mean(squared, axis=axes, keepdims=True))
+    squared = _requantized(quantize, "squared", ops.multiply(centered, centered), "mul",
+                           [(centered, scale("centered"))] * 2)
+    variance = _requantized(quantize, "variance", ops.mean(squared, axis=axes, keepdims=True), "mean",
+                            [(squared, scale("squared"))], axes)
     epsilon = _on_int8_grid(quantize, "variance_eps", layer.epsilon)
     variance_eps = quantize("variance_eps", ops.add(variance, epsilon))
-    rstd = quantize("rstd", ops.rsqrt(variance_eps))
-    normalized = quantize("normalized", ops.multiply(x if layer.rms_scaling else centered, rstd))
+    rstd = _rsqrt(quantize, variance_eps)
+    source, source_name = (x, "input:0") if layer.rms_scaling else (centered, "centered")
+    normalized = _requantized(quantize, "normalized", ops.multiply(source, rstd), "mul",
+                              [(source, scale(source_name)), (rstd, scale("rstd"))])
     out = normalized
     if layer.gamma is not None:
-        out = quantize("scaled", ops.multiply(out, broadcast(layer.gamma)))
+        gamma = broadcast(layer.gamma)
+        out = _requantized(quantize, "scaled", ops.multiply(out, gamma), "mul",
+                           [(out, scale("normalized")), (gamma, scale("param:gamma"))])
     if layer.beta is not None and not layer.rms_scaling:
         # The ADD reads beta as int8 (``int8_constant``) next to the quantized scaled values,
         # after beta's parameter quantizer if the config quantizes biases: the converter keeps

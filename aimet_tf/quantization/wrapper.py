@@ -86,6 +86,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         requantizer: Requantizer | None = None,
         internal_quantizers: Mapping[str, Quantizer | None] | None = None,
         call_options: Mapping[str, object] | None = None,
+        internal_kernels: str | None = None,
         **kwargs,
     ):
         kwargs.setdefault("name", layer.name)
@@ -107,6 +108,11 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         # Non-tensor keyword arguments of the wrapped call (use_causal_mask=True...): kept here,
         # because Keras refuses a call whose **kwargs mix tensors and plain values.
         self.call_options = dict(call_options or {})
+        # Kernels whose arithmetic a decomposed layer's forward reproduces (None: float, then
+        # rounding onto each grid); ``prepare_sim_for_tflite`` sets it.
+        self.internal_kernels: str | None = internal_kernels
+        # Input index -> the quantizer that defines that input's grid (set with internal_kernels).
+        self.input_grids: dict[int, Quantizer] = {}
         if layer.built:
             self._build_quantizers(None)
 
@@ -350,6 +356,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             # A list of pairs: the order of the internal tensors is the forward's.
             internal_quantizers=[[n, _serialize(q)] for n, q in self.internal_quantizers.items()],
             call_options=dict(self.call_options),
+            internal_kernels=self.internal_kernels,
         )
         return config
 
@@ -386,6 +393,31 @@ class _InternalQuantize:
     def active(self, name: str) -> bool:
         q = self._wrapper.internal_quantizers.get(name)
         return q is not None and q.enabled
+
+    @property
+    def kernels(self) -> str | None:
+        """The LiteRT kernels whose integer arithmetic the forward reproduces (set by
+        ``prepare_sim_for_tflite``), or None for float-then-round."""
+        return self._wrapper.internal_kernels
+
+    def scale(self, name: str):
+        """The grid step of a tensor while its quantizer quantizes, else None: an internal tensor
+        by name, ``"input:<i>"`` for the grid of the layer's i-th input (recorded by
+        ``prepare_sim_for_tflite``), ``"param:<path>"`` for a parameter."""
+        w = self._wrapper
+        if name.startswith("input:"):
+            q = w.input_grids.get(int(name[len("input:"):]))
+        elif name.startswith("param:"):
+            q = w.param_quantizers_by_path().get(name[len("param:"):])
+        else:
+            q = w.internal_quantizers.get(name)
+        return q.scale_tensor() if isinstance(q, Quantizer) and q.is_active else None
+
+    def on_grid(self, name: str, value):
+        """``value`` on the grid of the internal tensor ``name`` (unchanged while that quantizer
+        does not quantize; never observed by calibration)."""
+        q = self._wrapper.internal_quantizers.get(name)
+        return value if q is None else q.quantize_only(value)
 
 
 # Keyword arguments Keras itself handles in Layer.__call__.
