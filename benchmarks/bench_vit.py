@@ -377,8 +377,9 @@ def _peer_rows(model, x_cal, x_test, y_test) -> tuple[list[Row], list[str]]:
         floating = float_ops(details["int8"])
         return {
             "accuracy": accuracy, "size_bytes": len(content),
-            "note": f"run with LiteRT's default kernels (XNNPACK); conversion {convert_seconds:.0f} s; ops with float32 outputs (other than "
-            f"QUANTIZE/DEQUANTIZE): {_format_counts(floating)}",
+            "note": "run with LiteRT's default resolver (AUTO: builtin kernels + the XNNPACK delegate); "
+            f"conversion {convert_seconds:.0f} s; ops with float32 outputs (other than QUANTIZE/DEQUANTIZE): "
+            f"{_format_counts(floating)}",
         }
 
     def int16():

@@ -83,7 +83,9 @@ def test_targets_against_fp32_finetune_and_agreement():
     assert target_met(Row("n", "ours", accuracy=0.1), 0.8805, None) is None
     with pytest.raises(ValueError, match="Target.kind"):
         Target("fp16")
-    text = _render([Row("FP32 Keras", "reference", accuracy=0.88), Row("Float fine-tune, 1 epoch", "peer", accuracy=0.89), qat])
+    text = _render(
+        [Row("FP32 Keras", "reference", accuracy=0.88), Row("Float fine-tune, 1 epoch", "peer", accuracy=0.89), qat]
+    )
     assert "within 0.5 of the float fine-tune (-1.00) | no |" in _table_row(text, "q")
 
 
