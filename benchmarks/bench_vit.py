@@ -354,7 +354,8 @@ def _export_row(label: str, sims: dict, folder: str, x_test: np.ndarray, y_test:
         return {
             "accuracy": report.accuracy_tflite, "size_bytes": report.file_size_bytes,
             "agreement": report.top1_agreement, "exact_fraction": report.exact_fraction,
-            "note": f"`verify_tflite` on {report.num_samples:,} test images: {report.interpreter}, resolver "
+            "note": f"`verify_tflite` on {report.num_samples:,} test images: the sim as the export prepared it "
+            f"scores {100 * report.accuracy_sim:.2f}%; {report.interpreter}, resolver "
             f"{report.resolver}, delegate {report.delegate}; max {report.max_step_difference:.0f} output "
             f"steps apart, {100 * report.within_one_step:.2f}% within one step, SQNR {report.sqnr_db:.1f} dB; "
             f"ops ({len(ops)}): {_format_counts(op_counts(ops))}",
