@@ -37,6 +37,7 @@ from tensorflow.python.framework import convert_to_constants
 
 from aimet_tf import files
 from aimet_tf.layers import ClassToken
+from aimet_tf.export.prepare import has_int8_constants as _has_int8_constants
 from aimet_tf.export.prepare import kernel_target_of, prepare_sim_for_tflite, set_undelegated_layers
 from aimet_tf.quantization import primitives
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer
@@ -175,20 +176,6 @@ def check_tflite_exportable(sim) -> list[str]:
                 "needs 8-bit activations. Expected default_output_bw=8."
             )
     return problems
-
-
-def _has_int8_constants(sim) -> bool:
-    """Whether the sim reads constant operands on int8 grids (attention scale, norm epsilon and
-    beta: ``quantization.transformer.int8_constant``).
-
-    The converter's int4-packing mode (``_experimental_low_bit_qat``) takes every fake-quantized
-    constant for a weight to pack: it leaves those ADD / MUL ops in float, or fails on a
-    transpose (measured, TF 2.21). Such sims store 4-bit weights as int8 holding the 4-bit grid.
-    """
-    return any(
-        isinstance(w.layer, (_L.MultiHeadAttention, _L.LayerNormalization)) and w.internal_names
-        for w in sim.wrappers()
-    )
 
 
 def _low_bit_int8_storage(wrapper: QuantizationWrapper, q: Quantizer, no_packing: bool = False) -> bool:

@@ -58,6 +58,9 @@ __all__ = [
     "attention_forward",
     "dense_forward",
     "layer_norm_forward",
+    "RMS_NORM_OP_TYPES",
+    "RMS_NORM_TENSORS",
+    "rms_norm_forward",
 ]
 
 Quantize = Callable[[str, Any], Any]
@@ -87,6 +90,17 @@ LAYER_NORM_OP_TYPES: dict[str, str] = {
 }
 """Internal tensor of a decomposed LayerNormalization -> its ONNX op type."""
 LAYER_NORM_TENSORS: tuple[str, ...] = tuple(LAYER_NORM_OP_TYPES)
+
+RMS_NORM_OP_TYPES: dict[str, str] = {
+    "squared": "Mul",
+    "mean_square": "ReduceMean",
+    "mean_square_eps": "Add",
+    "rstd": "Sqrt",
+    "normalized": "Mul",
+}
+"""Internal tensor of a decomposed RMSNormalization -> its ONNX op type (the output, x * rstd *
+scale, gets the layer's output quantizer)."""
+RMS_NORM_TENSORS: tuple[str, ...] = tuple(RMS_NORM_OP_TYPES)
 
 
 def int8_constant(value: Any) -> Any:
@@ -218,6 +232,13 @@ def _fixed_point_levels(kind: str, count: int, *args) -> np.ndarray:
     if kind == "mul":
         q_1, q_2, s_1, s_2, s_y = args
         levels = kernel_requantize.mul_levels(q_1, q_2, float(s_1), float(s_2), float(s_y))
+    elif kind == "add":
+        q_1, q_2, s_1, s_2, s_y = args
+        levels = kernel_requantize.add_levels(q_1, q_2, float(s_1), float(s_2), float(s_y))
+    elif kind == "sub":
+        # TFLite's SUB is its ADD with the second operand's multiplier negated.
+        q_1, q_2, s_1, s_2, s_y = args
+        levels = kernel_requantize.add_levels(q_1, -np.asarray(q_2), float(s_1), float(s_2), float(s_y))
     else:
         total, s_x, s_y = args
         levels = kernel_requantize.mean_levels(total, count, float(s_x), float(s_y))
@@ -225,18 +246,36 @@ def _fixed_point_levels(kind: str, count: int, *args) -> np.ndarray:
 
 
 def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[tuple[Any, Any]],
-                 axes: list[int] | None = None) -> Any:
-    """``raw`` (a MUL of two quantized operands, or a MEAN of one) quantized as ``name``, with
-    the output level computed as TFLite's fixed-point kernels do once the sim is prepared for the
-    reference or builtin kernels. ``operands`` are (tensor, grid step or None) pairs."""
+                 axes: list[int] | None = None, operand_names: list[str] | None = None) -> Any:
+    """``raw`` (a MUL or SUB of two quantized operands, a MEAN or SOFTMAX of one) quantized as
+    ``name``, with the output level computed as the kernels do once the sim is prepared for them:
+    TFLite's fixed point for the reference and builtin kernels, XNNPACK's ADD multipliers for a
+    SUB under the default resolver (its MUL and MEAN match float-then-round, measured).
+    ``operands`` are (tensor, grid step or None) pairs."""
     kernels = getattr(quantize, "kernels", None)
-    s_out = quantize.scale(name) if kernels in _FIXED_POINT_KERNELS else None
+    modelled = kernels in _FIXED_POINT_KERNELS or (kernels == "default" and kind in ("add", "sub", "mean"))
+    s_out = quantize.scale(name) if modelled else None
     if s_out is None or any(step is None for _, step in operands):
         return quantize(name, raw)
     levels = [_round_ste(t / step) for t, step in operands]
     steps = [tf.cast(tf.reshape(step, ()), tf.float32) for _, step in operands]
     s_out = tf.cast(tf.reshape(s_out, ()), tf.float32)
-    if kind == "mul":
+    if kernels == "default" and kind in ("add", "sub"):
+        # XNNPACK's ADD: ~21-bit integer multipliers (a SUB negates the second operand).
+        second = levels[1] if kind == "add" else -levels[1]
+        out = primitives.requantize_add([levels[0], second], steps, s_out)
+        return quantize(name, raw + tf.stop_gradient(out * s_out - raw))
+    if kernels == "default":
+        # XNNPACK's MEAN: float32 multiplier on the int8 level sum (``primitives.requantize_mean``).
+        minima = [quantize.minimum(n) for n in (operand_names or [None]) + [name]] if operand_names else None
+        count = math.prod(int(operands[0][0].shape[a]) for a in axes)
+        if not minima or any(m is None for m in minima):
+            return quantize(name, raw)
+        total = tf.reduce_sum(levels[0], axis=axes, keepdims=True)
+        out = primitives.requantize_mean(total, float(count), steps[0], s_out,
+                                         tf.reshape(minima[0], ()), tf.reshape(minima[1], ()))
+        return quantize(name, raw + tf.stop_gradient(out * s_out - raw))
+    if kind in ("mul", "add", "sub"):
         args, count = [levels[0], levels[1], steps[0], steps[1], s_out], 1
     elif kind == "softmax":
         args, count = [levels[0], steps[0]], 1
@@ -249,14 +288,14 @@ def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[t
     return quantize(name, raw + tf.stop_gradient(out * s_out - raw))
 
 
-def _rsqrt(quantize: Any, x: Any) -> Any:
+def _rsqrt(quantize: Any, x: Any, input_name: str = "variance_eps") -> Any:
     """RSQRT quantized as ``rstd``. TFLite's reference kernel dequantizes the input level in
     float32 (s_in * level), computes 1 / sqrt of it and divides by the output step (measured
     bit-exact; ``rsqrt`` of the fake-quantized value can differ in the last bits)."""
     raw = ops.rsqrt(x)
     kernels = getattr(quantize, "kernels", None)
     s_out = quantize.scale("rstd") if kernels in _FIXED_POINT_KERNELS else None
-    s_in = quantize.scale("variance_eps") if s_out is not None else None
+    s_in = quantize.scale(input_name) if s_out is not None else None
     if s_out is None or s_in is None:
         return quantize("rstd", raw)
     s_in = tf.reshape(s_in, ())
@@ -264,6 +303,30 @@ def _rsqrt(quantize: Any, x: Any) -> Any:
     exact = tf.constant(1.0, tf.float32) / tf.sqrt(x_exact)
     level = primitives.round_half_away_from_zero(exact / tf.reshape(s_out, ()))
     return quantize("rstd", raw + tf.stop_gradient(level * tf.reshape(s_out, ()) - raw))
+
+
+def _fully_connected(quantize: Any, name: str, y: Any, input_name: str, weight_name: str) -> Any:
+    """A projection's output (float, from quantized input, weight and int32-grid bias) quantized as
+    ``name``, its level computed as FULLY_CONNECTED does once the sim is prepared: XNNPACK's
+    float32 requantization (default), or LiteRT's reference / builtin arithmetic."""
+    kernels = getattr(quantize, "kernels", None)
+    steps = [_scale_of(quantize, n) for n in (input_name, weight_name, name)] if kernels else [None]
+    if any(step is None for step in steps):
+        return quantize(name, y)
+    s_in, s_w, s_out = (tf.cast(tf.reshape(step, (-1,)), tf.float32) for step in steps)
+    s_in, s_out = tf.reshape(s_in, ()), tf.reshape(s_out, ())
+    acc = _round_ste(y / (s_in * s_w))
+    if kernels == "default":
+        level = primitives.requantize_float(acc, (s_in * s_w) / s_out)
+    else:
+        from aimet_tf.kernels import requantize as kernel_requantize
+
+        level = tf.numpy_function(
+            lambda a, x, w, o: np.asarray(kernel_requantize.fully_connected_levels(
+                a, float(x), w, float(o), "fixed_point_dsp" if kernels == "builtin" else None), np.float32),
+            [acc, s_in, s_w, s_out], tf.float32, stateful=False, name="fully_connected_levels")
+        level = tf.ensure_shape(level, y.shape)
+    return quantize(name, y + tf.stop_gradient(level * s_out - y))
 
 
 def _constant_step(quantize: Any, reader: str, value: float) -> Any:
@@ -387,12 +450,17 @@ def attention_forward(
     )
     standard = _standard_projections(layer)
 
-    def project(dense, x, contracted):
-        return _project(dense, x, contracted) if standard else dense(x)
+    def project(dense, x, contracted, name, input_name):
+        if not standard:
+            return quantize(name, dense(x))
+        y = _project(dense, x, contracted)
+        return _fully_connected(quantize, name, y, input_name, f"param:{dense_paths[id(dense)]}.kernel")
 
-    q = quantize("query", project(layer._query_dense, query, 1))
-    k = quantize("key", project(layer._key_dense, key, 1))
-    v = quantize("value", project(layer._value_dense, value, 1))
+    dense_paths = {id(layer._query_dense): "_query_dense", id(layer._key_dense): "_key_dense",
+                   id(layer._value_dense): "_value_dense", id(layer._output_dense): "_output_dense"}
+    q = project(layer._query_dense, query, 1, "query", "input:0")
+    k = project(layer._key_dense, key, 1, "key", "input:1")
+    v = project(layer._value_dense, value, 1, "value", "input:1")
     # [B, N, T, S]: the product first, then the 1/sqrt(key_dim) scale (the converter's order).
     scores = _matmul(quantize, "attention_scores", layer._dot_product_equation, k, "key", q, "query")
     scale = _on_int8_grid(quantize, "scaled_scores", layer._inverse_sqrt_key_dim)
@@ -411,7 +479,7 @@ def attention_forward(
     if layer._dropout > 0.0:
         kept = layer._dropout_layer(probs, training=training)
     context = _matmul(quantize, "attention_context", layer._combine_equation, kept, "attention_probs", v, "value")
-    output = project(layer._output_dense, context, 2)
+    output = project(layer._output_dense, context, 2, "output:0", "attention_context")
     if call.get("return_attention_scores"):
         return output, probs
     return output
@@ -456,12 +524,13 @@ def layer_norm_forward(
 
     scale = functools.partial(_scale_of, quantize)
     mean = _requantized(quantize, "mean", ops.mean(x, axis=axes, keepdims=True), "mean",
-                        [(x, scale("input:0"))], axes)
-    centered = quantize("centered", ops.subtract(x, mean))
+                        [(x, scale("input:0"))], axes, ["input:0"])
+    centered = _requantized(quantize, "centered", ops.subtract(x, mean), "sub",
+                            [(x, scale("input:0")), (mean, scale("mean"))])
     squared = _requantized(quantize, "squared", ops.multiply(centered, centered), "mul",
                            [(centered, scale("centered"))] * 2)
     variance = _requantized(quantize, "variance", ops.mean(squared, axis=axes, keepdims=True), "mean",
-                            [(squared, scale("squared"))], axes)
+                            [(squared, scale("squared"))], axes, ["squared"])
     epsilon = _on_int8_grid(quantize, "variance_eps", layer.epsilon)
     variance_eps = quantize("variance_eps", ops.add(variance, epsilon))
     rstd = _rsqrt(quantize, variance_eps)
@@ -478,5 +547,45 @@ def layer_norm_forward(
         # after beta's parameter quantizer if the config quantizes biases: the converter keeps
         # the last grid, so sim and file agree.
         reader = "scaled" if layer.gamma is not None else "normalized"
-        out = ops.add(out, broadcast(_on_int8_grid(quantize, reader, layer.beta)))
+        beta = broadcast(_on_int8_grid(quantize, reader, layer.beta))
+        beta_step = None
+        if getattr(quantize, "active", lambda n: True)(reader):
+            beta_step = tf.maximum(tf.reduce_max(tf.abs(tf.cast(layer.beta, tf.float32))), 1e-30) / 127.0
+        out = _requantized(quantize, "output:0", ops.add(out, beta), "add",
+                           [(out, _scale_of(quantize, reader)), (beta, beta_step)])
+    return ops.cast(out, layer.compute_dtype)
+
+
+def rms_norm_forward(
+    layer: keras.layers.Layer, args: tuple, kwargs: dict, training: bool, quantize: Quantize | None = None
+) -> Any:
+    """Runs a ``keras.layers.RMSNormalization`` as int8 ops: squared = x * x,
+    mean_square = MEAN(squared), mean_square_eps = mean_square + epsilon,
+    rstd = RSQRT(mean_square_eps), normalized = x * rstd, output = normalized * scale
+    (``RMS_NORM_TENSORS``; the output gets the layer's output quantizer).
+
+    Args and returns as :func:`layer_norm_forward` (``quantize`` None: the layer's own call).
+    """
+    del kwargs, training
+    if quantize is None:
+        return None
+    x = ops.cast(args[0], "float32")
+    ndims = len(x.shape)
+    axes = sorted(a % ndims for a in ([layer.axis] if isinstance(layer.axis, int) else list(layer.axis)))
+    scale = functools.partial(_scale_of, quantize)
+    squared = _requantized(quantize, "squared", ops.multiply(x, x), "mul", [(x, scale("input:0"))] * 2)
+    mean_square = _requantized(quantize, "mean_square", ops.mean(squared, axis=axes, keepdims=True), "mean",
+                               [(squared, scale("squared"))], axes, ["squared"])
+    epsilon = _on_int8_grid(quantize, "mean_square_eps", layer.epsilon)
+    mean_square_eps = quantize("mean_square_eps", ops.add(mean_square, epsilon))
+    rstd = _rsqrt(quantize, mean_square_eps, input_name="mean_square_eps")
+    normalized = _requantized(quantize, "normalized", ops.multiply(x, rstd), "mul",
+                              [(x, scale("input:0")), (rstd, scale("rstd"))])
+    gamma = ops.cast(layer.scale, "float32")
+    if axes != [ndims - 1]:
+        shape = [1] * ndims
+        for a in axes:
+            shape[a] = x.shape[a]
+        gamma = ops.reshape(gamma, shape)
+    out = ops.multiply(normalized, gamma)
     return ops.cast(out, layer.compute_dtype)

@@ -388,6 +388,8 @@ class _InternalQuantize:
         self._wrapper = wrapper
 
     def __call__(self, name: str, tensor):
+        if name.startswith("output:"):
+            return tensor  # the wrapper's output quantizer applies after the forward
         return self._wrapper._quantize_internal(name, tensor)
 
     def active(self, name: str) -> bool:
@@ -400,17 +402,27 @@ class _InternalQuantize:
         ``prepare_sim_for_tflite``), or None for float-then-round."""
         return self._wrapper.internal_kernels
 
+    def _quantizer(self, name: str):
+        w = self._wrapper
+        if name.startswith("input:"):
+            return w.input_grids.get(int(name[len("input:"):]))
+        if name.startswith("param:"):
+            return w.param_quantizers_by_path().get(name[len("param:"):])
+        if name.startswith("output:"):
+            index = int(name[len("output:"):])
+            return w.output_quantizers[index] if index < len(w.output_quantizers) else None
+        return w.internal_quantizers.get(name)
+
+    def minimum(self, name: str):
+        """The encoding minimum of a tensor's grid (names as ``scale``) while it quantizes, else None."""
+        q = self._quantizer(name)
+        return q._grid().encoding_min if isinstance(q, Quantizer) and q.is_active else None
+
     def scale(self, name: str):
         """The grid step of a tensor while its quantizer quantizes, else None: an internal tensor
         by name, ``"input:<i>"`` for the grid of the layer's i-th input (recorded by
         ``prepare_sim_for_tflite``), ``"param:<path>"`` for a parameter."""
-        w = self._wrapper
-        if name.startswith("input:"):
-            q = w.input_grids.get(int(name[len("input:"):]))
-        elif name.startswith("param:"):
-            q = w.param_quantizers_by_path().get(name[len("param:"):])
-        else:
-            q = w.internal_quantizers.get(name)
+        q = self._quantizer(name)
         return q.scale_tensor() if isinstance(q, Quantizer) and q.is_active else None
 
     def on_grid(self, name: str, value):

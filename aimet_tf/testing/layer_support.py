@@ -50,6 +50,12 @@ def _one(layer_cls, *args, **kwargs):
     return lambda x: layer_cls(*args, name="layer", **kwargs)(x)
 
 
+def _masked_attention(ids):
+    tokens = L.Embedding(2, 4, name="embed")(ids)
+    mask = PaddingAttentionMask(name="layer")(ids)
+    return L.MultiHeadAttention(num_heads=2, key_dim=3, name="mha")(tokens, tokens, attention_mask=mask)
+
+
 IMAGE = (8, 8, 3)
 SEQUENCE = (10, 4)
 VECTOR = (12,)
@@ -85,8 +91,8 @@ CASES: tuple[LayerCase, ...] = (
               lambda x: L.MultiHeadAttention(num_heads=2, key_dim=3, name="layer")(x, x, use_causal_mask=True)),
     LayerCase("ClassToken, PositionEmbedding (aimet_tf.layers)", SEQUENCE,
               lambda x: PositionEmbedding(name="layer")(ClassToken(name="cls")(x))),
-    LayerCase("PaddingAttentionMask (aimet_tf.layers; bool output)", (10,),
-              lambda ids: PaddingAttentionMask(name="layer")(ids), token_ids=2),
+    LayerCase("PaddingAttentionMask (aimet_tf.layers) masking an Embedding's MultiHeadAttention", (10,),
+              lambda ids: _masked_attention(ids), token_ids=2),
     LayerCase("ReLU", IMAGE, _one(L.ReLU)),
     LayerCase("ReLU(max_value=6)", IMAGE, _one(L.ReLU, max_value=6.0)),
     LayerCase("Activation('sigmoid')", IMAGE, _one(L.Activation, "sigmoid")),

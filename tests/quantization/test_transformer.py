@@ -308,3 +308,22 @@ def test_transformer_block_exports_full_integer_with_the_ops_the_sim_models(tmp_
     assert probs.frozen and enc.min == 0.0 and enc.max == pytest.approx(255 / 256)
     report = verify_tflite(sim, path, x)
     assert report.sqnr_db > 25.0
+
+
+def test_rms_norm_forward_is_keras_rms_norm_and_decomposes_under_tflite():
+    from aimet_tf.quantization.transformer import RMS_NORM_TENSORS, rms_norm_forward
+
+    norm = L.RMSNormalization()
+    x = (RNG.normal(size=(3, 5, 8)) * 2).astype("float32")
+    norm(x)
+    norm.scale.assign(RNG.normal(size=norm.scale.shape).astype("float32"))
+    recorded = []
+    got = rms_norm_forward(norm, (x,), {}, False, quantize=lambda n, t: recorded.append(n) or t)
+    np.testing.assert_allclose(got, norm(x), atol=1e-4)
+    assert recorded == list(RMS_NORM_TENSORS)
+
+    inp = keras.Input((5, 8))
+    model = keras.Model(inp, L.RMSNormalization(name="rms")(L.Dense(8, name="d")(inp)))
+    sim = QuantizationSimModel(model, config_file=TFLITE)
+    assert set(_internal(sim, "rms")) == set(RMS_NORM_TENSORS)
+    assert _internal(QuantizationSimModel(model, config_file="default"), "rms") == {}
