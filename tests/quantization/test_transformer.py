@@ -29,6 +29,16 @@ def _identity(name, tensor):
     return tensor
 
 
+def _recorder(names: list):
+    """A ``quantize`` that records the internal tensor names it is called with (not the layer's
+    output, which the wrapper's own quantizer handles) and returns the tensor."""
+    def quantize(name, tensor):
+        if not name.startswith("output:"):
+            names.append(name)
+        return tensor
+    return quantize
+
+
 def _randomize(model, scale=0.3):
     for v in model.weights:
         v.assign(RNG.normal(size=v.shape).astype("float32") * scale)
@@ -77,7 +87,8 @@ def test_attention_forward_is_keras_attention(case):
     recorded = {}
 
     def record(name, tensor):
-        recorded[name] = tensor
+        if not name.startswith("output:"):  # the layer's output: the wrapper's own quantizer
+            recorded[name] = tensor
         return tensor
 
     args = {
@@ -136,7 +147,7 @@ def test_layer_norm_forward_is_keras_layer_norm(kwargs, shape):
     for w in ln.weights:
         w.assign(RNG.normal(size=w.shape).astype("float32"))
     recorded = []
-    got = layer_norm_forward(ln, (x,), {}, False, quantize=lambda n, t: recorded.append(n) or t)
+    got = layer_norm_forward(ln, (x,), {}, False, quantize=_recorder(recorded))
     # beta goes through its int8 grid (int8_constant): within half a step of max|beta| / 127.
     tolerance = 1e-4 + (0.5 * float(np.abs(ln.beta.numpy()).max()) / 127 if ln.beta is not None else 0)
     np.testing.assert_allclose(got, ln(x), atol=tolerance)
@@ -310,6 +321,32 @@ def test_transformer_block_exports_full_integer_with_the_ops_the_sim_models(tmp_
     assert report.sqnr_db > 25.0
 
 
+@pytest.mark.parametrize("param_bw", [8, 4])
+def test_transformer_block_export_is_bit_exact_with_the_reference_kernels(tmp_path, param_bw):
+    """Prepared for LiteRT's BUILTIN_REF kernels, the sim gives the file's integers exactly, on
+    inputs from a wider distribution than the calibration's."""
+    from aimet_tf.export import export_tflite, prepare_model_for_tflite, verify_tflite
+
+    model = prepare_model_for_tflite(_block_model())
+    sim = QuantizationSimModel(model, config_file=TFLITE, default_param_bw=param_bw)
+    sim.compute_encodings(RNG.normal(size=(64, 6, 8)).astype("float32"))
+    path = export_tflite(sim, str(tmp_path / "block.tflite"), kernels="reference")
+    report = verify_tflite(sim, path, (RNG.normal(size=(128, 6, 8)) * 1.5).astype("float32"))
+    assert report.kernels == "reference"
+    assert report.exact_fraction == 1.0, report.summary()
+
+
+def test_masked_bert_export_is_bit_exact_with_the_reference_kernels(tmp_path):
+    from aimet_tf.export import export_tflite, prepare_model_for_tflite, verify_tflite
+
+    model = _randomize(bert_encoder(vocab_size=50, seq_len=12, dim=16, depth=1, num_heads=2, ffn_dim=32), 0.2)
+    sim = QuantizationSimModel(prepare_model_for_tflite(model), config_file=TFLITE)
+    sim.compute_encodings(list(random_token_batch(64, 12, 50, seed=3, min_len=4)))
+    path = export_tflite(sim, str(tmp_path / "bert.tflite"), kernels="reference")
+    report = verify_tflite(sim, path, list(random_token_batch(128, 12, 50, seed=4, min_len=1)))
+    assert report.exact_fraction == 1.0, report.summary()
+
+
 def test_rms_norm_forward_is_keras_rms_norm_and_decomposes_under_tflite():
     from aimet_tf.quantization.transformer import RMS_NORM_TENSORS, rms_norm_forward
 
@@ -318,7 +355,7 @@ def test_rms_norm_forward_is_keras_rms_norm_and_decomposes_under_tflite():
     norm(x)
     norm.scale.assign(RNG.normal(size=norm.scale.shape).astype("float32"))
     recorded = []
-    got = rms_norm_forward(norm, (x,), {}, False, quantize=lambda n, t: recorded.append(n) or t)
+    got = rms_norm_forward(norm, (x,), {}, False, quantize=_recorder(recorded))
     np.testing.assert_allclose(got, norm(x), atol=1e-4)
     assert recorded == list(RMS_NORM_TENSORS)
 
