@@ -36,6 +36,7 @@ from benchmarks import (  # noqa: E402
     bench_peers,
     bench_qat,
     bench_quantsim,
+    bench_vit,
     common,
 )
 
@@ -57,6 +58,7 @@ BENCHMARKS = {
     "amp": bench_amp.run,
     "autoquant": bench_autoquant.run,
     "distribute": bench_distribute.run,
+    "vit": bench_vit.run,
 }
 
 FLAGS = flags.FLAGS
