@@ -50,6 +50,15 @@ def get_param_variable(layer: keras.layers.Layer, path: str) -> keras.Variable:
     return value
 
 
+class _Recording:
+    """What ``QuantizationWrapper.recording`` collected: ``calls`` (quantized ``(args, kwargs)``
+    per call) and ``internal`` (internal tensor name -> its quantized values, one per call)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple, dict]] = []
+        self.internal: dict[str, list] = {}
+
+
 @keras.saving.register_keras_serializable(package="aimet_tf")
 class QuantizationWrapper(_TracedState, keras.layers.Layer):
     """Wraps ``layer`` with quantizers.
@@ -103,6 +112,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         self.internal_names = list(internal)
         self.internal_quantizer_list = [internal[name] for name in self.internal_names]
         self._finite_watch = None
+        self._recording: _Recording | None = None
         if layer.built:
             self._build_quantizers(None)
 
@@ -251,8 +261,32 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
                 out[i] = q(out[i])
         return tuple(out)
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator["_Recording"]:
+        """Records what the calls made inside the block see: each call's arguments after the
+        input quantizers (``calls``, a list of ``(args, kwargs)``) and each internal tensor after
+        its quantizer (``internal[name]``, a list with one entry per call), e.g. a
+        MultiHeadAttention's attention context. For eager calls (a traced call records symbolic
+        tensors).
+
+        Example:
+            >>> with wrapper.recording() as record:
+            ...     wrapper(query, value)
+            >>> context = record.internal["attention_context"][0]
+        """
+        if self._recording is not None:
+            raise RuntimeError(f"Layer {self.name!r} is already recording. Expected one recording() block at a time.")
+        record = _Recording()
+        self._recording = record
+        try:
+            yield record
+        finally:
+            self._recording = None
+
     def call(self, *args, **kwargs):
         args = self._quantize_inputs(args)
+        if self._recording is not None:
+            self._recording.calls.append((args, dict(kwargs)))
         mapping = []
         for name, q in zip(self.param_names, self.param_quantizer_list):
             if q is not None and q.enabled and q._analyzer is None:
@@ -304,7 +338,10 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
 
     def _quantize_internal(self, name: str, tensor):
         q = self.internal_quantizers.get(name)
-        return q(tensor) if q is not None else tensor
+        out = q(tensor) if q is not None else tensor
+        if self._recording is not None:
+            self._recording.internal.setdefault(name, []).append(out)
+        return out
 
     def _quantize_outputs(self, outputs):
         if not any(q is not None for q in self.output_quantizers):
