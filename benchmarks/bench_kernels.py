@@ -18,6 +18,7 @@ from aimet_tf.testing.mltk_models import MLTK_MODEL_NAMES, load_mltk_model
 from aimet_tf.testing.real_inputs import real_inputs
 
 _TIMED_SAMPLES = 64
+_VIT_INPUTS = 300  # every intermediate of 305 ops is kept for the comparison: ~1 MB a sample on each side
 
 
 def _model_inputs(executor: IntegerExecutor, x: np.ndarray) -> np.ndarray:
@@ -89,6 +90,29 @@ def _exported_fashion_mnist(param_bw: int) -> bytes:
             return f.read()
 
 
+def _exported_vit(param_bw: int = 8) -> bytes:
+    """The bundled ViT exported by `export_tflite` (issue 19): W{param_bw}A8, per-tensor Gemm weights."""
+    import copy
+    import json
+    import tempfile
+
+    from aimet_tf import QuantizationSimModel, datasets
+    from aimet_tf.export import TFLITE_CONFIG, export_tflite, prepare_model_for_tflite
+
+    with open(TFLITE_CONFIG) as f:
+        config = copy.deepcopy(json.load(f))
+    config["op_type"]["Gemm"] = {"per_channel_quantization": "False"}
+    model = prepare_model_for_tflite(datasets.load_bundled_vit())
+    calibration, _ = datasets.load_fashion_mnist("calibration")
+    sim = QuantizationSimModel(model, quant_scheme="tf_enhanced", default_param_bw=param_bw, default_output_bw=8,
+                               config_file=config)
+    sim.compute_encodings(calibration[:500], batch_size=100)
+    with tempfile.TemporaryDirectory() as folder:
+        path = export_tflite(sim, f"{folder}/vit.tflite")
+        with open(path, "rb") as f:
+            return f.read()
+
+
 def run() -> str:
     lines = [
         "## Integer executor (C++ DSP kernels) vs LiteRT reference kernels (issue 5)",
@@ -110,6 +134,7 @@ def run() -> str:
     for bits in (8, 4):
         label = "int8 (aimet_tf export)" if bits == 8 else "int4 conv/FC + int8 depthwise (aimet_tf export)"
         models.append((f"fashion_mnist_cnn W{bits}A8", label, _exported_fashion_mnist(bits), fmnist_x))
+    models.append(("bundled_vit W8A8", "int8 per-tensor (aimet_tf export)", _exported_vit(8), fmnist_x[:_VIT_INPUTS]))
     for name, weights, model_bytes, x_float in models:
         executor = IntegerExecutor(model_bytes)
         x = _model_inputs(executor, x_float)
@@ -134,6 +159,9 @@ def run() -> str:
         "calibration images) with 8-bit and 4-bit weights; the exporter stores 4-bit conv / FC "
         "weights as packed INT4 and 4-bit depthwise weights as int8 (LiteRT 2.3 has no int4 "
         "depthwise reference kernel). ai-edge-litert's reference FULLY_CONNECTED rescales in "
-        "float64, which `DspTarget.fully_connected_requantize = \"float64\"` reproduces.",
+        "float64, which `DspTarget.fully_connected_requantize = \"float64\"` reproduces. "
+        f"bundled_vit: the bundled ViT exported with per-tensor Gemm weights (`tf_enhanced`, 500 "
+        f"calibration images), compared on the first {_VIT_INPUTS} test images (BATCH_MATMUL, MUL, SUB, "
+        "RSQRT, GELU, TRANSPOSE, BROADCAST_TO and the SHAPE / STRIDED_SLICE / PACK shape ops).",
     ]
     return "\n".join(lines)

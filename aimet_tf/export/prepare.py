@@ -48,6 +48,7 @@ from aimet_tf.ptq.batch_norm_fold import fold_all_batch_norms
 from aimet_tf.graph import ModelGraph, as_functional, replace_with_subgraph
 from aimet_tf.quantization.primitives import Encoding
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer
+from aimet_tf.layers import ClassToken
 from aimet_tf.quantization.registry import get_layer_spec
 from aimet_tf.quantization.resize_bilinear import bilinear_resize_flags, link_bilinear_resize
 from aimet_tf.quantization.wrapper import QuantizationWrapper, get_param_variable
@@ -698,7 +699,23 @@ def _own_activation(layer: keras.layers.Layer) -> str | None:
     return activation if activation in ("linear", "relu", "relu6") else None
 
 
-def _requantization_mode(wrapper: QuantizationWrapper, weight_q: Quantizer) -> str | None:
+def has_int8_constants(sim) -> bool:
+    """Whether the sim reads constant operands on int8 grids (attention scale, norm epsilon and
+    beta: ``quantization.transformer.int8_constant``).
+
+    The converter's int4-packing mode (``_experimental_low_bit_qat``) takes every fake-quantized
+    constant for a weight to pack: it leaves those ADD / MUL ops in float, or fails on a
+    transpose (measured, TF 2.21). Such sims store 4-bit weights as int8 holding the 4-bit grid
+    (``export_tflite``), so their 4-bit CONV_2D runs XNNPACK's int8 path.
+    """
+    return any(
+        isinstance(w.layer, (_L.MultiHeadAttention, _L.LayerNormalization, _L.RMSNormalization))
+        and w.internal_names
+        for w in sim.wrappers()
+    )
+
+
+def _requantization_mode(wrapper: QuantizationWrapper, weight_q: Quantizer, int4_packed: bool = True) -> str | None:
     """How the layer's TFLite kernel requantizes under LiteRT's default op resolver.
 
     Measured on LiteRT 2.3: XNNPACK runs int8 CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED
@@ -713,7 +730,7 @@ def _requantization_mode(wrapper: QuantizationWrapper, weight_q: Quantizer) -> s
     if isinstance(layer, _TRANSPOSED):
         return "fixed_point_ties_away"
     if isinstance(layer, (_L.Conv1D, _L.Conv2D, _L.Conv3D)) and not isinstance(layer, _DEPTHWISE):
-        return "fixed_point" if weight_q.bitwidth == 4 else "float"
+        return "fixed_point" if weight_q.bitwidth == 4 and int4_packed else "float"
     return "float"
 
 
@@ -849,6 +866,7 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
     target = _dsp_target(kernels)
     undelegated = _NOT_DELEGATED.get(sim, frozenset()) if kernels == "default" else frozenset()
     graph = _SimGraph(sim.model)
+    int8_constants = has_int8_constants(sim)
     report = TflitePreparation(kernels=kernels)
     report.fixed_grids = _fix_output_grids(graph)
     report.tied = _tie_grids(graph)
@@ -859,6 +877,25 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
             q.rounding = rounding
     for wrapper in graph.order:
         layer = wrapper.layer
+        if wrapper.internal_names and isinstance(layer, (_L.MultiHeadAttention, _L.LayerNormalization, _L.RMSNormalization)):
+            # Decomposed layers reproduce the kernels' arithmetic op by op (transformer.py).
+            wrapper.internal_kernels = kernels if isinstance(kernels, str) else "reference"
+            wrapper.input_grids = {}
+            for index in range(len(graph.sources.get(id(wrapper), []))):
+                in_slot = _grid_slot_of_input(graph, wrapper, index)
+                if in_slot is not None:
+                    wrapper.input_grids[index] = _slot_get(in_slot)
+            if 1 not in wrapper.input_grids and 0 in wrapper.input_grids:
+                wrapper.input_grids[1] = wrapper.input_grids[0]  # mha(x) / key and value = query
+        if isinstance(layer, ClassToken):
+            # CONCATENATION takes one grid: the converter writes the token on the output grid
+            # directly, so a separate token grid would round it twice in the simulation.
+            output_q = wrapper.output_quantizers[0] if wrapper.output_quantizers else None
+            token_q = wrapper.param_quantizers_by_path().get("token")
+            if _active(output_q) and _active(token_q):
+                token_q.enabled = False
+                report.fixed_grids.append(f"{wrapper.name}/token")
+            continue
         if isinstance(layer, _L.MultiHeadAttention):
             if _link_attention_biases(graph, wrapper):
                 report.bias_quantizers.append(wrapper.name)
@@ -940,7 +977,7 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
         if kernels == "builtin" or wrapper.name in undelegated:
             mode = _builtin_mode(wrapper)
         elif target is None:
-            mode = _requantization_mode(wrapper, weight_q)
+            mode = _requantization_mode(wrapper, weight_q, not int8_constants)
         else:
             mode = _dsp_accumulator_mode(layer)
         if mode is not None and output_q is not None:

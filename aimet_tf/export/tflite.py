@@ -36,6 +36,8 @@ from absl import logging
 from tensorflow.python.framework import convert_to_constants
 
 from aimet_tf import files
+from aimet_tf.layers import ClassToken
+from aimet_tf.export.prepare import has_int8_constants as _has_int8_constants
 from aimet_tf.export.prepare import kernel_target_of, prepare_sim_for_tflite, set_undelegated_layers
 from aimet_tf.quantization import primitives
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer
@@ -135,8 +137,8 @@ def check_tflite_exportable(sim) -> list[str]:
             )
             continue
         for path, q in _weight_param(wrapper):
-            if get_param_variable(layer, path) is None:
-                continue
+            if get_param_variable(layer, path) is None or isinstance(layer, ClassToken):
+                continue  # a class token is written on its concatenation's grid (prepare)
             where = f"Layer {wrapper.name!r} ({kind}) weight {path!r}"
             if not isinstance(q, Quantizer) or not q.enabled:
                 problems.append(
@@ -176,9 +178,11 @@ def check_tflite_exportable(sim) -> list[str]:
     return problems
 
 
-def _low_bit_int8_storage(wrapper: QuantizationWrapper, q: Quantizer) -> bool:
+def _low_bit_int8_storage(wrapper: QuantizationWrapper, q: Quantizer, no_packing: bool = False) -> bool:
     if q.bitwidth >= 8:
         return False
+    if no_packing:
+        return True
     packable = isinstance(wrapper.layer, _INT4_PACKABLE) and not isinstance(
         wrapper.layer, _NOT_INT4_PACKABLE
     )
@@ -253,7 +257,14 @@ def _export_view(sim) -> Iterator[tuple[bool, dict[str, _ChannelFilter]]]:
     stand_ins = []
     channel_filters: dict[str, _ChannelFilter] = {}
     pack_int4 = False
+    no_packing = _has_int8_constants(sim)
+    if no_packing:
+        logging.info("export_tflite: attention / decomposed norms: 4-bit weights stored as int8")
+    # Decomposed layers' kernel arithmetic is simulation only too (the file's kernels do it).
+    internal_kernels = [(w, w.internal_kernels) for w in sim.wrappers() if w.internal_kernels is not None]
     try:
+        for w, _ in internal_kernels:
+            w.internal_kernels = None
         for r in requantizers:
             r.enabled = False
         for q in rounded:
@@ -266,13 +277,13 @@ def _export_view(sim) -> Iterator[tuple[bool, dict[str, _ChannelFilter]]]:
                 if var is None:
                     continue
                 if q.per_channel and isinstance(wrapper.layer, _PER_CHANNEL_REWRITTEN):
-                    int8_storage = _low_bit_int8_storage(wrapper, q)
+                    int8_storage = _low_bit_int8_storage(wrapper, q, no_packing)
                     pack_int4 = pack_int4 or (q.bitwidth == 4 and not int8_storage)
                     channel_filters[wrapper.name] = _channel_filter(wrapper, path, q, var)
                     wrapper.replace_quantizer("param", path, _per_tensor_stand_in(wrapper, q, var, int8_storage))
                     stand_ins.append((wrapper, path, q))
                     continue
-                if not _low_bit_int8_storage(wrapper, q):
+                if not _low_bit_int8_storage(wrapper, q, no_packing):
                     pack_int4 = pack_int4 or q.bitwidth == 4
                     continue
                 # Same integers, stored as int8: snap the weight onto its low-bit grid, then
@@ -293,6 +304,8 @@ def _export_view(sim) -> Iterator[tuple[bool, dict[str, _ChannelFilter]]]:
             q.set_encoding(encoding)
         for r, state in zip(requantizers, states):
             r.enabled = state
+        for w, kernels in internal_kernels:
+            w.internal_kernels = kernels
         for q, rounding in zip(rounded, roundings):
             q.rounding = rounding
 

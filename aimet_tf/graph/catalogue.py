@@ -58,7 +58,8 @@ _LAYER_OP_TYPES: tuple[tuple[tuple[type, ...], str], ...] = (
     ),
     ((_L.Dense,), "Gemm"),
     ((_L.BatchNormalization,), "BatchNormalization"),
-    ((_L.LayerNormalization,), "LayerNormalization"),
+    # ONNX before opset 23 has no RMSNormalization: a config addresses both norms by this name.
+    ((_L.LayerNormalization, _L.RMSNormalization), "LayerNormalization"),
     ((_L.GroupNormalization,), "GroupNormalization"),
     ((_L.LeakyReLU,), "LeakyRelu"),
     ((_L.PReLU,), "PRelu"),
@@ -163,6 +164,7 @@ def onnx_op_type(layer: keras.layers.Layer | keras.Operation) -> str | None:
     * ``MaxPooling*D`` -> ``"MaxPool"``, ``AveragePooling*D`` -> ``"AveragePool"``,
       ``GlobalAveragePooling*D`` -> ``"GlobalAveragePool"``, ``GlobalMaxPooling*D`` ->
       ``"GlobalMaxPool"``.
+    * ``RMSNormalization`` -> ``"LayerNormalization"`` (one config entry decomposes both norms).
     * ``BatchNormalization``, ``LayerNormalization``, ``GroupNormalization``, ``Flatten``,
       ``Reshape``, ``Dropout`` (and ``SpatialDropout*``) map to the same name; ``Permute`` ->
       ``"Transpose"``, ``ZeroPadding*D`` -> ``"Pad"``, ``UpSampling*D`` -> ``"Resize"``,

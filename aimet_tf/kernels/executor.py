@@ -6,15 +6,25 @@
     print(report.to_text()); assert report.bit_exact
     layer = executor.as_keras_layer()                      # the integer path inside a TF graph
 
-Each operator is prepared once, the way TFLite's `Prepare` does it (same double-precision
-multiplier arithmetic from the float32 scales, same activation clamps), then evaluated by
-either backend: "cpp" (the C++ TF ops of `aimet_tf.kernels.ops`) or "numpy" (the golden model
-`aimet_tf.kernels.reference`). Supported builtin operators: CONV_2D, DEPTHWISE_CONV_2D,
-FULLY_CONNECTED, ADD, AVERAGE_POOL_2D, MAX_POOL_2D, MEAN, SOFTMAX, QUANTIZE, DEQUANTIZE,
-RESHAPE, PAD, PADV2, CONCATENATION; int8 activations, int8 or packed int4 weights, int32 bias.
+Each operator is prepared once, the way TFLite's `Prepare` does it (same multiplier arithmetic
+from the float32 scales: double precision where TFLite computes in double, float32 for MUL and
+the RSQRT scale where TFLite multiplies floats; same activation clamps; GELU's lookup table built
+from the float32 function), then evaluated by either backend: "cpp" (the C++ TF ops of
+`aimet_tf.kernels.ops`) or "numpy" (the golden model `aimet_tf.kernels.reference`).
+
+Supported builtin operators: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, BATCH_MATMUL, ADD, SUB,
+MUL, AVERAGE_POOL_2D, MAX_POOL_2D, MEAN, SOFTMAX (over the last axis, any rank), RSQRT, GELU,
+QUANTIZE, DEQUANTIZE, RESHAPE, TRANSPOSE, BROADCAST_TO, PAD, PADV2, CONCATENATION, and the shape
+operators SHAPE, STRIDED_SLICE, PACK (int32 shape values that feed RESHAPE / BROADCAST_TO, or
+int8 slices); int8 activations, int8 or packed int4 weights, int32 bias. Both backends run all
+of them (GELU and RSQRT on the C++ backend as a 256-entry table of the golden model, gathered
+with TF); an operator listed in `NUMPY_ONLY_OPERATORS` would make backend="cpp" raise
+`UnsupportedOperatorError` naming it and suggesting backend="numpy".
 
 Batches: TFLite models usually fix the batch to 1; the executor accepts any leading batch size
-N and runs all rows at once (a RESHAPE target shape with a leading 1 is read as N).
+N and runs all rows at once (a RESHAPE target shape with a leading 1 is read as N, SHAPE reports
+N, a STRIDED_SLICE over [0, 1) of the batch axis keeps all N rows). `compare_with_litert`
+compares int32 shape values for one sample with each of LiteRT's samples.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ __all__ = [
     "ComparisonReport",
     "UnsupportedOperatorError",
     "SUPPORTED_OPERATORS",
+    "NUMPY_ONLY_OPERATORS",
     "run_litert",
 ]
 
@@ -107,7 +118,10 @@ _OPTIONS_CLASS = {
     "CONV_2D": "Conv2DOptionsT", "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptionsT",
     "FULLY_CONNECTED": "FullyConnectedOptionsT", "ADD": "AddOptionsT", "AVERAGE_POOL_2D": "Pool2DOptionsT",
     "MAX_POOL_2D": "Pool2DOptionsT", "MEAN": "ReducerOptionsT", "SOFTMAX": "SoftmaxOptionsT",
-    "CONCATENATION": "ConcatenationOptionsT",
+    "CONCATENATION": "ConcatenationOptionsT", "SUB": "SubOptionsT", "MUL": "MulOptionsT",
+    "BATCH_MATMUL": "BatchMatMulOptionsT", "GELU": "GeluOptionsT", "STRIDED_SLICE": "StridedSliceOptionsT",
+    "PACK": "PackOptionsT", "SHAPE": "ShapeOptionsT", "TRANSPOSE": "TransposeOptionsT",
+    "BROADCAST_TO": "BroadcastToOptionsT",
 }
 
 
@@ -169,6 +183,11 @@ class _Step:
     inputs: tuple[int, ...]
     output: int
     fn: Callable[..., Any]
+    cpp: bool = True  # False: no C++ kernel yet, the step runs only with backend="numpy"
+
+
+_TARGETED_KERNELS = ("conv2d", "depthwise_conv2d", "fully_connected", "add", "sub", "mul", "batch_matmul", "rsqrt",
+                     "requantize", "softmax", "mean")
 
 
 class _NumpyBackend:
@@ -185,12 +204,30 @@ class _NumpyBackend:
     def kernel(self, name: str, *args, weight_bits: int = 8, filter_shape=None, **kwargs):
         if weight_bits == 4:  # the numpy model takes unpacked weights
             args = (args[0], reference.unpack_int4(args[1], tuple(filter_shape)), *args[2:])
-        if name in ("conv2d", "depthwise_conv2d", "fully_connected", "add", "requantize", "softmax", "mean"):
+        if name in _TARGETED_KERNELS:
             kwargs["target"] = self.target
         return getattr(reference, name)(*args, **kwargs)
 
+    def lookup(self, x, table: np.ndarray):
+        return reference.lookup(x, table)
+
     def reshape(self, x, shape):
         return np.reshape(x, shape)
+
+    def transpose(self, x, perm: list[int]):
+        return np.ascontiguousarray(np.transpose(x, perm))
+
+    def broadcast_to(self, x, shape):
+        return np.broadcast_to(x, tuple(int(d) for d in np.asarray(shape).reshape(-1))).copy()
+
+    def shape_tensor(self, x, dtype: np.dtype):
+        return np.asarray(np.shape(x), dtype=dtype)
+
+    def slice(self, x, index: tuple):
+        return np.asarray(np.asarray(x)[index]).copy()
+
+    def stack(self, values, axis: int):
+        return np.stack([np.asarray(v) for v in values], axis=axis)
 
     def pad(self, x, paddings, value: int):
         return np.pad(x, paddings, constant_values=np.int8(value))
@@ -221,12 +258,31 @@ class _TFBackend:
         return self.tf.constant(value)
 
     def kernel(self, name: str, *args, **kwargs):
-        if name in ("conv2d", "depthwise_conv2d", "fully_connected", "add", "requantize", "softmax", "mean"):
+        if name in _TARGETED_KERNELS:
             kwargs["target"] = self.target
         return getattr(self.ops, name)(*args, **kwargs)
 
+    def lookup(self, x, table: np.ndarray):
+        # A table lookup is data movement: the table is the golden model's output for every code.
+        return self.tf.gather(self.tf.constant(table), self.tf.cast(x, self.tf.int32) + 128)
+
     def reshape(self, x, shape):
         return self.tf.reshape(x, shape)
+
+    def transpose(self, x, perm: list[int]):
+        return self.tf.transpose(x, perm)
+
+    def broadcast_to(self, x, shape):
+        return self.tf.broadcast_to(x, self.tf.reshape(self.tf.cast(shape, self.tf.int32), [-1]))
+
+    def shape_tensor(self, x, dtype: np.dtype):
+        return self.tf.shape(x, out_type=self.tf.as_dtype(dtype))
+
+    def slice(self, x, index: tuple):
+        return x[index]
+
+    def stack(self, values, axis: int):
+        return self.tf.stack(list(values), axis=axis)
 
     def pad(self, x, paddings, value: int):
         return self.tf.pad(x, paddings, constant_values=np.int8(value))
@@ -243,8 +299,13 @@ class _TFBackend:
         return x.numpy()
 
 
-SUPPORTED_OPERATORS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D", "MAX_POOL_2D",
-                       "MEAN", "SOFTMAX", "QUANTIZE", "DEQUANTIZE", "RESHAPE", "PAD", "PADV2", "CONCATENATION")
+SUPPORTED_OPERATORS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "BATCH_MATMUL",
+                       "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "SOFTMAX", "RSQRT", "GELU", "QUANTIZE", "DEQUANTIZE",
+                       "RESHAPE", "TRANSPOSE", "BROADCAST_TO", "PAD", "PADV2", "CONCATENATION", "SHAPE",
+                       "STRIDED_SLICE", "PACK")
+# Operators the numpy golden model runs but the C++ backend does not (yet): backend="cpp" rejects them
+# with an UnsupportedOperatorError that suggests backend="numpy". Every operator has a C++ kernel now.
+NUMPY_ONLY_OPERATORS: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +386,8 @@ class IntegerExecutor:
         self._backends: dict[str, Any] = {}
         self.steps = [self._prepare_checked(op) for op in self.graph.operators]
         self._check_dataflow()
+        if backend == "cpp":
+            self._check_cpp_support()
 
     # ------------------------------------------------------------------------------------------
     # Model description
@@ -337,8 +400,23 @@ class IntegerExecutor:
     def output_tensors(self) -> list[TensorInfo]:
         return [self.graph.tensors[i] for i in self.graph.outputs]
 
+    def _check_cpp_support(self) -> None:
+        """Raises if an operator has no C++ kernel (the numpy golden model runs it)."""
+        missing = [step.op for step in self.steps if not step.cpp]
+        if missing:
+            names = sorted({op.name for op in missing})
+            raise UnsupportedOperatorError(
+                f"The C++ backend has no kernel for {', '.join(names)} (first: operator {missing[0].index}, "
+                f"{missing[0].name}); run this model with backend=\"numpy\" (the golden model, bit-exact with "
+                "LiteRT's reference kernels)."
+            )
+
     def _backend(self, name: str | None):
         name = name or self.backend_name
+        if name not in ("cpp", "numpy"):
+            raise ValueError(f"Expected backend 'cpp' or 'numpy'. Received: backend={name!r}")
+        if name == "cpp":
+            self._check_cpp_support()
         if name not in self._backends:
             self._backends[name] = _TFBackend(self.target) if name == "cpp" else _NumpyBackend(self.target)
         return self._backends[name]
@@ -426,6 +504,16 @@ class IntegerExecutor:
             "PAD": self._prepare_pad,
             "PADV2": self._prepare_pad,
             "CONCATENATION": self._prepare_concatenation,
+            "SUB": self._prepare_add,
+            "MUL": self._prepare_mul,
+            "BATCH_MATMUL": self._prepare_batch_matmul,
+            "RSQRT": self._prepare_rsqrt,
+            "GELU": self._prepare_gelu,
+            "TRANSPOSE": self._prepare_transpose,
+            "BROADCAST_TO": self._prepare_broadcast_to,
+            "SHAPE": self._prepare_shape,
+            "STRIDED_SLICE": self._prepare_strided_slice,
+            "PACK": self._prepare_pack,
         }.get(op.name)
         if builder is None:
             raise UnsupportedOperatorError(
@@ -521,11 +609,12 @@ class IntegerExecutor:
         return _Step(op, (op.inputs[0],), op.outputs[0], run)
 
     def _prepare_add(self, op: OperatorInfo) -> _Step:
+        """ADD and SUB (TFLite's general 8-bit path: both inputs rescaled with a left shift of 20)."""
         a = self._tensor(op, 0, ("INT8",), "first input")
         b = self._tensor(op, 1, ("INT8",), "second input")
         y = self._output(op)
         (s1, z1), (s2, z2), (s_y, z_y) = a.per_tensor(), b.per_tensor(), y.per_tensor()
-        where = f"Operator {op.index} (ADD)"
+        where = f"Operator {op.index} ({op.name})"
         try:
             params = requantize.add_parameters(s1, s2, s_y, self.target)
         except ValueError as error:
@@ -534,11 +623,205 @@ class IntegerExecutor:
         lo, hi = _activation_range(o.fusedActivationFunction if o is not None else 0, s_y, z_y, where)
         kwargs = dict(input1_zero_point=z1, input2_zero_point=z2, output_zero_point=z_y,
                       activation_min=lo, activation_max=hi, **params)
+        name = op.name.lower()
 
         def run(be, v1, v2):
-            return be.kernel("add", v1, v2, **kwargs)
+            return be.kernel(name, v1, v2, **kwargs)
 
-        return _Step(op, op.inputs[:2], op.outputs[0], run)
+        return _Step(op, op.inputs[:2], op.outputs[0], run, cpp=op.name not in NUMPY_ONLY_OPERATORS)
+
+    def _prepare_mul(self, op: OperatorInfo) -> _Step:
+        a = self._tensor(op, 0, ("INT8",), "first input")
+        b = self._tensor(op, 1, ("INT8",), "second input")
+        y = self._output(op)
+        (s1, z1), (s2, z2), (s_y, z_y) = a.per_tensor(), b.per_tensor(), y.per_tensor()
+        where = f"Operator {op.index} (MUL)"
+        o = _options(op, required=False)
+        lo, hi = _activation_range(o.fusedActivationFunction if o is not None else 0, s_y, z_y, where)
+        # TFLite: M = s1 * s2 / s_y in float32, then QuantizeMultiplier.
+        multiplier, shift = requantize.mul_parameters(s1, s2, s_y, self.target)
+        kwargs = dict(input1_zero_point=z1, input2_zero_point=z2, output_zero_point=z_y, multiplier=multiplier,
+                      shift=shift, activation_min=lo, activation_max=hi)
+
+        def run(be, v1, v2):
+            return be.kernel("mul", v1, v2, **kwargs)
+
+        return _Step(op, op.inputs[:2], op.outputs[0], run, cpp=op.name not in NUMPY_ONLY_OPERATORS)
+
+    def _prepare_batch_matmul(self, op: OperatorInfo) -> _Step:
+        lhs = self._tensor(op, 0, ("INT8",), "left input")
+        rhs = self._tensor(op, 1, ("INT8",), "right input")
+        y = self._output(op)
+        (s_l, z_l), (s_r, z_r), (s_y, z_y) = lhs.per_tensor(), rhs.per_tensor(), y.per_tensor()
+        o = _options(op, required=False)
+        adj_x, adj_y = (bool(o.adjX), bool(o.adjY)) if o is not None else (False, False)
+        if len(lhs.shape) < 2 or len(rhs.shape) < 2:
+            raise TFLiteFormatError(f"Operator {op.index} (BATCH_MATMUL): expected inputs of rank >= 2. Received "
+                                    f"{lhs.shape} and {rhs.shape}.")
+        # TFLite: M = double(s_l) * double(s_r) / double(s_y) (GetQuantizedConvolutionMultipler).
+        multiplier, shift = requantize.conv_multipliers(s_l, s_r, s_y, self.target)
+        kwargs = dict(lhs_zero_point=z_l, rhs_zero_point=z_r, output_zero_point=z_y, multiplier=int(multiplier[0]),
+                      shift=int(shift[0]), adj_x=adj_x, adj_y=adj_y)
+
+        def run(be, a, b):
+            return be.kernel("batch_matmul", a, b, **kwargs)
+
+        return _Step(op, op.inputs[:2], op.outputs[0], run, cpp=op.name not in NUMPY_ONLY_OPERATORS)
+
+    def _prepare_rsqrt(self, op: OperatorInfo) -> _Step:
+        x = self._tensor(op, 0, ("INT8",), "input")
+        y = self._output(op)
+        (s_x, z_x), (s_y, z_y) = x.per_tensor(), y.per_tensor()
+        multiplier, shift = requantize.rsqrt_parameters(s_x, s_y, self.target)
+        kwargs = dict(input_zero_point=z_x, output_zero_point=z_y, multiplier=multiplier, shift=shift)
+        # The same function as a table over the valid codes (codes below z_x are an error in TFLite).
+        valid = np.arange(max(z_x, -128), 128, dtype=np.int64).astype(np.int8)
+        table = np.full(256, 127, dtype=np.int8)
+        table[valid.astype(np.int64) + 128] = reference.rsqrt(valid, target=self.target, **kwargs)
+
+        def run(be, xv):
+            if be.name == "numpy":
+                return be.kernel("rsqrt", xv, **kwargs)
+            return be.lookup(xv, table)
+
+        return _Step(op, (op.inputs[0],), op.outputs[0], run)
+
+    def _prepare_gelu(self, op: OperatorInfo) -> _Step:
+        x = self._tensor(op, 0, ("INT8",), "input")
+        y = self._output(op)
+        (s_x, z_x), (s_y, z_y) = x.per_tensor(), y.per_tensor()
+        o = _options(op, required=False)
+        approximate = bool(o.approximate) if o is not None else False
+        # TFLite's Prepare fills a 256-entry table from the float32 GELU.
+        table = requantize.gelu_table(s_x, z_x, s_y, z_y, approximate)
+
+        def run(be, xv):
+            return be.lookup(xv, table)
+
+        return _Step(op, (op.inputs[0],), op.outputs[0], run)
+
+    def _batch_one(self) -> bool:
+        """True when the model fixes its batch to 1 (the executor then runs any batch N)."""
+        return bool(self.input_tensors) and self.input_tensors[0].shape[:1] == (1,)
+
+    def _is_batched(self, t: TensorInfo) -> bool:
+        """An activation whose leading axis is the batch (int32 activations are shape values)."""
+        return self._batch_one() and t.data is None and t.type_name != "INT32" and len(t.shape) >= 1
+
+    def _prepare_transpose(self, op: OperatorInfo) -> _Step:
+        x = self._tensor(op, 0, ("INT8", "INT32", "FLOAT32"), "input")
+        perm_t = self._tensor(op, 1, ("INT32",), "permutation")
+        y = self._output(op, (x.type_name,))
+        if x.is_quantized:
+            self._same_quantization(op, x, y)
+        perm = [int(p) for p in self._constant(op, perm_t, "permutation").reshape(-1)]
+        rank = len(x.shape)
+        if sorted(p % rank for p in perm) != list(range(rank)) or len(perm) != rank:
+            raise TFLiteFormatError(f"Operator {op.index} (TRANSPOSE): expected a permutation of {rank} axes. "
+                                    f"Received {perm}.")
+        perm = [p % rank for p in perm]
+        if self._is_batched(x) and perm[0] != 0:
+            raise UnsupportedOperatorError(f"Operator {op.index} (TRANSPOSE): moves the batch axis (perm {perm}); "
+                                           "the executor keeps axis 0 as the batch.")
+
+        def run(be, xv):
+            return be.transpose(xv, perm)
+
+        return _Step(op, (op.inputs[0],), op.outputs[0], run)
+
+    def _prepare_broadcast_to(self, op: OperatorInfo) -> _Step:
+        x = self._tensor(op, 0, ("INT8", "INT32", "FLOAT32"), "input")
+        shape_t = self._tensor(op, 1, ("INT32", "INT64"), "shape")
+        y = self._output(op, (x.type_name,))
+        if x.is_quantized:
+            self._same_quantization(op, x, y)
+        if shape_t.data is not None:
+            shape = self._batched_shape(shape_t.data.reshape(-1)) if self._is_batched(x) else shape_t.data.reshape(-1)
+
+            def run(be, xv):
+                return be.broadcast_to(xv, [be.shape(xv)[0] if d == -1 else int(d) for d in shape])
+
+            return _Step(op, (op.inputs[0],), op.outputs[0], run)
+
+        def run_dynamic(be, xv, shape_value):
+            return be.broadcast_to(xv, shape_value)
+
+        return _Step(op, op.inputs[:2], op.outputs[0], run_dynamic)
+
+    def _prepare_shape(self, op: OperatorInfo) -> _Step:
+        self._tensor(op, 0, ("INT8", "INT32", "FLOAT32", "INT4"), "input")
+        y = self._output(op, ("INT32", "INT64"))
+        dtype = y.dtype
+
+        def run(be, xv):
+            return be.shape_tensor(xv, dtype)
+
+        return _Step(op, (op.inputs[0],), op.outputs[0], run)
+
+    def _prepare_strided_slice(self, op: OperatorInfo) -> _Step:
+        x = self._tensor(op, 0, ("INT8", "INT32", "FLOAT32"), "input")
+        y = self._output(op, (x.type_name,))
+        where = f"Operator {op.index} (STRIDED_SLICE)"
+        if x.is_quantized:
+            self._same_quantization(op, x, y)
+        begin, end, strides = (
+            [int(v) for v in self._constant(op, self._tensor(op, k, ("INT32",), role), role).reshape(-1)]
+            for k, role in ((1, "begin"), (2, "end"), (3, "strides"))
+        )
+        rank = len(x.shape)
+        o = _options(op, required=False)
+        masks = {name: int(getattr(o, name, 0) or 0) if o is not None else 0
+                 for name in ("beginMask", "endMask", "ellipsisMask", "newAxisMask", "shrinkAxisMask")}
+        if masks["ellipsisMask"] or masks["newAxisMask"]:
+            raise UnsupportedOperatorError(f"{where}: ellipsis and new-axis masks are not supported. Received {masks}.")
+        if not len(begin) == len(end) == len(strides) == rank:
+            raise UnsupportedOperatorError(f"{where}: expected begin, end and strides for all {rank} axes. Received "
+                                           f"{len(begin)}, {len(end)}, {len(strides)}.")
+        if any(st == 0 for st in strides):
+            raise TFLiteFormatError(f"{where}: strides must be non-zero. Received {strides}.")
+        offset = bool(getattr(o, "offset", False)) if o is not None else False
+        index: list[Any] = []
+        for axis in range(rank):
+            b, e, st = begin[axis], end[axis], strides[axis]
+            if offset:
+                e = b + e
+            if masks["shrinkAxisMask"] >> axis & 1:
+                if axis == 0 and self._is_batched(x):
+                    raise UnsupportedOperatorError(f"{where}: removes the batch axis.")
+                index.append(b)
+                continue
+            start = None if masks["beginMask"] >> axis & 1 else b
+            stop = None if masks["endMask"] >> axis & 1 else e
+            if axis == 0 and self._is_batched(x) and (start in (None, 0)) and stop == 1 and st == 1:
+                start = stop = None  # the whole batch (the model's batch is 1)
+            index.append(slice(start, stop, st))
+        key = tuple(index)
+
+        def run(be, xv):
+            return be.slice(xv, key)
+
+        return _Step(op, (op.inputs[0],), op.outputs[0], run)
+
+    def _prepare_pack(self, op: OperatorInfo) -> _Step:
+        y = self._output(op, ("INT32", "INT8"))
+        o = _options(op, required=False)
+        inputs = [self._tensor(op, k, (y.type_name,), f"input {k}") for k in range(len(op.inputs))]
+        for t in inputs:
+            if t.shape != inputs[0].shape:
+                raise TFLiteFormatError(f"Operator {op.index} (PACK): expected inputs of one shape. Received "
+                                        f"{[t.shape for t in inputs]}.")
+            if y.type_name == "INT8":
+                self._same_quantization(op, t, y)
+        axis = int(o.axis) if o is not None else 0
+        rank = len(inputs[0].shape) + 1
+        if not -rank <= axis < rank:
+            raise TFLiteFormatError(f"Operator {op.index} (PACK): axis {axis} out of range for rank {rank}.")
+        axis %= rank
+
+        def run(be, *values):
+            return be.stack(values, axis)
+
+        return _Step(op, op.inputs, op.outputs[0], run)
 
     def _same_quantization(self, op: OperatorInfo, x: TensorInfo, y: TensorInfo) -> None:
         if x.per_tensor() != y.per_tensor():
@@ -796,10 +1079,20 @@ class IntegerExecutor:
             except UnsupportedOperatorError:
                 litert_model, litert = widen_int4_weights(litert_model), "BUILTIN_REF (int4 weights widened to int8)"
         theirs = run_litert(litert_model, arrays, tensor_ids, reference_kernels=reference_kernels)
+        # Shape values (int32 outputs of SHAPE / STRIDED_SLICE / PACK) hold the batch size: LiteRT runs
+        # one sample at a time, so compare ours for one sample with each of LiteRT's.
+        shape_outputs = {step.output for step in self.steps if self._is_shape_value(step.output)}
+        single = self.run_with_intermediates(*[a[:1] for a in arrays], backend=backend) if shape_outputs else {}
+        samples = len(arrays[0])
         layers = []
         for step in self.steps:
-            a = np.asarray(ours[step.output])
-            b = theirs[step.output].reshape(a.shape) if theirs[step.output].size == a.size else theirs[step.output]
+            if step.output in shape_outputs:
+                one = np.asarray(single[step.output])
+                a = np.broadcast_to(one, (samples, *one.shape))
+                b = theirs[step.output].reshape(a.shape) if theirs[step.output].size == a.size else theirs[step.output]
+            else:
+                a = np.asarray(ours[step.output])
+                b = theirs[step.output].reshape(a.shape) if theirs[step.output].size == a.size else theirs[step.output]
             if a.shape != b.shape:
                 raise ValueError(
                     f"Operator {step.op.index} ({step.op.name}) output shape {a.shape} differs from LiteRT's {b.shape}."
@@ -811,11 +1104,18 @@ class IntegerExecutor:
         out_diff = 0
         for i in self.graph.outputs:
             a = np.ascontiguousarray(ours[i])
+            if self._is_shape_value(i):
+                a = np.ascontiguousarray(np.broadcast_to(single[i], (samples, *np.shape(single[i]))))
             b = np.ascontiguousarray(theirs[i].reshape(a.shape))
             ab, bb = np.frombuffer(a.tobytes(), np.uint8), np.frombuffer(b.tobytes(), np.uint8)
             out_bytes += ab.size
             out_diff += int(np.count_nonzero(ab != bb))
-        return ComparisonReport(tuple(layers), len(arrays[0]), out_bytes, out_diff, litert)
+        return ComparisonReport(tuple(layers), samples, out_bytes, out_diff, litert)
+
+    def _is_shape_value(self, tensor_index: int) -> bool:
+        """An int32 / int64 activation: a shape value computed from other tensors' shapes."""
+        t = self.graph.tensors[tensor_index]
+        return t.data is None and t.type_name in ("INT32", "INT64") and tensor_index not in self.graph.inputs
 
     def as_keras_layer(self, name: str | None = None):
         """A Keras layer that runs this model's integer path with the C++ TF ops (see `IntegerModelLayer`)."""

@@ -33,6 +33,7 @@ __all__ = [
     "exp_on_negative_values",
     "one_over_one_plus_x_for_x_in_0_1",
     "get_reciprocal",
+    "inv_sqrt_quantized_multiplier_exp",
     "round_half_away",
 ]
 
@@ -137,7 +138,7 @@ def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
     s = ab + nudge
     # C++ division truncates towards zero; numpy's // floors.
-    high = np.where(s >= 0, s // 2**31, -((-s) // 2**31))
+    high = np.where(s >= 0, s >> 31, -((-s) >> 31))
     return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
 
 
@@ -299,3 +300,46 @@ def get_reciprocal(x, integer_digits: int) -> tuple[np.ndarray, np.ndarray]:
     clz = _count_leading_zeros_u32(x)
     shifted_minus_one = wrap_int32(((x & 0xFFFFFFFF) << clz) - (1 << 31))
     return one_over_one_plus_x_for_x_in_0_1(shifted_minus_one), integer_digits - clz
+
+
+_HALF_SQRT_2 = 1518500250  # round(sqrt(2) / 2 * 2^31), Q0.31
+
+
+def inv_sqrt_quantized_multiplier_exp(x) -> tuple[np.ndarray, np.ndarray]:
+    """1 / sqrt(x) for int32 x >= 0 as a quantized multiplier (m, e): 1/sqrt(x) ~= m * 2^(e - 31).
+
+    TFLite's GetInvSqrtQuantizedMultiplierExp (used by the int8 RSQRT), vectorized:
+    x <= 1 gives (2^31 - 1, 0). Otherwise x is divided by 4 until below 2^29 (k times), then
+    shifted left by 2p bits (p = floor((clz(x) - 1) / 2) - 1) into [2^27, 2^29); with
+    s = 11 + k - p and x' = x * 2^(2p) read as Q3.28 at half scale (raw x' / 2),
+    five Newton-Raphson steps y <- Rescale3(1.5 y - (x'/2) / 2 * Rescale3(y^3)) from y = 1 in Q3.28
+    (gemmlowp products: SRDHM; Rescale3: saturating left shifts), then m = SRDHM(y, sqrt(2)/2);
+    s < 0 shifts m left by -s (int32 wrap) and sets s = 0; e = -s.
+
+    Returns:
+        int64 arrays (m, e) of x's shape.
+    """
+    x = _i64(x)
+    small = x <= 1
+    v = np.where(small, 2, x)
+    shift = np.full(v.shape, 11, dtype=np.int64)
+    while np.any(v >= (1 << 29)):
+        big = v >= (1 << 29)
+        v = np.where(big, v // 4, v)
+        shift = shift + big
+    pairs = (_count_leading_zeros_u32(v) - 1) // 2 - 1
+    shift = shift - pairs
+    v = v << (2 * pairs)
+    half_input = rounding_divide_by_pot(v >> 1, 1)
+    half_three = (1 << 28) + (1 << 27)
+    y = np.full(v.shape, 1 << 28, dtype=np.int64)
+    for _ in range(5):
+        y3 = saturating_rounding_multiply_by_pot(
+            saturating_rounding_doubling_high_mul(saturating_rounding_doubling_high_mul(y, y), y), 6)
+        difference = wrap_int32(saturating_rounding_doubling_high_mul(half_three, y)
+                                - saturating_rounding_doubling_high_mul(half_input, y3))
+        y = saturating_rounding_multiply_by_pot(difference, 3)
+    m = saturating_rounding_doubling_high_mul(y, _HALF_SQRT_2)
+    m = np.where(shift < 0, wrap_int32(m << np.maximum(-shift, 0)), m)
+    shift = np.maximum(shift, 0)
+    return np.where(small, INT32_MAX, m), np.where(small, 0, -shift)

@@ -26,6 +26,9 @@ __all__ = [
     "depthwise_conv2d",
     "fully_connected",
     "add",
+    "sub",
+    "mul",
+    "batch_matmul",
     "average_pool2d",
     "max_pool2d",
     "requantize",
@@ -245,17 +248,20 @@ def _scalar_requant(name: str, multiplier: int, shift: int, lo: int, hi: int) ->
     return multiplier, shift
 
 
-def add(x1, x2, *, input1_zero_point: int, input2_zero_point: int, output_zero_point: int, input1_multiplier: int,
-        input1_shift: int, input2_multiplier: int, input2_shift: int, output_multiplier: int, output_shift: int,
-        activation_min: int = -128, activation_max: int = 127, target: DspTarget | str | None = None) -> tf.Tensor:
-    """Int8 Add with rescaling in C++ (see `reference.add`); numpy broadcasting."""
-    target = resolve_target(target)
-    x1, x2 = _tensor("x1", x1, tf.int8), _tensor("x2", x2, tf.int8)
+def _broadcastable(name: str, x1: tf.Tensor, x2: tf.Tensor) -> None:
     if x1.shape.rank is not None and x2.shape.rank is not None:
         try:
             tf.broadcast_static_shape(x1.shape, x2.shape)
         except ValueError as exc:
-            raise ValueError(f"Add inputs do not broadcast: x1.shape={x1.shape}, x2.shape={x2.shape}") from exc
+            raise ValueError(f"{name} inputs do not broadcast: x1.shape={x1.shape}, x2.shape={x2.shape}") from exc
+
+
+def _add_or_sub(name: str, x1, x2, input1_zero_point, input2_zero_point, output_zero_point, input1_multiplier,
+                input1_shift, input2_multiplier, input2_shift, output_multiplier, output_shift, activation_min,
+                activation_max, target) -> tf.Tensor:
+    target = resolve_target(target)
+    x1, x2 = _tensor("x1", x1, tf.int8), _tensor("x2", x2, tf.int8)
+    _broadcastable(name, x1, x2)
     m1, s1 = _scalar_requant("input1", input1_multiplier, input1_shift, -31, 0)
     m2, s2 = _scalar_requant("input2", input2_multiplier, input2_shift, -31, 0)
     mo, so = _scalar_requant("output", output_multiplier, output_shift, -31, 0)
@@ -265,7 +271,75 @@ def add(x1, x2, *, input1_zero_point: int, input2_zero_point: int, output_zero_p
         input2_zero_point=_zero_point("input2_zero_point", input2_zero_point),
         output_zero_point=_zero_point("output_zero_point", output_zero_point), input1_multiplier=m1,
         input1_shift=s1, input2_multiplier=m2, input2_shift=s2, output_multiplier=mo, output_shift=so,
-        left_shift=target.add_left_shift, activation_min=lo, activation_max=hi, rounding=target.rounding)
+        left_shift=target.add_left_shift, subtract=name == "Sub", activation_min=lo, activation_max=hi,
+        rounding=target.rounding)
+
+
+def add(x1, x2, *, input1_zero_point: int, input2_zero_point: int, output_zero_point: int, input1_multiplier: int,
+        input1_shift: int, input2_multiplier: int, input2_shift: int, output_multiplier: int, output_shift: int,
+        activation_min: int = -128, activation_max: int = 127, target: DspTarget | str | None = None) -> tf.Tensor:
+    """Int8 Add with rescaling in C++ (see `reference.add`); numpy broadcasting."""
+    return _add_or_sub("Add", x1, x2, input1_zero_point, input2_zero_point, output_zero_point, input1_multiplier,
+                       input1_shift, input2_multiplier, input2_shift, output_multiplier, output_shift, activation_min,
+                       activation_max, target)
+
+
+def sub(x1, x2, *, input1_zero_point: int, input2_zero_point: int, output_zero_point: int, input1_multiplier: int,
+        input1_shift: int, input2_multiplier: int, input2_shift: int, output_multiplier: int, output_shift: int,
+        activation_min: int = -128, activation_max: int = 127, target: DspTarget | str | None = None) -> tf.Tensor:
+    """Int8 Sub with rescaling in C++ (see `reference.sub`); numpy broadcasting."""
+    return _add_or_sub("Sub", x1, x2, input1_zero_point, input2_zero_point, output_zero_point, input1_multiplier,
+                       input1_shift, input2_multiplier, input2_shift, output_multiplier, output_shift, activation_min,
+                       activation_max, target)
+
+
+def mul(x1, x2, *, input1_zero_point: int, input2_zero_point: int, output_zero_point: int, multiplier: int,
+        shift: int, activation_min: int = -128, activation_max: int = 127,
+        target: DspTarget | str | None = None) -> tf.Tensor:
+    """Int8 Mul in C++ (see `reference.mul`); numpy broadcasting."""
+    target = resolve_target(target)
+    x1, x2 = _tensor("x1", x1, tf.int8), _tensor("x2", x2, tf.int8)
+    _broadcastable("Mul", x1, x2)
+    m, e = _scalar_requant("mul", multiplier, shift, -31, 30 if target.rounding == "single" else 31)
+    lo, hi = _activation(activation_min, activation_max)
+    return load_ops().aimet_dsp_mul(
+        x1, x2, input1_zero_point=_zero_point("input1_zero_point", input1_zero_point),
+        input2_zero_point=_zero_point("input2_zero_point", input2_zero_point),
+        output_zero_point=_zero_point("output_zero_point", output_zero_point), multiplier=m, shift=e,
+        activation_min=lo, activation_max=hi, rounding=target.rounding)
+
+
+def batch_matmul(lhs, rhs, *, lhs_zero_point: int, rhs_zero_point: int, output_zero_point: int, multiplier: int,
+                 shift: int, adj_x: bool = False, adj_y: bool = False,
+                 target: DspTarget | str | None = None) -> tf.Tensor:
+    """Int8 batched matrix product in C++ (see `reference.batch_matmul`).
+
+    The adjoint flags and the broadcasting of leading axes are data movement done here with TF
+    ops; the C++ op multiplies [B, M, K] by [B, K, N].
+    """
+    target = resolve_target(target)
+    lhs, rhs = _tensor("lhs", lhs, tf.int8), _tensor("rhs", rhs, tf.int8)
+    for name, t in (("lhs", lhs), ("rhs", rhs)):
+        if t.shape.rank is not None and t.shape.rank < 2:
+            raise ValueError(f"Expected {name} of rank >= 2. Received: {name}.shape={t.shape}")
+    if adj_x:
+        lhs = tf.linalg.matrix_transpose(lhs)
+    if adj_y:
+        rhs = tf.linalg.matrix_transpose(rhs)
+    if lhs.shape[-1] is not None and rhs.shape[-2] is not None and lhs.shape[-1] != rhs.shape[-2]:
+        raise ValueError(f"Expected matching inner dimensions. Received: {lhs.shape} @ {rhs.shape}")
+    m, e = _scalar_requant("batch_matmul", multiplier, shift, -31, 30 if target.rounding == "single" else 31)
+    batch = tf.broadcast_dynamic_shape(tf.shape(lhs)[:-2], tf.shape(rhs)[:-2])
+    lhs = tf.broadcast_to(lhs, tf.concat([batch, tf.shape(lhs)[-2:]], 0))
+    rhs = tf.broadcast_to(rhs, tf.concat([batch, tf.shape(rhs)[-2:]], 0))
+    out = load_ops().aimet_dsp_batch_mat_mul(
+        tf.reshape(lhs, tf.concat([[-1], tf.shape(lhs)[-2:]], 0)),
+        tf.reshape(rhs, tf.concat([[-1], tf.shape(rhs)[-2:]], 0)),
+        lhs_zero_point=_zero_point("lhs_zero_point", lhs_zero_point),
+        rhs_zero_point=_zero_point("rhs_zero_point", rhs_zero_point),
+        output_zero_point=_zero_point("output_zero_point", output_zero_point), multiplier=m, shift=e,
+        accumulator_bits=target.accumulator_bits, rounding=target.rounding)
+    return tf.reshape(out, tf.concat([batch, tf.shape(lhs)[-2:-1], tf.shape(rhs)[-1:]], 0))
 
 
 def _pool(kind: str, x, ksize, strides, padding, activation_min, activation_max) -> tf.Tensor:

@@ -26,6 +26,11 @@ __all__ = [
     "depthwise_conv2d",
     "fully_connected",
     "add",
+    "sub",
+    "mul",
+    "batch_matmul",
+    "rsqrt",
+    "lookup",
     "average_pool2d",
     "max_pool2d",
     "requantize",
@@ -283,13 +288,125 @@ def add(x1, x2, *, input1_zero_point: int, input2_zero_point: int, output_zero_p
         int8 array of the broadcast shape.
     """
     target = resolve_target(target)
-    x1, x2 = _check_int8("x1", x1), _check_int8("x2", x2)
-    shifted1 = (x1.astype(np.int64) - input1_zero_point) << target.add_left_shift
-    shifted2 = (x2.astype(np.int64) - input2_zero_point) << target.add_left_shift
-    a1 = fp.multiply_by_quantized_multiplier_smaller_than_one(shifted1, input1_multiplier, input1_shift, target)
-    a2 = fp.multiply_by_quantized_multiplier_smaller_than_one(shifted2, input2_multiplier, input2_shift, target)
+    a1, a2 = _rescaled_operands(x1, x2, input1_zero_point, input2_zero_point, input1_multiplier, input1_shift,
+                                input2_multiplier, input2_shift, target)
     raw = fp.multiply_by_quantized_multiplier_smaller_than_one(fp.wrap_int32(a1 + a2), output_multiplier, output_shift, target)
     return np.clip(fp.wrap_int32(raw + output_zero_point), activation_min, activation_max).astype(np.int8)
+
+
+def _rescaled_operands(x1, x2, z1: int, z2: int, m1: int, e1: int, m2: int, e2: int, target: DspTarget):
+    """ADD / SUB operands on the common scale: a_i = MBQM<((x_i - z_i) * 2^L, m_i, e_i)."""
+    x1, x2 = _check_int8("x1", x1), _check_int8("x2", x2)
+    shifted1 = (x1.astype(np.int64) - z1) << target.add_left_shift
+    shifted2 = (x2.astype(np.int64) - z2) << target.add_left_shift
+    return (fp.multiply_by_quantized_multiplier_smaller_than_one(shifted1, m1, e1, target),
+            fp.multiply_by_quantized_multiplier_smaller_than_one(shifted2, m2, e2, target))
+
+
+def sub(x1, x2, *, input1_zero_point: int, input2_zero_point: int, output_zero_point: int,
+        input1_multiplier: int, input1_shift: int, input2_multiplier: int, input2_shift: int,
+        output_multiplier: int, output_shift: int, activation_min: int = INT8_MIN,
+        activation_max: int = INT8_MAX, target: DspTarget | str | None = None) -> np.ndarray:
+    """Int8 elementwise Sub (TFLite SUB, int8), broadcasting: `add` with the operands subtracted.
+
+    a_i as in `add` (same multipliers, `requantize.add_parameters`, left shift L = 20);
+    y = clamp(MBQM<(a_1 - a_2, m_y, e_y) + z_y, lo, hi) (a_1 - a_2 wraps like int32).
+
+    Returns:
+        int8 array of the broadcast shape.
+    """
+    target = resolve_target(target)
+    a1, a2 = _rescaled_operands(x1, x2, input1_zero_point, input2_zero_point, input1_multiplier, input1_shift,
+                                input2_multiplier, input2_shift, target)
+    raw = fp.multiply_by_quantized_multiplier_smaller_than_one(fp.wrap_int32(a1 - a2), output_multiplier, output_shift, target)
+    return np.clip(fp.wrap_int32(raw + output_zero_point), activation_min, activation_max).astype(np.int8)
+
+
+def mul(x1, x2, *, input1_zero_point: int, input2_zero_point: int, output_zero_point: int, multiplier: int,
+        shift: int, activation_min: int = INT8_MIN, activation_max: int = INT8_MAX,
+        target: DspTarget | str | None = None) -> np.ndarray:
+    """Int8 elementwise Mul (TFLite MUL, int8), broadcasting.
+
+    y = clamp(MBQM((x_1 - z_1) * (x_2 - z_2), m, e) + z_y, lo, hi), (m, e) from
+    `requantize.mul_parameters` (TFLite's Prepare).
+
+    Returns:
+        int8 array of the broadcast shape.
+    """
+    target = resolve_target(target)
+    x1, x2 = _check_int8("x1", x1), _check_int8("x2", x2)
+    product = (x1.astype(np.int64) - input1_zero_point) * (x2.astype(np.int64) - input2_zero_point)
+    y = fp.multiply_by_quantized_multiplier(product, multiplier, shift, target)
+    return np.clip(fp.wrap_int32(y + output_zero_point), activation_min, activation_max).astype(np.int8)
+
+
+def batch_matmul(lhs, rhs, *, lhs_zero_point: int, rhs_zero_point: int, output_zero_point: int, multiplier: int,
+                 shift: int, adj_x: bool = False, adj_y: bool = False,
+                 target: DspTarget | str | None = None) -> np.ndarray:
+    """Int8 batched matrix product (TFLite BATCH_MATMUL, int8; leading axes broadcast).
+
+    With A = lhs (transposed over its last two axes if adj_x) and B = rhs (likewise if adj_y):
+    acc[..., i, j] = sum_k (A[..., i, k] - z_l) * (B[..., k, j] - z_r) (the target's accumulator);
+    y = clamp(MBQM(acc, m, e) + z_y, -128, 127), (m, e) of double(s_l) * double(s_r) / double(s_y).
+
+    Returns:
+        int8 [..., rows of A, columns of B].
+    """
+    target = resolve_target(target)
+    lhs, rhs = _check_int8("lhs", lhs), _check_int8("rhs", rhs)
+    if lhs.ndim < 2 or rhs.ndim < 2:
+        raise ValueError(f"Expected lhs and rhs of rank >= 2. Received: shapes {lhs.shape} and {rhs.shape}")
+    a = lhs.astype(np.int64) - lhs_zero_point
+    b = rhs.astype(np.int64) - rhs_zero_point
+    if adj_x:
+        a = np.swapaxes(a, -1, -2)
+    if adj_y:
+        b = np.swapaxes(b, -1, -2)
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"Expected matching inner dimensions. Received: {a.shape} @ {b.shape} "
+                         f"(adj_x={adj_x}, adj_y={adj_y})")
+    acc = _accumulate(np.matmul(a, b), None, target)
+    return _requantize_and_clamp(acc, multiplier, shift, output_zero_point, INT8_MIN, INT8_MAX, target)
+
+
+def rsqrt(x, *, input_zero_point: int, output_zero_point: int, multiplier: int, shift: int,
+          target: DspTarget | str | None = None) -> np.ndarray:
+    """Int8 reciprocal square root (TFLite RSQRT reference kernel, int8), elementwise.
+
+    v = x - z_x (v < 0 is an error, as in TFLite); v = 0 gives 127; otherwise
+    (m_v, e_v) = `fixed_point.inv_sqrt_quantized_multiplier_exp`(v),
+    d = MBQM(1, m_v, e_v + 20), y = clamp(MBQM(d, m, e - 20) + z_y, -128, 127) with (m, e) of
+    1 / (sqrt(s_x) s_y) (`requantize.rsqrt_parameters`).
+
+    Raises:
+        ValueError: for inputs below the zero point (negative values).
+    """
+    target = resolve_target(target)
+    x = _check_int8("x", x)
+    value = x.astype(np.int64) - input_zero_point
+    if np.any(value < 0):
+        raise ValueError(f"Rsqrt is only defined for non-negative values: {int(np.count_nonzero(value < 0))} inputs "
+                         f"are below the zero point {input_zero_point}.")
+    m_v, e_v = fp.inv_sqrt_quantized_multiplier_exp(value)
+    kshift = 20
+    data = fp.multiply_by_quantized_multiplier(np.ones_like(value), m_v, e_v + kshift, target)
+    y = fp.wrap_int32(fp.multiply_by_quantized_multiplier(data, multiplier, shift - kshift, target) + output_zero_point)
+    return np.where(value == 0, INT8_MAX, np.clip(y, INT8_MIN, INT8_MAX)).astype(np.int8)
+
+
+def lookup(x, table) -> np.ndarray:
+    """Int8 table lookup (TFLite's int8 LUT kernels, e.g. GELU): y = table[x + 128].
+
+    Args:
+        x: int8 array.
+        table: int8 [256], the output for each input code -128 .. 127 (see
+            `requantize.lookup_table`).
+    """
+    x = _check_int8("x", x)
+    table = _check_int8("table", table, 1)
+    if table.size != 256:
+        raise ValueError(f"Expected a table of 256 entries. Received: table.shape={table.shape}")
+    return table[x.astype(np.int64) + 128]
 
 
 def _pool_windows(x, ksize, strides, padding):
@@ -359,9 +476,13 @@ def softmax(x, *, input_multiplier: int, input_left_shift: int, diff_min: int,
     xs = x.astype(np.int64)
     diff = xs - xs.max(axis=-1, keepdims=True)
     keep = diff >= diff_min
-    scaled = fp.multiply_by_quantized_multiplier_greater_than_one(np.where(keep, diff, 0), input_multiplier, input_left_shift, target)
-    exps = fp.exp_on_negative_values(scaled, 5)
-    sum_of_exps = fp.wrap_int32(np.where(keep, fp.rounding_divide_by_pot(exps, 12), 0).sum(axis=-1, keepdims=True))
+    # d takes at most 256 values (-255 .. 0): evaluate exp(d') once per value, then index.
+    codes = np.arange(-255, 1, dtype=np.int64)
+    exp_table = fp.exp_on_negative_values(
+        fp.multiply_by_quantized_multiplier_greater_than_one(codes, input_multiplier, input_left_shift, target), 5)
+    exps = exp_table[np.where(keep, diff, 0) + 255]
+    sum_of_exps = fp.wrap_int32(np.where(keep, fp.rounding_divide_by_pot(exp_table, 12)[diff + 255], 0)
+                                .sum(axis=-1, keepdims=True))
     reciprocal, bits_over_unit = fp.get_reciprocal(sum_of_exps, 12)
     exponent = bits_over_unit + 31 - 8
     if np.any((exponent < 0) | (exponent > 31)):

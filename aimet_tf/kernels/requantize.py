@@ -31,6 +31,10 @@ __all__ = [
     "mul_levels",
     "mean_levels",
     "softmax_parameters",
+    "mul_parameters",
+    "rsqrt_parameters",
+    "lookup_table",
+    "gelu_table",
 ]
 
 
@@ -118,10 +122,10 @@ def add_levels(q_1, q_2, s_1: float, s_2: float, s_y: float, target: DspTarget |
 
 def mul_levels(q_1, q_2, s_1: float, s_2: float, s_y: float, target: DspTarget | str | None = None) -> np.ndarray:
     """MUL of zero-point-free operand levels q_i (broadcasting): level = MBQM(q_1 * q_2, m, e) with
-    (m, e) of double(s_1) * double(s_2) / double(s_y) (TFLite's Prepare; its reference and
-    optimized int8 kernels round the same way)."""
+    (m, e) from `mul_parameters` (TFLite's Prepare: the scale product and quotient in float32;
+    its reference and optimized int8 kernels round the same way)."""
     target = resolve_target(target)
-    m, e = fp.quantize_multiplier(float(np.float32(s_1)) * float(np.float32(s_2)) / float(np.float32(s_y)), target)
+    m, e = mul_parameters(s_1, s_2, s_y, target)
     product = np.asarray(q_1, dtype=np.int64) * np.asarray(q_2, dtype=np.int64)
     return fp.multiply_by_quantized_multiplier(fp.wrap_int32(product), m, e, target)
 
@@ -152,3 +156,92 @@ def softmax_parameters(s_x: float, beta: float = 1.0, target: DspTarget | str | 
     m, left_shift = fp.quantize_multiplier_greater_than_one(real, target)
     radius = int(((1 << integer_bits) - 1) * (1 << (31 - integer_bits)) // (1 << left_shift))
     return dict(input_multiplier=m, input_left_shift=left_shift, diff_min=-radius)
+
+
+def mul_parameters(s_1: float, s_2: float, s_y: float, target: DspTarget | str | None = None) -> tuple[int, int]:
+    """MUL's (m, e) as TFLite's Prepare computes them: M = float32(float32(s_1 * s_2) / s_y).
+
+    The product and the quotient are float32 operations (the scales are floats in C++; only the
+    result is widened to double before `quantize_multiplier`).
+    """
+    target = resolve_target(target)
+    with np.errstate(over="ignore", under="ignore"):
+        real = np.float32(np.float32(s_1) * np.float32(s_2)) / np.float32(s_y)
+    return fp.quantize_multiplier(float(np.float32(real)), target)
+
+
+def rsqrt_parameters(s_x: float, s_y: float, target: DspTarget | str | None = None) -> tuple[int, int]:
+    """RSQRT's (m, e) of 1 / (sqrt(s_x) * s_y): sqrt and product in float32, the division in double
+    (TFLite's Prepare)."""
+    target = resolve_target(target)
+    denominator = np.float32(np.sqrt(np.float32(s_x)) * np.float32(s_y))
+    return fp.quantize_multiplier(1.0 / float(denominator), target)
+
+
+def _round_half_away_f32(x: np.ndarray) -> np.ndarray:
+    """C's roundf on float32 values (ties away from zero), staying in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    t = np.trunc(x)
+    return (t + np.where(np.abs(x - t) >= np.float32(0.5), np.sign(x), np.float32(0))).astype(np.float32)
+
+
+def lookup_table(transform, s_x: float, z_x: int, s_y: float, z_y: int) -> np.ndarray:
+    """An int8 -> int8 lookup table built the way TFLite's LUTPopulate builds it, all in float32.
+
+    For each input code q in -128 .. 127: d = float32(s_x) * float32(q - z_x);
+    t = transform(d); r = roundf(t * float32(1 / s_y)); y = clamp(int(r + z_y), -128, 127)
+    (the int conversion truncates).
+
+    Args:
+        transform: float32 [256] -> float32 [256] (the float function, vectorized).
+        s_x, z_x, s_y, z_y: input and output scales and zero points.
+
+    Returns:
+        int8 [256]: entry q + 128 is the output for input code q.
+    """
+    codes = np.arange(-128, 128, dtype=np.int64)
+    dequantized = (np.float32(s_x) * (codes - z_x).astype(np.float32)).astype(np.float32)
+    transformed = np.asarray(transform(dequantized), dtype=np.float32)
+    inverse = np.float32(np.float32(1.0) / np.float32(s_y))
+    with np.errstate(over="ignore", invalid="ignore"):
+        rescaled = _round_half_away_f32(transformed * inverse)
+        shifted = (rescaled + np.float32(z_y)).astype(np.float32)
+    shifted = np.nan_to_num(shifted, nan=0.0, posinf=127.0, neginf=-128.0)
+    return np.clip(np.trunc(np.clip(shifted, -2.0**31, 2.0**31 - 1)), -128, 127).astype(np.int8)
+
+
+def _libm():
+    """The C math library (float32 erfcf / tanhf, as TFLite's kernels call them)."""
+    import ctypes
+    import ctypes.util
+
+    lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    for name in ("erfcf", "tanhf"):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    return lib
+
+
+def _gelu_float32(values: np.ndarray, approximate: bool) -> np.ndarray:
+    """TFLite's GeluTransform / GeluTransformApproximate, evaluated in float32 with the C library.
+
+    Exact: 0.5 x erfc(-x / sqrt(2)); approximate: 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+    """
+    lib = _libm()
+    f32 = np.float32
+    out = np.empty(values.shape, dtype=np.float32)
+    minus_sqrt_half = f32(-0.70710678118654752440)
+    sqrt_2_over_pi = f32(1.12837916709551257390 * 0.70710678118654752440)
+    for i, x in enumerate(values.astype(np.float32)):
+        half_x = f32(f32(0.5) * x)
+        if approximate:
+            cube = f32(f32(f32(f32(0.044715) * x) * x) * x)
+            out[i] = f32(half_x * f32(f32(1.0) + f32(lib.tanhf(float(f32(sqrt_2_over_pi * f32(x + cube)))))))
+        else:
+            out[i] = f32(half_x * f32(lib.erfcf(float(f32(x * minus_sqrt_half)))))
+    return out
+
+
+def gelu_table(s_x: float, z_x: int, s_y: float, z_y: int, approximate: bool = False) -> np.ndarray:
+    """GELU's int8 lookup table (TFLite's Prepare: `lookup_table` of the float32 GELU)."""
+    return lookup_table(lambda d: _gelu_float32(d, approximate), s_x, z_x, s_y, z_y)

@@ -583,6 +583,19 @@ class Quantizer(_Switchable, _TracedState, keras.layers.Layer):
             y = y + tf.stop_gradient(exact - y)
         return y
 
+    def quantize_only(self, x):
+        """``x`` on this quantizer's grid, without observing it while calibrating: ``x`` itself
+        when the quantizer does not quantize now (disabled, calibrating, or no encoding yet).
+        For constants that an int8 op must read on the grid of a tensor it selects between
+        (an attention mask's fill value)."""
+        grid = self._grid()
+        if not self.enabled or self._analyzer is not None or not grid._initialized:
+            return x
+        return primitives.fake_quantize(
+            tf.convert_to_tensor(x, tf.float32), grid.encoding_min, grid.encoding_max, grid._bitwidth,
+            grid.strict, self._axes,
+        )
+
     def _observe(self, x):
         if self._statistics is not None:
             token = self._statistics.observe(x)

@@ -26,9 +26,11 @@ from aimet_tf.quantization.recurrent import INTERNAL_TENSORS, recurrent_forward
 from aimet_tf.quantization.transformer import (
     ATTENTION_OP_TYPES,
     LAYER_NORM_OP_TYPES,
+    RMS_NORM_OP_TYPES,
     attention_forward,
     dense_forward,
     layer_norm_forward,
+    rms_norm_forward,
 )
 
 __all__ = ["ParamSpec", "LayerSpec", "register_layer", "get_layer_spec", "registered_classes"]
@@ -231,6 +233,15 @@ for _cls, _names in INTERNAL_TENSORS.items():
         forward=recurrent_forward,
         internal=_names,
     )
+# RMSNormalization likewise (its scale enters the final MUL: per tensor).
+register_layer(
+    L.RMSNormalization,
+    params={"scale": ParamSpec("weight", None)},
+    forward=rms_norm_forward,
+    internal=tuple(RMS_NORM_OP_TYPES),
+    internal_op_types=RMS_NORM_OP_TYPES,
+    decomposed=False,
+)
 # Attention runs op by op (``transformer.py``): Q/K/V projections, scores, scaled scores,
 # softmax probabilities and context each get a quantizer of their op type's rule. The Q/K/V
 # kernels are [D, heads, head_dim] (one output channel per (head, head_dim) pair), the output

@@ -94,6 +94,8 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         param_quantizers: Mapping[str, Quantizer | None] | None = None,
         requantizer: Requantizer | None = None,
         internal_quantizers: Mapping[str, Quantizer | None] | None = None,
+        call_options: Mapping[str, object] | None = None,
+        internal_kernels: str | None = None,
         **kwargs,
     ):
         kwargs.setdefault("name", layer.name)
@@ -113,6 +115,14 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         self.internal_quantizer_list = [internal[name] for name in self.internal_names]
         self._finite_watch = None
         self._recording: _Recording | None = None
+        # Non-tensor keyword arguments of the wrapped call (use_causal_mask=True...): kept here,
+        # because Keras refuses a call whose **kwargs mix tensors and plain values.
+        self.call_options = dict(call_options or {})
+        # Kernels whose arithmetic a decomposed layer's forward reproduces (None: float, then
+        # rounding onto each grid); ``prepare_sim_for_tflite`` sets it.
+        self.internal_kernels: str | None = internal_kernels
+        # Input index -> the quantizer that defines that input's grid (set with internal_kernels).
+        self.input_grids: dict[int, Quantizer] = {}
         if layer.built:
             self._build_quantizers(None)
 
@@ -283,7 +293,15 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         finally:
             self._recording = None
 
+    def __call__(self, *args, **kwargs):
+        options = {k: v for k, v in kwargs.items() if k not in _KERAS_CALL_KEYS and _is_option(v)}
+        if options:
+            self.call_options.update(options)
+            kwargs = {k: v for k, v in kwargs.items() if k not in options}
+        return super().__call__(*args, **kwargs)
+
     def call(self, *args, **kwargs):
+        kwargs = {**self.call_options, **kwargs}
         args = self._quantize_inputs(args)
         if self._recording is not None:
             self._recording.calls.append((args, dict(kwargs)))
@@ -330,7 +348,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             extra = {}
             if spec.internal:
                 # No internal slots at all: the sim does not decompose this layer.
-                extra["quantize"] = self._quantize_internal if self.internal_names else None
+                extra["quantize"] = _InternalQuantize(self) if self.internal_names else None
             outputs = spec.forward(self.layer, args, kwargs, training, **extra)
             if outputs is not None:
                 return outputs
@@ -374,6 +392,8 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             requantizer=_serialize(self.requantizer),
             # A list of pairs: the order of the internal tensors is the forward's.
             internal_quantizers=[[n, _serialize(q)] for n, q in self.internal_quantizers.items()],
+            call_options=dict(self.call_options),
+            internal_kernels=self.internal_kernels,
         )
         return config
 
@@ -395,6 +415,67 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
     def __repr__(self) -> str:
         count = len(self.quantizers())
         return f"<QuantizationWrapper {self.name}: {type(self.layer).__name__}, {count} quantizers>"
+
+
+class _InternalQuantize:
+    """``quantize(name, tensor)`` for a registered forward: the wrapper's internal quantizer of
+    that name (identity for an empty slot); ``active(name)`` says whether it quantizes."""
+
+    def __init__(self, wrapper: QuantizationWrapper):
+        self._wrapper = wrapper
+
+    def __call__(self, name: str, tensor):
+        if name.startswith("output:"):
+            return tensor  # the wrapper's output quantizer applies after the forward
+        return self._wrapper._quantize_internal(name, tensor)
+
+    def active(self, name: str) -> bool:
+        q = self._wrapper.internal_quantizers.get(name)
+        return q is not None and q.enabled
+
+    @property
+    def kernels(self) -> str | None:
+        """The LiteRT kernels whose integer arithmetic the forward reproduces (set by
+        ``prepare_sim_for_tflite``), or None for float-then-round."""
+        return self._wrapper.internal_kernels
+
+    def _quantizer(self, name: str):
+        w = self._wrapper
+        if name.startswith("input:"):
+            return w.input_grids.get(int(name[len("input:"):]))
+        if name.startswith("param:"):
+            return w.param_quantizers_by_path().get(name[len("param:"):])
+        if name.startswith("output:"):
+            index = int(name[len("output:"):])
+            return w.output_quantizers[index] if index < len(w.output_quantizers) else None
+        return w.internal_quantizers.get(name)
+
+    def minimum(self, name: str):
+        """The encoding minimum of a tensor's grid (names as ``scale``) while it quantizes, else None."""
+        q = self._quantizer(name)
+        return q._grid().encoding_min if isinstance(q, Quantizer) and q.is_active else None
+
+    def scale(self, name: str):
+        """The grid step of a tensor while its quantizer quantizes, else None: an internal tensor
+        by name, ``"input:<i>"`` for the grid of the layer's i-th input (recorded by
+        ``prepare_sim_for_tflite``), ``"param:<path>"`` for a parameter."""
+        q = self._quantizer(name)
+        return q.scale_tensor() if isinstance(q, Quantizer) and q.is_active else None
+
+    def on_grid(self, name: str, value):
+        """``value`` on the grid of the internal tensor ``name`` (unchanged while that quantizer
+        does not quantize; never observed by calibration)."""
+        q = self._wrapper.internal_quantizers.get(name)
+        return value if q is None else q.quantize_only(value)
+
+
+# Keyword arguments Keras itself handles in Layer.__call__.
+_KERAS_CALL_KEYS = frozenset({"training", "mask"})
+
+
+def _is_option(value) -> bool:
+    """A plain value (bool, number, string, None) rather than a tensor or a structure of them."""
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _serialize(q: Quantizer | None):

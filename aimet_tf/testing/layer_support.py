@@ -21,6 +21,8 @@ import numpy as np
 
 from aimet_tf.testing.models import randomize_batch_norms
 
+from aimet_tf.layers import ClassToken, PaddingAttentionMask, PositionEmbedding, gelu_approximate
+
 L = keras.layers
 
 __all__ = ["CASES", "LayerCase", "SupportRow", "covered_classes", "markdown_table", "support_row"]
@@ -46,6 +48,12 @@ def _two(layer_cls, **kwargs):
 
 def _one(layer_cls, *args, **kwargs):
     return lambda x: layer_cls(*args, name="layer", **kwargs)(x)
+
+
+def _masked_attention(ids):
+    tokens = L.Embedding(2, 4, name="embed")(ids)
+    mask = PaddingAttentionMask(name="layer")(ids)
+    return L.MultiHeadAttention(num_heads=2, key_dim=3, name="mha")(tokens, tokens, attention_mask=mask)
 
 
 IMAGE = (8, 8, 3)
@@ -79,6 +87,12 @@ CASES: tuple[LayerCase, ...] = (
               lambda x: L.Bidirectional(L.LSTM(4, return_sequences=True, name="rnn"), name="layer")(x)),
     LayerCase("MultiHeadAttention", SEQUENCE,
               lambda x: L.MultiHeadAttention(num_heads=2, key_dim=3, name="layer")(x, x)),
+    LayerCase("MultiHeadAttention (causal mask)", SEQUENCE,
+              lambda x: L.MultiHeadAttention(num_heads=2, key_dim=3, name="layer")(x, x, use_causal_mask=True)),
+    LayerCase("ClassToken, PositionEmbedding (aimet_tf.layers)", SEQUENCE,
+              lambda x: PositionEmbedding(name="layer")(ClassToken(name="cls")(x))),
+    LayerCase("PaddingAttentionMask (aimet_tf.layers) masking an Embedding's MultiHeadAttention", (10,),
+              lambda ids: _masked_attention(ids), token_ids=2),
     LayerCase("ReLU", IMAGE, _one(L.ReLU)),
     LayerCase("ReLU(max_value=6)", IMAGE, _one(L.ReLU, max_value=6.0)),
     LayerCase("Activation('sigmoid')", IMAGE, _one(L.Activation, "sigmoid")),
@@ -86,6 +100,8 @@ CASES: tuple[LayerCase, ...] = (
     LayerCase("Activation('swish')", IMAGE, _one(L.Activation, "swish")),
     LayerCase("Activation('hard_swish')", IMAGE, _one(L.Activation, "hard_swish")),
     LayerCase("Activation('gelu')", IMAGE, _one(L.Activation, "gelu")),
+    LayerCase("Activation(gelu_approximate) (aimet_tf.layers, tanh form)", IMAGE,
+              _one(L.Activation, gelu_approximate)),
     LayerCase("LeakyReLU", IMAGE, _one(L.LeakyReLU, negative_slope=0.2)),
     LayerCase("ELU", IMAGE, _one(L.ELU)),
     LayerCase("Softmax", VECTOR, _one(L.Softmax)),

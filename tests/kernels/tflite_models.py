@@ -169,3 +169,108 @@ def single_op_model(op: str, inputs: list[tuple[tuple[int, ...], float, int]], o
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+_TENSOR_TYPES = {np.dtype(np.int8): "INT8", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FLOAT32"}
+
+
+def op_model(op: str, inputs: list[dict], outputs: list[dict], options=None, options_type: str | None = None,
+             version: int = 1) -> bytes:
+    """Writes a one-operator model whose inputs may be constants (unlike `single_op_model`).
+
+    Args:
+        op: builtin operator name, e.g. "BATCH_MATMUL".
+        inputs: one dict per operator input: "shape", "dtype" (numpy int8 / int32 / float32),
+            optionally "scale" and "zero_point" (quantized tensors) and "data" (a constant).
+            Inputs without "data" become graph inputs, in order.
+        outputs: dicts like the inputs, without "data".
+        options, options_type: the operator's builtin options object and its `BuiltinOptions` name.
+        version: the operator code's version.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT()
+    model.version = 3
+    code = schema.OperatorCodeT()
+    code.builtinCode = getattr(schema.BuiltinOperator, op)
+    code.deprecatedBuiltinCode = min(code.builtinCode, 127)
+    code.version = version
+    model.operatorCodes = [code]
+    model.buffers = [schema.BufferT()]
+    tensors = []
+    for i, spec in enumerate([*inputs, *outputs]):
+        t = schema.TensorT()
+        dtype = np.dtype(spec["dtype"])
+        t.shape, t.type, t.name = list(spec["shape"]), getattr(schema.TensorType, _TENSOR_TYPES[dtype]), f"t{i}"
+        t.buffer = 0
+        if "scale" in spec:
+            q = schema.QuantizationParametersT()
+            q.scale, q.zeroPoint = [float(spec["scale"])], [int(spec["zero_point"])]
+            t.quantization = q
+        if "data" in spec:
+            buffer = schema.BufferT()
+            buffer.data = np.ascontiguousarray(np.asarray(spec["data"], dtype=dtype)).view(np.uint8).ravel()
+            model.buffers.append(buffer)
+            t.buffer = len(model.buffers) - 1
+        tensors.append(t)
+    graph = schema.SubGraphT()
+    graph.tensors = tensors
+    graph.inputs = [i for i, spec in enumerate(inputs) if "data" not in spec]
+    graph.outputs = list(range(len(inputs), len(inputs) + len(outputs)))
+    operator = schema.OperatorT()
+    operator.opcodeIndex, operator.inputs, operator.outputs = 0, list(range(len(inputs))), graph.outputs
+    if options is not None:
+        operator.builtinOptionsType = getattr(schema.BuiltinOptions, options_type)
+        operator.builtinOptions = options
+    graph.operators = [operator]
+    model.subgraphs = [graph]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def tiny_transformer(param_bw: int = 8, seed: int = 0, tokens: int = 6, width: int = 8) -> tuple[bytes, tuple[int, ...]]:
+    """A random-weight one-block transformer exported through aimet_tf's own flow.
+
+    ClassToken -> LayerNormalization -> MultiHeadAttention (2 heads) -> residual Add ->
+    LayerNormalization -> Dense(gelu) -> Dense -> residual Add -> the class token (Cropping1D,
+    Flatten) -> Dense, as the bundled ViT is built, then
+    prepare_model_for_tflite -> QuantizationSimModel (TFLite preset, per-tensor Gemm weights) ->
+    compute_encodings on seeded data -> export_tflite. Returns (model bytes, input shape).
+    """
+    import copy
+    import json
+    import os
+    import tempfile
+
+    from aimet_tf.export import TFLITE_CONFIG, export_tflite, prepare_model_for_tflite
+    from aimet_tf.quantization import QuantizationSimModel
+
+    from aimet_tf.layers import ClassToken
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((tokens, width))
+    t = ClassToken()(inp)
+    h = keras.layers.LayerNormalization(epsilon=1e-6)(t)
+    h = keras.layers.MultiHeadAttention(num_heads=2, key_dim=width // 2)(h, h)
+    x = keras.layers.Add()([t, h])
+    h = keras.layers.LayerNormalization(epsilon=1e-6)(x)
+    h = keras.layers.Dense(2 * width, activation="gelu")(h)
+    h = keras.layers.Dense(width)(h)
+    x = keras.layers.Add()([x, h])
+    x = keras.layers.Flatten()(keras.layers.Cropping1D(cropping=(0, tokens))(x))
+    out = keras.layers.Dense(3)(x)
+    model = prepare_model_for_tflite(keras.Model(inp, out, name="tiny_transformer"))
+    with open(TFLITE_CONFIG) as f:
+        config = json.load(f)
+    config = copy.deepcopy(config)
+    config["op_type"]["Gemm"] = {"per_channel_quantization": "False"}
+    sim = QuantizationSimModel(model, quant_scheme="tf_enhanced", default_param_bw=param_bw, default_output_bw=8,
+                               config_file=config)
+    calibration = np.random.default_rng(seed).normal(0.0, 1.0, (32, tokens, width)).astype(np.float32)
+    sim.compute_encodings(calibration, batch_size=8)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_tflite(sim, os.path.join(tmp, "tiny_transformer.tflite"))
+        with open(path, "rb") as f:
+            return f.read(), (tokens, width)

@@ -514,7 +514,56 @@ class FullyConnectedOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("AimetDspFullyConnected").Device(DEVICE_CPU), FullyConnectedOp);
 
 // ----------------------------------------------------------------------------------------------
-// Add (with rescaling, numpy-style broadcasting)
+// Elementwise binary ops with numpy-style broadcasting
+
+// Allocates the broadcast output of inputs 0 and 1 and calls fn(a_value, b_value) -> int8 for every
+// output element (right-aligned broadcasting; an odometer walks the output index).
+template <typename Fn>
+void BroadcastBinary(OpKernelContext* ctx, const char* name, Fn fn) {
+  const Tensor& a = ctx->input(0);
+  const Tensor& b = ctx->input(1);
+  const int rank = std::max(a.dims(), b.dims());
+  OP_REQUIRES(ctx, rank <= 8, errors::InvalidArgument("Expected inputs of rank <= 8."));
+  std::vector<int64_t> out_shape(rank), sa(rank, 0), sb(rank, 0);
+  int64_t stride_a = 1, stride_b = 1;
+  for (int i = rank - 1; i >= 0; --i) {
+    const int ia = i - (rank - a.dims()), ib = i - (rank - b.dims());
+    const int64_t da = ia >= 0 ? a.dim_size(ia) : 1, db = ib >= 0 ? b.dim_size(ib) : 1;
+    OP_REQUIRES(ctx, da == db || da == 1 || db == 1,
+                errors::InvalidArgument(name, " inputs do not broadcast: ", a.shape().DebugString(), " and ",
+                                        b.shape().DebugString()));
+    out_shape[i] = std::max(da, db);
+    sa[i] = da == 1 ? 0 : stride_a;
+    sb[i] = db == 1 ? 0 : stride_b;
+    stride_a *= da;
+    stride_b *= db;
+  }
+  TensorShape shape;
+  for (int64_t d : out_shape) shape.AddDim(d);
+  Tensor* output = nullptr;
+  OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &output));
+  const int8_t* xa = a.flat<int8_t>().data();
+  const int8_t* xb = b.flat<int8_t>().data();
+  int8_t* y = output->flat<int8_t>().data();
+  const int64_t total = output->NumElements();
+  std::vector<int64_t> index(rank, 0);
+  int64_t offset_a = 0, offset_b = 0;
+  for (int64_t i = 0; i < total; ++i) {
+    y[i] = fn(xa[offset_a], xb[offset_b]);
+    for (int d = rank - 1; d >= 0; --d) {
+      ++index[d];
+      offset_a += sa[d];
+      offset_b += sb[d];
+      if (index[d] < out_shape[d]) break;
+      offset_a -= sa[d] * index[d];
+      offset_b -= sb[d] * index[d];
+      index[d] = 0;
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Add / Sub (with rescaling, numpy-style broadcasting)
 
 REGISTER_OP("AimetDspAdd")
     .Input("input1: int8")
@@ -530,13 +579,14 @@ REGISTER_OP("AimetDspAdd")
     .Attr("output_multiplier: int")
     .Attr("output_shift: int")
     .Attr("left_shift: int = 20")
+    .Attr("subtract: bool = false")
     .Attr("activation_min: int = -128")
     .Attr("activation_max: int = 127")
     .Attr("rounding: {'double', 'single'} = 'double'")
     .SetShapeFn([](InferenceContext* c) {
       return ::tensorflow::shape_inference::BroadcastBinaryOpOutputShapeFn(c, 0);
     })
-    .Doc(R"doc(Int8 Add with rescaling of both inputs to a common scale (TFLite ADD int8).)doc");
+    .Doc(R"doc(Int8 Add (or Sub) with rescaling of both inputs to a common scale (TFLite ADD / SUB int8).)doc");
 
 class AddOp : public OpKernel {
  public:
@@ -560,65 +610,161 @@ class AddOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("left_shift", &left_shift_));
     OP_REQUIRES(ctx, left_shift_ >= 0 && left_shift_ <= 22,
                 errors::InvalidArgument("Expected left_shift in [0, 22]. Received: ", left_shift_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("subtract", &subtract_));
   }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& a = ctx->input(0);
-    const Tensor& b = ctx->input(1);
-    const int rank = std::max(a.dims(), b.dims());
-    OP_REQUIRES(ctx, rank <= 8, errors::InvalidArgument("Expected inputs of rank <= 8."));
-    std::vector<int64_t> out_shape(rank), sa(rank, 0), sb(rank, 0);
-    // Right-aligned numpy broadcasting; strides of broadcast dimensions are 0.
-    int64_t stride_a = 1, stride_b = 1;
-    for (int i = rank - 1; i >= 0; --i) {
-      const int ia = i - (rank - a.dims()), ib = i - (rank - b.dims());
-      const int64_t da = ia >= 0 ? a.dim_size(ia) : 1, db = ib >= 0 ? b.dim_size(ib) : 1;
-      OP_REQUIRES(ctx, da == db || da == 1 || db == 1,
-                  errors::InvalidArgument("Add inputs do not broadcast: ", a.shape().DebugString(), " and ",
-                                          b.shape().DebugString()));
-      out_shape[i] = std::max(da, db);
-      sa[i] = da == 1 ? 0 : stride_a;
-      sb[i] = db == 1 ? 0 : stride_b;
-      stride_a *= da;
-      stride_b *= db;
-    }
-    TensorShape shape;
-    for (int64_t d : out_shape) shape.AddDim(d);
-    Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &output));
-    const int8_t* xa = a.flat<int8_t>().data();
-    const int8_t* xb = b.flat<int8_t>().data();
-    int8_t* y = output->flat<int8_t>().data();
-    const int64_t total = output->NumElements();
-    std::vector<int64_t> index(rank, 0);
-    int64_t offset_a = 0, offset_b = 0;
-    for (int64_t i = 0; i < total; ++i) {
-      const int32_t va = (xa[offset_a] - zp1_) * (1 << left_shift_);
-      const int32_t vb = (xb[offset_b] - zp2_) * (1 << left_shift_);
+    BroadcastBinary(ctx, subtract_ ? "Sub" : "Add", [this](int8_t a, int8_t b) {
+      const int32_t va = (a - zp1_) * (1 << left_shift_);
+      const int32_t vb = (b - zp2_) * (1 << left_shift_);
       const int32_t ra = MultiplyByQuantizedMultiplierSmallerThanOneExp(va, m_[0], s_[0], common_.rounding);
       const int32_t rb = MultiplyByQuantizedMultiplierSmallerThanOneExp(vb, m_[1], s_[1], common_.rounding);
-      const int32_t sum = MultiplyByQuantizedMultiplierSmallerThanOneExp(WrapInt32(int64_t{ra} + rb), m_[2], s_[2],
+      const int64_t combined = subtract_ ? int64_t{ra} - rb : int64_t{ra} + rb;
+      const int32_t raw = MultiplyByQuantizedMultiplierSmallerThanOneExp(WrapInt32(combined), m_[2], s_[2],
                                                                          common_.rounding);
-      y[i] = ClampToInt8(WrapInt32(int64_t{sum} + zpo_), common_.activation_min, common_.activation_max);
-      for (int d = rank - 1; d >= 0; --d) {  // odometer increment of the output index
-        ++index[d];
-        offset_a += sa[d];
-        offset_b += sb[d];
-        if (index[d] < out_shape[d]) break;
-        offset_a -= sa[d] * index[d];
-        offset_b -= sb[d] * index[d];
-        index[d] = 0;
+      return ClampToInt8(WrapInt32(int64_t{raw} + zpo_), common_.activation_min, common_.activation_max);
+    });
+  }
+
+ private:
+  Common common_;
+  bool subtract_ = false;
+  int zp1_ = 0, zp2_ = 0, zpo_ = 0, left_shift_ = 20;
+  int m_[3] = {0, 0, 0}, s_[3] = {0, 0, 0};
+};
+
+REGISTER_KERNEL_BUILDER(Name("AimetDspAdd").Device(DEVICE_CPU), AddOp);
+
+// ----------------------------------------------------------------------------------------------
+// Mul (numpy-style broadcasting)
+
+REGISTER_OP("AimetDspMul")
+    .Input("input1: int8")
+    .Input("input2: int8")
+    .Output("output: int8")
+    .Attr("input1_zero_point: int")
+    .Attr("input2_zero_point: int")
+    .Attr("output_zero_point: int")
+    .Attr("multiplier: int")
+    .Attr("shift: int")
+    .Attr("activation_min: int = -128")
+    .Attr("activation_max: int = 127")
+    .Attr("rounding: {'double', 'single'} = 'double'")
+    .SetShapeFn([](InferenceContext* c) {
+      return ::tensorflow::shape_inference::BroadcastBinaryOpOutputShapeFn(c, 0);
+    })
+    .Doc(R"doc(Int8 Mul: MBQM((x1 - z1) * (x2 - z2), m, e) + z_y, clamped (TFLite MUL int8).)doc");
+
+class MulOp : public OpKernel {
+ public:
+  explicit MulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    ReadCommon(ctx, &common_, false, true);
+    const char* zps[3] = {"input1_zero_point", "input2_zero_point", "output_zero_point"};
+    int* zp_dst[3] = {&zp1_, &zp2_, &zpo_};
+    for (int i = 0; i < 3; ++i) {
+      OP_REQUIRES_OK(ctx, ctx->GetAttr(zps[i], zp_dst[i]));
+      CheckZeroPoint(ctx, zps[i], *zp_dst[i]);
+    }
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("multiplier", &m_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("shift", &e_));
+    const int max_shift = common_.rounding == Rounding::kSingle ? 30 : 31;
+    OP_REQUIRES(ctx, m_ >= 0 && e_ >= -31 && e_ <= max_shift,
+                errors::InvalidArgument("Expected multiplier >= 0 and shift in [-31, ", max_shift, "]. Received: ", m_,
+                                        ", ", e_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    BroadcastBinary(ctx, "Mul", [this](int8_t a, int8_t b) {
+      const int32_t product = (a - zp1_) * (b - zp2_);
+      const int32_t raw = MultiplyByQuantizedMultiplier(product, m_, e_, common_.rounding);
+      return ClampToInt8(WrapInt32(int64_t{raw} + zpo_), common_.activation_min, common_.activation_max);
+    });
+  }
+
+ private:
+  Common common_;
+  int zp1_ = 0, zp2_ = 0, zpo_ = 0, m_ = 0, e_ = 0;
+};
+
+REGISTER_KERNEL_BUILDER(Name("AimetDspMul").Device(DEVICE_CPU), MulOp);
+
+// ----------------------------------------------------------------------------------------------
+// Batched matrix product ([B, M, K] x [B, K, N]; the Python wrapper transposes and broadcasts)
+
+REGISTER_OP("AimetDspBatchMatMul")
+    .Input("lhs: int8")
+    .Input("rhs: int8")
+    .Output("output: int8")
+    .Attr("lhs_zero_point: int")
+    .Attr("rhs_zero_point: int")
+    .Attr("output_zero_point: int")
+    .Attr("multiplier: int")
+    .Attr("shift: int")
+    .Attr("accumulator_bits: int = 32")
+    .Attr("rounding: {'double', 'single'} = 'double'")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle lhs, rhs;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &lhs));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &rhs));
+      c->set_output(0, c->MakeShape({c->Dim(lhs, 0), c->Dim(lhs, 1), c->Dim(rhs, 2)}));
+      return Status();
+    })
+    .Doc(R"doc(Int8 batched matrix product: MBQM(sum_k (a - z_l)(b - z_r), m, e) + z_y (TFLite BATCH_MATMUL).)doc");
+
+class BatchMatMulOp : public OpKernel {
+ public:
+  explicit BatchMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    ReadCommon(ctx, &common_, true, false);
+    const char* zps[3] = {"lhs_zero_point", "rhs_zero_point", "output_zero_point"};
+    int* zp_dst[3] = {&zpl_, &zpr_, &zpo_};
+    for (int i = 0; i < 3; ++i) {
+      OP_REQUIRES_OK(ctx, ctx->GetAttr(zps[i], zp_dst[i]));
+      CheckZeroPoint(ctx, zps[i], *zp_dst[i]);
+    }
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("multiplier", &m_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("shift", &e_));
+    const int max_shift = common_.rounding == Rounding::kSingle ? 30 : 31;
+    OP_REQUIRES(ctx, m_ >= 0 && e_ >= -31 && e_ <= max_shift,
+                errors::InvalidArgument("Expected multiplier >= 0 and shift in [-31, ", max_shift, "]. Received: ", m_,
+                                        ", ", e_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& lhs = ctx->input(0);
+    const Tensor& rhs = ctx->input(1);
+    OP_REQUIRES(ctx, lhs.dims() == 3 && rhs.dims() == 3 && lhs.dim_size(0) == rhs.dim_size(0) &&
+                         lhs.dim_size(2) == rhs.dim_size(1),
+                errors::InvalidArgument("Expected lhs [B, M, K] and rhs [B, K, N]. Received: ",
+                                        lhs.shape().DebugString(), " and ", rhs.shape().DebugString()));
+    const int64_t batches = lhs.dim_size(0), rows = lhs.dim_size(1), depth = lhs.dim_size(2), cols = rhs.dim_size(2);
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({batches, rows, cols}), &output));
+    const int8_t* a = lhs.flat<int8_t>().data();
+    const int8_t* b = rhs.flat<int8_t>().data();
+    int8_t* y = output->flat<int8_t>().data();
+    for (int64_t n = 0; n < batches; ++n) {
+      const int8_t* an = a + n * rows * depth;
+      const int8_t* bn = b + n * depth * cols;
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < cols; ++j) {
+          int64_t acc = 0;
+          for (int64_t k = 0; k < depth; ++k) {
+            acc += int64_t{an[i * depth + k] - zpl_} * (bn[k * cols + j] - zpr_);
+          }
+          const int32_t raw = MultiplyByQuantizedMultiplier(NarrowAccumulator(acc, common_.wide_accumulator), m_, e_,
+                                                            common_.rounding);
+          y[(n * rows + i) * cols + j] = ClampToInt8(WrapInt32(int64_t{raw} + zpo_), -128, 127);
+        }
       }
     }
   }
 
  private:
   Common common_;
-  int zp1_ = 0, zp2_ = 0, zpo_ = 0, left_shift_ = 20;
-  int m_[3] = {0, 0, 0}, s_[3] = {0, 0, 0};
+  int zpl_ = 0, zpr_ = 0, zpo_ = 0, m_ = 0, e_ = 0;
 };
 
-REGISTER_KERNEL_BUILDER(Name("AimetDspAdd").Device(DEVICE_CPU), AddOp);
+REGISTER_KERNEL_BUILDER(Name("AimetDspBatchMatMul").Device(DEVICE_CPU), BatchMatMulOp);
 
 // ----------------------------------------------------------------------------------------------
 // Average / max pooling
