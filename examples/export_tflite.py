@@ -10,6 +10,7 @@ Usage (from the repository root):
     python examples/export_tflite.py --param_bw=4 --output=/tmp/w4a8.tflite
     python examples/export_tflite.py --model=my_model.keras --calibration=calib.npy
     python examples/export_tflite.py --mltk_model=resnet8           # an MLTK model (third_party/mltk)
+    python examples/export_tflite.py --bundled=vit --reference_kernels   # the bundled ViT
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the script's flags (only when run as a script: importing it for ``run`` must not
     clash with other modules' flags)."""
-    flags.DEFINE_string("model", None, "A .keras model file; default: the bundled Fashion-MNIST CNN.")
+    flags.DEFINE_string("model", None, "A .keras model file; default: a bundled Fashion-MNIST model (--bundled).")
+    flags.DEFINE_enum("bundled", "cnn", ["cnn", "vit"], "Which bundled Fashion-MNIST model without --model / "
+                      "--mltk_model: the edge CNN or the vision transformer.")
     flags.DEFINE_string("mltk_model", None, "An MLTK model name (resnet8, ds_cnn, vww_mobilenetv1, "
                         "mobilenetv2_kws) instead of --model (shipped in third_party/mltk).")
     flags.DEFINE_string(
@@ -51,7 +54,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("compare_ptq", True, "Also convert with TFLite's own post-training quantization.")
 
 
-def load(model_path, mltk_model, calibration, num_calibration, eval_samples):
+def load(model_path, mltk_model, calibration, num_calibration, eval_samples, bundled="cnn"):
     """(name, float model, calibration inputs, evaluation inputs, labels or None)."""
     from aimet_tf import datasets
 
@@ -72,7 +75,10 @@ def load(model_path, mltk_model, calibration, num_calibration, eval_samples):
         calibration_default = None
         x_eval = np.random.default_rng(1).normal(size=(256, *model.input_shape[1:])).astype(np.float32)
     else:
-        model, name = datasets.load_bundled_model(), "fashion_mnist_cnn"
+        if bundled not in ("cnn", "vit"):
+            raise app.UsageError(f"Expected --bundled to be cnn or vit. Received: {bundled!r}")
+        model, name = ((datasets.load_bundled_model(), "fashion_mnist_cnn") if bundled == "cnn"
+                       else (datasets.load_bundled_vit(), "fashion_mnist_vit"))
         calibration_default, _ = datasets.load_fashion_mnist("calibration")
         x_eval, labels = datasets.load_fashion_mnist("test")
         x_eval, labels = x_eval[:eval_samples], labels[:eval_samples]
@@ -123,6 +129,7 @@ def run(
     eval_samples: int = 10000,
     reference_kernels: bool = False,
     compare_ptq: bool = True,
+    bundled: str = "cnn",
 ) -> dict:
     """Runs the whole flow and prints the results; returns them as a dict (for tests)."""
     from aimet_tf import QuantizationSimModel, metrics
@@ -136,7 +143,7 @@ def run(
     )
 
     name, model, x_cal, x_eval, labels = load(
-        model_path, mltk_model, calibration, num_calibration, eval_samples
+        model_path, mltk_model, calibration, num_calibration, eval_samples, bundled
     )
     output = output or f"{name}_w{param_bw}a8.tflite"
     prepared = prepare_model_for_tflite(model)
@@ -191,6 +198,7 @@ def main(argv):
         eval_samples=FLAGS.eval_samples,
         reference_kernels=FLAGS.reference_kernels,
         compare_ptq=FLAGS.compare_ptq,
+        bundled=FLAGS.bundled,
     )
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TFLiteFormatError", "TensorInfo", "OperatorInfo", "TFLiteGraph", "read_tflite", "widen_int4_weights", "OP_NAMES"]
+__all__ = ["TFLiteFormatError", "TensorInfo", "OperatorInfo", "TFLiteGraph", "read_tflite", "widen_int4_weights", "OP_NAMES",
+           "op_model"]
 
 
 class TFLiteFormatError(ValueError):
@@ -279,4 +280,63 @@ def widen_int4_weights(model: bytes | bytearray | str | os.PathLike) -> bytes:
             code.version = min(code.version, _INT8_DEPTHWISE_VERSION)
     builder = flatbuffers.Builder(len(graph.model_bytes) * 2)
     builder.Finish(parsed.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+_TENSOR_TYPES = {np.dtype(np.int8): "INT8", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FLOAT32"}
+
+
+def op_model(op: str, inputs: list[dict], outputs: list[dict], options=None, options_type: str | None = None,
+             version: int = 1) -> bytes:
+    """Writes a one-operator model whose inputs may be constants (unlike `single_op_model`).
+
+    Args:
+        op: builtin operator name, e.g. "BATCH_MATMUL".
+        inputs: one dict per operator input: "shape", "dtype" (numpy int8 / int32 / float32),
+            optionally "scale" and "zero_point" (quantized tensors) and "data" (a constant).
+            Inputs without "data" become graph inputs, in order.
+        outputs: dicts like the inputs, without "data".
+        options, options_type: the operator's builtin options object and its `BuiltinOptions` name.
+        version: the operator code's version.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT()
+    model.version = 3
+    code = schema.OperatorCodeT()
+    code.builtinCode = getattr(schema.BuiltinOperator, op)
+    code.deprecatedBuiltinCode = min(code.builtinCode, 127)
+    code.version = version
+    model.operatorCodes = [code]
+    model.buffers = [schema.BufferT()]
+    tensors = []
+    for i, spec in enumerate([*inputs, *outputs]):
+        t = schema.TensorT()
+        dtype = np.dtype(spec["dtype"])
+        t.shape, t.type, t.name = list(spec["shape"]), getattr(schema.TensorType, _TENSOR_TYPES[dtype]), f"t{i}"
+        t.buffer = 0
+        if "scale" in spec:
+            q = schema.QuantizationParametersT()
+            q.scale, q.zeroPoint = [float(spec["scale"])], [int(spec["zero_point"])]
+            t.quantization = q
+        if "data" in spec:
+            buffer = schema.BufferT()
+            buffer.data = np.ascontiguousarray(np.asarray(spec["data"], dtype=dtype)).view(np.uint8).ravel()
+            model.buffers.append(buffer)
+            t.buffer = len(model.buffers) - 1
+        tensors.append(t)
+    graph = schema.SubGraphT()
+    graph.tensors = tensors
+    graph.inputs = [i for i, spec in enumerate(inputs) if "data" not in spec]
+    graph.outputs = list(range(len(inputs), len(inputs) + len(outputs)))
+    operator = schema.OperatorT()
+    operator.opcodeIndex, operator.inputs, operator.outputs = 0, list(range(len(inputs))), graph.outputs
+    if options is not None:
+        operator.builtinOptionsType = getattr(schema.BuiltinOptions, options_type)
+        operator.builtinOptions = options
+    graph.operators = [operator]
+    model.subgraphs = [graph]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())

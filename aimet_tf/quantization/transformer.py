@@ -290,19 +290,37 @@ def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[t
 
 def _rsqrt(quantize: Any, x: Any, input_name: str = "variance_eps") -> Any:
     """RSQRT quantized as ``rstd``; prepared for the reference or builtin kernels, the level is
-    TFLite's integer RSQRT of the input level (``_rsqrt_levels``). XNNPACK's RSQRT (the default
-    resolver) is not modelled: float-then-round differs from it on ~0.2% of elements."""
+    TFLite's integer RSQRT of the input level (``_rsqrt_levels``); for the default resolver,
+    XNNPACK's, read off LiteRT as a table (float-then-round differs from it on ~0.2% of codes)."""
     raw = ops.rsqrt(x)
     kernels = getattr(quantize, "kernels", None)
-    s_out = quantize.scale("rstd") if kernels in _FIXED_POINT_KERNELS else None
+    s_out = quantize.scale("rstd") if kernels is not None else None
     s_in = quantize.scale(input_name) if s_out is not None else None
     if s_out is None or s_in is None:
         return quantize("rstd", raw)
     s_in, s_out = tf.reshape(s_in, ()), tf.reshape(s_out, ())
-    level = tf.numpy_function(_rsqrt_levels, [tf.round(x / s_in), s_in, s_out], tf.float32,
-                              stateful=False, name="rsqrt_fixed_point")
+    if kernels in _FIXED_POINT_KERNELS:
+        level = tf.numpy_function(_rsqrt_levels, [tf.round(x / s_in), s_in, s_out], tf.float32,
+                                  stateful=False, name="rsqrt_fixed_point")
+    else:
+        # XNNPACK's RSQRT: the table LiteRT computes for these grids (``litert_tables``).
+        grids = [tf.reshape(quantize.minimum(n), ()) for n in (input_name, "rstd")]
+        level = tf.numpy_function(
+            lambda v, a, b, lo_in, lo_out: _table_levels("RSQRT", v, a, b, lo_in, lo_out, kernels),
+            [tf.round(x / s_in), s_in, s_out, *grids], tf.float32, stateful=False, name="rsqrt_table")
     level = tf.ensure_shape(level, raw.shape)
     return quantize("rstd", raw + tf.stop_gradient(level * s_out - raw))
+
+
+def _table_levels(op: str, value, s_in, s_out, min_in, min_out, kernels: str) -> np.ndarray:
+    """Zero-point-free output levels of an int8 elementwise op from LiteRT's own table."""
+    from aimet_tf.export.litert_tables import litert_table
+
+    z_in = int(-128 - np.round(float(min_in) / float(s_in)))
+    z_out = int(-128 - np.round(float(min_out) / float(s_out)))
+    table = litert_table(op, float(s_in), z_in, float(s_out), z_out, kernels).astype(np.int64)
+    codes = np.clip(np.asarray(value, np.int64) + z_in, -128, 127)
+    return (table[codes + 128] - z_out).astype(np.float32)
 
 
 def _rsqrt_levels(value: np.ndarray, s_in: np.ndarray, s_out: np.ndarray) -> np.ndarray:
