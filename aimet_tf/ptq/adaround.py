@@ -90,6 +90,7 @@ __all__ = [
     "annealed_beta",
     "rounding_regularizer",
     "reconstruction_loss",
+    "einsum_output_channel_axes",
 ]
 
 # Stretch of the rectified sigmoid (paper, section 3.2): h reaches exactly 0 and 1.
