@@ -213,3 +213,30 @@ def test_wrapper_recording_collects_quantized_inputs_and_internal_tensors(result
     assert wrapper._recording is None
     wrapper(x, x)  # no recording outside the block
     assert len(record.calls) == 1
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, calls: int):
+        super().__init__()
+        self.calls, self.seen = calls, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen >= self.calls:
+            self.model.stop_training = True
+
+
+def test_an_interrupted_run_resumes_at_the_projection_it_stopped_in(result, tmp_path):
+    """Stopped inside the key projection (2 calls per layer: embed, query, then one of key), the
+    rerun resumes from the checkpoint and ends with the uninterrupted run's kernels."""
+    params = AdaroundParameters(result["data"], num_batches=5, default_num_iterations=200, learning_rate=1e-2)
+    kwargs = dict(path=str(tmp_path), filename_prefix="tiny", default_param_bw=4,
+                  default_quant_scheme="tf_enhanced", verbose=0, steps_per_call=100)
+    apply_adaround(result["model"], params, callbacks=[_StopAfter(5)], **kwargs)
+    logs = _Logs()
+    resumed = apply_adaround(result["model"], params, callbacks=[logs], **kwargs)
+    assert [bool(l.get("resumed")) for l in logs.layers] == [True, True] + [False] * 5
+    for projection in PROJECTIONS:
+        np.testing.assert_array_equal(_kernel(resumed, projection), _kernel(result["ada"], projection))
+    for name in ("embed", "mlp", "head"):
+        np.testing.assert_array_equal(resumed.get_layer(name).kernel.numpy(), result["ada"].get_layer(name).kernel.numpy())
