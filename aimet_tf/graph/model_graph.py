@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -438,15 +438,35 @@ class GraphRunner:
             if self.uses[t] == 0 and t not in self.pinned:
                 self.values.pop(t, None)
 
-    def inputs_of(self, name: str) -> np.ndarray:
-        """The (first) input of node ``name``, computed with the model's current weights."""
+    def _advance_to(self, name: str) -> GraphNode:
+        """Runs every node before ``name`` (not yet run) and returns node ``name``."""
         index = self._node_index(name)
         if index < self.position:
             raise RuntimeError(f"Layer {name!r} was already run; layers must be asked for in graph order.")
         while self.position < index:
             self._run(self.graph.nodes[self.position])
             self.position += 1
-        return self.values[self.graph.nodes[index].inputs[0]]
+        return self.graph.nodes[index]
+
+    def inputs_of(self, name: str) -> np.ndarray:
+        """The (first) input of node ``name``, computed with the model's current weights."""
+        return self.values[self._advance_to(name).inputs[0]]
+
+    def call_batches(self, name: str) -> Iterator[tuple[tuple, dict]]:
+        """Node ``name``'s call arguments ``(args, kwargs)``, ``batch_size`` samples at a time.
+
+        Every input of the node (a MultiHeadAttention's query and value, a mask...) is computed
+        with the model's current weights and filled into the node's own call arguments, as
+        ``run_node`` calls it; the node itself is not run. Like ``inputs_of``, nodes must be
+        asked for in graph order.
+        """
+        node = self._advance_to(name)
+        if not node.inputs:
+            raise ValueError(f"Expected node {name!r} to read at least one tensor. Received: a node without inputs.")
+        count = len(self.values[node.inputs[0]])
+        for start in range(0, count, self.batch_size):
+            part = {t: self.values[t][start : start + self.batch_size] for t in node.inputs}
+            yield self.graph.call_arguments(name, part)
 
     def output_of(self, name: str) -> np.ndarray:
         """The (first) output of node ``name``."""

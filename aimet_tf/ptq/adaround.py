@@ -25,6 +25,17 @@ with many inputs on a few hundred samples) is not kept.
 Batch norms are folded first (``aimet_tf.ptq.batch_norm_fold``): AdaRound must round the weights
 the integer runtime will use.
 
+Each kernel is one "module" (AIMET's unit): a Conv / Depthwise / Dense / EinsumDense layer's
+kernel, or one of the four projections (EinsumDense sublayers) of a ``MultiHeadAttention`` that
+the sim runs op by op (``aimet_tf.quantization.transformer``). A projection is optimised like a
+layer: x_q is what it reads in the simulation (the query projection the layer's first input, the
+key and value projections the key / value input, i.e. the first input too for self-attention
+``mha(x, x)``, each after the wrapper's input quantizers; the output projection the quantized
+attention context, computed with the query, key and value projections already AdaRounded) and
+the target its float output on the float model's inputs. Its kernel's encoding is the sim's, so
+the exported file names it as the sim does (``mha/query_dense/kernel:0``). The reconstruction
+loss sums over a projection's output channels: (heads, head_dim) for the query, key and value.
+
 Speed: each layer's inputs and targets are computed once and cached, by running the quantized and
 the float graphs forward from where the previous layer left off (one pass over each model in
 total, not one per layer); the optimisation runs as a
@@ -61,7 +72,7 @@ from absl import logging
 from aimet_tf import distribute, files
 from aimet_tf.graph import GraphRunner, ModelGraph, activation_kind
 from aimet_tf.ptq import adaround_checkpoint
-from aimet_tf.quantization import calibration_data, encodings_io, graph, primitives
+from aimet_tf.quantization import calibration_data, encodings_io, graph, primitives, transformer
 from aimet_tf.quantization.analyzers import QuantScheme, parse_quant_scheme
 from aimet_tf.quantization.quantizers import Quantizer
 from aimet_tf.quantization.sim import QuantizationSimModel
@@ -69,6 +80,7 @@ from aimet_tf.quantization.wrapper import QuantizationWrapper
 
 __all__ = [
     "ADAROUND_LAYERS",
+    "ATTENTION_PROJECTIONS",
     "ZETA",
     "GAMMA",
     "AdaroundParameters",
@@ -78,6 +90,7 @@ __all__ = [
     "annealed_beta",
     "rounding_regularizer",
     "reconstruction_loss",
+    "einsum_output_channel_axes",
 ]
 
 # Stretch of the rectified sigmoid (paper, section 3.2): h reaches exactly 0 and 1.
@@ -86,7 +99,8 @@ GAMMA = -0.1
 
 _L = keras.layers
 # Layers whose single kernel AdaRound optimises (their own call() is reused, so any of them works
-# as long as one variable named ``kernel`` holds all the weights).
+# as long as one variable named ``kernel`` holds all the weights). MultiHeadAttention is handled
+# per projection (ATTENTION_PROJECTIONS).
 ADAROUND_LAYERS: tuple[type, ...] = (
     _L.Conv1D,
     _L.Conv2D,
@@ -95,7 +109,12 @@ ADAROUND_LAYERS: tuple[type, ...] = (
     _L.Dense,
     _L.Conv1DTranspose,
     _L.Conv2DTranspose,
+    _L.EinsumDense,
 )
+# A MultiHeadAttention's four projections (EinsumDense sublayers), each AdaRounded on its own in
+# this order: query, key and value read the layer's inputs, the output projection the attention
+# context computed from the (already AdaRounded) query, key and value.
+ATTENTION_PROJECTIONS: tuple[str, ...] = ("_query_dense", "_key_dense", "_value_dense", "_output_dense")
 # An activation layer that is a layer's only consumer is part of f() (AIMET's module/activation
 # pairs), softmax included; activation layers with a "linear" function are not.
 
@@ -292,17 +311,98 @@ def _fold_batch_norms(model: keras.Model) -> keras.Model:
 
 @dataclasses.dataclass
 class _LayerTask:
-    """One layer to AdaRound: where it sits in the sim and in the float model."""
+    """One kernel to AdaRound: where it sits in the sim and in the float model.
+
+    ``module`` is the layer whose ``kernel`` is optimised and whose call is f(): the wrapped layer
+    itself, or one projection (``projection``, e.g. "_query_dense") of a wrapped
+    MultiHeadAttention. ``channel_axes`` trailing axes of f's output are its output channels
+    (2 for an attention query [B, T, heads, head_dim]); the reconstruction loss sums over them.
+    """
 
     wrapper: QuantizationWrapper
     quantizer: Quantizer
     param_name: str
     activation: keras.layers.Layer | None
     target_layer: str
+    module: keras.layers.Layer
+    projection: str | None = None
+    channel_axes: int = 1
+
+    @property
+    def name(self) -> str:
+        """The wrapper's name, with the projection for an attention projection ("mha/query_dense")."""
+        return self.wrapper.name if self.projection is None else f"{self.wrapper.name}/{self.projection.lstrip('_')}"
 
 
 def _is_activation(layer: keras.layers.Layer) -> bool:
     return activation_kind(layer) is not None
+
+
+def einsum_output_channel_axes(equation: str) -> int:
+    """How many trailing output axes of an ``EinsumDense`` equation come from its kernel.
+
+    Those are the layer's output channels: "abc,cde->abde" (an attention query, [B, T, heads,
+    head_dim]) has 2, "abcd,cde->abe" (its output projection) and "ab,bc->ac" have 1.
+
+    Raises:
+        ValueError: for an equation that is not "input,kernel->output" or whose output does not
+            end with a kernel axis.
+    """
+    if not isinstance(equation, str) or equation.count("->") != 1 or equation.split("->")[0].count(",") != 1:
+        raise ValueError(
+            f"Expected an EinsumDense equation 'input,kernel->output' such as 'abc,cde->abde'. "
+            f"Received: {equation!r}"
+        )
+    operands, output = equation.replace(" ", "").split("->")
+    kernel = operands.split(",")[1]
+    count = 0
+    for letter in reversed(output):
+        if letter not in kernel:
+            break
+        count += 1
+    if count == 0:
+        raise ValueError(
+            f"Expected the output of EinsumDense equation {equation!r} to end with a kernel axis "
+            f"(its output channels). Received: output {output!r}, kernel {kernel!r}"
+        )
+    return count
+
+
+def _channel_axes(module: keras.layers.Layer) -> int:
+    if isinstance(module, _L.EinsumDense):
+        return einsum_output_channel_axes(module.equation)
+    return 1
+
+
+def _attention_tasks(wrapper: QuantizationWrapper, activation, target: str) -> list[_LayerTask]:
+    """One task per projection of a wrapped MultiHeadAttention whose kernel quantizer is enabled."""
+    layer = wrapper.layer
+    if not wrapper.internal_names:
+        # Not decomposed: the layer's own call runs, and the attention context (the output
+        # projection's input) is not a tensor the sim produces.
+        logging.warning(
+            "apply_adaround: %s (MultiHeadAttention) is not simulated op by op (its config entry "
+            "has is_decomposed False); its projections keep nearest rounding.", wrapper.name,
+        )
+        return []
+    quantizers = wrapper.param_quantizers_by_path()
+    tasks = []
+    for projection in ATTENTION_PROJECTIONS:
+        path = f"{projection}.kernel"
+        quantizer = quantizers.get(path)
+        if not isinstance(quantizer, Quantizer) or not quantizer.enabled:
+            logging.info("apply_adaround: %s has no enabled quantizer on %s; skipped.", wrapper.name, path)
+            continue
+        module = getattr(layer, projection)
+        last = projection == "_output_dense"
+        tasks.append(
+            _LayerTask(
+                wrapper, quantizer, encodings_io.param_name(wrapper.name, path),
+                activation if last else None, target if last else wrapper.name, module, projection,
+                _channel_axes(module),
+            )
+        )
+    return tasks
 
 
 def _plan(float_model: keras.Model, sim: QuantizationSimModel) -> list[_LayerTask]:
@@ -313,16 +413,13 @@ def _plan(float_model: keras.Model, sim: QuantizationSimModel) -> list[_LayerTas
     tasks = []
     for wrapper in sim.wrappers():
         layer = wrapper.layer
-        if not isinstance(layer, ADAROUND_LAYERS):
+        attention = isinstance(layer, _L.MultiHeadAttention)
+        if not (attention or isinstance(layer, ADAROUND_LAYERS)):
             continue
         if wrapper.name not in top_level:
             logging.warning(
                 "apply_adaround: %s sits in a nested model; it keeps nearest rounding.", wrapper.name
             )
-            continue
-        quantizer = wrapper.param_quantizers_by_path().get("kernel")
-        if not isinstance(quantizer, Quantizer) or not quantizer.enabled:
-            logging.info("apply_adaround: %s has no enabled weight quantizer; skipped.", wrapper.name)
             continue
         activation = None
         target = wrapper.name
@@ -331,8 +428,18 @@ def _plan(float_model: keras.Model, sim: QuantizationSimModel) -> list[_LayerTas
             candidate = float_model.get_layer(following[0])
             if _is_activation(candidate):
                 activation, target = candidate, candidate.name
+        if attention:
+            tasks.extend(_attention_tasks(wrapper, activation, target))
+            continue
+        quantizer = wrapper.param_quantizers_by_path().get("kernel")
+        if not isinstance(quantizer, Quantizer) or not quantizer.enabled:
+            logging.info("apply_adaround: %s has no enabled weight quantizer; skipped.", wrapper.name)
+            continue
         tasks.append(
-            _LayerTask(wrapper, quantizer, encodings_io.param_name(wrapper.name, "kernel"), activation, target)
+            _LayerTask(
+                wrapper, quantizer, encodings_io.param_name(wrapper.name, "kernel"), activation, target,
+                layer, channel_axes=_channel_axes(layer),
+            )
         )
     return tasks
 
@@ -381,9 +488,10 @@ class _LayerOptimizer:
         strategy: tf.distribute.Strategy | None = None,
     ):
         self.strategy = strategy
-        self.layer = task.wrapper.layer
+        self.layer = task.module
         self.kernel = self.layer.kernel
         self.activation = task.activation
+        self.channel_axes = task.channel_axes
         self.params = params
         self.floor = tf.constant(grid.floor)
         self.scale = tf.constant(grid.scale)
@@ -414,7 +522,8 @@ class _LayerOptimizer:
         else:
             with keras.StatelessScope(state_mapping=[(self.kernel, kernel)]):
                 y = self.layer(x)
-        return self.activation(y) if self.activation is not None else y
+        y = self.activation(y) if self.activation is not None else y
+        return _merge_channel_axes(y, self.channel_axes)
 
     def hard_kernel_levels(self) -> np.ndarray:
         """clip(floor(W/s) - o + [V > 0], 0, steps): the final integer levels."""
@@ -501,6 +610,14 @@ class _LayerOptimizer:
         return total / max(count, 1)
 
 
+def _merge_channel_axes(y, channel_axes: int):
+    """``y`` with its last ``channel_axes`` axes flattened into one channel axis."""
+    if channel_axes == 1:
+        return y
+    shape = tf.shape(y)
+    return tf.reshape(y, tf.concat([shape[:-channel_axes], [-1]], axis=0))
+
+
 def _is_pointwise(layer: keras.layers.Layer) -> bool:
     """A channels-last Conv2D with a 1x1 kernel, stride 1, no dilation and no groups."""
     if type(layer) is not _L.Conv2D:
@@ -576,7 +693,8 @@ def apply_adaround(
     jit_compile: bool = False,
     seed: int = 0,
 ) -> keras.Model:
-    """Optimises the rounding of every Conv/Depthwise/Dense kernel and returns the AdaRounded model.
+    """Optimises the rounding of every Conv/Depthwise/Dense/EinsumDense kernel and of the four
+    projections of every MultiHeadAttention, and returns the AdaRounded model.
 
     Batch norms are folded first (``aimet_tf.ptq.batch_norm_fold``). A quantization simulation of
     the folded model (``default_quant_scheme``, ``default_param_bw``, ``config_file``)
@@ -719,7 +837,7 @@ def apply_adaround(
     tasks = _plan(float_model, sim)
     logging.info(
         "apply_adaround: %d layers, %d samples, %d iterations each: %s",
-        len(tasks), len(samples), params.default_num_iterations, [t.wrapper.name for t in tasks],
+        len(tasks), len(samples), params.default_num_iterations, [t.name for t in tasks],
     )
 
     callback_list = keras.callbacks.CallbackList(list(callbacks or []), model=sim.model)
@@ -734,7 +852,7 @@ def apply_adaround(
         callback_list.on_epoch_begin(index, {"num_iterations": params.default_num_iterations})
         if index < len(resumed):
             stats = _resume_layer(task, resumed[index], rng)
-            logging.info("apply_adaround: %s resumed from the checkpoint in %s", task.wrapper.name, path)
+            logging.info("apply_adaround: %s resumed from the checkpoint in %s", task.name, path)
             finished += 1
             callback_list.on_epoch_end(index, stats)
             continue
@@ -749,14 +867,12 @@ def apply_adaround(
         logging.info(
             "apply_adaround: layer %d/%d %s done in %.1f s, reconstruction error nearest %.6g -> "
             "AdaRound %.6g",
-            index + 1, len(tasks), task.wrapper.name, stats["seconds"], stats["recon_error_nearest"],
+            index + 1, len(tasks), task.name, stats["seconds"], stats["recon_error_nearest"],
             stats["recon_error_adaround"],
         )
         if checkpoint is not None and not stopped:
             # Before on_epoch_end: a callback that raises there finds this layer saved.
-            checkpoint.add(
-                task.wrapper.name, task.wrapper.layer.kernel.numpy(), stats, rng.bit_generator.state
-            )
+            checkpoint.add(task.name, task.module.kernel.numpy(), stats, rng.bit_generator.state)
         callback_list.on_epoch_end(index, stats)
         if stopped:
             logging.warning(
@@ -782,7 +898,7 @@ def _resumable(checkpoint: adaround_checkpoint.LayerCheckpoint | None, tasks: li
     if checkpoint is None:
         return []
     records = checkpoint.open()
-    names = [task.wrapper.name for task in tasks]
+    names = [task.name for task in tasks]
     if [r["name"] for r in records] != names[: len(records)]:
         logging.warning(
             "apply_adaround: the checkpoint in %s lists layers %s, not a prefix of %s; starting afresh.",
@@ -800,11 +916,11 @@ def _resumable(checkpoint: adaround_checkpoint.LayerCheckpoint | None, tasks: li
 
 def _resume_layer(task: _LayerTask, record: dict, rng: np.random.Generator) -> dict:
     """Puts a finished layer's kernel back and the sampling RNG where the layer left it."""
-    kernel = task.wrapper.layer.kernel
+    kernel = task.module.kernel
     if tuple(record["kernel"].shape) != tuple(kernel.shape):
         raise ValueError(
             f"Expected a checkpointed kernel of shape {tuple(kernel.shape)} for layer "
-            f"{task.wrapper.name!r}. Received: shape={tuple(record['kernel'].shape)}."
+            f"{task.name!r}. Received: shape={tuple(record['kernel'].shape)}."
         )
     kernel.assign(record["kernel"])
     rng.bit_generator.state = record["rng_state"]
@@ -829,20 +945,75 @@ def _param_encodings(sim: QuantizationSimModel) -> dict:
 
 
 def _layer_data(task: _LayerTask, quantized: GraphRunner, reference: GraphRunner):
-    """(quantized-model inputs after the layer's input quantizer, float-model targets) of a layer."""
+    """(quantized-model inputs after the layer's input quantizer, float-model targets) of a layer,
+    the targets' channel axes merged into one."""
+    if task.projection is not None:
+        return _projection_data(task, quantized, reference)
     inputs = quantized.inputs_of(task.wrapper.name)
     quantizer = task.wrapper.input_quantizers[0] if task.wrapper.input_quantizers else None
     if quantizer is not None and quantizer.enabled:
         inputs = _predict(quantizer, inputs)
-    return inputs, reference.output_of(task.target_layer)
+    return inputs, _merge_channels_np(reference.output_of(task.target_layer), task.channel_axes)
+
+
+def _merge_channels_np(y: np.ndarray, channel_axes: int) -> np.ndarray:
+    return y if channel_axes == 1 else y.reshape(*y.shape[:-channel_axes], -1)
+
+
+def _attention_operand(layer: keras.layers.Layer, projection: str, args: tuple, kwargs: dict):
+    """The tensor a query / key / value projection reads in a ``MultiHeadAttention`` call: the
+    query; the key, or the value when the call passes no key (``mha(x, x)``); the value."""
+    call = transformer._bind_attention_call(layer, args, kwargs)
+    if projection == "_query_dense":
+        return call["query"]
+    if projection == "_key_dense" and call["key"] is not None:
+        return call["key"]
+    return call["value"]
+
+
+def _projection_data(task: _LayerTask, quantized: GraphRunner, reference: GraphRunner):
+    """(inputs, targets) of one attention projection.
+
+    Inputs come from the sim, like every other layer's: the MultiHeadAttention wrapper runs on the
+    quantized model's inputs to it, and records what its projection reads there (the query or
+    key/value after the wrapper's input quantizers; for the output projection the attention
+    context after its quantizer, computed with the already AdaRounded projections). Targets are
+    the float model's: its projection on its float operand, or (output projection) its layer's
+    output.
+    """
+    wrapper, projection = task.wrapper, task.projection
+    inputs = []
+    for args, kwargs in quantized.call_batches(wrapper.name):
+        args, kwargs = tf.nest.map_structure(_as_tensor, (args, kwargs))
+        with wrapper.recording() as record:
+            wrapper(*args, **kwargs)
+        if projection == "_output_dense":
+            inputs.append(np.asarray(record.internal["attention_context"][0]))
+        else:
+            call_args, call_kwargs = record.calls[0]
+            inputs.append(np.asarray(_attention_operand(wrapper.layer, projection, call_args, call_kwargs)))
+    inputs = np.concatenate(inputs, axis=0)
+    if projection == "_output_dense":
+        return inputs, _merge_channels_np(reference.output_of(task.target_layer), task.channel_axes)
+    float_layer = reference.graph.node(wrapper.name).operation
+    float_projection = getattr(float_layer, projection)
+    targets = []
+    for args, kwargs in reference.call_batches(wrapper.name):
+        args, kwargs = tf.nest.map_structure(_as_tensor, (args, kwargs))
+        targets.append(np.asarray(float_projection(_attention_operand(float_layer, projection, args, kwargs))))
+    return inputs, _merge_channels_np(np.concatenate(targets, axis=0), task.channel_axes)
+
+
+def _as_tensor(value):
+    return tf.constant(value) if isinstance(value, np.ndarray) else value
 
 
 def _adaround_layer(
     task, index, count, sim, quantized, reference, params, callback_list, rng, verbose, steps_per_call, jit_compile
 ) -> tuple[dict, bool]:
-    name = task.wrapper.name
+    name = task.name
     inputs, targets = _layer_data(task, quantized, reference)
-    kernel = task.wrapper.layer.kernel
+    kernel = task.module.kernel
     original = np.asarray(kernel.numpy())
     grid = _grid(original, task.quantizer)
     optimizer = _LayerOptimizer(task, grid, params, jit_compile, distribute.replica_strategy(sim.model))
@@ -858,7 +1029,7 @@ def _adaround_layer(
     total = params.default_num_iterations
     indices = _batch_indices(rng, int(xs.shape[0]), total, params.batch_size)
     if verbose:
-        print(f"AdaRound layer {index + 1}/{count}: {name} ({type(task.wrapper.layer).__name__}"
+        print(f"AdaRound layer {index + 1}/{count}: {name} ({type(task.module).__name__}"
               f"{' + ' + task.activation.name if task.activation is not None else ''})")
     bar = keras.utils.Progbar(
         total, verbose=verbose, stateful_metrics=["loss", "recon", "round", "beta"], unit_name="step"

@@ -50,6 +50,15 @@ def get_param_variable(layer: keras.layers.Layer, path: str) -> keras.Variable:
     return value
 
 
+class _Recording:
+    """What ``QuantizationWrapper.recording`` collected: ``calls`` (quantized ``(args, kwargs)``
+    per call) and ``internal`` (internal tensor name -> its quantized values, one per call)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple, dict]] = []
+        self.internal: dict[str, list] = {}
+
+
 @keras.saving.register_keras_serializable(package="aimet_tf")
 class QuantizationWrapper(_TracedState, keras.layers.Layer):
     """Wraps ``layer`` with quantizers.
@@ -105,6 +114,7 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
         self.internal_names = list(internal)
         self.internal_quantizer_list = [internal[name] for name in self.internal_names]
         self._finite_watch = None
+        self._recording: _Recording | None = None
         # Non-tensor keyword arguments of the wrapped call (use_causal_mask=True...): kept here,
         # because Keras refuses a call whose **kwargs mix tensors and plain values.
         self.call_options = dict(call_options or {})
@@ -261,6 +271,28 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
                 out[i] = q(out[i])
         return tuple(out)
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator["_Recording"]:
+        """Records what the calls made inside the block see: each call's arguments after the
+        input quantizers (``calls``, a list of ``(args, kwargs)``) and each internal tensor after
+        its quantizer (``internal[name]``, a list with one entry per call), e.g. a
+        MultiHeadAttention's attention context. For eager calls (a traced call records symbolic
+        tensors).
+
+        Example:
+            >>> with wrapper.recording() as record:
+            ...     wrapper(query, value)
+            >>> context = record.internal["attention_context"][0]
+        """
+        if self._recording is not None:
+            raise RuntimeError(f"Layer {self.name!r} is already recording. Expected one recording() block at a time.")
+        record = _Recording()
+        self._recording = record
+        try:
+            yield record
+        finally:
+            self._recording = None
+
     def __call__(self, *args, **kwargs):
         options = {k: v for k, v in kwargs.items() if k not in _KERAS_CALL_KEYS and _is_option(v)}
         if options:
@@ -271,6 +303,8 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
     def call(self, *args, **kwargs):
         kwargs = {**self.call_options, **kwargs}
         args = self._quantize_inputs(args)
+        if self._recording is not None:
+            self._recording.calls.append((args, dict(kwargs)))
         mapping = []
         for name, q in zip(self.param_names, self.param_quantizer_list):
             if q is not None and q.enabled and q._analyzer is None:
@@ -322,7 +356,10 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
 
     def _quantize_internal(self, name: str, tensor):
         q = self.internal_quantizers.get(name)
-        return q(tensor) if q is not None else tensor
+        out = q(tensor) if q is not None else tensor
+        if self._recording is not None:
+            self._recording.internal.setdefault(name, []).append(out)
+        return out
 
     def _quantize_outputs(self, outputs):
         if not any(q is not None for q in self.output_quantizers):
