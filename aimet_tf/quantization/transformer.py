@@ -309,7 +309,9 @@ def _rsqrt(quantize: Any, x: Any, input_name: str = "variance_eps") -> Any:
             lambda v, a, b, lo_in, lo_out: _table_levels("RSQRT", v, a, b, lo_in, lo_out, kernels),
             [tf.round(x / s_in), s_in, s_out, *grids], tf.float32, stateful=False, name="rsqrt_table")
     level = tf.ensure_shape(level, raw.shape)
-    return quantize("rstd", raw + tf.stop_gradient(level * s_out - raw))
+    # A zero variance level gives rsqrt = inf: the straight-through base must stay finite.
+    base = tf.where(tf.math.is_finite(raw), raw, tf.zeros_like(raw))
+    return quantize("rstd", base + tf.stop_gradient(level * s_out - base))
 
 
 def _table_levels(op: str, value, s_in, s_out, min_in, min_out, kernels: str) -> np.ndarray:

@@ -79,6 +79,7 @@ CASES: tuple[LayerCase, ...] = (
     LayerCase("BatchNormalization (after a ReLU: no fold)", IMAGE,
               lambda x: L.BatchNormalization(name="layer")(L.ReLU(name="relu")(x))),
     LayerCase("LayerNormalization", SEQUENCE, _one(L.LayerNormalization)),
+    LayerCase("RMSNormalization", SEQUENCE, _one(L.RMSNormalization)),
     LayerCase("PReLU", IMAGE, _one(L.PReLU)),
     LayerCase("SimpleRNN", SEQUENCE, _one(L.SimpleRNN, 6)),
     LayerCase("LSTM", SEQUENCE, _one(L.LSTM, 6)),
