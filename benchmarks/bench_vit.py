@@ -270,8 +270,8 @@ def render_section(
         f"Every accuracy is top-1 on the full {test_count:,}-image test split; every calibration (TFLite's "
         f"representative dataset, `compute_encodings`, AdaRound) uses the {calibration_count:,} bundled "
         f"calibration images (train images, never scored). Ours: config `{CONFIG}`, scheme `{PTQ_SCHEME}`, "
-        "8-bit activations, exported with `export_tflite` and checked with `verify_tflite` (default "
-        f"LiteRT kernels). AdaRound: {ADAROUND_ITERATIONS:,} iterations per layer, batch {ADAROUND_BATCH}. "
+        "8-bit activations, exported with `export_tflite` and checked with `verify_tflite` on LiteRT's "
+        f"default kernels (XNNPACK) and on its reference kernels (BUILTIN_REF), the sim prepared for each. AdaRound: {ADAROUND_ITERATIONS:,} iterations per layer, batch {ADAROUND_BATCH}. "
         f"QAT and its float peer: {EPOCHS} epoch over the {train} in one fixed shuffled order, batch "
         f"{BATCH}, Adam lr {LEARNING_RATE:g}; QAT scheme `{QAT_SCHEME}`. Differences are in percentage "
         "points against FP32. A failed row shows the exception's first line.",
@@ -340,15 +340,18 @@ def _sim(model: keras.Model, param_bw: int, x_cal: np.ndarray, scheme: str = PTQ
     return sim
 
 
-def _export_row(label: str, sims: dict, folder: str, x_test: np.ndarray, y_test: np.ndarray) -> Row:
-    """The .tflite row of the sim ``sims[label]`` (failed when the sim itself failed)."""
+def _export_row(label: str, sims: dict, folder: str, x_test: np.ndarray, y_test: np.ndarray,
+                kernels: str = "default") -> Row:
+    """The .tflite row of the sim ``sims[label]`` prepared for LiteRT's ``kernels`` (failed when the
+    sim itself failed)."""
 
     def measure():
         if label not in sims:
             raise RuntimeError(f"no {label} sim to export (its sim row failed)")
         sim = sims[label]
-        path = export_tflite(sim, os.path.join(folder, f"vit_{label.lower().replace(' ', '_')}.tflite"))
-        report = verify_tflite(sim, path, x_test, labels=y_test, batch_size=EVAL_BATCH)
+        path = export_tflite(sim, os.path.join(folder, f"vit_{label.lower().replace(' ', '_')}.tflite"),
+                             kernels=kernels)
+        report = verify_tflite(sim, path, x_test, labels=y_test, batch_size=EVAL_BATCH, kernels=kernels)
         with open(path, "rb") as f:
             ops = tflite_ops(f.read())
         return {
@@ -361,7 +364,8 @@ def _export_row(label: str, sims: dict, folder: str, x_test: np.ndarray, y_test:
             f"ops ({len(ops)}): {_format_counts(op_counts(ops))}",
         }
 
-    return attempt(Row(f"{label} .tflite (`export_tflite`)", "ours", target=Target("agreement")), measure)
+    return attempt(Row(f"{label} .tflite (`export_tflite`, {kernels} kernels)", "ours", target=Target("agreement")),
+                   measure)
 
 
 def _peer_rows(model, x_cal, x_test, y_test) -> tuple[list[Row], list[str]]:
@@ -447,6 +451,7 @@ def run() -> str:
 
             rows.append(attempt(Row(f"{label} sim", "ours", target=target), build))
             rows.append(_export_row(label, sims, folder, x_test, y_test))
+            rows.append(_export_row(label, sims, folder, x_test, y_test, kernels="reference"))
             logging.info("%s: %s", label, rows[-2:])
 
         def adaround():
@@ -469,6 +474,7 @@ def run() -> str:
 
         rows.append(attempt(Row("W4A8 AdaRound sim", "ours", target=Target("fp32", 1.0)), adaround))
         rows.append(_export_row("W4A8 AdaRound", sims, folder, x_test, y_test))
+        rows.append(_export_row("W4A8 AdaRound", sims, folder, x_test, y_test, kernels="reference"))
         logging.info("AdaRound: %s", rows[-2:])
 
     train: dict[str, np.ndarray] = {}
