@@ -76,7 +76,6 @@ TFLITE_REFUSED = {
     "shared_dense": "Per-channel Dense layer.*'shared', 'shared_1'",
     # Per-channel weights through the converter's Conv1D / EinsumDense reshapes.
     "conv1d_audio": "TFLite converter failed.*tfl.reshape",
-    "attention": "TFLite converter failed.*tfl.reshape",
     # Gates quantized inside the recurrence: a loop the converter cannot lower to integer ops.
     "lstm_stack": "'lstm.*' \\(LSTM\\) quantizes tensors inside its own computation",
     "subclassed_gru": "'gru.*' \\(GRU\\) quantizes tensors inside its own computation",
