@@ -28,23 +28,7 @@ def tflite_ptq_int8(model: keras.Model, calibration: np.ndarray, int8_io: bool =
     """
     import tensorflow as tf
 
-    calibration = np.asarray(calibration, np.float32)
-    if len(calibration) == 0:
-        raise ValueError("Expected at least one calibration input. Received: an empty array.")
-
-    def representative():
-        for i in range(len(calibration)):
-            yield [calibration[i : i + 1]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if int8_io:
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
+    return _ptq(model, calibration, tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.int8 if int8_io else None)
 
 
 def tflite_ptq_16x8(model: keras.Model, calibration: np.ndarray, int16_io: bool = False) -> bytes:
@@ -66,6 +50,15 @@ def tflite_ptq_16x8(model: keras.Model, calibration: np.ndarray, int16_io: bool 
     """
     import tensorflow as tf
 
+    return _ptq(model, calibration, tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+                tf.int16 if int16_io else None)
+
+
+def _ptq(model: keras.Model, calibration: np.ndarray, ops_set, io_dtype) -> bytes:
+    """TFLite's post-training quantization with one op set; the model's I/O in ``io_dtype``
+    (None: float). The representative dataset yields the calibration inputs one at a time."""
+    import tensorflow as tf
+
     calibration = np.asarray(calibration, np.float32)
     if len(calibration) == 0:
         raise ValueError("Expected at least one calibration input. Received: an empty array.")
@@ -77,12 +70,10 @@ def tflite_ptq_16x8(model: keras.Model, calibration: np.ndarray, int16_io: bool 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [
-        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-    ]
-    if int16_io:
-        converter.inference_input_type = tf.int16
-        converter.inference_output_type = tf.int16
+    converter.target_spec.supported_ops = [ops_set]
+    if io_dtype is not None:
+        converter.inference_input_type = io_dtype
+        converter.inference_output_type = io_dtype
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
 
