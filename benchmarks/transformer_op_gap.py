@@ -28,7 +28,7 @@ from absl import app, flags
 
 from aimet_tf import datasets
 from aimet_tf.export import TFLITE_CONFIG, export_tflite, prepare_model_for_tflite
-from aimet_tf.export.verify import _interpreter
+from aimet_tf.kernels.litert import interpreter as litert_interpreter
 from aimet_tf.kernels.tflite_model import read_tflite
 from aimet_tf.quantization import QuantizationSimModel
 
@@ -107,7 +107,7 @@ def _float_op(op, inputs: list[np.ndarray], graph) -> np.ndarray | None:
 
 def _gap(path: str, xs: list, kernels: str) -> dict[str, list[float]]:
     graph = read_tflite(path)
-    interpreter = _interpreter(path, kernels, preserve=True)
+    interpreter = litert_interpreter(path, kernels, preserve=True)
     interpreter.allocate_tensors()
     details = interpreter.get_input_details()
     stats: dict[str, list] = {}

@@ -479,12 +479,9 @@ def _write_channel_filters(content: bytes, channel_filters: dict[str, _ChannelFi
 
 def _float_ops(model_content: bytes, layer_names: list[str]) -> list[str]:
     """Describes ops of a converted model that compute in float (should be none)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from aimet_tf.kernels.litert import interpreter as litert_interpreter
 
-    interpreter = Interpreter(
-        model_content=model_content,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-    )
+    interpreter = litert_interpreter(model_content, "builtin")
     interpreter.allocate_tensors()
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     out = []
@@ -526,11 +523,11 @@ def undelegated_layers(content: bytes) -> set[str]:
     tensor preserved, the delegate takes each op it accepts as its own partition, so an op is
     delegated exactly when a DELEGATE node produces its output.
     """
-    from ai_edge_litert.interpreter import Interpreter
+    from aimet_tf.kernels.litert import interpreter as litert_interpreter
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
-        interpreter = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+        interpreter = litert_interpreter(content, "default", preserve=True)
     interpreter.allocate_tensors()
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     ops = interpreter._get_ops_details()

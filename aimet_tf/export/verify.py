@@ -20,15 +20,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from aimet_tf.kernels import litert
+from aimet_tf.kernels.litert import KERNELS
 from aimet_tf.metrics import sqnr_db
 
 __all__ = ["KERNELS", "FidelityReport", "verify_tflite", "run_tflite", "measure_latency", "output_steps"]
 
-KERNELS = ("default", "builtin", "reference")
-"""Op resolvers: "default" (builtin kernels + the XNNPACK delegate, what an app gets),
-"builtin" (optimized builtin kernels, no delegate), "reference" (BUILTIN_REF: the plain
-reference kernels). The same names as ``prepare.KERNEL_TARGETS``: a sim prepared for one of
-them predicts that resolver."""
+# KERNELS (the op resolvers) are aimet_tf.kernels.litert's; the same names as
+# ``prepare.KERNEL_TARGETS``: a sim prepared for one of them predicts that resolver.
 
 _RESOLVER_NAMES = {"default": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
 
@@ -98,28 +97,6 @@ class FidelityReport:
                 f"{100 * self.accuracy_tflite:.2f}%"
             )
         return "\n".join(lines)
-
-
-def _interpreter(tflite_path: str | os.PathLike | bytes, kernels: str, preserve: bool = False):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    resolver = {
-        "default": OpResolverType.AUTO,
-        "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        "reference": OpResolverType.BUILTIN_REF,
-    }
-    if kernels not in resolver:
-        raise ValueError(f"Expected kernels in {KERNELS}. Received: kernels={kernels!r}")
-    source = (
-        {"model_content": bytes(tflite_path)}
-        if isinstance(tflite_path, (bytes, bytearray))
-        else {"model_path": os.fspath(tflite_path)}
-    )
-    return Interpreter(
-        **source,
-        experimental_op_resolver_type=resolver[kernels],
-        experimental_preserve_all_tensors=preserve,
-    )
 
 
 def _quantize_input(x: np.ndarray, detail: dict, kernels: str = "default") -> np.ndarray:
@@ -228,7 +205,7 @@ def run_tflite(
         ValueError: when the arrays do not match the file's inputs by name, or hold different
             numbers of samples.
     """
-    interpreter = _interpreter(tflite_path, kernels)
+    interpreter = litert.interpreter(tflite_path, kernels)
     pairs = _input_arrays(interpreter, data)
     output_indices = _output_order(interpreter)
     outputs: list[list[np.ndarray]] = [[] for _ in output_indices]
@@ -254,7 +231,7 @@ def run_tflite(
 
 def output_steps(tflite_path: str) -> list[float]:
     """Scale of each model output's integer tensor (before a final DEQUANTIZE, if any)."""
-    interpreter = _interpreter(tflite_path, "builtin")
+    interpreter = litert.interpreter(tflite_path, "builtin")
     interpreter.allocate_tensors()
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     producers = {}
@@ -280,7 +257,7 @@ def _runtime_description(tflite_path: str, kernels: str) -> tuple[str, str]:
         version = metadata.version("ai-edge-litert")
     except metadata.PackageNotFoundError:
         version = "unknown version"
-    interpreter = _interpreter(tflite_path, kernels)
+    interpreter = litert.interpreter(tflite_path, kernels)
     interpreter.allocate_tensors()
     delegated = any(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
     return f"ai_edge_litert {version}", ("XNNPACK" if delegated else "none")
@@ -426,7 +403,7 @@ def measure_latency(
     kernels: str = "default",
 ) -> float:
     """Median latency in milliseconds of one invoke at batch size 1 (inputs are zeros)."""
-    interpreter = _interpreter(os.fspath(tflite_path), kernels)
+    interpreter = litert.interpreter(os.fspath(tflite_path), kernels)
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], [1, *detail["shape"][1:]])
     interpreter.allocate_tensors()

@@ -1145,16 +1145,15 @@ def run_litert(model_bytes: bytes, inputs: Sequence[np.ndarray], tensor_ids: Seq
     Returns:
         tensor index -> [N, ...] array (model outputs always included).
     """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from aimet_tf.kernels.litert import interpreter as litert_interpreter
 
-    resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    kernels = "reference" if reference_kernels else "builtin"
     try:
-        interpreter = Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver,
-                                  experimental_preserve_all_tensors=bool(tensor_ids))
+        interpreter = litert_interpreter(model_bytes, kernels, preserve=bool(tensor_ids))
     except ValueError as exc:
         hint = (" LiteRT's reference kernels lack some int4 operators; compare with reference_kernels=False "
                 "(builtin optimized kernels) and target FIXED_POINT_DSP instead.") if reference_kernels else ""
-        raise UnsupportedOperatorError(f"LiteRT ({resolver.name}) cannot run this model: {exc}.{hint}") from exc
+        raise UnsupportedOperatorError(f"LiteRT ({kernels} kernels) cannot run this model: {exc}.{hint}") from exc
     interpreter.allocate_tensors()
     input_details = interpreter.get_input_details()
     output_ids = [d["index"] for d in interpreter.get_output_details()]

@@ -303,7 +303,7 @@ def _rsqrt(quantize: Any, x: Any, input_name: str = "variance_eps") -> Any:
         level = tf.numpy_function(_rsqrt_levels, [tf.round(x / s_in), s_in, s_out], tf.float32,
                                   stateful=False, name="rsqrt_fixed_point")
     else:
-        # XNNPACK's RSQRT: the table LiteRT computes for these grids (``litert_tables``).
+        # XNNPACK's RSQRT: the table LiteRT computes for these grids (``aimet_tf.kernels.litert``).
         grids = [tf.reshape(quantize.minimum(n), ()) for n in (input_name, "rstd")]
         level = tf.numpy_function(
             lambda v, a, b, lo_in, lo_out: _table_levels("RSQRT", v, a, b, lo_in, lo_out, kernels),
@@ -316,7 +316,7 @@ def _rsqrt(quantize: Any, x: Any, input_name: str = "variance_eps") -> Any:
 
 def _table_levels(op: str, value, s_in, s_out, min_in, min_out, kernels: str) -> np.ndarray:
     """Zero-point-free output levels of an int8 elementwise op from LiteRT's own table."""
-    from aimet_tf.export.litert_tables import litert_table
+    from aimet_tf.kernels.litert import litert_table
 
     z_in = int(-128 - np.round(float(min_in) / float(s_in)))
     z_out = int(-128 - np.round(float(min_out) / float(s_out)))

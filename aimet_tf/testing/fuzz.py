@@ -253,9 +253,9 @@ class FidelityFailure:
 
 def _litert_outputs(path: str, inputs: dict[str, np.ndarray], kernels: str, keep: bool = False):
     """Runs the file's signature; returns the interpreter and the dequantized outputs in order."""
-    from aimet_tf.export.verify import _interpreter
+    from aimet_tf.kernels.litert import interpreter as litert_interpreter
 
-    interpreter = _interpreter(path, kernels, preserve=keep)
+    interpreter = litert_interpreter(path, kernels, preserve=keep)
     runner = interpreter.get_signature_runner()
     raw = runner(**inputs)
     details = runner.get_output_details()

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from aimet_tf.export import KERNELS, prepare_sim_for_tflite
-from aimet_tf.export.verify import _interpreter
+from aimet_tf.kernels.litert import interpreter as litert_interpreter
 from aimet_tf.kernels.tflite_model import read_tflite
 from aimet_tf.quantization.resize_bilinear import (
     BilinearResizeRequantizer,
@@ -38,7 +38,7 @@ def _resize_file(in_size, out_size, channels, half_pixel_centers, align_corners)
 
 
 def _run_levels(content, raw, kernels):
-    interpreter = _interpreter(content, kernels)
+    interpreter = litert_interpreter(content, kernels)
     index = interpreter.get_input_details()[0]["index"]
     interpreter.resize_tensor_input(index, list(raw.shape))
     interpreter.allocate_tensors()
