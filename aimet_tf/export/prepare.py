@@ -306,6 +306,38 @@ def silu_as_sigmoid_times_input(model: keras.Model) -> keras.Model:
     return replace_with_subgraph(model, builders) if builders else model
 
 
+_BINARY_MERGES = (_L.Add, _L.Multiply, _L.Maximum, _L.Minimum)
+
+
+def binary_merges(model: keras.Model) -> keras.Model:
+    """Returns a copy of ``model`` where an Add/Multiply/Maximum/Minimum of n > 2 inputs is a chain
+    of n - 1 two-input layers, ((x0 + x1) + x2) + ..., as Keras computes it.
+
+    The converter writes one two-input op per step, each with an int8 output: as layers, every
+    partial result gets its own output quantizer in the simulation too (BERT's token + segment +
+    position embedding sum). The last layer keeps the name; the partial ones are
+    ``"<name>_partial_<k>"``.
+    """
+    def build(layer):
+        def chain(args, kwargs):
+            inputs = keras.tree.flatten(args)
+            out = inputs[0]
+            for k, x in enumerate(inputs[1:], start=1):
+                last = k == len(inputs) - 1
+                out = type(layer)(name=layer.name if last else f"{layer.name}_partial_{k}")([out, x])
+            return out
+
+        return chain
+
+    g = ModelGraph(model, "TFLite preparation")
+    builders = {
+        node.name: build(node.operation)
+        for node in g.nodes
+        if isinstance(node.operation, _BINARY_MERGES) and len(node.inputs) > 2
+    }
+    return replace_with_subgraph(model, builders) if builders else model
+
+
 def separate_activations(model: keras.Model) -> keras.Model:
     """Returns a copy of ``model`` where a Conv/Dense activation TFLite cannot fuse is a layer.
 
@@ -360,8 +392,8 @@ def prepare_model_for_tflite(model: keras.Model, fold_batch_norms: bool = True) 
     W' = W * gamma / sigma, b' = beta + (b - mu) * gamma / sigma for every foldable
     (layer, BatchNormalization) pair (``aimet_tf.ptq.fold_all_batch_norms``), then
     ``affine_layers_as_depthwise`` (Rescaling, Normalization and unfoldable batch norms on images become
-    1x1 depthwise convs), ``split_separable_convs``, ``separate_activations`` and
-    ``silu_as_sigmoid_times_input``. The model computes the same function
+    1x1 depthwise convs), ``split_separable_convs``, ``separate_activations``,
+    ``silu_as_sigmoid_times_input`` and ``binary_merges``. The model computes the same function
     up to float rounding; build the simulation on the result.
 
     Args:
@@ -378,7 +410,7 @@ def prepare_model_for_tflite(model: keras.Model, fold_batch_norms: bool = True) 
         model = fold_all_batch_norms(model)[1]
     # Kept batch norms (QAT with batch norms in place) train; only the others become convs.
     model = affine_layers_as_depthwise(model, batch_norms=fold_batch_norms)
-    return silu_as_sigmoid_times_input(separate_activations(split_separable_convs(model)))
+    return binary_merges(silu_as_sigmoid_times_input(separate_activations(split_separable_convs(model))))
 
 
 # ------------------------------------------------------------------------------------------------

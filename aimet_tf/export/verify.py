@@ -18,6 +18,7 @@ import re
 import time
 from typing import Mapping, Sequence
 
+import keras
 import numpy as np
 
 from aimet_tf.kernels import litert
@@ -310,7 +311,7 @@ def verify_tflite(
         sim: the ``QuantizationSimModel`` the file was exported from (as prepared by the export).
         tflite_path: the exported file.
         data: float32 inputs [N, ...] (what the float model takes), or one array per input of a
-            multi-input model.
+            multi-input model (a list in the model's input order, or a dict keyed by input name).
         labels: optional integer class labels [N] for accuracies.
         batch_size: batch size for both runs.
         kernels: None, one of ``KERNELS``, or "all".
@@ -341,9 +342,16 @@ def verify_tflite(
     if kernel_target_of(sim) != kernels:
         prepare_sim_for_tflite(sim, kernels)
     tflite_path = os.fspath(tflite_path)
+    names = [t.name.split(":")[0] for t in sim.model.inputs]
+    if isinstance(data, Mapping):
+        if set(data) != set(names):
+            raise ValueError(
+                f"Expected one array per model input, keyed by the input names {sorted(names)}. "
+                f"Received: keys {sorted(data)}"
+            )
+        data = [data[name] for name in names]
     arrays = [np.asarray(a) for a in data] if isinstance(data, (list, tuple)) else [np.asarray(data)]
     arrays = [a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32) for a in arrays]
-    names = [t.name.split(":")[0] for t in sim.model.inputs]
     if len(arrays) != len(names):
         raise ValueError(f"Expected {len(names)} input array(s), one per model input {names}. Received: {len(arrays)}")
     data = arrays[0] if len(arrays) == 1 else arrays
@@ -355,7 +363,8 @@ def verify_tflite(
             f"Expected one label per input. Received: {len(labels)} labels for {count} inputs."
         )
     expected = sim.model.predict(data, batch_size=batch_size, verbose=0)
-    expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
+    # A dict of outputs (keras_hub backbones) flattens as the model's outputs do: by sorted key.
+    expected = [np.asarray(e) for e in keras.tree.flatten(expected)]
     feed = arrays[0] if len(arrays) == 1 else dict(zip(names, arrays))
     actual = run_tflite(tflite_path, feed, batch_size=batch_size, kernels=kernels)
     steps = output_steps(tflite_path)

@@ -27,12 +27,23 @@ _DATA_MOVEMENT = frozenset({
 _TENSOR = "__tensor__"
 
 
+def _is_index_key(value: Any) -> bool:
+    """An indexing key such as ``x[:, 0]``: kept a tuple (a tuple indexes per axis, a list would gather)."""
+    return isinstance(value, tuple) and any(isinstance(v, slice) or v is Ellipsis for v in value)
+
+
 def _constant(value: Any, where: str) -> Any:
     """``value`` as JSON-able config, or an error naming ``where``."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (np.generic,)):
         return value.item()
+    if isinstance(value, slice):
+        return {"__slice__": [_constant(v, where) for v in (value.start, value.stop, value.step)]}
+    if value is Ellipsis:
+        return {"__ellipsis__": True}
+    if _is_index_key(value):
+        return {"__tuple__": [_constant(v, where) for v in value]}
     if isinstance(value, (list, tuple)):
         return [_constant(v, where) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
@@ -48,6 +59,12 @@ def _constant(value: Any, where: str) -> Any:
 def _restore(value: Any) -> Any:
     if isinstance(value, dict) and "__array__" in value:
         return np.asarray(value["__array__"], dtype=value["dtype"])
+    if isinstance(value, dict) and "__slice__" in value:
+        return slice(*value["__slice__"])
+    if isinstance(value, dict) and "__ellipsis__" in value:
+        return Ellipsis
+    if isinstance(value, dict) and "__tuple__" in value:
+        return tuple(_restore(v) for v in value["__tuple__"])
     if isinstance(value, list):
         return [_restore(v) for v in value]
     return value
@@ -80,6 +97,8 @@ class OpLayer(keras.layers.Layer):
     def _fill(self, value: Any, tensors: list) -> Any:
         if isinstance(value, dict) and _TENSOR in value:
             return tensors[value[_TENSOR]]
+        if isinstance(value, dict) and "__tuple__" in value:
+            return tuple(self._fill(v, tensors) for v in value["__tuple__"])
         if isinstance(value, list):
             return [self._fill(v, tensors) for v in value]
         return _restore(value)
@@ -111,6 +130,8 @@ class DataMovementOpLayer(OpLayer):
 def _template(value: Any, tensor_index: dict[int, int], where: str) -> Any:
     if isinstance(value, keras.KerasTensor):
         return {_TENSOR: tensor_index[id(value)]}
+    if _is_index_key(value):
+        return {"__tuple__": [_template(v, tensor_index, where) for v in value]}
     if isinstance(value, (list, tuple)):
         return [_template(v, tensor_index, where) for v in value]
     return _constant(value, where)

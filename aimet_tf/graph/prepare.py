@@ -186,6 +186,32 @@ def _expand_once(model: keras.Model, report: PrepareReport) -> tuple[keras.Model
             )
         return inlined[id(op)]
 
+    def with_free_sublayer_names(op: keras.layers.Layer) -> keras.layers.Layer:
+        # The layers a composite calls become nodes of this level: where one's name is taken
+        # (two TransformerEncoders each hold a "self_attention_layer"), a copy of the composite
+        # gets "<composite>_<name>" for it, so the user's layers keep their names.
+        if id(op) in inlined:
+            return inlined[id(op)]
+        children = list(op._flatten_layers(include_self=False, recursive=False))
+        used = set(taken)
+        clash = []
+        for child in children:
+            if child.name in used:
+                clash.append(child.name)
+            used.add(child.name)
+        if not clash:
+            taken.update(child.name for child in children)
+            inlined[id(op)] = op
+            return op
+        copy = rewrite.clone_layer(op)
+        for child in copy._flatten_layers(include_self=False, recursive=False):
+            new = rewrite._free_name(child.name, op.name + "_", taken)
+            if new != child.name:
+                report.changes.append(f"renamed layer {child.name!r} of {op.name!r} to {new!r} (the name is taken)")
+                child.name = new
+        inlined[id(op)] = copy
+        return copy
+
     def call(node: GraphNode, args: tuple, kwargs: dict):
         nonlocal changed
         op = node.operation
@@ -194,7 +220,9 @@ def _expand_once(model: keras.Model, report: PrepareReport) -> tuple[keras.Model
             kind = "Lambda" if isinstance(op, _L.Lambda) else (
                 "nested model" if is_graph_model(op) else f"{type(op).__name__} (custom)")
             report.changes.append(f"traced {kind} {node.name!r} into its layers")
-            return _trace_call(with_free_names(op) if is_graph_model(op) else op, args, kwargs)
+            if is_graph_model(op):
+                return _trace_call(with_free_names(op), args, kwargs)
+            return _trace_call(op if isinstance(op, _L.Lambda) else with_free_sublayer_names(op), args, kwargs)
         if isinstance(op, _L.Bidirectional):
             changed = True
             report.changes.append(f"split Bidirectional {node.name!r} into {op.forward_layer.name!r}, "

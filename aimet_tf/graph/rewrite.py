@@ -388,10 +388,6 @@ def split_activations(model: keras.Model, only: Collection[str] | None = None) -
 
     Returns:
         ``(new model, changes)``: one line per split layer.
-
-    Raises:
-        ValueError: for a built-in activation that is not a registered Keras activation (it cannot be
-            rebuilt as an ``Activation`` layer).
     """
     graph = ModelGraph(model, "splitting activations")
     taken = {layer.name for layer in graph.model.layers}
@@ -405,26 +401,23 @@ def split_activations(model: keras.Model, only: Collection[str] | None = None) -
         name = _builtin_activation(layer)
         if name is None:
             continue
-        if keras.activations.get(name) is None:
-            raise ValueError(
-                f"Layer {layer.name!r} has activation {name!r}, which is not a Keras activation; it cannot be "
-                "split into its own Activation layer. Expected a built-in activation name."
-            )
         new_name = f"{layer.name}_{name}"
         while new_name in taken:
             new_name += "_"
         taken.add(new_name)
-        plan[layer.name] = (name, new_name)
+        # The function itself, not its name: a registered custom activation (keras_hub's
+        # gelu_approximate) has no entry in keras.activations.get.
+        plan[layer.name] = (name, layer.activation, new_name)
     changes = []
     replaced: dict[int, keras.layers.Layer] = {}
 
     def replace(node, args, kwargs, default):
         if node.operation.name not in plan:
             return None
-        activation, new_name = plan[node.operation.name]
+        activation, function, new_name = plan[node.operation.name]
         op = node.operation
         if id(op) not in replaced:
-            replaced[id(op)] = (clone_layer(op, {"activation": "linear"}), _L.Activation(activation, name=new_name))
+            replaced[id(op)] = (clone_layer(op, {"activation": "linear"}), _L.Activation(function, name=new_name))
             changes.append(f"split activation {activation!r} out of layer {op.name!r} into layer {new_name!r}")
         bare, act = replaced[id(op)]
         return act(bare(*args, **kwargs))

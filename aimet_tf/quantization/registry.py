@@ -161,9 +161,15 @@ def get_layer_spec(layer: keras.layers.Layer) -> LayerSpec:
     """
     for cls in type(layer).__mro__:
         if cls in _REGISTRY:
+            if cls.__module__.startswith("keras.") and type(layer).__module__.startswith("keras_hub.") and (
+                _load_keras_hub_specs()
+            ):
+                return get_layer_spec(layer)  # a keras_hub subclass may have a spec of its own
             return _REGISTRY[cls]
         if cls is keras.layers.Layer:
             break
+    if type(layer).__module__.startswith("keras_hub.") and _load_keras_hub_specs():
+        return get_layer_spec(layer)
     name = type(layer).__name__
     raise NotImplementedError(
         f"Layer {layer.name!r} of class {type(layer).__module__}.{name} is not known to the "
@@ -172,6 +178,20 @@ def get_layer_spec(layer: keras.layers.Layer) -> LayerSpec:
         "(params lists the attributes holding variables to quantize; use params={} for a "
         "parameter-free layer, passthrough=True if it only moves values)."
     )
+
+
+_KERAS_HUB_LOADED = False
+
+
+def _load_keras_hub_specs() -> bool:
+    """Registers keras_hub's layers (``keras_hub_layers``) once; True if that happened just now."""
+    global _KERAS_HUB_LOADED
+    if _KERAS_HUB_LOADED:
+        return False
+    _KERAS_HUB_LOADED = True
+    from aimet_tf.quantization import keras_hub_layers  # noqa: F401 (registers on import)
+
+    return True
 
 
 def registered_classes() -> tuple[type, ...]:

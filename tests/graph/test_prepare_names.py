@@ -85,3 +85,49 @@ def test_rename_layers_copies_weights_and_refuses_clashes():
         rename_layers(model, {"nope": "x"})
     with pytest.raises(ValueError, match=r"expected distinct layer names afterwards\. Received: \['relu'\]"):
         rename_layers(model, {"dense": "relu"})
+
+
+class _Block(keras.layers.Layer):
+    """A composite whose sublayer names are fixed, as KerasHub's TransformerEncoder's are."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = L.Dense(4, name="inner_dense")
+        self.norm = L.LayerNormalization(name="norm")
+
+    def build(self, shape):
+        self.inner.build(shape)
+        self.norm.build(shape[:-1] + (4,))
+
+    def call(self, x):
+        return self.norm(self.inner(x) + x[:, :4])
+
+
+def test_composites_with_the_same_sublayer_names_are_renamed_on_a_copy():
+    x = keras.Input((4,))
+    first, second = _Block(name="block_a"), _Block(name="block_b")
+    model = keras.Model(x, second(first(x)))
+    prepared, report = prepare_model_with_report(model)
+
+    names = [layer.name for layer in prepared.layers]
+    assert len(names) == len(set(names))
+    assert {"inner_dense", "norm", "block_b_inner_dense", "block_b_norm"} <= set(names)
+    assert "renamed layer 'inner_dense' of 'block_b' to 'block_b_inner_dense' (the name is taken)" in report.changes
+    # The user's layers keep their names; the renamed copy holds the same weights.
+    assert second.inner.name == "inner_dense"
+    np.testing.assert_array_equal(prepared.get_layer("block_b_inner_dense").kernel, second.inner.kernel)
+    data = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    assert _rel_error(model(data), prepared(data)) < 1e-6
+
+
+def test_an_indexing_key_with_slices_survives_the_layer_config():
+    from aimet_tf.graph.op_layer import OpLayer
+
+    x = keras.Input((6, 5))
+    model = keras.Model(x, x[:, 1:4, ::2] * 2.0)
+    prepared = prepare_model_with_report(model)[0]
+    (get_item,) = [layer for layer in prepared.layers if isinstance(layer, OpLayer) and layer.op_class == "GetItem"]
+    again = type(get_item).from_config(get_item.get_config())
+    data = np.arange(2 * 6 * 5, dtype="float32").reshape(2, 6, 5)
+    np.testing.assert_array_equal(again(data), data[:, 1:4, ::2])
+    np.testing.assert_array_equal(prepared(data), data[:, 1:4, ::2] * 2.0)
