@@ -45,7 +45,7 @@ from absl import logging
 
 from aimet_tf.kernels.target import TFLITE_REFERENCE, DspTarget
 from aimet_tf.ptq.batch_norm_fold import fold_all_batch_norms
-from aimet_tf.graph import ModelGraph, as_functional, replace_with_subgraph
+from aimet_tf.graph import ModelGraph, as_functional, onnx_op_type, replace_with_subgraph
 from aimet_tf.quantization.primitives import Encoding
 from aimet_tf.quantization.quantizers import BiasQuantizer, Quantizer, Requantizer
 from aimet_tf.layers import ClassToken
@@ -953,18 +953,23 @@ def prepare_sim_for_tflite(sim, kernels: "str | DspTarget | None" = None) -> Tfl
                 requantizer.snapshot()
                 report.requantizers.append(wrapper.name)
             continue
-        if isinstance(layer, (_L.Add, _L.Multiply)):
+        operand_params = get_layer_spec(layer).operand_params
+        if isinstance(layer, (_L.Add, _L.Multiply)) or (operand_params and onnx_op_type(layer) == "Add"):
             output_q = _output_grid_quantizer(graph, wrapper)
             operand_slots = [_grid_slot_of_input(graph, wrapper, i)
                              for i in range(len(graph.sources.get(id(wrapper), [])))]
-            if _active(output_q) and len(operand_slots) == 2 and None not in operand_slots:
+            operands = [_slot_get(slot) if slot is not None else None for slot in operand_slots]
+            # A parameter operand (PositionEmbedding's table: input + table is one ADD) on its own grid.
+            by_path = wrapper.param_quantizers_by_path()
+            operands += [by_path.get(path) for path in operand_params]
+            if _active(output_q) and len(operands) == 2 and all(_active(q) for q in operands):
                 requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
                 builtin = kernels == "builtin" or wrapper.name in undelegated
-                kind = "add" if isinstance(layer, _L.Add) else "mul"
+                kind = "mul" if isinstance(layer, _L.Multiply) else "add"
                 requantizer.mode = f"dsp_{kind}" if builtin or target is not None else kind
                 requantizer.target = target
                 requantizer.enabled = True
-                requantizer.link_operands([_slot_get(slot) for slot in operand_slots], output_q)
+                requantizer.link_operands(operands, output_q)
                 requantizer.snapshot()
                 report.requantizers.append(wrapper.name)
             continue

@@ -82,6 +82,9 @@ class LayerSpec:
             entry follows the layer's own op type.
         decomposed: whether the layer is simulated op by op (its internal tensors quantized)
             when the config's op type entry has no ``is_decomposed`` key.
+        operand_params: parameters that are the second operand of the layer's one elementwise op
+            (``PositionEmbedding``: input + table is one ADD): a requantizer modelling that op's
+            integer kernel receives their quantized values after the layer's input.
     """
 
     params: Mapping[str, ParamSpec] = dataclasses.field(default_factory=dict)
@@ -91,6 +94,7 @@ class LayerSpec:
     internal: tuple[str, ...] = ()
     internal_op_types: Mapping[str, str] = dataclasses.field(default_factory=dict)
     decomposed: bool = True
+    operand_params: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.internal and self.forward is None:
@@ -119,6 +123,7 @@ def register_layer(
     internal: tuple[str, ...] = (),
     internal_op_types: Mapping[str, str] | None = None,
     decomposed: bool = True,
+    operand_params: tuple[str, ...] = (),
 ) -> Callable[[type], type] | type:
     """Registers how a Keras layer class is quantized. Usable as a decorator or a call.
 
@@ -134,12 +139,13 @@ def register_layer(
         internal_op_types: internal tensor name -> ONNX op type whose config rule governs it.
         decomposed: whether the internal tensors are quantized when the config does not say
             (its op type's ``is_decomposed`` key).
+        operand_params: parameters that are the second operand of the layer's elementwise op.
 
     Returns:
         The class (decorator form) unchanged.
     """
     spec = LayerSpec(dict(params or {}), passthrough, quantize_output, forward, tuple(internal),
-                     dict(internal_op_types or {}), decomposed)
+                     dict(internal_op_types or {}), decomposed, tuple(operand_params))
 
     def _register(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
@@ -284,7 +290,7 @@ register_layer(
 # A class token is concatenated and a position table added to activations: TFLite's CONCATENATION
 # and ADD take per-tensor operands, so these tables are per-tensor in every config.
 register_layer(ClassToken, params={"token": ParamSpec("weight", None)})
-register_layer(PositionEmbedding, params={"embeddings": ParamSpec("weight", None)})
+register_layer(PositionEmbedding, params={"embeddings": ParamSpec("weight", None)}, operand_params=("embeddings",))
 # A boolean attention mask built from a padding mask: no float tensor, nothing to quantize.
 register_layer(PaddingAttentionMask, params={})
 for _cls in (

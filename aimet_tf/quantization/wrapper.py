@@ -330,6 +330,12 @@ class QuantizationWrapper(_TracedState, keras.layers.Layer):
             # The requantizer may recompute from the (quantized) inputs: a merge layer's list
             # argument, or a single layer's input.
             operands = (list(args[0]) if isinstance(args[0], (list, tuple)) else [args[0]]) if args else None
+            if operands is not None:
+                # A parameter that is the op's second operand (PositionEmbedding's table), quantized.
+                quantized = {id(var): value for var, value in mapping}
+                for path in get_layer_spec(self.layer).operand_params:
+                    var = get_param_variable(self.layer, path)
+                    operands.append(quantized.get(id(var), var.value))
             outputs = self.requantizer(outputs, operands=operands)
         return self._quantize_outputs(outputs)
 

@@ -364,3 +364,22 @@ def test_rms_norm_forward_is_keras_rms_norm_and_decomposes_under_tflite():
     sim = QuantizationSimModel(model, config_file=TFLITE)
     assert set(_internal(sim, "rms")) == set(RMS_NORM_TENSORS)
     assert _internal(QuantizationSimModel(model, config_file="default"), "rms") == {}
+
+
+@pytest.mark.parametrize("kernels", ["reference", "default"])
+def test_position_embedding_add_runs_the_kernels_integer_add(tmp_path, kernels):
+    # input + table is one int8 ADD of two grids (the activation's and the table's): the sim's
+    # requantizer must take the quantized table as the second operand, as it takes an Add's.
+    from aimet_tf.export import export_tflite, prepare_model_for_tflite, verify_tflite
+
+    x = keras.Input((16, 12))
+    h = PositionEmbedding(name="pos")(L.Dense(12, name="proj")(x))
+    model = _randomize(keras.Model(x, L.Dense(5, name="head")(h)), 0.4)
+    sim = QuantizationSimModel(prepare_model_for_tflite(model), config_file=TFLITE)
+    sim.compute_encodings(RNG.normal(size=(64, 16, 12)).astype("float32"))
+    path = export_tflite(sim, str(tmp_path / "pos.tflite"), kernels=kernels)
+    requantizer = sim.get_quant_wrapper_for_layer_name("pos").requantizer
+    assert requantizer is not None and requantizer.enabled
+    assert len(requantizer.linked().operands) == 2
+    report = verify_tflite(sim, path, RNG.normal(size=(1024, 16, 12)).astype("float32"))
+    assert report.exact_fraction == 1.0, report.summary()
