@@ -30,8 +30,6 @@ __all__ = ["KERNELS", "FidelityReport", "verify_tflite", "run_tflite", "measure_
 # KERNELS (the op resolvers) are aimet_tf.kernels.litert's; the same names as
 # ``prepare.KERNEL_TARGETS``: a sim prepared for one of them predicts that resolver.
 
-_RESOLVER_NAMES = {"default": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
-
 
 @dataclasses.dataclass(frozen=True)
 class FidelityReport:
@@ -398,7 +396,7 @@ def verify_tflite(
         accuracy_sim=accuracy_sim,
         accuracy_tflite=accuracy_tflite,
         interpreter=interpreter,
-        resolver=_RESOLVER_NAMES[kernels],
+        resolver=litert.RESOLVERS[kernels],
         delegate=delegate,
         sim_kernels=_kernels_name(kernel_target_of(sim)),
     )

@@ -192,15 +192,9 @@ def _expand_once(model: keras.Model, report: PrepareReport) -> tuple[keras.Model
         # gets "<composite>_<name>" for it, so the user's layers keep their names.
         if id(op) in inlined:
             return inlined[id(op)]
-        children = list(op._flatten_layers(include_self=False, recursive=False))
-        used = set(taken)
-        clash = []
-        for child in children:
-            if child.name in used:
-                clash.append(child.name)
-            used.add(child.name)
-        if not clash:
-            taken.update(child.name for child in children)
+        names = [child.name for child in op._flatten_layers(include_self=False, recursive=False)]
+        if len(set(names)) == len(names) and taken.isdisjoint(names):
+            taken.update(names)
             inlined[id(op)] = op
             return op
         copy = rewrite.clone_layer(op)

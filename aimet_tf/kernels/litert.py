@@ -23,12 +23,15 @@ import os
 
 import numpy as np
 
-__all__ = ["KERNELS", "interpreter", "litert_table", "TABLE_OPS"]
+__all__ = ["KERNELS", "RESOLVERS", "interpreter", "litert_table", "TABLE_OPS"]
 
 KERNELS = ("default", "builtin", "reference")
 """Op resolvers: "default" (builtin kernels + the XNNPACK delegate, what an app gets),
 "builtin" (optimized builtin kernels, no delegate), "reference" (BUILTIN_REF: the plain
 reference kernels)."""
+
+RESOLVERS = {"default": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
+"""The ``ai_edge_litert.interpreter.OpResolverType`` each of ``KERNELS`` opens LiteRT with."""
 
 TABLE_OPS = ("RSQRT",)
 """Ops whose tables can be read (int8 in, int8 out, one input)."""
@@ -41,12 +44,7 @@ def interpreter(tflite_path: str | os.PathLike | bytes, kernels: str, preserve: 
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    resolver = {
-        "default": OpResolverType.AUTO,
-        "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        "reference": OpResolverType.BUILTIN_REF,
-    }
-    if kernels not in resolver:
+    if kernels not in RESOLVERS:
         raise ValueError(f"Expected kernels in {KERNELS}. Received: kernels={kernels!r}")
     source = (
         {"model_content": bytes(tflite_path)}
@@ -55,7 +53,7 @@ def interpreter(tflite_path: str | os.PathLike | bytes, kernels: str, preserve: 
     )
     return Interpreter(
         **source,
-        experimental_op_resolver_type=resolver[kernels],
+        experimental_op_resolver_type=getattr(OpResolverType, RESOLVERS[kernels]),
         experimental_preserve_all_tensors=preserve,
     )
 
