@@ -817,7 +817,9 @@ def _dsp_accumulator_mode(layer: keras.layers.Layer) -> str | None:
 
 
 def _link_softmax(graph: _SimGraph, wrapper: QuantizationWrapper, target: DspTarget | None) -> bool:
-    """Gives a Softmax layer on TFLite's fixed output grid the target's integer softmax."""
+    """Gives a Softmax layer on TFLite's fixed output grid the integer softmax that runs it: the
+    target's reference kernel, or (no target: the "default" and "builtin" op resolvers) LiteRT's
+    optimized float-table kernel, which both run (XNNPACK does not take int8 SOFTMAX)."""
     layer = wrapper.layer
     is_softmax = isinstance(layer, _L.Softmax) or (
         isinstance(layer, _L.Activation) and getattr(layer.activation, "__name__", None) == "softmax"
@@ -828,12 +830,12 @@ def _link_softmax(graph: _SimGraph, wrapper: QuantizationWrapper, target: DspTar
     in_slot = _grid_slot_of_input(graph, wrapper, 0)
     axis = getattr(layer, "axis", -1)
     last_axis = axis in (-1, len(wrapper.input.shape) - 1) if isinstance(axis, int) else False
-    if target is None or in_slot is None or not _active(output_q) or not output_q.frozen or not last_axis:
-        if wrapper.requantizer is not None and wrapper.requantizer.mode == "dsp_softmax":
+    if in_slot is None or not _active(output_q) or not output_q.frozen or not last_axis:
+        if wrapper.requantizer is not None and wrapper.requantizer.mode in ("dsp_softmax", "softmax"):
             wrapper.requantizer.enabled = False
         return False
     requantizer = _ensure_requantizer(wrapper, int(wrapper.output.shape[-1]))
-    requantizer.mode = "dsp_softmax"
+    requantizer.mode = "softmax" if target is None else "dsp_softmax"
     requantizer.target = target
     requantizer.enabled = True
     requantizer.link(_slot_get(in_slot), None, output_q)

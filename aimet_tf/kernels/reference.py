@@ -35,6 +35,7 @@ __all__ = [
     "max_pool2d",
     "requantize",
     "softmax",
+    "softmax_float_table",
     "mean",
     "quantize",
     "dequantize",
@@ -489,6 +490,42 @@ def softmax(x, *, input_multiplier: int, input_left_shift: int, diff_min: int,
         raise ValueError("Softmax sum of exponentials out of range (exponent outside [0, 31]).")
     out = fp.rounding_divide_by_pot(fp.saturating_rounding_doubling_high_mul(reciprocal, exps), exponent) - 128
     return np.where(keep, np.clip(out, INT8_MIN, INT8_MAX), INT8_MIN).astype(np.int8)
+
+
+def softmax_float_table(x, *, input_scale: float, beta: float = 1.0, output_scale: float = 1.0 / 256,
+                        output_zero_point: int = -128) -> np.ndarray:
+    """Int8 softmax over the last axis as LiteRT's optimized kernel computes it (float table).
+
+    This is what the "builtin" op resolver runs, and the "default" one too: XNNPACK does not take
+    int8 SOFTMAX. Measured bit-exact on ai-edge-litert 2.3 for x86-64 (``tests/kernels``); the
+    reference kernel (`softmax`) differs from it by one step on ~0.001-0.01% of elements.
+    All arithmetic is float32:
+    t[255 - v] = expf(-s_x * beta * v) for v = 0..255; per row with maximum x_max,
+    e_j = t[255 - x_max + x_j] (= exp(-s_x * beta * (x_max - x_j))), S = e_0 + e_1 + ... summed in
+    order, y_j = clamp(round_half_away(e_j * (1 / (S * s_out))) + z_y, -128, 127).
+
+    Args:
+        x: int8 input; its zero point cancels in x_max - x_j.
+        input_scale: s_x.
+        beta: the op's beta.
+        output_scale: s_out (TFLite fixes it at 1/256).
+        output_zero_point: z_y (TFLite fixes it at -128).
+
+    Returns:
+        int8, same shape as x.
+    """
+    x = _check_int8("x", x).astype(np.int64)
+    scale = np.float32(-np.float32(input_scale) * np.float32(beta))
+    codes = np.arange(256, dtype=np.float32)
+    table = np.empty(256, np.float32)
+    # expf is correctly rounded for these arguments: exp in float64, rounded once to float32.
+    table[255 - np.arange(256)] = np.exp((scale * codes).astype(np.float64)).astype(np.float32)
+    exps = table[255 - x.max(axis=-1, keepdims=True) + x]
+    total = np.cumsum(exps, axis=-1, dtype=np.float32)[..., -1:]  # sequential, as the kernel's loop
+    inverse = np.float32(1.0) / (total * np.float32(output_scale))
+    prob = (exps * inverse).astype(np.float64)
+    levels = np.sign(prob) * np.floor(np.abs(prob) + 0.5) + output_zero_point
+    return np.clip(levels, INT8_MIN, INT8_MAX).astype(np.int8)
 
 
 def mean(x, *, axes, keep_dims: bool, input_zero_point: int, output_zero_point: int, multiplier: int, shift: int,

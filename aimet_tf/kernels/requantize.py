@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from aimet_tf.kernels import fixed_point as fp
+from aimet_tf.kernels import reference
 from aimet_tf.kernels.target import DspTarget, resolve_target
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "mul_levels",
     "mean_levels",
     "softmax_parameters",
+    "softmax_levels",
     "mul_parameters",
     "rsqrt_parameters",
     "lookup_table",
@@ -156,6 +158,26 @@ def softmax_parameters(s_x: float, beta: float = 1.0, target: DspTarget | str | 
     m, left_shift = fp.quantize_multiplier_greater_than_one(real, target)
     radius = int(((1 << integer_bits) - 1) * (1 << (31 - integer_bits)) // (1 << left_shift))
     return dict(input_multiplier=m, input_left_shift=left_shift, diff_min=-radius)
+
+
+def softmax_levels(q, s_x: float, beta: float = 1.0, target: DspTarget | str | None = None,
+                   float_table: bool = False) -> np.ndarray:
+    """SOFTMAX over the last axis of zero-point-free input levels q (any integer offset: the
+    kernels only see x - x_max), as output levels on the fixed 1/256 grid minus its zero point
+    (0..255). ``float_table=False``: the reference kernel of ``target``
+    (`reference.softmax`); True: LiteRT's optimized kernel (`reference.softmax_float_table`,
+    what its "builtin" and "default" op resolvers run)."""
+    q = np.asarray(q, dtype=np.int64)
+    row = q - q.max(axis=-1, keepdims=True) + 127
+    if np.any(row < -128):
+        raise ValueError(f"Expected softmax input levels spanning at most 255 steps per row. Received a span "
+                         f"of {int(127 - row.min())}.")
+    row = row.astype(np.int8)
+    if float_table:
+        out = reference.softmax_float_table(row, input_scale=s_x, beta=beta)
+    else:
+        out = reference.softmax(row, target=target, **softmax_parameters(s_x, beta, target))
+    return out.astype(np.int64) + 128
 
 
 def mul_parameters(s_1: float, s_2: float, s_y: float, target: DspTarget | str | None = None) -> tuple[int, int]:

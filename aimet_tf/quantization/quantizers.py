@@ -23,7 +23,6 @@ import numpy as np
 import tensorflow as tf
 
 from aimet_tf.graph.model_graph import all_layers
-from aimet_tf.kernels import reference as kernel_reference
 from aimet_tf.kernels import requantize as kernel_requantize
 from aimet_tf.kernels.target import DspTarget, resolve_target
 from aimet_tf.quantization import encodings_io, primitives
@@ -760,7 +759,7 @@ class BiasQuantizer(_Switchable, _TracedState, keras.layers.Layer):
 
 REQUANTIZATION_MODES = (
     "float", "fixed_point", "fixed_point_ties_away", "average_pool", "mean", "add", "mul",
-    "dsp_conv", "dsp_fully_connected", "dsp_add", "dsp_mean", "dsp_softmax", "dsp_mul",
+    "dsp_conv", "dsp_fully_connected", "dsp_add", "dsp_mean", "dsp_softmax", "dsp_mul", "softmax",
 )
 
 # Which linked quantizers each mode reads.
@@ -778,6 +777,7 @@ _MODE_LINKS = {
     "dsp_add": ("operands", "output"),
     "dsp_softmax": ("input", "output"),
     "dsp_mul": ("operands", "output"),
+    "softmax": ("input", "output"),
 }
 
 
@@ -789,12 +789,9 @@ def _dsp_levels(mode: str, target: DspTarget, count: int, *args) -> np.ndarray:
     elif mode == "dsp_mul":
         q_1, q_2, s_1, s_2, s_y = args
         levels = kernel_requantize.mul_levels(q_1, q_2, s_1, s_2, s_y, target)
-    elif mode == "dsp_softmax":
+    elif mode in ("dsp_softmax", "softmax"):
         q, s_x = args
-        params = kernel_requantize.softmax_parameters(s_x, 1.0, target)
-        # The kernel only sees differences to the row maximum: any int8 offset of q gives these.
-        row = np.asarray(q, np.int64) - np.asarray(q, np.int64).max(axis=-1, keepdims=True) + 127
-        levels = kernel_reference.softmax(row.astype(np.int8), target=target, **params).astype(np.int64) + 128
+        levels = kernel_requantize.softmax_levels(q, s_x, 1.0, target, float_table=mode == "softmax")
     else:
         acc, s_x, s_w, s_y = args
         if mode == "dsp_conv":
@@ -841,6 +838,9 @@ class Requantizer(_TracedState, keras.layers.Layer):
       default), exactly as `aimet_tf.kernels` computes it (``kernels.requantize``), run as a
       numpy function on the recovered integers (accumulator, operand levels, level sums,
       softmax input levels).
+    * "softmax": int8 SOFTMAX as LiteRT's optimized kernel computes it (a float32 exp table;
+      `kernels.reference.softmax_float_table`): what its "builtin" and "default" op resolvers run
+      (XNNPACK does not take int8 SOFTMAX).
 
     Scales are read from the linked quantizers on every call (so they follow recalibration and
     range learning); ``snapshot()`` stores them in variables, which an unlinked requantizer (a
@@ -1005,7 +1005,7 @@ class Requantizer(_TracedState, keras.layers.Layer):
             return x
         s_out = scales["output"]
         mode = self._mode
-        if mode.startswith("dsp_"):
+        if mode.startswith("dsp_") or mode == "softmax":
             return self._dsp_call(x, operands, scales)
         if mode == "add":
             if operands is None or len(operands) != 2:
@@ -1057,7 +1057,7 @@ class Requantizer(_TracedState, keras.layers.Layer):
             s_1, s_2 = scales["operands"]
             args = [_round_ste(operands[0] / s_1), _round_ste(operands[1] / s_2), s_1, s_2, s_out]
             exact = (operands[0] + operands[1] if mode == "dsp_add" else x) / s_out
-        elif mode == "dsp_softmax":
+        elif mode in ("dsp_softmax", "softmax"):
             if not operands:
                 return x
             s_in = scales["input"]

@@ -214,21 +214,17 @@ def _matmul(quantize: Any, name: str, equation: str, a: Any, a_name: str, b: Any
 
 
 # Kernels whose int8 MEAN and MUL requantize in TFLite's fixed point (measured bit-exact with
-# ``aimet_tf.kernels.requantize``); XNNPACK's (the default resolver's) match float-then-round.
+# ``aimet_tf.kernels.requantize``); XNNPACK's (the default resolver's) use float32 multipliers.
 _FIXED_POINT_KERNELS = ("reference", "builtin")
 
 
 def _fixed_point_levels(kind: str, count: int, *args) -> np.ndarray:
-    from aimet_tf.kernels import reference as kernel_reference
     from aimet_tf.kernels import requantize as kernel_requantize
 
-    if kind == "softmax":
+    if kind in ("softmax", "softmax_float_table"):
         q, s_x = args
-        params = kernel_requantize.softmax_parameters(float(s_x), 1.0)
-        # The kernel only sees differences to the row maximum.
-        row = np.asarray(q, np.int64) - np.asarray(q, np.int64).max(axis=-1, keepdims=True) + 127
-        out = kernel_reference.softmax(row.astype(np.int8), **params).astype(np.int64) + 128
-        return out.astype(np.float32)
+        levels = kernel_requantize.softmax_levels(q, float(s_x), float_table=kind == "softmax_float_table")
+        return levels.astype(np.float32)
     if kind == "mul":
         q_1, q_2, s_1, s_2, s_y = args
         levels = kernel_requantize.mul_levels(q_1, q_2, float(s_1), float(s_2), float(s_y))
@@ -249,11 +245,15 @@ def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[t
                  axes: list[int] | None = None, operand_names: list[str] | None = None) -> Any:
     """``raw`` (a MUL or SUB of two quantized operands, a MEAN or SOFTMAX of one) quantized as
     ``name``, with the output level computed as the kernels do once the sim is prepared for them:
-    TFLite's fixed point for the reference and builtin kernels, XNNPACK's ADD multipliers for a
-    SUB under the default resolver (its MUL and MEAN match float-then-round, measured).
+    TFLite's fixed point for the reference and builtin kernels; under the default resolver,
+    XNNPACK's ADD multipliers for an ADD or SUB, its float32 multiplier on the integer level
+    product for a MUL and on the level sum for a MEAN; and
+    LiteRT's optimized float-table SOFTMAX under both the builtin and default resolvers.
     ``operands`` are (tensor, grid step or None) pairs."""
     kernels = getattr(quantize, "kernels", None)
-    modelled = kernels in _FIXED_POINT_KERNELS or (kernels == "default" and kind in ("add", "sub", "mean"))
+    modelled = kernels in _FIXED_POINT_KERNELS or (kernels == "default" and kind in ("add", "sub", "mul", "mean", "softmax"))
+    if kind == "softmax" and kernels in ("default", "builtin"):
+        kind = "softmax_float_table"  # LiteRT's optimized int8 SOFTMAX (XNNPACK does not take it)
     s_out = quantize.scale(name) if modelled else None
     if s_out is None or any(step is None for _, step in operands):
         return quantize(name, raw)
@@ -265,7 +265,12 @@ def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[t
         second = levels[1] if kind == "add" else -levels[1]
         out = primitives.requantize_add([levels[0], second], steps, s_out)
         return quantize(name, raw + tf.stop_gradient(out * s_out - raw))
-    if kernels == "default":
+    if kernels == "default" and kind == "mul":
+        # XNNPACK's MUL: the integer product of the levels times a float32 multiplier, ties to even.
+        # (Float-then-round of the dequantized product misses it where the product sits near a tie.)
+        out = primitives.requantize_float(levels[0] * levels[1], (steps[0] * steps[1]) / s_out)
+        return quantize(name, raw + tf.stop_gradient(out * s_out - raw))
+    if kernels == "default" and kind == "mean":
         # XNNPACK's MEAN: float32 multiplier on the int8 level sum (``primitives.requantize_mean``).
         minima = [quantize.minimum(n) for n in (operand_names or [None]) + [name]] if operand_names else None
         count = math.prod(int(operands[0][0].shape[a]) for a in axes)
@@ -277,7 +282,7 @@ def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[t
         return quantize(name, raw + tf.stop_gradient(out * s_out - raw))
     if kind in ("mul", "add", "sub"):
         args, count = [levels[0], levels[1], steps[0], steps[1], s_out], 1
-    elif kind == "softmax":
+    elif kind in ("softmax", "softmax_float_table"):
         args, count = [levels[0], steps[0]], 1
     else:
         count = math.prod(int(operands[0][0].shape[a]) for a in axes)

@@ -5,6 +5,7 @@ import json
 
 import keras
 import numpy as np
+import tensorflow as tf
 import pytest
 
 from aimet_tf.layers import ClassToken, PositionEmbedding
@@ -383,3 +384,51 @@ def test_position_embedding_add_runs_the_kernels_integer_add(tmp_path, kernels):
     assert len(requantizer.linked().operands) == 2
     report = verify_tflite(sim, path, RNG.normal(size=(1024, 16, 12)).astype("float32"))
     assert report.exact_fraction == 1.0, report.summary()
+
+
+class _Grids:
+    """A ``quantize`` for the decomposed ops, prepared for LiteRT's ``kernels``: tensors named in
+    ``grids`` (name -> (step, zero point)) are rounded half to even onto their int8 grid."""
+
+    def __init__(self, kernels, grids):
+        self.kernels, self.grids = kernels, grids
+
+    def scale(self, name):
+        return tf.constant(self.grids[name][0], tf.float32)
+
+    def minimum(self, name):
+        step, zero_point = self.grids[name]
+        return tf.constant(step * (-128 - zero_point), tf.float32)
+
+    def __call__(self, name, x):
+        step, zero_point = self.grids[name]
+        return (tf.clip_by_value(tf.round(x / step) + zero_point, -128, 127) - zero_point) * step
+
+
+@pytest.mark.parametrize("power", [-2, 0, 3])
+def test_decomposed_mul_is_xnnpack_mul_on_every_pair_of_codes(power):
+    # XNNPACK's MUL: float32(q_1 * q_2) * float32(float32(s_1 * s_2) / s_y), ties to even. With
+    # M = 2^k the products are exact ties, which float-then-round of dequantized values misses.
+    from aimet_tf.kernels.litert import interpreter
+    from aimet_tf.quantization.transformer import _requantized
+    from tests.kernels.test_transformer_ops import _q
+    from tests.kernels.tflite_models import op_model
+
+    s_1, s_2, z_1, z_2, z_y = 0.0372, 0.0141, 3, -7, 5
+    s_y = float(np.float32(np.float32(s_1) * np.float32(s_2) * 2.0**power))
+    codes = np.arange(-128, 128, dtype=np.int8)
+    x_1, x_2 = np.repeat(codes, 256).reshape(1, 256, 256), np.tile(codes, 256).reshape(1, 256, 256)
+    model = op_model("MUL", [_q((1, 256, 256), s_1, z_1), _q((1, 256, 256), s_2, z_2)], [_q((1, 256, 256), s_y, z_y)])
+    litert = interpreter(model, "default")
+    litert.allocate_tensors()
+    for detail, x in zip(litert.get_input_details(), (x_1, x_2)):
+        litert.set_tensor(detail["index"], x)
+    litert.invoke()
+    expected = litert.get_tensor(litert.get_output_details()[0]["index"]).astype(np.int64)
+
+    quantize = _Grids("default", {"a": (s_1, z_1), "b": (s_2, z_2), "y": (s_y, z_y)})
+    a = tf.constant((x_1.astype(np.float32) - z_1) * np.float32(s_1))
+    b = tf.constant((x_2.astype(np.float32) - z_2) * np.float32(s_2))
+    y = _requantized(quantize, "y", a * b, "mul", [(a, quantize.scale("a")), (b, quantize.scale("b"))])
+    got = np.round(y.numpy() / np.float32(s_y)).astype(np.int64) + z_y
+    np.testing.assert_array_equal(got, expected)
