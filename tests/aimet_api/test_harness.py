@@ -35,3 +35,14 @@ def test_alias_hook_resolves_to_aimet_tf_and_is_removed():
     assert "aimet_common.defs" not in sys.modules
     with pytest.raises(ModuleNotFoundError):
         import aimet_common.defs  # noqa: F401
+
+
+def test_unchanged_bindings_are_the_rewritten_objects_and_a_wrong_alias_shows():
+    source = "from aimet_common.defs import QuantScheme\nimport numpy as np\n\ndef main(workdir):\n    return 1\n"
+    bindings = harness.unchanged_bindings(source, harness.rewrite_imports(source), "s.py")
+    assert set(bindings) == {"QuantScheme", "np"}
+    assert all(a is b for a, b in bindings.values())
+    # A rewritten import that binds another object is caught.
+    other = harness.rewrite_imports(source).replace("import QuantScheme", "import QuantScheme\nQuantScheme = 0")
+    unchanged, ours = harness.unchanged_bindings(source, other, "s.py")["QuantScheme"]
+    assert ours == 0 and unchanged is not ours

@@ -23,8 +23,8 @@ def main(workdir):
     calibration, _ = load_fashion_mnist("calibration")
     images, labels = load_fashion_mnist("test")
     model = load_bundled_model()
-    forward_pass_callback_fn = CallbackFunc(forward_pass_callback, func_callback_args=calibration[:256])
-    eval_callback_fn = CallbackFunc(eval_callback, func_callback_args=(images[:500], labels[:500]))
+    forward_pass_callback_fn = CallbackFunc(forward_pass_callback, func_callback_args=calibration[:128])
+    eval_callback_fn = CallbackFunc(eval_callback, func_callback_args=(images[:250], labels[:250]))
     quant_analyzer = QuantAnalyzer(model, forward_pass_callback=forward_pass_callback_fn, eval_callback=eval_callback_fn)
     quant_analyzer.enable_per_layer_mse_loss(unlabeled_dataset=calibration[:64], num_batches=2)
     returned = quant_analyzer.analyze(quant_scheme=QuantScheme.post_training_tf_enhanced, default_param_bw=4, default_output_bw=8,
