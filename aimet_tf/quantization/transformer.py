@@ -251,10 +251,10 @@ def _requantized(quantize: Any, name: str, raw: Any, kind: str, operands: list[t
     LiteRT's optimized float-table SOFTMAX under both the builtin and default resolvers.
     ``operands`` are (tensor, grid step or None) pairs."""
     kernels = getattr(quantize, "kernels", None)
-    modelled = kernels in _FIXED_POINT_KERNELS or (kernels == "default" and kind in ("add", "sub", "mul", "mean", "softmax"))
     if kind == "softmax" and kernels in ("default", "builtin"):
         kind = "softmax_float_table"  # LiteRT's optimized int8 SOFTMAX (XNNPACK does not take it)
-    s_out = quantize.scale(name) if modelled else None
+    # Every kind is modelled for every resolver once the sim is prepared (kernels set).
+    s_out = quantize.scale(name) if kernels is not None else None
     if s_out is None or any(step is None for _, step in operands):
         return quantize(name, raw)
     levels = [_round_ste(t / step) for t, step in operands]
